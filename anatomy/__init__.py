@@ -1,0 +1,1 @@
+"""Transformer Anatomy: measure the layer anatomy of any Hugging Face causal LM."""

@@ -1,0 +1,1 @@
+"""Experiments: one module each, `run_<name>(model, eval_set, config) -> DataFrame` plus its CLI."""
