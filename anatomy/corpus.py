@@ -153,9 +153,8 @@ def split_documents(docs: Mapping[str, str], validation_fraction: float = 0.05,
                     test_fraction: float = 0.05, salt: str = "transformer-anatomy") -> CorpusSplit:
     """Deterministic split by document: order by sha256(salt + name), cut off test, then validation.
 
-    Hash order does not depend on the order documents were read in or on the machine, and
-    adding a document moves no other document between splits. Each held-out side gets at least
-    one document when there are three or more.
+    Hash order does not depend on the order documents were read in, on the machine or on the
+    Python hash seed. Each held-out side gets at least one document (three or more needed).
     """
     if not docs:
         raise AnatomyError("No documents to split. Pass --train-file PATH with some text in it.")

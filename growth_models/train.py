@@ -24,7 +24,7 @@ from anatomy.errors import AnatomyError
 from .artifacts import layer_parameter_counts, save_checkpoint, total_parameters
 from .data import TokenData, prepare_data
 from .dynamics import SpectralLog, save_heatmaps
-from .hub import push_folder
+from .hub import REPO_ID, push_folder
 from .modeling_growth import GrowthForCausalLM
 from .plan import GrowthPlan, load_plan
 from .presets import PRESETS, Preset, build_model
@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.push_to_hub and not REPO_ID.match(args.push_to_hub):
+        ap.error(f"--push-to-hub {args.push_to_hub!r}: expected USER/REPO, e.g. alice/growth-transformer")
     return args
 
 
