@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 DEFAULT_MIN_TAIL = 10
+REL_FLOOR = 1e-10  # eigenvalues below REL_FLOOR x the largest count as zero
 
 
 def singular_values(matrices: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -55,7 +56,7 @@ def fit_power_law(eigs: torch.Tensor, min_tail: int = DEFAULT_MIN_TAIL) -> dict[
 
 
 def fit_power_law_batch(spectra: Sequence[torch.Tensor], min_tail: int = DEFAULT_MIN_TAIL,
-                        rel_floor: float = 1e-10) -> list[dict[str, float]]:
+                        rel_floor: float = REL_FLOOR) -> list[dict[str, float]]:
     """`fit_power_law` for many spectra; spectra of one length are fitted in one batched pass."""
     results: list[dict[str, float] | None] = [None] * len(spectra)
     cleaned = []
@@ -115,7 +116,7 @@ def analyze_matrices(matrices: Sequence[torch.Tensor], min_tail: int = DEFAULT_M
     """One dict per matrix, ready for `pandas.DataFrame(rows)`.
 
     Keys: alpha, xmin, ks_distance, n_tail (the power-law fit of the eigenvalues of W^T W),
-    n_eigs (eigenvalues fitted), stable_rank, spectral_norm (largest singular value),
+    n_eigs (eigenvalues above the numerical-zero floor), stable_rank, spectral_norm (largest singular value),
     frobenius_norm, rows, cols.
     """
     svals = singular_values(matrices)
@@ -124,7 +125,7 @@ def analyze_matrices(matrices: Sequence[torch.Tensor], min_tail: int = DEFAULT_M
     for w, s, fit in zip(matrices, svals, fits):
         rows.append({
             **fit,
-            "n_eigs": int((s > 0).sum()),
+            "n_eigs": int((s**2 > REL_FLOOR * s[0] ** 2).sum()) if s.numel() and s[0] > 0 else 0,
             "stable_rank": stable_rank(s),
             "spectral_norm": float(s[0]) if s.numel() else math.nan,
             "frobenius_norm": float(s.pow(2).sum().sqrt()),

@@ -33,12 +33,12 @@ def pareto(alpha, n, xmin=1.0, seed=0):
 
 def test_alpha_and_xmin_are_recovered_from_a_power_law_tail():
     for alpha in (2.0, 3.5):
-        fit = fit_power_law(pareto(alpha, 3000, seed=int(alpha * 10)))
-        assert abs(fit["alpha"] - alpha) < 0.15, fit
+        fit = fit_power_law(pareto(alpha, 1200, seed=int(alpha * 10)))
+        assert abs(fit["alpha"] - alpha) < 0.2, fit
         assert fit["ks_distance"] < 0.05
     # a power-law tail above a uniform bulk: the KS choice of xmin finds where the tail starts
-    bulk = torch.rand(2000, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.9 + 0.05
-    fit = fit_power_law(torch.cat([bulk, pareto(2.5, 1000, xmin=1.0, seed=4)]))
+    bulk = torch.rand(800, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.9 + 0.05
+    fit = fit_power_law(torch.cat([bulk, pareto(2.5, 600, xmin=1.0, seed=4)]))
     assert 0.9 <= fit["xmin"] <= 1.6 and abs(fit["alpha"] - 2.5) < 0.25, fit
 
 

@@ -1,0 +1,228 @@
+"""EVALUATE: token-weighted perplexity with a bootstrap interval, and the prefix activation cache.
+
+PPL here is `exp(sum of token NLLs / number of predicted tokens)` over all texts (token-weighted, not a
+mean of per-text PPLs), each text scored on its own with its special tokens, padding excluded from every
+sum. The 95% interval resamples *texts* with replacement; the resample indices are fixed per evaluation
+set, so two PPLs on the same set are paired and a ratio's interval (the degradation D) is honest.
+
+The prefix cache records, in one baseline pass, the hidden states entering every decoder layer and the
+exact arguments the model passed to each layer. An intervention on layer l leaves everything below l
+unchanged, so its PPL needs only layers l..N-1 and the head: on average half the work of a full pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import AnatomyError
+from .layers import LayerAdapter
+
+N_BOOTSTRAP = 2000
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    text_index: torch.Tensor  # position of each row in EvalSet.texts
+
+
+@dataclass
+class EvalSet:
+    """Tokenised, batched evaluation texts plus the fixed bootstrap resamples over them."""
+
+    texts: list[str]
+    name: str
+    batches: list[Batch]
+    token_counts: np.ndarray  # predicted tokens per text
+    bootstrap_indices: np.ndarray = field(repr=False)  # (N_BOOTSTRAP, n_texts)
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, *, name: str = "custom",
+                   batch_size: int = 16, max_length: int = 256, device: torch.device | str = "cpu",
+                   seed: int = 0) -> EvalSet:
+        texts = [t for t in texts if t and t.strip()]
+        if not texts:
+            raise AnatomyError("The evaluation text is empty: give at least one sentence.")
+        if batch_size < 1 or max_length < 2:
+            raise AnatomyError(f"batch_size must be >= 1 and max_length >= 2 (got {batch_size}, {max_length}).")
+        encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+        for text, ids in zip(texts, encoded):
+            if len(ids) < 2:
+                raise AnatomyError(f"Evaluation text {text[:40]!r} is too short: each text needs at least "
+                                   "2 tokens to predict one.")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths: little padding
+        batches = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[r, :len(encoded[i])] = 1
+            batches.append(Batch(ids.to(device), mask.to(device), torch.tensor(rows)))
+        counts = np.array([len(e) - 1 for e in encoded], dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        boot = rng.integers(0, len(texts), size=(N_BOOTSTRAP, len(texts)))
+        return cls(list(texts), name, batches, counts, boot)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_counts.sum())
+
+
+@dataclass
+class PPLResult:
+    """A perplexity, its 95% bootstrap interval, and the per-text sums it came from."""
+
+    ppl: float
+    low: float
+    high: float
+    nll: np.ndarray  # summed NLL per text
+    tokens: np.ndarray
+
+    def as_dict(self) -> dict:
+        return {"ppl": self.ppl, "ppl_low": self.low, "ppl_high": self.high}
+
+
+def _bootstrap_ppl(nll: np.ndarray, tokens: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return np.exp(nll[indices].sum(axis=1) / tokens[indices].sum(axis=1))
+
+
+def ppl_result(nll: np.ndarray, eval_set: EvalSet) -> PPLResult:
+    tokens = eval_set.token_counts
+    boot = _bootstrap_ppl(nll, tokens, eval_set.bootstrap_indices)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return PPLResult(float(np.exp(nll.sum() / tokens.sum())), float(low), float(high), nll, tokens)
+
+
+def degradation(result: PPLResult, baseline: PPLResult, eval_set: EvalSet) -> tuple[float, float, float]:
+    """D = (PPL / PPL_baseline - 1) x 100 %, with a paired bootstrap 95% interval over texts."""
+    idx = eval_set.bootstrap_indices
+    ratio = _bootstrap_ppl(result.nll, result.tokens, idx) / _bootstrap_ppl(baseline.nll, baseline.tokens, idx)
+    low, high = np.percentile(ratio, [2.5, 97.5])
+    return (result.ppl / baseline.ppl - 1) * 100, (low - 1) * 100, (high - 1) * 100
+
+
+def _text_nll(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Summed next-token NLL per row, padding excluded."""
+    targets = batch.input_ids[:, 1:]
+    mask = batch.attention_mask[:, 1:].to(logits.dtype)
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return (nll.view_as(mask) * mask).sum(dim=1)
+
+
+def _collect(eval_set: EvalSet, per_batch: list[torch.Tensor]) -> np.ndarray:
+    nll = np.zeros(len(eval_set.texts))
+    for batch, values in zip(eval_set.batches, per_batch):
+        nll[batch.text_index.numpy()] = values.double().cpu().numpy()
+    if not np.isfinite(nll).all():
+        return np.full_like(nll, np.inf)
+    return nll
+
+
+@torch.no_grad()
+def perplexity(model: PreTrainedModel, eval_set: EvalSet, cache: PrefixCache | None = None,
+               from_layer: int = 0) -> PPLResult:
+    """PPL of the model as it is now; with a cache, only layers `from_layer`..N-1 and the head run."""
+    per_batch = []
+    for b, batch in enumerate(eval_set.batches):
+        if cache is not None:
+            logits = cache.logits_from(from_layer, b)
+        else:
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        per_batch.append(_text_nll(logits, batch))
+    return ppl_result(_collect(eval_set, per_batch), eval_set)
+
+
+class PrefixCache:
+    """Hidden states entering every decoder layer, and each layer's call arguments, for every batch.
+
+    Built from one baseline forward pass with pre-hooks, so it works for any architecture whose decoder
+    calls its layers in order: replaying layer i with the recorded arguments reproduces the model's own
+    forward exactly. The layers are looked up at replay time, so a skipped layer (a `Residual` stand-in)
+    or edited weights take effect; the cache itself must be rebuilt only if layers *below* the replay
+    start change.
+    """
+
+    def __init__(self, model: PreTrainedModel, eval_set: EvalSet):
+        self.adapter = LayerAdapter(model)
+        n = self.adapter.num_layers
+        self.inputs: list[list[torch.Tensor]] = []  # [batch][layer] hidden states entering the layer
+        self.calls: list[list[tuple[tuple, dict]]] = []  # [batch][layer] (other args, kwargs)
+        self.outputs: list[torch.Tensor] = []  # [batch] output of the last layer
+        for batch in eval_set.batches:
+            inputs: list[torch.Tensor | None] = [None] * n
+            calls: list[tuple[tuple, dict] | None] = [None] * n
+
+            def record(index: int):
+                def hook(module, args, kwargs):
+                    if args:
+                        inputs[index], calls[index] = args[0], (args[1:], dict(kwargs))
+                    else:
+                        rest = dict(kwargs)
+                        inputs[index], calls[index] = rest.pop("hidden_states"), ((), rest)
+                return hook
+
+            def keep_output(module, args, output):
+                self.outputs.append(output[0] if isinstance(output, tuple) else output)
+
+            handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True)
+                       for i, layer in enumerate(self.adapter.layers)]
+            handles.append(self.adapter.layers[n - 1].register_forward_hook(keep_output))
+            try:
+                with torch.no_grad():
+                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if any(x is None for x in inputs):
+                raise AnatomyError(f"{type(model).__name__} did not call every decoder layer once; "
+                                   "the prefix cache cannot be used with it.")
+            self.inputs.append(inputs)
+            self.calls.append(calls)
+        self.masks = [batch.attention_mask for batch in eval_set.batches]
+
+    def hidden_from(self, layer: int, batch: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Run layers `layer`..N-1 (as they are now) on the cached (or given) input of `layer`."""
+        h = self.inputs[batch][layer] if hidden is None else hidden
+        for i in range(layer, self.adapter.num_layers):
+            args, kwargs = self.calls[batch][i]
+            h = self.adapter.layers[i](h, *args, **kwargs)
+            h = h[0] if isinstance(h, tuple) else h
+        return h
+
+    def logits_from(self, layer: int, batch: int) -> torch.Tensor:
+        return self.adapter.logits(self.hidden_from(layer, batch))
+
+    def layer_output(self, layer: int, batch: int) -> torch.Tensor:
+        """Baseline output of `layer` (the input of the next one)."""
+        return self.inputs[batch][layer + 1] if layer + 1 < self.adapter.num_layers else self.outputs[batch]
+
+
+def one_pass_scores(cache: PrefixCache) -> dict[str, np.ndarray]:
+    """Block Influence (1 - cos(input, output)) and angular distance (arccos(cos)/pi) per layer.
+
+    Averaged over every non-padding token of the evaluation set, from the baseline pass alone
+    (Men et al. 2024 "ShortGPT"; Gromov et al. 2024 for the angular distance).
+    """
+    n = cache.adapter.num_layers
+    sums = {"block_influence": np.zeros(n), "angular_distance": np.zeros(n)}
+    count = 0
+    for b, mask in enumerate(cache.masks):
+        keep = mask.bool()
+        count += int(keep.sum())
+        for layer in range(n):
+            cos = F.cosine_similarity(cache.inputs[b][layer][keep].float(),
+                                      cache.layer_output(layer, b)[keep].float(), dim=-1).clamp(-1, 1)
+            sums["block_influence"][layer] += float((1 - cos).sum())
+            sums["angular_distance"][layer] += float((torch.arccos(cos) / torch.pi).sum())
+    return {k: v / count for k, v in sums.items()}

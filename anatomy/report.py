@@ -1,0 +1,128 @@
+"""REPORT: the run folder every experiment writes (results.json, CSV tables, PNG plots, report.md).
+
+A run folder is self-describing: results.json records the model and its revision, the config, the
+library versions, the timings and every number of every table, so a run can be compared or re-plotted
+without re-running it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import transformers
+from matplotlib.figure import Figure
+
+from .evaluate import EvalSet
+from .load import LoadedModel
+
+PPL_CONVENTION = ("PPL = exp(total next-token NLL / total predicted tokens) over all evaluation texts "
+                  "(token-weighted), each text scored alone with its special tokens, padding excluded; "
+                  "95% intervals bootstrap the texts (2,000 resamples, paired across rows).")
+
+
+def to_jsonable(obj: object) -> object:
+    """Dataclasses, DataFrames, numpy and torch values as plain JSON values."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(asdict(obj))
+    if isinstance(obj, pd.DataFrame):
+        return json.loads(obj.to_json(orient="records"))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (torch.dtype, torch.device, Path)):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    return obj
+
+
+def environment() -> dict:
+    from . import __version__
+    return {"anatomy": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "threads": torch.get_num_threads()}
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    return df.to_markdown(index=False, floatfmt=floatfmt)
+
+
+class RunFolder:
+    """Writes one run: call the `write_*` methods, then `finish()` for results.json."""
+
+    def __init__(self, out: str | Path, experiment: str):
+        self.path = Path(out)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.experiment = experiment
+        self.started = time.time()
+        self.tables: dict[str, pd.DataFrame] = {}
+        self.files: list[str] = []
+
+    def write_table(self, name: str, df: pd.DataFrame) -> Path:
+        path = self.path / f"{name}.csv"
+        df.to_csv(path, index=False)
+        self.tables[name] = df
+        self.files.append(path.name)
+        return path
+
+    def write_figure(self, name: str, figure: Figure) -> Path:
+        path = self.path / f"{name}.png"
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+        self.files.append(path.name)
+        return path
+
+    def write_report(self, markdown: str) -> Path:
+        path = self.path / "report.md"
+        path.write_text(markdown, encoding="utf-8")
+        self.files.append(path.name)
+        return path
+
+    def finish(self, loaded: LoadedModel | None, eval_set: EvalSet | None, config: object,
+               results: dict, timings: dict | None = None) -> Path:
+        payload = {
+            "experiment": self.experiment,
+            "model": None if loaded is None else {
+                "name": loaded.name, "source": loaded.source, "revision": loaded.revision,
+                "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
+                "num_layers": getattr(loaded.model.config, "num_hidden_layers", None),
+                "dtype": str(next(loaded.model.parameters()).dtype), "device": str(loaded.model.device)},
+            "eval_set": None if eval_set is None else {
+                "name": eval_set.name, "num_texts": len(eval_set.texts), "num_tokens": eval_set.num_tokens,
+                "ppl_convention": PPL_CONVENTION},
+            "config": to_jsonable(config),
+            "environment": environment(),
+            "timings": {"total_s": round(time.time() - self.started, 3), **(timings or {})},
+            "results": to_jsonable(results),
+            "tables": {name: to_jsonable(df) for name, df in self.tables.items()},
+            "files": self.files,
+        }
+        path = self.path / "results.json"
+        path.write_text(json.dumps(payload, indent=2, allow_nan=True), encoding="utf-8")
+        return path
+
+    def zip(self) -> Path:
+        """The whole folder as one .zip next to it (the app's download button)."""
+        return Path(shutil.make_archive(str(self.path), "zip", root_dir=self.path))
+
+
+def header(title: str, loaded: LoadedModel | None, eval_set: EvalSet | None) -> str:
+    """The first lines of every report.md: what was measured, on which model and text."""
+    lines = [f"# {title}", ""]
+    if loaded is not None:
+        rev = f" @ {loaded.revision}" if loaded.revision else ""
+        lines.append(f"- Model: `{loaded.name}`{rev} ({type(loaded.model).__name__}, "
+                     f"{loaded.num_parameters / 1e6:.1f}M parameters, "
+                     f"{loaded.model.config.num_hidden_layers} layers, numbered from 0)")
+    if eval_set is not None:
+        lines.append(f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} "
+                     "predicted tokens")
+        lines.append(f"- {PPL_CONVENTION}")
+    return "\n".join(lines) + "\n"
