@@ -1,0 +1,83 @@
+"""Fixtures every test reuses: a tiny tokenizer, tiny random models of each supported architecture, and
+the embedded SmolLM2-135M model (loaded once per session; integration tests only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (AutoConfig, AutoModelForCausalLM, GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
+                          MistralConfig, OPTConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config)
+
+from anatomy.texts import default_eval_texts
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "opt")
+
+
+def _tiny_config(arch: str, vocab: int, layers: int) -> AutoConfig:
+    common = dict(vocab_size=vocab, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch in ("llama", "mistral", "qwen2", "gemma", "phi3"):
+        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "gemma": GemmaConfig,
+               "phi3": Phi3Config}[arch]
+        extra = {"head_dim": 8} if arch == "gemma" else {}
+        return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=256, **extra, **common)
+    if arch == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=256, **common)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                             max_position_embeddings=256, **common)
+    if arch == "opt":
+        return OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=layers, num_attention_heads=4,
+                         word_embed_proj_dim=32, max_position_embeddings=256, **common)
+    raise ValueError(arch)
+
+
+def make_tiny_model(arch: str = "llama", vocab: int = 320, layers: int = 6, seed: int = 0) -> torch.nn.Module:
+    """A random causal LM of the given family, small enough that a forward takes milliseconds."""
+    torch.manual_seed(seed)
+    config = _tiny_config(arch, vocab, layers)
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # larger weights than the default init, so ablations make visible differences
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A 320-token byte-level BPE trained on the default evaluation set in well under a second."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(default_eval_texts(), trainer)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny_eval_set(tiny_tokenizer):
+    from anatomy.evaluate import EvalSet
+    return EvalSet.from_texts(default_eval_texts()[:12], tiny_tokenizer, name="tiny", batch_size=5)
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded SmolLM2-135M (LoadedModel), shared by the integration tests of the session."""
+    from anatomy.load import load_model
+    return load_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def embedded_eval_set(embedded):
+    """Twelve of the default sentences: enough for an interval, fast enough for CI."""
+    from anatomy.evaluate import EvalSet
+    return EvalSet.from_texts(default_eval_texts()[:12], embedded.tokenizer, name="default[:12]", batch_size=12)
