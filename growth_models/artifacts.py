@@ -52,7 +52,7 @@ def model_card(model: GrowthForCausalLM, schedule: str, val_loss: float, dataset
 
 # {name}
 
-A 12-layer decoder from the Transformer Anatomy project's `growth_models` (hidden {cfg.hidden_size},
+A {cfg.num_hidden_layers}-layer decoder from the Transformer Anatomy project's `growth_models` (hidden {cfg.hidden_size},
 RMSNorm, SwiGLU, RoPE, tied embeddings), trained with the **{schedule}** schedule.
 {summary}
 

