@@ -1,0 +1,128 @@
+"""Models shared by every user of the app: a bounded LRU cache, and one lock per model.
+
+A loaded model lives once in memory (never in `gr.State`, which is per session and deep-copied). Every
+job that reads or edits a model's weights holds that model's lock for the whole job, so one user never
+sees another user's altered weights: interventions edit in place and restore before the lock is released.
+When free memory runs short, the least recently used model that no job is using is dropped.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+
+from anatomy.errors import AnatomyError
+from anatomy.load import EMBEDDED, MEMORY_HEADROOM, ONLINE_DEFAULT, LoadedModel, check_hub_model, load_model
+from anatomy.progress import Cancelled
+
+EMBEDDED_PARAMETERS = 135_000_000
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether huggingface.co answers; HF_HUB_OFFLINE=1 means offline without trying."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def default_model_spec(online: bool | None = None) -> str:
+    """The study's model online (`HuggingFaceTB/SmolLM2-135M`), the embedded copy of SmolLM2 offline."""
+    return ONLINE_DEFAULT if (hub_reachable() if online is None else online) else EMBEDDED
+
+
+def estimate_bytes(spec: str) -> int:
+    """Memory a float32 model will need, known before loading (Hub metadata, file sizes, or the embedded size)."""
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+    if spec == EMBEDDED:
+        params = EMBEDDED_PARAMETERS
+    elif path.is_dir():
+        params = sum(p.stat().st_size for p in path.glob("*.safetensors")) // 2
+    elif path.suffix == ".gguf" and path.is_file():
+        params = path.stat().st_size  # quantised: ~1 byte a parameter at most
+    elif path.exists() or spec.count("/") != 1:
+        return 0  # load_model gives the precise error
+    else:
+        params = check_hub_model(spec).num_parameters  # checked before a single weight is downloaded
+    return int(params * 4 * MEMORY_HEADROOM)
+
+
+@dataclass
+class _Entry:
+    loaded: LoadedModel
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ModelCache:
+    """Loaded models by spec, least recently used first; `max_models` and free memory bound it."""
+
+    def __init__(self, loader: Callable[[str], LoadedModel] = load_model, max_models: int = 2,
+                 estimate: Callable[[str], int] = estimate_bytes,
+                 available: Callable[[], int] = lambda: psutil.virtual_memory().available):
+        self._loader, self._estimate, self._available = loader, estimate, available
+        self.max_models = max_models
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._guard = threading.Lock()  # protects the dict and serialises loading
+
+    def specs(self) -> list[str]:
+        """Cached model specs, least recently used first."""
+        with self._guard:
+            return list(self._entries)
+
+    def get(self, spec: str) -> LoadedModel:
+        """The loaded model for `spec`, loading it (after making room) on first use."""
+        return self._entry(spec).loaded
+
+    def _entry(self, spec: str) -> _Entry:
+        spec = (spec or "").strip()
+        if not spec:
+            raise AnatomyError("No model chosen: pick 'embedded', a Hub id (owner/name) or a local folder.")
+        with self._guard:
+            if spec in self._entries:
+                self._entries.move_to_end(spec)
+                return self._entries[spec]
+            self._make_room(self._estimate(spec))
+            entry = _Entry(self._loader(spec))
+            self._entries[spec] = entry
+            return entry
+
+    def _make_room(self, need: int) -> None:
+        """Drop idle models, least recently used first, until the new one fits in count and memory."""
+        for spec in list(self._entries):
+            if len(self._entries) < self.max_models and self._available() >= need:
+                return
+            if self._entries[spec].lock.locked():
+                continue  # a job is using it; dropping it would free nothing now
+            del self._entries[spec]
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    @contextmanager
+    def use(self, spec: str, cancel: threading.Event | None = None) -> Iterator[LoadedModel]:
+        """Hold the model's lock for a whole job (waiting for other users' jobs, but stoppable while waiting)."""
+        entry = self._entry(spec)
+        while not entry.lock.acquire(timeout=0.2):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("stopped while waiting for another user's job on this model")
+        try:
+            yield entry.loaded
+        finally:
+            entry.lock.release()
+
+
+CACHE = ModelCache(max_models=int(os.environ.get("ANATOMY_MAX_MODELS", "2")))

@@ -1,0 +1,70 @@
+"""Model tab: pick a model (embedded, local folder, Hub id checked before download) and see its anatomy."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from anatomy.layers import LayerAdapter
+from anatomy.load import EMBEDDED, check_hub_model
+
+from .common import Shared, model_job, shown
+from .gpu import gpu
+from .jobs import user_errors
+from .models import CACHE
+
+
+def component_table(adapter: LayerAdapter) -> pd.DataFrame:
+    """Which canonical components the model has and the real parameter each one lives in."""
+    return pd.DataFrame(adapter.describe())
+
+
+@torch.no_grad()
+def norm_table(adapter: LayerAdapter) -> pd.DataFrame:
+    """Frobenius norm of every weight matrix, one row per layer (the layers-by-components view)."""
+    rows = []
+    for layer in range(adapter.num_layers):
+        row = {"layer": layer, "module": type(adapter.layers[layer]).__name__}
+        for ref in adapter.layer_components(layer):
+            row[ref.component] = float(ref.weight.float().norm())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(loaded, adapter: LayerAdapter) -> str:
+    rev = f" @ `{loaded.revision[:10]}`" if loaded.revision else ""
+    return (f"**{loaded.name}**{rev} ({loaded.source}): {type(loaded.model).__name__}, "
+            f"{loaded.num_parameters / 1e6:.1f}M parameters, {adapter.num_layers} layers numbered 0-"
+            f"{adapter.num_layers - 1}, components: {', '.join(adapter.components)}. "
+            f"Cached models: {', '.join(CACHE.specs())}.")
+
+
+@user_errors
+def check(spec: str) -> str:
+    """Hub ids are checked from metadata alone (causal LM, safetensors, fits in memory) before any download."""
+    spec = (spec or "").strip()
+    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        return f"`{spec}` is not a Hub id; press Load to open it." if spec != EMBEDDED else \
+            "The embedded SmolLM2-135M-Instruct (offline, no download)."
+    info = check_hub_model(spec)
+    return (f"`{info.repo_id}` @ `{info.revision[:10]}`: {info.model_type}, {info.num_parameters / 1e6:.1f}M "
+            "parameters, safetensors, fits in memory. Press Load to download it.")
+
+
+@gpu(duration=60)
+@user_errors
+def load(spec: str, request: gr.Request) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    with model_job(spec, request, None) as job:
+        adapter = LayerAdapter(job.loaded.model)
+        return summary(job.loaded, adapter), component_table(adapter), shown(norm_table(adapter))
+
+
+def build(shared: Shared, load_button: gr.Button, status: gr.Markdown) -> None:
+    gr.Markdown("Layers are numbered from 0; every table, plot and field uses the names `layers.{i}.{component}`.")
+    components = gr.Dataframe(label="Components (canonical name, real parameter, shape (out, in))",
+                              interactive=False)
+    norms = gr.Dataframe(label="Frobenius norm of every weight matrix, by layer", interactive=False)
+    shared.model.change(check, shared.model, status, api_name="check_model", queue=False)
+    load_button.click(load, shared.model, [status, components, norms], api_name="load_model",
+                      concurrency_id="model")

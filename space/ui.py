@@ -1,0 +1,54 @@
+"""The Blocks: the shared model and evaluation-text inputs above one tab per experiment."""
+
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from anatomy.load import EMBEDDED, ONLINE_DEFAULT
+
+from . import jobs, tab_generate, tab_importance, tab_interventions, tab_model
+from .common import Shared
+from .models import default_model_spec
+
+CONCURRENCY = int(os.environ.get("ANATOMY_CONCURRENCY", "2"))
+TITLE = "Transformer Anatomy"
+
+
+def build_demo(model_spec: str | None = None) -> gr.Blocks:
+    """The whole app; `model_spec` overrides the default (online: SmolLM2-135M, offline: the embedded copy)."""
+    spec = model_spec or default_model_spec()
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nLayer by layer: which layers matter, what their weights look like, and what "
+                    "breaks when you change them. Every button runs the same library function as the CLI.")
+        with gr.Row(equal_height=True):
+            model = gr.Dropdown(sorted({spec, EMBEDDED, ONLINE_DEFAULT}), value=spec, allow_custom_value=True,
+                                label="Model: 'embedded', a Hub id (owner/name) or a local folder", scale=4)
+            load = gr.Button("Load", scale=0, min_width=90)
+        status = gr.Markdown(elem_id="model-status")
+        with gr.Accordion("Evaluation text", open=False):
+            with gr.Row():
+                n_sentences = gr.Slider(1, 48, value=12, step=1, label="Default sentences used (fewer: faster)")
+                max_length = gr.Number(128, precision=0, label="Max tokens per text")
+            custom_text = gr.Textbox(label="Or your own text (one text per line; replaces the default sentences)",
+                                     lines=3)
+        shared = Shared(model, n_sentences, custom_text, max_length, gr.State({}))
+        with gr.Tabs():
+            with gr.Tab("Model"):
+                tab_model.build(shared, load, status)
+            with gr.Tab("Importance"):
+                tab_importance.build(shared)
+            with gr.Tab("Interventions"):
+                tab_interventions.build(shared)
+            with gr.Tab("Generate"):
+                tab_generate.build(shared)
+        demo.unload(jobs.forget_session)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
+    return demo
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """Serve on 0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise."""
+    return demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+                       server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **kwargs)
