@@ -153,9 +153,12 @@ class PrefixCache:
     start change.
     """
 
-    def __init__(self, model: PreTrainedModel, eval_set: EvalSet):
+    def __init__(self, model: PreTrainedModel, eval_set: EvalSet, keep_layers: Sequence[int] | None = None):
+        """`keep_layers`: keep only the inputs of these layers (others stay None) to save memory; calls are
+        always kept for every layer, so `hidden_from(l, ...)` works for each kept `l`. Default: all."""
         self.adapter = LayerAdapter(model)
         n = self.adapter.num_layers
+        keep = set(range(n)) if keep_layers is None else set(keep_layers)
         self.inputs: list[list[torch.Tensor]] = []  # [batch][layer] hidden states entering the layer
         self.calls: list[list[tuple[tuple, dict]]] = []  # [batch][layer] (other args, kwargs)
         self.outputs: list[torch.Tensor] = []  # [batch] output of the last layer
@@ -166,10 +169,11 @@ class PrefixCache:
             def record(index: int):
                 def hook(module, args, kwargs):
                     if args:
-                        inputs[index], calls[index] = args[0], (args[1:], dict(kwargs))
+                        hidden, calls[index] = args[0], (args[1:], dict(kwargs))
                     else:
                         rest = dict(kwargs)
-                        inputs[index], calls[index] = rest.pop("hidden_states"), ((), rest)
+                        hidden, calls[index] = rest.pop("hidden_states"), ((), rest)
+                    inputs[index] = hidden if index in keep else None
                 return hook
 
             def keep_output(module, args, output):
@@ -184,7 +188,7 @@ class PrefixCache:
             finally:
                 for handle in handles:
                     handle.remove()
-            if any(x is None for x in inputs):
+            if any(x is None for x in calls):
                 raise AnatomyError(f"{type(model).__name__} did not call every decoder layer once; "
                                    "the prefix cache cannot be used with it.")
             self.inputs.append(inputs)

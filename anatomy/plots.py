@@ -81,3 +81,13 @@ def heatmap_figure(matrix: np.ndarray, *, title: str, xlabel: str, ylabel: str,
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def recovery_figure(curves: pd.DataFrame, baseline: float, thresholds=(2.0, 1.5, 1.1),
+                    title: str = "Recovery after noise") -> Figure:
+    """PPL against fine-tune step, one line per layer, log PPL axis; the baseline and each threshold drawn."""
+    lines = {"baseline": baseline, **{f"{t:g}x baseline": t * baseline for t in thresholds}}
+    fig = line_figure(curves.assign(layer=curves["layer"].map(lambda i: f"layers.{i}")), "step", "ppl", "layer",
+                      logy=True, title=title, xlabel="fine-tune step", ylabel="PPL (log scale)", hlines=lines)
+    fig.axes[0].legend(fontsize=6, ncol=3)
+    return fig

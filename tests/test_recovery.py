@@ -1,0 +1,153 @@
+"""Recovery after noise: noise statistics, freezing, restore (also on cancel), cached loop == plain loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anatomy.errors import AnatomyError
+from anatomy.experiments.recovery import RecoveryConfig, recovery_curves, run_recovery, summarise
+from anatomy.evaluate import PPLResult
+from anatomy.interventions import add_noise, fingerprint, preserve
+from anatomy.layers import LayerAdapter
+from anatomy.progress import Cancelled
+from anatomy.train_layer import (batch_schedule, finetune_layer, layer_groups, step_loss, trainable_only,
+                                 training_cache, training_rows)
+from tests.conftest import make_tiny_model
+
+
+def rows(n: int = 40, seq_len: int = 16, vocab: int = 320, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, vocab, (n, seq_len), generator=torch.Generator().manual_seed(seed))
+
+
+def fast(**kw) -> RecoveryConfig:
+    return RecoveryConfig(**{"steps": 4, "eval_every": 2, "train_batch_size": 2, "train_seq_len": 16, "lr": 1e-3,
+                             **kw})
+
+
+def test_noise_has_the_asked_std_per_matrix():
+    model = make_tiny_model("llama", layers=4)
+    adapter = LayerAdapter(model)
+    before = {r.name: r.weight.detach().clone() for r in adapter.layer_components(2)}
+    with add_noise(adapter, [2], sigma=0.5, seed=3):
+        for ref in adapter.layer_components(2):
+            delta = ref.weight.detach() - before[ref.name]
+            std = float(before[ref.name].std())
+            assert abs(float(delta.mean())) < 0.05 * std
+            assert float(delta.std()) == pytest.approx(0.5 * std, rel=0.15)
+        noisy = {r.name: r.weight.detach().clone() for r in adapter.layer_components(2)}
+    with add_noise(adapter, [2], sigma=0.5, seed=3):  # seeded: the same noise again
+        assert all(torch.equal(r.weight, noisy[r.name]) for r in adapter.layer_components(2))
+
+
+def test_only_the_layer_gets_gradients_and_changes():
+    model = make_tiny_model("llama", layers=4)
+    adapter = LayerAdapter(model)
+    params = list(adapter.layers[1].parameters())
+    names = {id(p) for p in params}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with trainable_only(model, params):
+        loss = step_loss(model, adapter, rows(2), 1)
+        loss.backward()
+        grads = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert grads == {n for n, p in model.named_parameters() if id(p) in names}
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+    finetune_layer(model, 1, batch_schedule(rows(), 2, 3), lr=1e-2, grad_clip=1.0, weight_decay=0.01,
+                   eval_every=10, evaluate=lambda step: None)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= {n for n, p in model.named_parameters() if id(p) in names}
+    assert all(n in changed for n, p in model.named_parameters() if id(p) in names and p.dim() == 2)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "opt"])
+def test_cached_loop_gives_the_plain_losses(arch):
+    """Five AdamW steps: the cached loop (layers l..N-1 only) and the full-model loop agree within 1e-5."""
+    model = make_tiny_model(arch, layers=5)
+    batches = batch_schedule(rows(vocab=320), 3, 5, seed=0)
+    for layer in (0, 3):
+        params = list(LayerAdapter(model).layers[layer].parameters())
+        losses = {}
+        for mode in ("plain", "cached"):
+            cache = training_cache(model, batches, [layer]) if mode == "cached" else None
+            with preserve(params):
+                losses[mode] = finetune_layer(model, layer, batches, lr=1e-3, grad_clip=1.0, weight_decay=0.01,
+                                              eval_every=5, evaluate=lambda step: None, cache=cache)
+        assert losses["plain"] == pytest.approx(losses["cached"], abs=1e-5)
+        assert len(set(losses["plain"])) == 5
+
+
+def test_run_restores_weights_and_reports_curves(tiny_eval_set):
+    model = make_tiny_model("llama", layers=4)
+    before = fingerprint(model)
+    df = run_recovery(model, tiny_eval_set, fast(layers=[0, 2]), train_rows=rows())
+    assert fingerprint(model) == before
+    assert df["layer"].tolist() == [0, 2]
+    curves = recovery_curves(df)
+    assert curves.groupby("layer")["step"].apply(list).tolist() == [[0, 2, 4], [0, 2, 4]]
+    assert (df["noise_ppl"] != df["baseline_ppl"]).all()
+    assert df["steps"].tolist() == [4, 4]
+
+
+def test_cached_and_plain_runs_agree(tiny_eval_set):
+    model = make_tiny_model("llama", layers=4)
+    cached = recovery_curves(run_recovery(model, tiny_eval_set, fast(layers=[1]), train_rows=rows()))
+    plain = recovery_curves(run_recovery(model, tiny_eval_set, fast(layers=[1], cached=False), train_rows=rows()))
+    assert cached["ppl"].to_numpy() == pytest.approx(plain["ppl"].to_numpy(), rel=1e-4)
+
+
+def test_cancel_from_the_callback_restores_weights(tiny_eval_set):
+    model = make_tiny_model("llama", layers=4)
+    before = fingerprint(model)
+    flags = [p.requires_grad for p in model.parameters()]
+
+    def cancel(done: int, total: int, desc: str) -> None:
+        if "fine-tune" in desc and done == 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        run_recovery(model, tiny_eval_set, fast(layers=[1, 2]), progress=cancel, train_rows=rows())
+    assert fingerprint(model) == before
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_thresholds_and_anti_layer_flag():
+    base = PPLResult(10.0, 9.0, 11.0, None, None)
+    curve = [(0, PPLResult(100.0, 90, 110, None, None)), (10, PPLResult(18.0, 16, 20, None, None)),
+             (20, PPLResult(12.0, 11, 13, None, None)), (30, PPLResult(9.0, 8.0, 9.9, None, None))]
+    row = summarise(3, curve, base, RecoveryConfig())
+    assert (row["steps_to_2x"], row["steps_to_1.5x"], row["steps_to_1.1x"]) == (10, 20, 30)
+    assert row["anti_layer_candidate"] and row["final_ppl"] == 9.0
+    curve[-1] = (30, PPLResult(9.0, 8.0, 10.5, None, None))  # interval reaches the baseline: not flagged
+    row = summarise(3, curve[:3] + curve[-1:], base, RecoveryConfig(thresholds=(2.0, 1.1)))
+    assert not row["anti_layer_candidate"] and row["steps_to_1.1x"] == 30
+
+
+def test_not_reached_is_missing():
+    base = PPLResult(10.0, 9.0, 11.0, None, None)
+    row = summarise(0, [(0, PPLResult(100.0, 90, 110, None, None)), (10, PPLResult(30.0, 28, 32, None, None))],
+                    base, RecoveryConfig())
+    assert row["steps_to_2x"] is not None and str(row["steps_to_2x"]) == "<NA>"
+
+
+def test_layer_groups_split_by_memory():
+    batches = batch_schedule(rows(), 2, 4)
+    one = 4 * 2 * 16 * 32 * 4  # bytes for one layer
+    assert layer_groups([0, 1, 2, 3, 4], batches, 32, budget=2 * one) == [[0, 1], [2, 3], [4]]
+    assert layer_groups([0, 1], batches, 32, budget=1) == [[0], [1]]
+
+
+def test_training_text_must_not_hold_the_eval_text(tmp_path, tiny_tokenizer):
+    sentence = "The capital of France is Paris, a city on the river Seine."
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(f"Line {i} of a training text about ships. {sentence}" for i in range(300)))
+    assert training_rows(tiny_tokenizer, 16, train_file=str(path), exclude=["An unrelated sentence, long enough."]).shape[1] == 16
+    with pytest.raises(AnatomyError, match="evaluation text"):
+        training_rows(tiny_tokenizer, 16, train_file=str(path), exclude=[sentence])
+
+
+def test_bad_config_is_refused(tiny_eval_set):
+    with pytest.raises(AnatomyError):
+        run_recovery(make_tiny_model("llama", layers=2), tiny_eval_set, fast(steps=0), train_rows=rows())
+    with pytest.raises(AnatomyError, match="train_rows"):
+        run_recovery(make_tiny_model("llama", layers=2), tiny_eval_set, fast(), train_rows=rows(seq_len=8))
