@@ -91,3 +91,120 @@ def recovery_figure(curves: pd.DataFrame, baseline: float, thresholds=(2.0, 1.5,
                       logy=True, title=title, xlabel="fine-tune step", ylabel="PPL (log scale)", hlines=lines)
     fig.axes[0].legend(fontsize=6, ncol=3)
     return fig
+
+
+def _component_grid(count: int, width: float = 3.2, height: float = 2.8) -> tuple[Figure, list]:
+    """A figure with one small axes per component (up to 4 a row)."""
+    cols = min(4, max(1, count))
+    rows = -(-count // cols)
+    fig = Figure(figsize=(width * cols, height * rows))
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(count)]
+
+
+def spectral_depth_figure(df: pd.DataFrame, title: str = "Spectral depth profiles") -> Figure:
+    """Power-law alpha and stable rank against depth, one line per component (spectral experiment)."""
+    fig = Figure(figsize=(12, 4.2))
+    for i, (column, label) in enumerate((("alpha", "power-law alpha of W^T W tail"), ("stable_rank", "stable rank"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for component, part in df.groupby("component", sort=False):
+            ax.plot(part["layer"], part[column], marker="o", markersize=3, label=component)
+        if column == "alpha":
+            ax.axhspan(2, 6, color="#dddddd", alpha=0.5, linewidth=0)
+        ax.set_xlabel("layer (0-based)")
+        ax.set_ylabel(label)
+    fig.axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def singular_values_figure(sv: pd.DataFrame, title: str = "Singular values by depth") -> Figure:
+    """Log-log singular value spectra per component, coloured from the first (dark) to the last layer (light)."""
+    components = list(dict.fromkeys(sv["component"]))
+    fig, axes = _component_grid(len(components))
+    cmap = matplotlib.colormaps["viridis"]
+    last = max(int(sv["layer"].max()), 1)
+    for ax, component in zip(axes, components):
+        for layer, part in sv[sv["component"] == component].groupby("layer"):
+            ax.loglog(part["index"] + 1, part["singular_value"], color=cmap(layer / last), linewidth=0.7)
+        ax.set_title(component, fontsize=8)
+        ax.set_xlabel("rank", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def delta_correlation_figure(df: pd.DataFrame, title: str = "Consecutive-delta correlation") -> Figure:
+    """Measured correlation of consecutive layer deltas per component, beside the shuffled control and -0.5."""
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(df))
+    ax.bar(x - 0.2, df["delta_corr"], width=0.4, label="layer order", color="#2a6fc0")
+    ax.bar(x + 0.2, df["shuffled_mean"], width=0.4, yerr=df["shuffled_std"], capsize=3,
+           label="layers shuffled (mean, sd)", color="#bbbbbb")
+    ax.axhline(-0.5, color="#c0182a", linestyle="--", linewidth=1, label="null -0.5 (independent, equal variance)")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(x, df["component"], rotation=30, fontsize=7, ha="right")
+    ax.set_ylabel("mean corr(d_l, d_l+1)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pca_path_figure(pca: pd.DataFrame, title: str = "PCA path through layer order") -> Figure:
+    """Each component's layers projected on their first two principal components, joined in layer order."""
+    components = list(dict.fromkeys(pca["component"]))
+    fig, axes = _component_grid(len(components))
+    for ax, component in zip(axes, components):
+        part = pca[pca["component"] == component]
+        ax.plot(part["pc1"], part["pc2"], color="#999999", linewidth=0.7)
+        points = ax.scatter(part["pc1"], part["pc2"], c=part["layer"], cmap="viridis", s=14, zorder=3)
+        for _, row in part.iloc[[0, -1]].iterrows():
+            ax.annotate(str(int(row["layer"])), (row["pc1"], row["pc2"]), fontsize=7)
+        ax.set_title(component, fontsize=8)
+    fig.colorbar(points, ax=axes, label="layer")
+    fig.suptitle(title)
+    return fig
+
+
+def similarity_grid_figure(matrices: dict[str, np.ndarray], title: str = "Layer-by-layer cosine similarity") -> Figure:
+    """One layer x layer cosine-similarity heatmap per component, on a shared colour scale."""
+    fig, axes = _component_grid(len(matrices))
+    low = min(float(np.min(m)) for m in matrices.values())
+    for ax, (component, matrix) in zip(axes, matrices.items()):
+        image = ax.imshow(matrix, origin="lower", cmap="magma", vmin=low, vmax=1)
+        ax.set_title(component, fontsize=8)
+        ax.set_xlabel("layer", fontsize=7)
+    fig.colorbar(image, ax=axes)
+    fig.suptitle(title)
+    return fig
+
+
+def predictability_figure(df: pd.DataFrame, title: str = "Weight predictability") -> Figure:
+    """Ridge R^2 per target layer and component (axis cut at -1: R^2 has no lower bound)."""
+    fig = line_figure(df, "layer", "r2", "component", title=title, xlabel="target layer (0-based)",
+                      ylabel="R^2 of predicted weights", hlines={"R^2 = 0": 0.0})
+    ax = fig.axes[0]
+    ax.set_ylim(max(-1.0, float(df["r2"].min()) - 0.05), 1.02)
+    return fig
+
+
+def ppl_rows_figure(df: pd.DataFrame, label: str, title: str, baseline: float | None = None) -> Figure:
+    """One horizontal bar per row (strategy, criterion...) with its PPL and 95% interval, log scale."""
+    fig = Figure(figsize=(7, 0.35 * len(df) + 1.5))
+    ax = fig.add_subplot()
+    y = np.arange(len(df))
+    ppl = df["ppl"].to_numpy(dtype=float)
+    err = np.vstack([ppl - df["ppl_low"].to_numpy(dtype=float), df["ppl_high"].to_numpy(dtype=float) - ppl])
+    ax.barh(y, ppl, xerr=np.nan_to_num(err.clip(min=0), posinf=0), color="#2a6fc0", capsize=2)
+    if baseline is not None:
+        ax.axvline(baseline, color="#c0182a", linestyle="--", linewidth=1, label=f"baseline {baseline:.2f}")
+        ax.legend(fontsize=7)
+    ax.set_yticks(y, df[label], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("PPL (log scale, 95% interval)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
