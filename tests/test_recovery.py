@@ -151,3 +151,34 @@ def test_bad_config_is_refused(tiny_eval_set):
         run_recovery(make_tiny_model("llama", layers=2), tiny_eval_set, fast(steps=0), train_rows=rows())
     with pytest.raises(AnatomyError, match="train_rows"):
         run_recovery(make_tiny_model("llama", layers=2), tiny_eval_set, fast(), train_rows=rows(seq_len=8))
+
+
+TRAIN_TEXT = "\n".join(f"Chapter {i}. The keeper walked along the harbour wall at dawn, counting the boats that "
+                       f"had come in overnight, and wrote the number {i * 7} in his little book." for i in range(400))
+
+
+@pytest.mark.embedded
+def test_embedded_recovery_run_and_cli(embedded, embedded_eval_set, tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text(TRAIN_TEXT)
+    train = training_rows(embedded.tokenizer, 16, train_file=str(path), exclude=embedded_eval_set.texts)
+    before = fingerprint(embedded.model)
+    config = RecoveryConfig(layers=[28], steps=2, eval_every=1, train_batch_size=2, train_seq_len=16)
+    df = run_recovery(embedded.model, embedded_eval_set, config, train_rows=train)
+    assert fingerprint(embedded.model) == before
+    assert df["noise_ppl"].iloc[0] > 1.2 * df["baseline_ppl"].iloc[0]
+    assert len(recovery_curves(df)) == 3
+
+    from anatomy.cli import main as cli_main
+    out = tmp_path / "rec"
+    assert cli_main(["recovery", "--layers", "29", "--steps", "1", "--train-file", str(path), "--train-seq-len", "16",
+                     "--train-batch-size", "1", "--text-file", str(_eval_file(tmp_path)), "--out", str(out)]) == 0
+    for name in ("recovery.csv", "recovery_curves.csv", "recovery.png", "report.md", "results.json"):
+        assert (out / name).is_file()
+
+
+def _eval_file(tmp_path):
+    from anatomy.texts import default_eval_texts
+    path = tmp_path / "eval.txt"
+    path.write_text("\n".join(default_eval_texts()[:6]))
+    return path
