@@ -100,6 +100,12 @@ class ModelCache:
             self._entries[spec] = entry
             return entry
 
+    def put(self, spec: str, loaded: LoadedModel) -> None:
+        """Register an already loaded model under `spec` (a model built in code, or a test's tiny model)."""
+        with self._guard:
+            self._make_room(0)
+            self._entries[spec] = _Entry(loaded)
+
     def _make_room(self, need: int) -> None:
         """Drop idle models, least recently used first, until the new one fits in count and memory."""
         for spec in list(self._entries):

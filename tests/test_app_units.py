@@ -1,0 +1,158 @@
+"""The app's pieces without a server: model cache and locks, Stop, error messages, the generation diff."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gradio as gr
+import pytest
+
+from anatomy.errors import AnatomyError
+from anatomy.interventions import fingerprint, intervention
+from anatomy.layers import LayerAdapter
+from anatomy.load import EMBEDDED, ONLINE_DEFAULT, LoadedModel
+from anatomy.progress import Cancelled
+from space import gpu, jobs, models, tab_generate, tab_interventions
+from tests.conftest import make_tiny_model
+
+
+def _fake_loaded(spec: str) -> LoadedModel:
+    return LoadedModel(model=make_tiny_model("llama", layers=2), tokenizer=None, name=spec, source="test")
+
+
+def test_cache_drops_the_least_recently_used_model_when_count_or_memory_runs_short():
+    free = {"bytes": 10_000}
+    cache = models.ModelCache(loader=_fake_loaded, max_models=2, estimate=lambda spec: 1_000,
+                              available=lambda: free["bytes"])
+    a = cache.get("a")
+    cache.get("b")
+    assert cache.get("a") is a  # cached, and now the most recently used
+    cache.get("c")
+    assert cache.specs() == ["a", "c"]  # b was the least recently used
+    free["bytes"] = 500  # memory short: drop until it fits or nothing idle is left
+    cache.get("d")
+    assert cache.specs() == ["d"]
+
+
+def test_cache_never_drops_a_model_a_job_is_using():
+    cache = models.ModelCache(loader=_fake_loaded, max_models=1, estimate=lambda spec: 0, available=lambda: 1)
+    with cache.use("busy"):
+        cache.get("other")
+        assert cache.specs() == ["busy", "other"]
+
+
+def test_model_lock_serialises_jobs_and_stop_works_while_waiting():
+    cache = models.ModelCache(loader=_fake_loaded)
+    order = []
+    cancel = threading.Event()
+
+    def second():
+        try:
+            with cache.use("m", cancel):
+                order.append("second")
+        except Cancelled:
+            order.append("cancelled")
+
+    with cache.use("m"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.5)
+        order.append("first")
+        cancel.set()
+        thread.join(5)
+    assert order == ["first", "cancelled"]
+
+
+def test_default_model_is_embedded_offline_and_smollm2_online(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not models.hub_reachable()
+    assert models.default_model_spec() == EMBEDDED
+    assert models.default_model_spec(online=True) == ONLINE_DEFAULT
+
+
+def test_progress_callback_raises_cancelled_after_stop_and_weights_come_back():
+    model = make_tiny_model("llama", layers=4)
+    before = fingerprint(model)
+    request = gr.Request(session_hash="unit-stop")
+    cancel = jobs.start(request)
+    callback = jobs.progress_callback(None, cancel)
+    callback(0, 3, "step")  # no Stop yet: nothing happens
+    adapter = LayerAdapter(model)
+    with pytest.raises(Cancelled):
+        with intervention(adapter, "zero", [0, 1, 2]):
+            jobs.stop(request)
+            callback(1, 3, "step")
+    assert fingerprint(model) == before
+    assert not jobs.start(request).is_set()  # the next job starts clean
+
+
+def test_user_errors_turns_every_failure_into_a_short_gr_error():
+    def bad(kind):
+        raise {"anatomy": AnatomyError("Layer 99 does not exist."), "bug": RuntimeError("boom\nsecond line"),
+               "stop": Cancelled("after 1 of 3 steps")}[kind]
+
+    wrapped = jobs.user_errors(bad)
+    with pytest.raises(gr.Error, match="Layer 99 does not exist"):
+        wrapped("anatomy")
+    with pytest.raises(gr.Error) as info:
+        wrapped("bug")
+    assert info.value.message == "RuntimeError: boom"
+    with pytest.raises(gr.Error, match="weights were restored"):
+        wrapped("stop")
+
+
+def test_eval_set_uses_the_first_n_sentences_or_the_users_lines(tiny_tokenizer):
+    loaded = LoadedModel(make_tiny_model("llama", layers=2), tiny_tokenizer, "tiny", "test")
+    assert len(jobs.eval_set_for(loaded, 3).texts) == 3
+    assert jobs.eval_set_for(loaded, 3, "One text here.\n\nAnother text here.\n").texts == \
+        ["One text here.", "Another text here."]
+    with pytest.raises(AnatomyError):
+        jobs.eval_set_for(loaded, 0)
+
+
+def test_intervention_sweep_gives_one_row_per_value_and_restores(tiny_tokenizer, tiny_eval_set):
+    model = make_tiny_model("llama", layers=4)
+    before = fingerprint(model)
+    df = tab_interventions.sweep(model, tiny_eval_set, "scale", [1, 2], (1.0, 0.5, 0.0))
+    assert list(df["value"]) == [1.0, 0.5, 0.0]
+    assert df["degradation_pct"].iloc[0] == pytest.approx(0.0, abs=1e-6)  # alpha 1 changes nothing
+    assert df["degradation_pct"].iloc[2] != pytest.approx(0.0)
+    assert len(tab_interventions.sweep(model, tiny_eval_set, "skip", [1])) == 1
+    assert fingerprint(model) == before
+    with pytest.raises(AnatomyError):
+        tab_interventions.sweep(model, tiny_eval_set, "melt", [1])
+
+
+def test_side_by_side_uses_one_seed_and_marks_differing_tokens(tiny_tokenizer):
+    model = make_tiny_model("llama", layers=4)
+    adapter = LayerAdapter(model)
+    before = fingerprint(model)
+    same = tab_generate.side_by_side(model, tiny_tokenizer, "The river", lambda: intervention(adapter, "none", []),
+                                     max_new_tokens=8, seed=3)
+    for pair in same.values():
+        assert pair["original"] == pair["altered"]  # same model, same seed: same tokens, sampled too
+    changed = tab_generate.side_by_side(model, tiny_tokenizer, "The river",
+                                        lambda: intervention(adapter, "skip", [0, 1, 2]), max_new_tokens=8,
+                                        seed=3, use_cache_altered=False)
+    assert changed["greedy"]["original"] == same["greedy"]["original"]
+    assert changed["greedy"]["original"] != changed["greedy"]["altered"]
+    assert fingerprint(model) == before
+    left, right = tab_generate.highlight(tiny_tokenizer, [5, 6, 7, 8], [5, 6, 9, 8])
+    assert [label for _, label in left] == [None, None, "differs", None]
+    assert [label for _, label in right] == [None, None, "differs", None]
+    table = tab_generate.difference_table(tiny_tokenizer, {"greedy": {"original": [5, 6, 7], "altered": [5, 9]}})
+    assert table.loc[0, "first_difference_at"] == 1 and table.loc[0, "tokens_differing"] == 2
+
+
+def test_zero_gpu_wrapper_is_a_no_op_elsewhere_and_long_jobs_are_refused_there(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+
+    def job():
+        return 42
+
+    assert gpu.gpu(60)(job) is job
+    gpu.refuse_on_zero_gpu("Recovery")  # not on ZeroGPU: allowed
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(AnatomyError, match="ZeroGPU"):
+        gpu.refuse_on_zero_gpu("Recovery")
