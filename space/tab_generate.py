@@ -122,6 +122,7 @@ def build(shared: Shared) -> None:
             for which in ("original", "altered"):
                 outputs.append(gr.HighlightedText(label=f"{which.capitalize()} ({mode})", color_map=colours,
                                                   combine_adjacent=True, show_legend=False,
+                                                  show_inline_category=False,
                                                   elem_id=f"gen-{mode}-{which}"))
     table = gr.Dataframe(label="Differences", interactive=False)
     event = go.click(run, [shared.model, prompt, kind, layers, value, seed, max_new], [*outputs, table],

@@ -27,10 +27,11 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
                                 label="Model: 'embedded', a Hub id (owner/name) or a local folder", scale=4)
             load = gr.Button("Load", scale=0, min_width=90)
         status = gr.Markdown(elem_id="model-status")
-        with gr.Accordion("Evaluation text", open=False):
+        with gr.Accordion("Evaluation text", open=False, elem_id="eval-accordion"):
             with gr.Row():
-                n_sentences = gr.Slider(1, 48, value=12, step=1, label="Default sentences used (fewer: faster)")
-                max_length = gr.Number(128, precision=0, label="Max tokens per text")
+                n_sentences = gr.Slider(1, 48, value=12, step=1, label="Default sentences used (fewer: faster)",
+                                        elem_id="n-sentences")
+                max_length = gr.Number(128, precision=0, label="Max tokens per text", elem_id="max-length")
             custom_text = gr.Textbox(label="Or your own text (one text per line; replaces the default sentences)",
                                      lines=3)
         shared = Shared(model, n_sentences, custom_text, max_length, gr.State({}))
@@ -43,6 +44,7 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
                 tab_interventions.build(shared)
             with gr.Tab("Generate"):
                 tab_generate.build(shared)
+        demo.load(tab_model.check, model, status, api_visibility="private")
         demo.unload(jobs.forget_session)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return demo

@@ -1,0 +1,96 @@
+"""End to end in headless Debian Chromium: `python app.py` as a user starts it, an importance map, a generation."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.embedded]
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(port: int) -> subprocess.Popen:
+    """`python app.py` offline (so on the embedded model), on a free local port."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    return subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def wait_for_server(port: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "app.py exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError("app.py did not start serving")
+
+
+def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
+    """Drive the app like a person; return seconds from process start to server up and to the plot visible."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port, started = free_port(), time.monotonic()
+    process = start_app(port)
+    timings = {}
+    try:
+        wait_for_server(port, process)
+        timings["serving_s"] = time.monotonic() - started
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.get_by_text("Transformer Anatomy").first).to_be_visible(timeout=60_000)
+            page.locator("#eval-accordion").get_by_text("Evaluation text").click()
+            sentences = page.locator("#n-sentences input[type=number]")
+            sentences.fill(str(n_sentences))
+            sentences.press("Enter")
+            page.get_by_role("tab", name="Importance").click()
+            page.get_by_label("Layers (0-based, e.g. 0,3,5-8 or all)").fill(layers)
+            page.get_by_role("button", name="Run importance map").click()
+            expect(page.locator("#importance-plot img")).to_be_visible(timeout=300_000)
+            timings["first_plot_s"] = time.monotonic() - started
+            expect(page.locator("#importance-headline")).to_contain_text("Baseline PPL")
+            page.screenshot(path=str(ARTIFACTS / "importance.png"), full_page=True)
+            page.get_by_role("tab", name="Generate").click()
+            page.get_by_role("button", name="Generate side by side").click()
+            altered = page.locator("#gen-greedy-altered")
+            expect(page.locator("#gen-greedy-original")).to_contain_text("Paris", timeout=300_000)
+            expect(altered).not_to_be_empty()
+            page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(30)
+    return timings
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium: apt-get install -y chromium")
+def test_importance_map_and_side_by_side_generation_in_chromium():
+    timings = run_session()
+    assert timings["first_plot_s"] > timings["serving_s"]
+    assert (ARTIFACTS / "importance.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "generate.png").stat().st_size > 10_000
+
+
+if __name__ == "__main__":  # python tests/test_browser_app.py [sentences]: measure start-to-first-plot
+    print(run_session(int(sys.argv[1]) if len(sys.argv) > 1 else 12))
