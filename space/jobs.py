@@ -114,3 +114,17 @@ def remember(state: dict | None, experiment: str, df: pd.DataFrame, zip_path: Pa
     state = dict(state or {})
     state[experiment] = {"table": df, "zip": str(zip_path) if zip_path else None}
     return state
+
+
+def save_run(request: gr.Request | None, experiment: str, loaded: LoadedModel, eval_set: EvalSet | None,
+             config: object, tables: dict[str, pd.DataFrame], figures: dict, markdown: str, results: dict,
+             timings: dict | None = None) -> Path:
+    """Write the same run folder as the CLI (tables, figures, report.md, results.json) and return its zip."""
+    run = run_folder(request, experiment)
+    for name, df in tables.items():
+        run.write_table(name, df)
+    for name, figure in figures.items():
+        run.write_figure(name, figure)
+    run.write_report(markdown)
+    run.finish(loaded, eval_set, config, results, timings)
+    return run.zip()

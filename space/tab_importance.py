@@ -28,13 +28,10 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, mode
         df = run_importance(job.loaded.model, job.eval_set, config, progress=job.progress)
     figure = plots.importance_figure(df, f"Layer importance: {job.loaded.name}")
     markdown = importance_report(df, report.header("Layer importance", job.loaded, job.eval_set))
-    run_dir = jobs.run_folder(request, "importance")
-    run_dir.write_table("importance", df)
-    run_dir.write_figure("importance", figure)
-    run_dir.write_report(markdown)
-    run_dir.finish(job.loaded, job.eval_set, config, {"baseline": df.attrs["baseline"],
-                                                      "spearman": df.attrs["spearman"]}, df.attrs["timings"])
-    archive = run_dir.zip()
+    archive = jobs.save_run(request, "importance", job.loaded, job.eval_set, config, {"importance": df},
+                            {"importance": figure}, markdown, {"baseline": df.attrs["baseline"],
+                                                               "spearman": df.attrs["spearman"]},
+                            df.attrs["timings"])
     base = df.attrs["baseline"]
     counts = df["class"].value_counts()
     headline = (f"Baseline PPL {base['ppl']:.3f} ({base['ppl_low']:.3f}-{base['ppl_high']:.3f}); "

@@ -62,15 +62,12 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, kind
                    job.progress)
     base = df.attrs["baseline"]
     fig = figure(df, kind, f"{kind} of layers {layers}: {job.loaded.name}")
-    run_dir = jobs.run_folder(request, "interventions")
-    run_dir.write_table("interventions", df)
-    run_dir.write_figure("interventions", fig)
-    run_dir.write_report(report.header("Interventions", job.loaded, job.eval_set)
-                         + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n")
-    run_dir.finish(job.loaded, job.eval_set, {"kind": kind, "layers": chosen, "values": numbers,
-                                              "components": components, "seed": seed, "boundary": boundary},
-                   {"baseline": base}, {})
-    archive = run_dir.zip()
+    markdown = (report.header("Interventions", job.loaded, job.eval_set)
+                + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n")
+    config = {"kind": kind, "layers": chosen, "values": numbers, "components": components, "seed": seed,
+              "boundary": boundary}
+    archive = jobs.save_run(request, "interventions", job.loaded, job.eval_set, config, {"interventions": df},
+                            {"interventions": fig}, markdown, {"baseline": base})
     headline = f"Baseline PPL {base['ppl']:.3f}; worst D {df['degradation_pct'].max():.1f}%."
     return fig, shown(df), headline, str(archive), jobs.remember(state, "interventions", df, archive)
 

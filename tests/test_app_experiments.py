@@ -1,0 +1,60 @@
+"""The weight-space and recovery tabs through a real server, on a tiny model registered in the app's cache."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+
+from anatomy.interventions import fingerprint
+from anatomy.load import LoadedModel
+from space import build_demo
+from space.models import CACHE
+from tests.conftest import make_tiny_model
+
+ENDPOINTS = {"/structure", "/spectral", "/predictability", "/recovery",
+             "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery"}
+TINY_EVAL = ("tiny", 6, "", 32)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_tokenizer):
+    CACHE.put("tiny", LoadedModel(make_tiny_model("llama", layers=6), tiny_tokenizer, "tiny llama", "test"))
+    demo = build_demo("embedded")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+def tiny_fingerprint() -> str:
+    with CACHE.use("tiny") as loaded:
+        return fingerprint(loaded.model)
+
+
+def test_weight_space_tabs_give_plots_tables_and_a_run_zip(client):
+    before = tiny_fingerprint()
+    *figures, table, markdown, archive = client.predict("tiny", 10, 0, api_name="/structure")
+    assert len(figures) == 3 and all(figures) and "delta" in markdown.lower() and archive.endswith(".zip")
+    assert len(table["data"]) >= 7  # one row per component, plus the whole layer
+    *figures, table, markdown, archive = client.predict("tiny", 4, api_name="/spectral")
+    assert len(figures) == 2 and all(figures) and table["data"] and archive.endswith(".zip")
+    *figures, table, markdown, archive = client.predict(*TINY_EVAL, 200, 1.0, 2, api_name="/predictability")
+    assert len(figures) == 2 and all(figures) and table["data"] and archive.endswith(".zip")
+    for name in ("structure", "spectral", "predictability", "recovery"):
+        client.predict(api_name=f"/stop_{name}")
+    assert tiny_fingerprint() == before
+
+
+def test_recovery_runs_here_restores_the_weights_and_is_refused_on_zero_gpu(client, monkeypatch):
+    before = tiny_fingerprint()
+    figure, table, markdown, archive = client.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
+    assert figure and [row[0] for row in table["data"]] == [1] and archive.endswith(".zip")
+    assert tiny_fingerprint() == before
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(Exception, match="ZeroGPU"):
+        client.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
+
+
+def test_every_endpoint_is_covered_by_a_test(client):
+    from tests.test_app_server import ENDPOINTS as SERVER_ENDPOINTS
+    named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert named == ENDPOINTS | SERVER_ENDPOINTS
