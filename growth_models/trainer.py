@@ -92,7 +92,8 @@ class Trainer:
     """Runs one schedule (growth phases or uniform) and records the curves.
 
     `history` rows: step, phase, train_loss, val_loss (at eval steps), train_seconds, tokens.
-    `phase_log` rows: phase, steps, tokens, train_seconds, tokens_per_s.
+    `phase_log` rows: phase, layers, steps, tokens, train_seconds, cpu_seconds (process CPU time,
+    which other jobs on a shared machine do not inflate), tokens_per_s.
     `on_spectra(step, model)` is called every `spectra_every` steps when given.
     """
 
@@ -184,11 +185,11 @@ class Trainer:
             self.model_prepared = acc.prepare(self.model)
             optimizer = acc.prepare(self._optimizer(params, optimizer))
             bar.set_description(phase.name)
-            phase_start, phase_seconds, last_loss = step, 0.0, float("nan")
+            phase_start, phase_seconds, phase_cpu, last_loss = step, 0.0, 0.0, float("nan")
             if step == 0:
                 self._log_eval(0, phase.name, float("nan"))
             for k in range(n_steps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 lr = lr_at(k, n_steps, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -206,6 +207,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.train_seconds += dt
                 phase_seconds += dt
+                phase_cpu += time.process_time() - c0
                 bar.update(1)
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     self._log_eval(step, phase.name, last_loss)
@@ -216,6 +218,7 @@ class Trainer:
             tokens = self._tokens(step - phase_start)
             self.phase_log.append({"phase": phase.name, "layers": ",".join(map(str, phase.trained_layers(len(self.model.model.layers)))),
                                    "steps": step - phase_start, "tokens": tokens, "train_seconds": phase_seconds,
+                                   "cpu_seconds": phase_cpu,
                                    "tokens_per_s": tokens / phase_seconds if phase_seconds else float("nan")})
         bar.close()
         self.model = acc.unwrap_model(self.model_prepared)
