@@ -1,0 +1,248 @@
+"""Weight predictability (SPEC section 2): can a smooth function of depth predict a layer's weights?
+
+For component c and target layer t in 2..N-1 a Ridge regression maps the features of layers 0..t-1,
+`[l, l^2, sin(l*pi/N), cos(l*pi/N)]`, to the weights at the same randomly sampled positions (10,000 by
+default) and predicts layer t; R^2 and the cosine of predicted vs actual are reported. Then whole layers
+are replaced by their predictions (fit on all positions) and PPL is measured: a high R^2 beside a
+destroyed model is the study's "R^2-perplexity paradox".
+
+Ridge on 4 features has a closed form: with centred features Xc and A = Xc^T Xc + alpha I, the prediction
+at x* is ybar + (x* - xbar) A^-1 Xc^T Y, i.e. a fixed weighting `c` of the training layers (c = 1/t +
+Xc A^-1 (x* - xbar)). One t-vector serves every position, so fitting all ~900k positions of a matrix is
+one matrix-vector product; it equals scikit-learn's `Ridge(alpha, fit_intercept=True)` (tested).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedModel
+
+from .. import plots, report
+from ..errors import AnatomyError
+from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
+from ..interventions import assign
+from ..layer_weights import flat_stack
+from ..layers import LayerAdapter
+from ..progress import ProgressCallback, track
+
+COLUMNS = ["component", "layer", "r2", "cosine", "r2_previous_layer"]
+
+
+@dataclass
+class PredictabilityConfig:
+    """The study's defaults: 10,000 sampled positions, scikit-learn's default ridge alpha (1.0).
+
+    The functional test replaces `single_layer` (default: the target layer with the highest mean R^2)
+    and then `multi_layers` (default: the `multi_count` layers with the highest mean R^2).
+    """
+
+    positions: int = 10_000
+    ridge_alpha: float = 1.0
+    seed: int = 0
+    single_layer: int | None = None
+    multi_layers: list[int] | None = None
+    multi_count: int = 9
+    paradox_r2: float = 0.5  # mean R^2 of the replaced layers at or above this counts as "high"
+    paradox_degradation: float = 100.0  # D in % at or above this counts as "destroyed"
+
+    def validate(self) -> None:
+        if self.positions < 1 or self.ridge_alpha < 0 or self.multi_count < 1:
+            raise AnatomyError("positions and multi_count must be >= 1 and ridge_alpha >= 0 "
+                               f"(got {self.positions}, {self.multi_count}, {self.ridge_alpha}).")
+
+
+def layer_features(layers: np.ndarray | list[int], num_layers: int) -> np.ndarray:
+    """The study's features per layer: [l, l^2, sin(l pi / N), cos(l pi / N)]."""
+    l = np.asarray(layers, dtype=np.float64)
+    return np.stack([l, l**2, np.sin(l * math.pi / num_layers), np.cos(l * math.pi / num_layers)], axis=1)
+
+
+def ridge_coefficients(x_train: np.ndarray, x_target: np.ndarray, alpha: float) -> np.ndarray:
+    """Weights c over training rows with `c @ Y` = Ridge(alpha, fit_intercept=True).fit(x_train, Y).predict(x_target).
+
+    x_train: (t, f); x_target: (k, f). Returns (k, t).
+    """
+    x_train, x_target = np.atleast_2d(x_train), np.atleast_2d(x_target)
+    t, f = x_train.shape
+    mean = x_train.mean(axis=0)
+    xc = x_train - mean
+    solved = np.linalg.solve(xc.T @ xc + alpha * np.eye(f), (x_target - mean).T)  # (f, k)
+    return 1.0 / t + (xc @ solved).T
+
+
+def r2_score(pred: torch.Tensor, actual: torch.Tensor) -> float:
+    """Coefficient of determination of `pred` for the values of `actual` (scikit-learn's r2_score)."""
+    ss_tot = float(((actual - actual.mean()) ** 2).sum())
+    return 1.0 - float(((actual - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+
+
+def cosine(pred: torch.Tensor, actual: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(pred.double(), actual.double(), dim=0))
+
+
+def predict_layer(stack: torch.Tensor, target: int, num_layers: int, alpha: float) -> torch.Tensor:
+    """Ridge prediction of row `target` of a (>= target, P) stack from rows 0..target-1."""
+    c = ridge_coefficients(layer_features(range(target), num_layers), layer_features([target], num_layers), alpha)
+    return torch.from_numpy(c[0]).to(stack.dtype) @ stack[:target]
+
+
+def run_predictability(model: PreTrainedModel, eval_set: EvalSet, config: PredictabilityConfig | None = None,
+                       progress: ProgressCallback | None = None) -> pd.DataFrame:
+    """One row per (component, target layer); `df.attrs`: summary per component, functional test, baseline."""
+    config = config or PredictabilityConfig()
+    config.validate()
+    adapter = LayerAdapter(model)
+    n = adapter.num_layers
+    if n < 3:
+        raise AnatomyError(f"Predicting layer t from layers 0..t-1 needs t >= 2: this model has {n} layers.")
+    for layer in [config.single_layer, *(config.multi_layers or [])]:
+        if layer is not None and not 2 <= adapter.check_layer(layer):
+            raise AnatomyError(f"Layer {layer} cannot be predicted: targets are layers 2..{n - 1}.")
+    t0 = time.perf_counter()
+    rows, stacks = [], {}
+    rng = np.random.default_rng(config.seed)
+    for component in track(adapter.components, "predictability (ridge per component)", progress):
+        stack = flat_stack(adapter, component)
+        positions = np.sort(rng.choice(stack.shape[1], size=min(config.positions, stack.shape[1]), replace=False))
+        sampled = stack[:, torch.from_numpy(positions)].double()
+        for t in range(2, n):
+            pred, actual = predict_layer(sampled, t, n, config.ridge_alpha), sampled[t]
+            rows.append({"component": component, "layer": t, "r2": r2_score(pred, actual),
+                         "cosine": cosine(pred, actual), "r2_previous_layer": r2_score(sampled[t - 1], actual)})
+        stacks[component] = stack
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    t_fit = time.perf_counter() - t0
+    functional, baseline = functional_test(model, eval_set, adapter, stacks, df, config, progress)
+    df.attrs.update(summary=summarize(df), functional=functional, baseline=baseline.as_dict(),
+                    positions=config.positions, ridge_alpha=config.ridge_alpha,
+                    timings={"fits_s": t_fit, "functional_s": time.perf_counter() - t0 - t_fit})
+    return df
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and best R^2 (and where) per component, with the mean cosine and the copy-previous-layer baseline."""
+    rows = []
+    for component, part in df.groupby("component", sort=False):
+        best = part.loc[part["r2"].idxmax()]
+        rows.append({"component": component, "mean_r2": part["r2"].mean(), "best_r2": best["r2"],
+                     "best_layer": int(best["layer"]), "worst_r2": part["r2"].min(),
+                     "mean_cosine": part["cosine"].mean(), "mean_r2_previous_layer": part["r2_previous_layer"].mean()})
+    return pd.DataFrame(rows)
+
+
+def replacement_sets(df: pd.DataFrame, config: PredictabilityConfig) -> dict[str, list[int]]:
+    """Which layers the functional test replaces: the most predictable ones unless the config names them."""
+    ranked = df.groupby("layer")["r2"].mean().sort_values(ascending=False).index.tolist()
+    single = [config.single_layer] if config.single_layer is not None else ranked[:1]
+    multi = sorted(config.multi_layers) if config.multi_layers else sorted(ranked[:config.multi_count])
+    return {f"{len(single)} layer": single, f"{len(multi)} layers": multi}
+
+
+def functional_test(model: PreTrainedModel, eval_set: EvalSet, adapter: LayerAdapter,
+                    stacks: dict[str, torch.Tensor], df: pd.DataFrame, config: PredictabilityConfig,
+                    progress: ProgressCallback | None) -> tuple[pd.DataFrame, object]:
+    """Replace whole layers (every component's weight, biases kept) by all-position predictions; PPL each."""
+    sets = replacement_sets(df, config)
+    cache = PrefixCache(model, eval_set)
+    base = perplexity(model, eval_set, cache, 0)
+    n = adapter.num_layers
+    predictions = {(component, t): predict_layer(stack, t, n, config.ridge_alpha)
+                   for t in sorted({t for layers in sets.values() for t in layers})
+                   for component, stack in stacks.items()}
+    rows = []
+    for name, layers in track(list(sets.items()), "predictability (replace layers)", progress):
+        values = {adapter.component(t, c): predictions[(c, t)].reshape(adapter.component(t, c).matrix().shape)
+                  for t in layers for c in stacks}
+        full_r2 = [r2_score(predictions[(c, t)], stacks[c][t]) for t in layers for c in stacks]
+        with assign(values):
+            result = perplexity(model, eval_set, cache, min(layers))
+        d, d_low, d_high = degradation(result, base, eval_set)
+        sampled = df[df["layer"].isin(layers)]
+        rows.append({"replaced": name, "layers": ",".join(map(str, layers)),
+                     "mean_r2_sampled": sampled["r2"].mean(), "mean_r2_all_positions": float(np.mean(full_r2)),
+                     "mean_cosine": sampled["cosine"].mean(), **result.as_dict(), "degradation_pct": d,
+                     "degradation_low": d_low, "degradation_high": d_high})
+    return pd.DataFrame(rows), base
+
+
+def paradox_statement(functional: pd.DataFrame, baseline: dict, config: PredictabilityConfig) -> str:
+    """Says, in numbers, whether high R^2 sits beside a destroyed model (the study's paradox), or why not."""
+    lines = []
+    for row in functional.itertuples():
+        numbers = (f"replacing {row.replaced} ({row.layers}) with predictions of mean R^2 "
+                   f"{row.mean_r2_all_positions:.3f} (all positions) moves PPL from {baseline['ppl']:.2f} to "
+                   f"{row.ppl:.4g} (D {row.degradation_pct:+.4g}%, 95% CI {row.degradation_low:+.4g} to "
+                   f"{row.degradation_high:+.4g}%)")
+        high_r2 = row.mean_r2_all_positions >= config.paradox_r2
+        destroyed = row.degradation_pct >= config.paradox_degradation
+        if high_r2 and destroyed:
+            verdict = "the R^2-perplexity paradox occurs"
+        elif not high_r2:
+            verdict = (f"no paradox: the R^2 itself is below {config.paradox_r2:g}, so the weights are not well "
+                       "predicted and a damaged model is what one expects")
+        else:
+            verdict = f"no paradox: R^2 is high and the model survives (D below {config.paradox_degradation:g}%)"
+        lines.append(f"- {numbers}: {verdict}.")
+    return "\n".join(lines)
+
+
+def predictability_report(df: pd.DataFrame, header: str, config: PredictabilityConfig) -> str:
+    base = df.attrs["baseline"]
+    lines = [header, "## Weight predictability",
+             f"- Ridge (alpha {df.attrs['ridge_alpha']:g}, intercept, unscaled features [l, l^2, sin(l pi/N), "
+             f"cos(l pi/N)]) from layers 0..t-1 to {df.attrs['positions']:,} sampled positions (the same positions "
+             "for every target of a component), target layers t = 2..N-1. `mean_r2_previous_layer`: R^2 of simply "
+             "copying layer t-1, for scale.",
+             f"- Baseline PPL {base['ppl']:.3f} (95% CI {base['ppl_low']:.3f}-{base['ppl_high']:.3f}).", "",
+             "### R^2 per component", report.markdown_table(df.attrs["summary"].round(4)), "",
+             "### Functional test (weights replaced by predictions fit on all positions; biases kept)",
+             paradox_statement(df.attrs["functional"], base, config), "",
+             report.markdown_table(df.attrs["functional"].round(4)), "",
+             "### Every target", report.markdown_table(df.round(4)), ""]
+    return "\n".join(lines)
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    from .. import cli
+
+    parser = subparsers.add_parser("predictability", help="ridge prediction of weights from depth, R^2 and the "
+                                   "functional test (SPEC 2)", description=__doc__)
+    cli.add_common_args(parser, out="runs/predictability")
+    parser.add_argument("--positions", type=int, default=10_000, help="sampled weight positions (default 10000)")
+    parser.add_argument("--ridge-alpha", type=float, default=1.0, help="ridge penalty (default 1.0, sklearn's)")
+    parser.add_argument("--single-layer", type=int, help="layer replaced alone (default: highest mean R^2)")
+    parser.add_argument("--multi-layers", help="layers replaced together, e.g. 20-28 (default: the --multi-count "
+                                               "layers with the highest mean R^2)")
+    parser.add_argument("--multi-count", type=int, default=9, help="how many layers to replace together (default 9)")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> None:
+    from .. import cli
+    from ..layers import parse_layers
+
+    loaded, eval_set = cli.load_model_and_eval_set(args)
+    n = loaded.model.config.num_hidden_layers
+    config = PredictabilityConfig(positions=args.positions, ridge_alpha=args.ridge_alpha, seed=args.seed,
+                                  single_layer=args.single_layer, multi_count=args.multi_count,
+                                  multi_layers=parse_layers(args.multi_layers, n) if args.multi_layers else None)
+    df = run_predictability(loaded.model, eval_set, config)
+    run = report.RunFolder(args.out, "predictability")
+    run.write_table("predictability", df)
+    run.write_table("summary", df.attrs["summary"])
+    run.write_table("functional", df.attrs["functional"])
+    run.write_figure("r2_by_layer", plots.predictability_figure(df, f"Weight predictability: {loaded.name}"))
+    run.write_figure("functional", plots.ppl_rows_figure(df.attrs["functional"], "replaced", "Layers replaced by "
+                                                         "predictions", df.attrs["baseline"]["ppl"]))
+    run.write_report(predictability_report(df, report.header("Weight predictability", loaded, eval_set), config))
+    run.finish(loaded, eval_set, config, {"baseline": df.attrs["baseline"], "summary": df.attrs["summary"],
+                                          "functional": df.attrs["functional"]}, df.attrs["timings"])
+    cli.print_summary(run, df.attrs["summary"].round(4))
+    print(paradox_statement(df.attrs["functional"], df.attrs["baseline"], config))

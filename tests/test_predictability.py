@@ -1,0 +1,87 @@
+"""Weight predictability: the batched closed form equals scikit-learn's Ridge; R^2 rows; functional test."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score as sk_r2
+
+from anatomy.errors import AnatomyError
+from anatomy.experiments.predictability import (PredictabilityConfig, layer_features, paradox_statement,
+                                                predict_layer, predictability_report, r2_score,
+                                                ridge_coefficients, run_predictability)
+from anatomy.interventions import fingerprint
+from anatomy.layer_weights import flat_stack
+from anatomy.layers import LayerAdapter
+from anatomy.texts import default_eval_texts
+from tests.conftest import make_tiny_model
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 25.0])
+def test_closed_form_equals_sklearn_ridge(alpha):
+    rng = np.random.default_rng(0)
+    n, t = 12, 7
+    y = rng.normal(size=(t, 50))
+    x = layer_features(range(t), n)
+    expected = Ridge(alpha=alpha, fit_intercept=True).fit(x, y).predict(layer_features([t, t + 2], n))
+    got = ridge_coefficients(x, layer_features([t, t + 2], n), alpha) @ y
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9)
+    stack = torch.from_numpy(np.vstack([y, rng.normal(size=(1, 50))]))
+    np.testing.assert_allclose(predict_layer(stack, t, n, alpha).numpy(), expected[0], rtol=1e-7, atol=1e-9)
+    assert r2_score(torch.from_numpy(expected[0]), stack[t]) == pytest.approx(sk_r2(stack[t].numpy(), expected[0]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_rows_functional_test_and_restore(arch, tiny_eval_set):
+    model = make_tiny_model(arch, layers=6)
+    adapter = LayerAdapter(model)
+    fp = fingerprint(model)
+    config = PredictabilityConfig(positions=300, multi_count=3)
+    df = run_predictability(model, tiny_eval_set, config)
+    assert fingerprint(model) == fp
+    assert len(df) == len(adapter.components) * 4 and set(df["layer"]) == {2, 3, 4, 5}
+    assert df["cosine"].between(-1, 1).all()
+    # the sampled R^2 of one row equals sklearn's Ridge on the same positions (q_proj draws first from the seed)
+    row = df[(df.component == "self_attn.q_proj") & (df.layer == 4)].iloc[0]
+    stack = flat_stack(adapter, "self_attn.q_proj").double().numpy()
+    positions = np.sort(np.random.default_rng(0).choice(stack.shape[1], size=300, replace=False))
+    y = stack[:, positions]
+    pred = Ridge(alpha=1.0).fit(layer_features(range(4), 6), y[:4]).predict(layer_features([4], 6))[0]
+    assert row["r2"] == pytest.approx(sk_r2(y[4], pred), rel=1e-6)
+    functional = df.attrs["functional"]
+    assert list(functional["replaced"]) == ["1 layer", "3 layers"]
+    assert (functional["ppl"] > 0).all() and len(df.attrs["summary"]) == len(adapter.components)
+    text = predictability_report(df, "# t", config)
+    assert "paradox" in text and "Functional test" in text
+
+
+def test_paradox_statement_says_both_ways():
+    import pandas as pd
+    base = {"ppl": 20.0}
+    rows = pd.DataFrame([{"replaced": "9 layers", "layers": "1-9", "mean_r2_all_positions": 0.9, "ppl": 1e5,
+                          "degradation_pct": 5e5, "degradation_low": 1e5, "degradation_high": 1e6},
+                         {"replaced": "1 layer", "layers": "3", "mean_r2_all_positions": 0.1, "ppl": 30.0,
+                          "degradation_pct": 50.0, "degradation_low": 10.0, "degradation_high": 90.0}])
+    text = paradox_statement(rows, base, PredictabilityConfig())
+    assert "paradox occurs" in text and "no paradox: the R^2 itself is below" in text
+
+
+def test_bad_config_is_refused(tiny_eval_set):
+    model = make_tiny_model("llama")
+    with pytest.raises(AnatomyError, match="cannot be predicted"):
+        run_predictability(model, tiny_eval_set, PredictabilityConfig(single_layer=1))
+    with pytest.raises(AnatomyError):
+        run_predictability(model, tiny_eval_set, PredictabilityConfig(positions=0))
+
+
+@pytest.mark.embedded
+def test_predictability_cli_on_the_embedded_model(tmp_path):
+    from anatomy.cli import main
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(default_eval_texts()[:6]))
+    assert main(["predictability", "--positions", "2000", "--multi-count", "9", "--text-file", str(texts),
+                 "--max-length", "32", "--out", str(tmp_path / "run")]) == 0
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "9 layers" in text and ("paradox occurs" in text or "no paradox" in text)
+
