@@ -13,6 +13,7 @@ import torch
 from anatomy.errors import AnatomyError
 from anatomy.interventions import INTERVENTION_KINDS, intervention
 from anatomy.layers import LayerAdapter, parse_layers
+from anatomy.plans import apply_plan, parse_plan
 
 from . import jobs
 from .common import Shared, model_job, stop_button, wire_stop
@@ -21,6 +22,7 @@ from .gpu import gpu
 MODES = {"greedy": {"do_sample": False},
          "sampled": {"do_sample": True, "temperature": 0.8, "top_p": 0.95}}
 DIFFERS = "differs"
+ALTERATIONS = (*INTERVENTION_KINDS, "plan")
 
 
 @torch.no_grad()
@@ -91,12 +93,14 @@ def run(spec: str, prompt: str, kind: str, layers: str, value: float, seed: floa
     with model_job(spec, request, progress) as job:
         model, tokenizer = job.loaded.model, job.loaded.tokenizer
         adapter = LayerAdapter(model)
-        chosen = parse_layers(layers, adapter.num_layers) if kind != "none" else []
-        outputs = side_by_side(
-            model, tokenizer, prompt,
-            lambda: intervention(adapter, kind, chosen, alpha=value, sigma=value, seed=int(seed)),
-            max_new_tokens=int(max_new_tokens), seed=int(seed), use_cache_altered=kind != "skip",
-            progress=job.progress)
+        if kind == "plan":  # apply_plan gives every step its own KV-cache slot, so the cache stays on
+            plan = parse_plan(layers, adapter.num_layers)
+            alter = lambda: apply_plan(model, plan)  # noqa: E731
+        else:
+            chosen = parse_layers(layers, adapter.num_layers) if kind != "none" else []
+            alter = lambda: intervention(adapter, kind, chosen, alpha=value, sigma=value, seed=int(seed))  # noqa: E731
+        outputs = side_by_side(model, tokenizer, prompt, alter, max_new_tokens=int(max_new_tokens), seed=int(seed),
+                               use_cache_altered=kind != "skip", progress=job.progress)
     greedy = highlight(tokenizer, **outputs["greedy"])
     sampled = highlight(tokenizer, **outputs["sampled"])
     return (*greedy, *sampled, difference_table(tokenizer, outputs))
@@ -107,8 +111,8 @@ def build(shared: Shared) -> None:
                 "marked. The weights are altered only while the altered side generates, then restored.")
     prompt = gr.Textbox("The capital of France is", label="Prompt", lines=2)
     with gr.Row():
-        kind = gr.Dropdown(list(INTERVENTION_KINDS), value="scale", label="Alteration")
-        layers = gr.Textbox("10-12", label="Layers (0-based)")
+        kind = gr.Dropdown(list(ALTERATIONS), value="scale", label="Alteration (an intervention or a layer plan)")
+        layers = gr.Textbox("10-12", label="Layers (0-based), or a plan such as 0-9,[10-13]x2,14-29")
         value = gr.Number(0.5, label="Value (alpha for scale, sigma for noise)")
         seed = gr.Number(0, precision=0, label="Seed")
         max_new = gr.Slider(1, 128, value=30, step=1, label="New tokens")

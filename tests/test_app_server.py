@@ -64,6 +64,10 @@ def test_every_endpoint_answers(client):
     greedy_original, greedy_altered, sampled_original, sampled_altered, diff = generate(client, "scale", "10-12")
     calls["/generate"] = diff
     assert text(greedy_original) and [row[0] for row in diff["data"]] == ["greedy", "sampled"]
+    plan_original, plan_altered, *_ = generate(client, "plan", "0-9,[10-13]x2,14-29")
+    assert text(plan_original) == text(greedy_original) and text(plan_altered) != text(plan_original)
+    identity_original, identity_altered, *_ = generate(client, "plan", "0-29")
+    assert text(identity_altered) == text(identity_original)  # the identity plan changes nothing
     for name in ("importance", "interventions", "generate"):
         calls[f"/stop_{name}"] = client.predict(api_name=f"/stop_{name}")
     assert set(calls) == ENDPOINTS
