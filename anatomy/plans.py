@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -384,3 +385,58 @@ def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[n
             config.layer_types = saved_types
         for module, index in saved_idx.items():
             module.layer_idx = index
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+VARIANTS = ("skip", "reverse", "shuffle", "repeat", "parallel", "looped-parallel")
+
+
+def middle_block(num_layers: int, size: int) -> list[int]:
+    """`size` consecutive layers centred in the stack; the first and last layers are never in it."""
+    if not 1 <= size <= num_layers - 2:
+        raise AnatomyError(f"A middle block of {size} layers does not fit a {num_layers}-layer model "
+                           f"(the first and last layers stay): use 1..{num_layers - 2}.")
+    start = (num_layers - size) // 2
+    return list(range(start, start + size))
+
+
+def variant_plan(variant: str, num_layers: int, size: int, *, seed: int = 0, loops: int = 2) -> Plan:
+    """The plan of one painters variant over the centred middle block of `size` layers.
+
+    shuffle draws a seeded permutation other than the identity (for 2 layers that is the reverse);
+    repeat runs the block's middle layer `size` times; looped-parallel applies the parallel block `loops` times.
+    """
+    block = middle_block(num_layers, size)
+    before = [(i,) for i in range(block[0])]
+    after = [(i,) for i in range(block[-1] + 1, num_layers)]
+    if variant == "skip":
+        middle: list[Step] = []
+    elif variant == "reverse":
+        middle = [(i,) for i in reversed(block)]
+    elif variant == "shuffle":
+        generator = torch.Generator().manual_seed(seed)
+        order = block
+        while order == block and size > 1:
+            order = [block[i] for i in torch.randperm(size, generator=generator).tolist()]
+        middle = [(i,) for i in order]
+    elif variant == "repeat":
+        middle = [(block[size // 2],)] * size
+    elif variant in ("parallel", "looped-parallel"):
+        if loops < 1:
+            raise AnatomyError(f"loops must be >= 1, got {loops}.")
+        middle = [tuple(block)] * (loops if variant == "looped-parallel" else 1)
+    else:
+        raise AnatomyError(f"Unknown variant '{variant}': use one of {', '.join(VARIANTS)}.")
+    return Plan(tuple(before + middle + after))
+
+
+def export_plan(model: nn.Module, tokenizer, plan: Plan, directory) -> Path:
+    """Save a plan without parallel groups as a standard Hugging Face folder (layers copied in plan order,
+    `layer_idx` renumbered, config layer count updated), via the shared `surgery` helpers."""
+    from .surgery import build_layer_stack, save_model
+
+    if plan.has_parallel:
+        raise AnatomyError(f"Plan '{plan}' has parallel groups, which a standard model folder cannot express: "
+                           "save a plan made of single layers only.")
+    return save_model(build_layer_stack(model, [step[0] for step in plan.steps]), tokenizer, directory)
