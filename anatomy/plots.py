@@ -208,3 +208,20 @@ def ppl_rows_figure(df: pd.DataFrame, label: str, title: str, baseline: float | 
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def painters_figures(df: pd.DataFrame, model_name: str = "") -> dict[str, Figure]:
+    """Painters: PPL and decode latency against the number of middle layers affected, one line per variant,
+    the unchanged model as a dashed line (user plans, block size 0, are left out)."""
+    base = df[df["variant"] == "baseline"].iloc[0]
+    sweep = df[df["block_size"] > 0]
+    suffix = f": {model_name}" if model_name else ""
+    return {
+        "painters_ppl": line_figure(sweep, "block_size", "ppl", "variant", logy=True,
+                                    title=f"PPL by middle-block size{suffix}", xlabel="middle layers affected",
+                                    ylabel="PPL (log)", hlines={"baseline": float(base["ppl"])}),
+        "painters_latency": line_figure(sweep, "block_size", "decode_ms_per_token", "variant",
+                                        title=f"Decode latency by middle-block size{suffix}",
+                                        xlabel="middle layers affected", ylabel="ms per generated token",
+                                        hlines={"baseline": float(base["baseline_decode_ms_per_token"])}),
+    }
