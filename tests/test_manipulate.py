@@ -69,7 +69,7 @@ def test_layer_set_from_an_importance_map(tiny_eval_set, tmp_path):
     table.to_csv(tmp_path / "importance.csv", index=False)
     model = make_tiny_model("llama")
     df = run_manipulate(model, tiny_eval_set, ManipulateConfig(strategies=("zero",)), read_importance(tmp_path))
-    assert df.attrs["layers"] == [1, 3]
+    assert df.attrs["layers"] == [1, 3] and str(tmp_path) in df.attrs["source"]
     computed = run_manipulate(model, tiny_eval_set, ManipulateConfig(strategies=("zero",), redundant_threshold=1e9,
                                                                     importance=ImportanceConfig(mode="skip")))
     assert computed.attrs["layers"] == list(range(6)) and "computed now" in computed.attrs["source"]

@@ -69,7 +69,9 @@ def read_importance(run: str | Path) -> pd.DataFrame:
     path = Path(run) / "importance.csv"
     if not path.is_file():
         raise AnatomyError(f"No importance.csv in '{run}': give a folder written by `python -m anatomy importance`.")
-    return pd.read_csv(path)
+    table = pd.read_csv(path)
+    table.attrs["run"] = str(run)
+    return table
 
 
 def non_redundant_neighbours(layer: int, chosen: set[int], num_layers: int) -> list[tuple[int, int]]:
@@ -146,10 +148,11 @@ def choose_layers(model: PreTrainedModel, eval_set: EvalSet, config: ManipulateC
     n = LayerAdapter(model).num_layers
     if config.layers:
         return sorted(config.layers), "given explicitly"
-    source = "from the given importance map"
     if importance is None:
         importance = run_importance(model, eval_set, config.importance, progress)
         source = f"from an importance map computed now ({config.importance.mode}, {config.importance.boundary})"
+    else:
+        source = f"from the importance run {importance.attrs.get('run', '(given as a table)')}"
     if len(importance) != n:
         raise AnatomyError(f"The importance map has {len(importance)} rows but the model has {n} layers.")
     layers = redundant_layers(importance, config.redundant_threshold)
