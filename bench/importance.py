@@ -1,0 +1,116 @@
+"""Benchmark: the product's importance map vs a plain reference, side by side in one process.
+
+Reference = what a throwaway notebook does: deepcopy the model for every layer, overwrite the layer's
+seven matrices with the mean of its neighbours, and run the full model one text at a time. Product =
+`run_importance` (in-place edit + restore, batched texts, prefix activation cache). Both use the same
+evaluation set; their PPLs must agree within 1e-4 (relative).
+
+    python bench/importance.py                   # all 30 layers of the embedded model, default eval set
+    python bench/importance.py --layers 0,10,20  # a quicker subset
+
+Prints `speedup: <ratio>` and the product's achieved GFLOP/s beside a 2048^3 float32 matmul's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from anatomy.evaluate import EvalSet  # noqa: E402
+from anatomy.experiments.importance import ImportanceConfig, run_importance  # noqa: E402
+from anatomy.interventions import neighbours  # noqa: E402
+from anatomy.layers import LayerAdapter, parse_layers  # noqa: E402
+from anatomy.load import load_model  # noqa: E402
+from anatomy.texts import default_eval_texts  # noqa: E402
+
+
+@torch.no_grad()
+def reference_ppl(model, tokenizer, texts: list[str]) -> float:
+    nll, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        loss = model(ids, labels=ids, use_cache=False).loss.item()
+        nll += loss * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def reference_map(model, tokenizer, texts: list[str], layers: list[int]) -> dict[int, float]:
+    out = {}
+    n = LayerAdapter(model).num_layers
+    for layer in layers:
+        clone = copy.deepcopy(model)
+        adapter = LayerAdapter(clone)
+        for ref in adapter.layer_components(layer):
+            sources = [adapter.component(s, ref.component).weight for s in neighbours(layer, n)]
+            ref.weight.copy_(torch.stack(sources).mean(0))
+        out[layer] = reference_ppl(clone, tokenizer, texts)
+        del clone
+    return out
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def product_flops(model, eval_set: EvalSet, layers: list[int]) -> float:
+    """Matmul FLOPs of the product's work: one full pass, then layers l..N-1 and the head per ablation."""
+    adapter = LayerAdapter(model)
+    per_layer = [sum(p.numel() for n, p in layer.named_parameters() if p.dim() == 2) for layer in adapter.layers]
+    head = model.get_output_embeddings().weight.numel()
+    padded = sum(b.input_ids.numel() for b in eval_set.batches)
+    attention = sum(4 * b.input_ids.shape[0] * b.input_ids.shape[1] ** 2 * model.config.hidden_size
+                    for b in eval_set.batches)
+    full = 2 * padded * (sum(per_layer) + head) + attention * adapter.num_layers
+    return full + sum(2 * padded * (sum(per_layer[l:]) + head) + attention * (adapter.num_layers - l)
+                      for l in layers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--layers", help="0-based layers to ablate (default: all)")
+    parser.add_argument("--texts", type=int, default=48, help="number of default sentences (default 48)")
+    args = parser.parse_args()
+
+    loaded = load_model(args.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    texts = default_eval_texts()[:args.texts]
+    layers = parse_layers(args.layers, model.config.num_hidden_layers)
+    eval_set = EvalSet.from_texts(texts, tokenizer, name="default")
+    print(f"model {loaded.name}: {len(layers)} layers ablated, {len(texts)} texts, {eval_set.num_tokens} tokens, "
+          f"{torch.get_num_threads()} threads")
+
+    start = time.perf_counter()
+    product = run_importance(model, eval_set, ImportanceConfig(layers=layers))
+    t_product = time.perf_counter() - start
+
+    start = time.perf_counter()
+    reference = reference_map(model, tokenizer, texts, layers)
+    t_reference = time.perf_counter() - start
+
+    worst = max(abs(product.set_index("layer").loc[l, "ppl"] / ppl - 1) for l, ppl in reference.items())
+    print(f"product:   {t_product:8.2f} s")
+    print(f"reference: {t_reference:8.2f} s (deepcopy per layer, one text at a time)")
+    print(f"max relative PPL difference: {worst:.2e} ({'OK' if worst < 1e-4 else 'MISMATCH'} at 1e-4)")
+    gflops = product_flops(model, eval_set, layers) / t_product / 1e9
+    print(f"product achieved: {gflops:.1f} GFLOP/s; 2048^3 float32 matmul: {matmul_gflops():.1f} GFLOP/s")
+    print(f"speedup: {t_reference / t_product:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Perplexity: token-weighted, padding excluded, bootstrap intervals; the prefix cache equals the full forward."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anatomy import interventions as iv
+from anatomy.errors import AnatomyError
+from anatomy.evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
+from anatomy.layers import LayerAdapter
+from anatomy.texts import default_eval_texts, resolve_eval_texts, split_texts
+from conftest import make_tiny_model
+
+
+def test_default_eval_set_has_40_plus_distinct_sentences():
+    texts = default_eval_texts()
+    assert len(texts) >= 40 and len(set(texts)) == len(texts)
+    assert all(len(t.split()) >= 8 for t in texts)
+
+
+def test_batched_ppl_equals_per_text_token_weighted(tiny_tokenizer):
+    """Padding must not leak: batches of mixed lengths give the same PPL as one text at a time."""
+    model = make_tiny_model("llama")
+    texts = default_eval_texts()[:7]
+    batched = perplexity(model, EvalSet.from_texts(texts, tiny_tokenizer, batch_size=4))
+    nll, tokens = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([tiny_tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            loss = model(ids, labels=ids).loss.item()
+        nll += loss * (ids.shape[1] - 1)
+        tokens += ids.shape[1] - 1
+    assert batched.ppl == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+    assert batched.low <= batched.ppl <= batched.high
+
+
+def test_prefix_cache_equals_full_forward(arch, tiny_tokenizer):
+    model = make_tiny_model(arch)
+    eval_set = EvalSet.from_texts(default_eval_texts()[:9], tiny_tokenizer, batch_size=4)
+    cache = PrefixCache(model, eval_set)
+    adapter = LayerAdapter(model)
+    full = perplexity(model, eval_set).ppl
+    for layer in range(adapter.num_layers):
+        assert abs(perplexity(model, eval_set, cache, layer).ppl / full - 1) < 1e-4
+    for layer in (0, 3, 5):
+        for mode in ("neighbour-mean", "skip", "zero"):
+            with iv.ablate(adapter, layer, mode):
+                want = perplexity(model, eval_set).ppl
+                got = perplexity(model, eval_set, cache, layer).ppl
+            assert abs(got / want - 1) < 1e-4, (layer, mode)
+
+
+def test_degradation_interval_is_paired(tiny_eval_set):
+    model = make_tiny_model("llama")
+    base = perplexity(model, tiny_eval_set)
+    d, low, high = degradation(base, base, tiny_eval_set)
+    assert d == 0 and low == 0 and high == 0
+    with iv.scale(LayerAdapter(model), [2], 0.0):
+        worse = perplexity(model, tiny_eval_set)
+    d, low, high = degradation(worse, base, tiny_eval_set)
+    assert low <= d <= high and d != 0
+
+
+def test_one_pass_scores_range(tiny_eval_set):
+    model = make_tiny_model("gpt2")
+    scores = one_pass_scores(PrefixCache(model, tiny_eval_set))
+    assert scores["block_influence"].shape == (6,)
+    assert np.all((scores["block_influence"] >= 0) & (scores["block_influence"] <= 2))
+    assert np.all((scores["angular_distance"] >= 0) & (scores["angular_distance"] <= 1))
+    with iv.skip(LayerAdapter(model), [2]):
+        skipped = one_pass_scores(PrefixCache(model, tiny_eval_set))
+    assert skipped["block_influence"][2] == pytest.approx(0, abs=1e-6)
+
+
+def test_bad_text_is_refused_with_a_clear_message(tiny_tokenizer, tmp_path):
+    with pytest.raises(AnatomyError, match="empty"):
+        EvalSet.from_texts(["", "   "], tiny_tokenizer)
+    with pytest.raises(AnatomyError, match="too short"):
+        EvalSet.from_texts(["a"], tiny_tokenizer)
+    with pytest.raises(AnatomyError, match="empty"):
+        resolve_eval_texts(texts=["  "])
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(AnatomyError, match="empty"):
+        resolve_eval_texts(text_file=str(tmp_path / "empty.txt"))
+    with pytest.raises(AnatomyError, match="does not exist"):
+        resolve_eval_texts(text_file=str(tmp_path / "missing.txt"))
+
+
+def test_split_texts_paragraphs_or_lines():
+    assert split_texts("a b\nc d\n") == ["a b", "c d"]
+    assert split_texts("a\nb\n\nc  d\n") == ["a b", "c d"]

@@ -1,0 +1,76 @@
+"""Model loading: local folders load safely; unusable or unsafe models are refused with a clear message."""
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig, T5Config
+
+from anatomy.errors import AnatomyError
+from anatomy.load import check_fits, check_hub_model, is_causal_lm_config, load_model
+from conftest import make_tiny_model
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tiny_tokenizer):
+    folder = tmp_path / "tiny"
+    make_tiny_model("gpt2").save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_local_folder_loads_without_remote_code(tiny_folder):
+    loaded = load_model(str(tiny_folder))
+    assert loaded.source == "folder" and loaded.model.config.model_type == "gpt2"
+    assert not loaded.model.training
+    assert loaded.tokenizer.pad_token is not None
+    assert next(loaded.model.parameters()).dtype == torch.float32
+
+
+def test_pickle_only_folder_is_refused(tmp_path, tiny_tokenizer):
+    folder = tmp_path / "pickled"
+    model = make_tiny_model("llama")
+    model.save_pretrained(folder)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(AnatomyError, match="pickle"):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize("config", [BertConfig(architectures=["BertForMaskedLM"]), T5Config()])
+def test_non_causal_model_is_refused(tmp_path, config):
+    assert not is_causal_lm_config(config)
+    config.save_pretrained(tmp_path)
+    with pytest.raises(AnatomyError, match="not a causal"):
+        load_model(str(tmp_path))
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(AnatomyError, match="No model"):
+        load_model("  ")
+    with pytest.raises(AnatomyError, match="config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(AnatomyError, match="does not exist"):
+        load_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(AnatomyError, match="neither"):
+        load_model("./no/such/folder")
+
+
+def test_too_large_is_refused_before_loading():
+    with pytest.raises(AnatomyError, match="too large"):
+        check_fits(10**13, torch.float32, torch.device("cpu"), "giant")
+    check_fits(10, torch.float32, torch.device("cpu"), "tiny")
+
+
+def test_hub_lookup_offline_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(AnatomyError, match="embedded"):
+        check_hub_model("someone/some-model")
+
+
+def test_config_of_saved_folder_is_plain_json(tiny_folder):
+    config = json.loads((tiny_folder / "config.json").read_text())
+    assert "auto_map" not in config  # nothing here would need trust_remote_code
