@@ -53,9 +53,10 @@ def _all_tensors(refs: Sequence[ComponentRef]) -> list[torch.Tensor]:
 def zero(adapter: LayerAdapter, layers: Sequence[int], components: Sequence[str] | None = None) -> Iterator[None]:
     """Set the chosen components of `layers` to zero."""
     refs = _refs(adapter, layers, components)
-    with preserve(_all_tensors(refs)), torch.no_grad():
-        for tensor in _all_tensors(refs):
-            tensor.zero_()
+    with preserve(_all_tensors(refs)):
+        with torch.no_grad():
+            for tensor in _all_tensors(refs):
+                tensor.zero_()
         yield
 
 
@@ -64,9 +65,10 @@ def scale(adapter: LayerAdapter, layers: Sequence[int], alpha: float,
           components: Sequence[str] | None = None) -> Iterator[None]:
     """Multiply the chosen components of `layers` by `alpha`."""
     refs = _refs(adapter, layers, components)
-    with preserve(_all_tensors(refs)), torch.no_grad():
-        for tensor in _all_tensors(refs):
-            tensor.mul_(float(alpha))
+    with preserve(_all_tensors(refs)):
+        with torch.no_grad():
+            for tensor in _all_tensors(refs):
+                tensor.mul_(float(alpha))
         yield
 
 
@@ -78,10 +80,11 @@ def add_noise(adapter: LayerAdapter, layers: Sequence[int], sigma: float = 0.5, 
         raise AnatomyError(f"Noise sigma must be >= 0, got {sigma}.")
     refs = _refs(adapter, layers, components)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    with preserve(ref.weight for ref in refs), torch.no_grad():
-        for ref in refs:
-            noise = torch.randn(ref.weight.shape, generator=generator, dtype=torch.float32)
-            ref.weight.add_((noise * sigma * ref.weight.float().std().cpu()).to(ref.weight))
+    with preserve(ref.weight for ref in refs):
+        with torch.no_grad():
+            for ref in refs:
+                noise = torch.randn(ref.weight.shape, generator=generator, dtype=torch.float32)
+                ref.weight.add_((noise * sigma * ref.weight.float().std().cpu()).to(ref.weight))
         yield
 
 
@@ -103,9 +106,9 @@ def neighbour_mean(adapter: LayerAdapter, layer: int, boundary: str = "one-neigh
     """
     sources = neighbours(adapter.check_layer(layer), adapter.num_layers, boundary)
     targets = _refs(adapter, [layer], components)
-    with preserve(_all_tensors(targets)), torch.no_grad():
-        if sources:
-            for target in targets:
+    with preserve(_all_tensors(targets)):
+        with torch.no_grad():
+            for target in targets if sources else []:
                 parts = [adapter.component(s, target.component).tensors() for s in sources]
                 for i, tensor in enumerate(target.tensors()):
                     tensor.copy_(torch.stack([p[i] for p in parts]).mean(dim=0))

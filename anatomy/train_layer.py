@@ -128,7 +128,7 @@ def finetune_layer(model: nn.Module, layer: int, batches: Sequence[torch.Tensor]
     adapter = LayerAdapter(model)
     params = list(adapter.layers[adapter.check_layer(layer)].parameters())
     losses: list[float] = []
-    with trainable_only(model, params), torch.enable_grad():  # interventions yield under no_grad
+    with trainable_only(model, params), torch.enable_grad():  # callers (the app, tests) may run under no_grad
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         evaluate(0)
         for step in track(range(1, len(batches) + 1), f"layers.{layer} fine-tune", progress):

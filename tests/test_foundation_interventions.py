@@ -104,3 +104,17 @@ def test_unknown_intervention_and_bad_sigma():
     with pytest.raises(AnatomyError, match="No layers"):
         with iv.zero(adapter, []):
             pass
+
+
+def test_body_of_an_intervention_can_train():
+    """The edit itself runs without autograd, but the caller's code inside the context keeps gradients."""
+    model = make_tiny_model("llama", layers=3)
+    adapter = LayerAdapter(model)
+    for context in (iv.add_noise(adapter, [1]), iv.zero(adapter, [1]), iv.scale(adapter, [1], 0.5),
+                    iv.neighbour_mean(adapter, 1)):
+        with context:
+            assert torch.is_grad_enabled()
+            loss = model(IDS, labels=IDS).loss
+            loss.backward()
+        assert model.model.layers[1].mlp.up_proj.weight.grad is not None
+        model.zero_grad(set_to_none=True)
