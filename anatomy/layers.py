@@ -176,6 +176,10 @@ class LayerAdapter:
             raise AnatomyError(f"Layer {layer} does not exist: this model has layers 0..{self.num_layers - 1}.")
         return layer
 
+    def resolve_layers(self, layers: list[int] | None) -> list[int]:
+        """The chosen layers, each checked, or every layer when none are chosen."""
+        return [self.check_layer(layer) for layer in layers] if layers is not None else list(range(self.num_layers))
+
     def check_component(self, component: str) -> str:
         if component not in self._layout:
             raise AnatomyError(f"Component '{component}' is not in this {self.family} model; it has: "

@@ -59,9 +59,7 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
     config = config or ImportanceConfig()
     config.validate()
     adapter = LayerAdapter(model)
-    layers = config.layers if config.layers is not None else list(range(adapter.num_layers))
-    for layer in layers:
-        adapter.check_layer(layer)
+    layers = adapter.resolve_layers(config.layers)
     t0 = time.perf_counter()
     cache = PrefixCache(model, eval_set)
     base = perplexity(model, eval_set, cache, 0)

@@ -84,9 +84,7 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     config = config or RecoveryConfig()
     config.validate()
     adapter = LayerAdapter(model)
-    layers = config.layers if config.layers is not None else list(range(adapter.num_layers))
-    for layer in layers:
-        adapter.check_layer(layer)
+    layers = adapter.resolve_layers(config.layers)
     t0 = time.perf_counter()
     eval_cache = PrefixCache(model, eval_set) if config.cached else None
     base = perplexity(model, eval_set, eval_cache, 0)
