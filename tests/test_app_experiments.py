@@ -1,4 +1,4 @@
-"""The weight-space and recovery tabs through a real server, on a tiny model registered in the app's cache."""
+"""The weight-space, recovery and layer tabs through a real server, on a tiny model registered in the app's cache."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from gradio_client import Client
 from anatomy.interventions import fingerprint
 from anatomy.load import LoadedModel
 from space import build_demo
+from space.tab_manipulate import FROM_RUN, GIVEN
 from space.models import CACHE
 from tests.conftest import make_tiny_model
 
 ENDPOINTS = {"/structure", "/spectral", "/predictability", "/recovery",
-             "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery"}
+             "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery",
+             "/manipulate", "/stop_manipulate"}
 TINY_EVAL = ("tiny", 6, "", 32)
 
 
@@ -52,6 +54,23 @@ def test_recovery_runs_here_restores_the_weights_and_is_refused_on_zero_gpu(clie
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     with pytest.raises(Exception, match="ZeroGPU"):
         client.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
+
+
+def test_manipulation_uses_typed_layers_or_the_sessions_importance_run(client):
+    before = tiny_fingerprint()
+    strategies = ["zero", "clone", "blend", "lowrank", "scale"]
+    figure, table, markdown, archive = client.predict(*TINY_EVAL, GIVEN, "1,4", 10, strategies, "0.5", 0,
+                                                      api_name="/manipulate")
+    assert [row[0] for row in table["data"]] == ["baseline (none)", *strategies[:4], "scale 0.5"]
+    assert figure and "layers.1, layers.4" in markdown and archive.endswith(".zip")
+    with pytest.raises(Exception, match="run the Importance tab first"):
+        Client(client.src, verbose=False).predict(*TINY_EVAL, FROM_RUN, "", 10, ["zero"], "0.5", 0,
+                                                  api_name="/manipulate")
+    client.predict(*TINY_EVAL, "skip", "one-neighbour", "all", api_name="/importance")
+    figure, table, markdown, archive = client.predict(*TINY_EVAL, FROM_RUN, "", 1e9, ["zero"], "0.5", 0,
+                                                      api_name="/manipulate")
+    assert table["data"][1][:2] == ["zero", "0,1,2,3,4,5"] and "from the importance run" in markdown
+    assert tiny_fingerprint() == before
 
 
 def test_every_endpoint_is_covered_by_a_test(client):
