@@ -1,0 +1,68 @@
+"""Pruning tab: remove K layers chosen by alpha, block influence, ablation or last; compare PPL (SPEC section 9).
+
+The same `run_prune`, tables, figure and report as `python -m anatomy prune`. Removal happens inside
+`layer_stack`, which puts the layers back before the model's lock is released. Saving the pruned model
+(the CLI's `--save`) is left to the CLI: a model folder is too large for a download button.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from anatomy import plots, report
+from anatomy.cli import parse_floats
+from anatomy.errors import AnatomyError
+from anatomy.experiments.importance import ImportanceConfig
+from anatomy.experiments.manipulate import read_importance
+from anatomy.experiments.prune import CRITERIA, PruneConfig, comparison_table, prune_report, run_prune
+from anatomy.interventions import ABLATION_MODES
+
+from . import jobs, previous
+from .common import Shared, model_job, stop_button
+from .gpu import gpu
+from .tab_weights import _outputs, _results, _wire
+
+FROM_RUN = "Block influence and D of my latest importance run"
+COMPUTE = "An importance map computed now"
+SOURCES = (COMPUTE, FROM_RUN)
+
+
+@gpu(duration=240)
+@jobs.user_errors
+def run(spec: str, n_sentences: float, custom_text: str, max_length: float, ks: str, criteria: list[str],
+        ablation: str, source: str, state: dict | None, request: gr.Request, progress=gr.Progress()) -> tuple:
+    """Rank the layers by each criterion, remove the K lowest, measure PPL; the layers come back after each."""
+    if not criteria:
+        raise AnatomyError("Choose at least one criterion.")
+    importance = read_importance(previous.run_folder(state, "importance", "Importance")) if source == FROM_RUN else None
+    if importance is not None:  # the run's own ablation is the one its D measured
+        ablation = str(importance["mode"].iloc[0])
+    config = PruneConfig(ks=tuple(int(k) for k in parse_floats(ks, None, "Layers removed (K)")),
+                         criteria=tuple(criteria), importance=ImportanceConfig(mode=ablation))
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
+        df = run_prune(job.loaded.model, job.eval_set, config, importance, progress=job.progress)
+    comparison = comparison_table(df)
+    labels = df.assign(run=[f"{c} k={k}" if k else c for c, k in zip(df["criterion"], df["k"])])
+    figures = {"prune": plots.ppl_rows_figure(labels, "run", f"Pruned models: {job.loaded.name}",
+                                              df.attrs["baseline"]["ppl"])}
+    markdown = prune_report(df, report.header("Layer pruning", job.loaded, job.eval_set))
+    return _outputs(request, "prune", job, config, df, df,
+                    {"prune": df, "comparison": comparison, "scores": df.attrs["scores"]}, figures, markdown,
+                    {"baseline": df.attrs["baseline"], "comparison": comparison, "saved": []}, state)
+
+
+def build(shared: Shared) -> None:
+    gr.Markdown("Each criterion ranks the layers once on the intact model; the K it rates least needed leave the "
+                "stack (layer_idx renumbered) and the PPL is measured. alpha = highest mean power-law alpha, "
+                "block_influence = lowest 1 - cos(in, out), ablation = lowest single-layer D, last = the last K. "
+                "To generate with a pruned model, give the Generate tab a plan that leaves those layers out.")
+    with gr.Row():
+        ks = gr.Textbox("3,6", label="Layers removed (K, one or a list)")
+        criteria = gr.CheckboxGroup(list(CRITERIA), value=list(CRITERIA), label="Criteria")
+        ablation = gr.Dropdown(list(ABLATION_MODES), value="skip",
+                               label="Ablation for the ablation criterion (computed now)")
+        source = gr.Radio(list(SOURCES), value=COMPUTE, label="Block influence and ablation D from")
+    with gr.Row():
+        go, stop = gr.Button("Run pruning", variant="primary"), stop_button()
+    outputs = _results("prune", ["PPL per pruned model"])
+    _wire("prune", run, [*shared.eval_inputs, ks, criteria, ablation, source], outputs, shared, go, stop)
