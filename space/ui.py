@@ -8,8 +8,8 @@ import gradio as gr
 
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT
 
-from . import (jobs, tab_generate, tab_importance, tab_interventions, tab_manipulate, tab_model, tab_prune,
-               tab_recovery, tab_weights)
+from . import (jobs, tab_generate, tab_importance, tab_interventions, tab_manipulate, tab_model, tab_plans,
+               tab_prune, tab_recovery, tab_weights)
 from .common import Shared
 from .models import default_model_spec
 
@@ -47,6 +47,8 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
                 tab_manipulate.build(shared)
             with gr.Tab("Pruning"):
                 tab_prune.build(shared)
+            with gr.Tab("Layer plans"):
+                tab_plans.build(shared)
             with gr.Tab("Weight space"):
                 tab_weights.build(shared)
             with gr.Tab("Recovery"):

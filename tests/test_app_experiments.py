@@ -7,6 +7,7 @@ from gradio_client import Client
 
 from anatomy.interventions import fingerprint
 from anatomy.load import LoadedModel
+from anatomy.plans import VARIANTS
 from space import build_demo
 from space import tab_manipulate as manipulate
 from space import tab_prune as prune
@@ -15,7 +16,8 @@ from tests.conftest import make_tiny_model
 
 ENDPOINTS = {"/structure", "/spectral", "/predictability", "/recovery",
              "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery",
-             "/manipulate", "/stop_manipulate", "/prune", "/stop_prune"}
+             "/manipulate", "/stop_manipulate", "/prune", "/stop_prune",
+             "/painters", "/stop_painters"}
 TINY_EVAL = ("tiny", 6, "", 32)
 
 
@@ -86,6 +88,20 @@ def test_pruning_removes_layers_by_each_criterion_and_puts_them_back(client):
     client.predict(*TINY_EVAL, "zero", "one-neighbour", "all", api_name="/importance")
     _, table, markdown, _ = client.predict(*TINY_EVAL, "1", ["ablation"], "skip", prune.FROM_RUN, api_name="/prune")
     assert len(table["data"]) == 2 and "zero ablation" in markdown
+    assert tiny_fingerprint() == before
+
+
+def test_layer_plans_give_every_variant_and_the_users_plan_with_the_weights_untouched(client):
+    before = tiny_fingerprint()
+    fast = (2, 0, 1, 2, True, True)  # loops, seed, timed runs, decode tokens, batched, tasks
+    ppl, latency, table, markdown, archive = client.predict(*TINY_EVAL, list(VARIANTS), "2", "0,[1-3]x2,5\n",
+                                                            *fast, api_name="/painters")
+    assert [row[0] for row in table["data"]] == ["baseline", *VARIANTS, "custom"]
+    assert table["data"][-1][3] == "0,[1-3]x2,5" and ppl and latency and archive.endswith(".zip")
+    assert "Layers as painters" in markdown and "acc_facts" in table["headers"]
+    for plans, message in (("0-99", "layer 99 does not exist"), ("", "Nothing to run")):
+        with pytest.raises(Exception, match=message):
+            client.predict(*TINY_EVAL, list(VARIANTS), "", plans, *fast, api_name="/painters")
     assert tiny_fingerprint() == before
 
 
