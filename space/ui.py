@@ -8,8 +8,8 @@ import gradio as gr
 
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT
 
-from . import (jobs, tab_generate, tab_importance, tab_interventions, tab_manipulate, tab_model, tab_plans,
-               tab_prune, tab_recovery, tab_weights)
+from . import (jobs, tab_budget, tab_generate, tab_importance, tab_interventions, tab_manipulate, tab_model,
+               tab_plans, tab_prune, tab_recovery, tab_weights)
 from .common import Shared
 from .models import default_model_spec
 
@@ -53,6 +53,8 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
                 tab_weights.build(shared)
             with gr.Tab("Recovery"):
                 tab_recovery.build(shared)
+            with gr.Tab("Budget"):
+                tab_budget.build(shared)
             with gr.Tab("Generate"):
                 tab_generate.build(shared)
         demo.load(tab_model.check, model, status, api_visibility="private")

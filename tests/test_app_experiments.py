@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
+from pathlib import Path
+
 import pytest
 from gradio_client import Client
 
@@ -11,13 +15,14 @@ from anatomy.plans import VARIANTS
 from space import build_demo
 from space import tab_manipulate as manipulate
 from space import tab_prune as prune
+from space.tab_budget import RANGES
 from space.models import CACHE
 from tests.conftest import make_tiny_model
 
 ENDPOINTS = {"/structure", "/spectral", "/predictability", "/recovery",
              "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery",
              "/manipulate", "/stop_manipulate", "/prune", "/stop_prune",
-             "/painters", "/stop_painters"}
+             "/painters", "/stop_painters", "/budget"}
 TINY_EVAL = ("tiny", 6, "", 32)
 
 
@@ -103,6 +108,27 @@ def test_layer_plans_give_every_variant_and_the_users_plan_with_the_weights_unto
         with pytest.raises(Exception, match=message):
             client.predict(*TINY_EVAL, list(VARIANTS), "", plans, *fast, api_name="/painters")
     assert tiny_fingerprint() == before
+
+
+def test_budget_reads_the_sessions_importance_and_recovery_runs(client):
+    user = Client(client.src, verbose=False)  # a session of its own: no earlier runs
+
+    def budget(class_only: bool) -> list:
+        return user.predict(class_only, 100, *RANGES.values(), 1.0, 10, True, True, api_name="/budget")
+
+    with pytest.raises(Exception, match="run the Importance tab first"):
+        budget(False)
+    user.predict(*TINY_EVAL, "skip", "one-neighbour", "all", api_name="/importance")
+    with pytest.raises(Exception, match="run the Recovery tab first.*Class-only"):
+        budget(False)
+    figure, table, markdown, archive, schedule = budget(True)
+    assert {row[3] for row in table["data"]} == {"not measured"} and figure and "recovery run: `none`" in markdown
+    user.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
+    figure, table, markdown, archive, schedule = budget(False)
+    measured = [row[0] for row in table["data"] if row[3] != "not measured"]
+    layers = json.loads(Path(schedule).read_text())["layers"]
+    assert measured == [1] and [entry["layer"] for entry in layers] == list(range(6))
+    assert "budget.json" in zipfile.ZipFile(archive).namelist()
 
 
 def test_every_endpoint_is_covered_by_a_test(client):
