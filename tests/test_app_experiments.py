@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from gradio_client import Client
 
 from anatomy.interventions import fingerprint
+from anatomy.layers import LayerAdapter
 from anatomy.load import LoadedModel
 from anatomy.plans import VARIANTS
 from space import build_demo
@@ -129,6 +131,28 @@ def test_budget_reads_the_sessions_importance_and_recovery_runs(client):
     layers = json.loads(Path(schedule).read_text())["layers"]
     assert measured == [1] and [entry["layer"] for entry in layers] == list(range(6))
     assert "budget.json" in zipfile.ZipFile(archive).namelist()
+
+
+def stopped(client: Client, api_name: str, *args) -> None:
+    """Start a long job, press its Stop once the progress bar moves, and expect the 'Stopped' message."""
+    job = client.submit(*args, api_name=api_name)
+    deadline = time.monotonic() + 120
+    while not job.status().progress_data and not job.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.predict(api_name=f"/stop_{api_name[1:]}")
+    with pytest.raises(Exception, match="Stopped"):
+        job.result()
+
+
+def test_stop_ends_layer_jobs_and_restores_weights_and_layers(client):
+    before = tiny_fingerprint()
+    many = ",".join(str(a / 1000) for a in range(1000))
+    stopped(client, "/manipulate", *TINY_EVAL, manipulate.GIVEN, "1-4", 10, ["scale"], many, 0)
+    stopped(client, "/painters", *TINY_EVAL, list(VARIANTS), "2", "", 2, 0, 20, 16, True, False)
+    client.predict(api_name="/stop_prune")
+    with CACHE.use("tiny") as loaded:
+        assert len(LayerAdapter(loaded.model).layers) == loaded.model.config.num_hidden_layers == 6
+    assert tiny_fingerprint() == before
 
 
 def test_every_endpoint_is_covered_by_a_test(client):
