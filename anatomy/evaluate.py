@@ -24,12 +24,18 @@ from .errors import AnatomyError
 from .layers import LayerAdapter
 
 N_BOOTSTRAP = 2000
+IGNORE = -100  # target at padding positions
+HEAD_CHUNK = 256  # rows of logits alive at once: a few x 50 MB for a 49k vocabulary, and faster than all at once
 
 
 @dataclass
 class Batch:
+    """Padded rows of texts without their last token (it predicts nothing and, causally, nothing attends to
+    it, so feeding it would only cost time), and the next token at every fed position (-100 on padding)."""
+
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    targets: torch.Tensor
     text_index: torch.Tensor  # position of each row in EvalSet.texts
 
 
@@ -62,13 +68,15 @@ class EvalSet:
         batches = []
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in rows)
+            width = max(len(encoded[i]) for i in rows) - 1
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
+            targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
             for r, i in enumerate(rows):
-                ids[r, :len(encoded[i])] = torch.tensor(encoded[i])
-                mask[r, :len(encoded[i])] = 1
-            batches.append(Batch(ids.to(device), mask.to(device), torch.tensor(rows)))
+                text = torch.tensor(encoded[i])
+                ids[r, :len(text) - 1], targets[r, :len(text) - 1] = text[:-1], text[1:]
+                mask[r, :len(text) - 1] = 1
+            batches.append(Batch(ids.to(device), mask.to(device), targets.to(device), torch.tensor(rows)))
         counts = np.array([len(e) - 1 for e in encoded], dtype=np.int64)
         rng = np.random.default_rng(seed)
         boot = rng.integers(0, len(texts), size=(N_BOOTSTRAP, len(texts)))
@@ -112,12 +120,32 @@ def degradation(result: PPLResult, baseline: PPLResult, eval_set: EvalSet) -> tu
     return (result.ppl / baseline.ppl - 1) * 100, (low - 1) * 100, (high - 1) * 100
 
 
-def _text_nll(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Summed next-token NLL per row, padding excluded."""
-    targets = batch.input_ids[:, 1:]
-    mask = batch.attention_mask[:, 1:].to(logits.dtype)
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
-    return (nll.view_as(mask) * mask).sum(dim=1)
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token NLL of each row of `logits` [n, vocab] (log-sum-exp minus the target's logit)."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None])[:, 0]
+
+
+def _per_text(batch: Batch, positions: tuple[torch.Tensor, torch.Tensor], nll: torch.Tensor) -> torch.Tensor:
+    """Summed NLL per row of the batch from the NLLs at its predicted `positions` (padding excluded)."""
+    return torch.zeros(batch.targets.shape[0], dtype=torch.float64, device=nll.device).index_add_(
+        0, positions[0], nll.double())
+
+
+def head_nll(adapter: LayerAdapter, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Summed NLL per text from the last decoder layer's output: the head runs only on positions that
+    predict a token, in chunks, so the full [batch, length, vocab] logits never exist."""
+    positions = (batch.targets != IGNORE).nonzero(as_tuple=True)
+    rows, targets = hidden[positions], batch.targets[positions]
+    nll = torch.cat([_nll(adapter.logits(rows[s:s + HEAD_CHUNK]), targets[s:s + HEAD_CHUNK])
+                     for s in range(0, len(rows), HEAD_CHUNK)])
+    return _per_text(batch, positions, nll)
+
+
+def logits_nll(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Summed NLL per text from a full forward's logits [batch, length, vocab]."""
+    positions = (batch.targets != IGNORE).nonzero(as_tuple=True)
+    return _per_text(batch, positions, _nll(logits[positions], batch.targets[positions]))
 
 
 def _collect(eval_set: EvalSet, per_batch: list[torch.Tensor]) -> np.ndarray:
@@ -136,10 +164,10 @@ def perplexity(model: PreTrainedModel, eval_set: EvalSet, cache: PrefixCache | N
     per_batch = []
     for b, batch in enumerate(eval_set.batches):
         if cache is not None:
-            logits = cache.logits_from(from_layer, b)
+            per_batch.append(head_nll(cache.adapter, cache.hidden_from(from_layer, b), batch))
         else:
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        per_batch.append(_text_nll(logits, batch))
+            per_batch.append(logits_nll(logits, batch))
     return ppl_result(_collect(eval_set, per_batch), eval_set)
 
 
@@ -203,9 +231,6 @@ class PrefixCache:
             h = self.adapter.layers[i](h, *args, **kwargs)
             h = h[0] if isinstance(h, tuple) else h
         return h
-
-    def logits_from(self, layer: int, batch: int) -> torch.Tensor:
-        return self.adapter.logits(self.hidden_from(layer, batch))
 
     def layer_output(self, layer: int, batch: int) -> torch.Tensor:
         """Baseline output of `layer` (the input of the next one)."""

@@ -98,11 +98,16 @@ def layer_groups(layers: Sequence[int], batches: Sequence[torch.Tensor], hidden_
     return [list(layers[i:i + per_group]) for i in range(0, len(layers), per_group)]
 
 
+def training_batch(ids: torch.Tensor) -> Batch:
+    """A full batch of training rows as the evaluator's `Batch`: every row but its last token fed, the next
+    token as target (the last position predicts nothing and nothing attends to it)."""
+    return Batch(ids[:, :-1], torch.ones_like(ids[:, :-1]), ids[:, 1:], torch.arange(len(ids)))
+
+
 def training_cache(model: nn.Module, batches: Sequence[torch.Tensor], layers: Sequence[int]) -> PrefixCache:
     """Inputs entering `layers` (and every layer's call arguments) for each training batch: one forward each."""
-    source = types.SimpleNamespace(batches=[Batch(ids, torch.ones_like(ids), torch.arange(len(ids)))
-                                            for ids in batches])
-    return PrefixCache(model, source, keep_layers=layers)
+    return PrefixCache(model, types.SimpleNamespace(batches=[training_batch(ids) for ids in batches]),
+                       keep_layers=layers)
 
 
 def step_loss(model: nn.Module, adapter: LayerAdapter, ids: torch.Tensor, layer: int,
@@ -110,8 +115,7 @@ def step_loss(model: nn.Module, adapter: LayerAdapter, ids: torch.Tensor, layer:
     """Mean next-token cross-entropy of a full batch of rows; with a cache only layers layer..N-1 and the head run."""
     if cache is None:
         return model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, use_cache=False).loss
-    hidden = cache.hidden_from(layer, batch)
-    logits = adapter.logits(hidden[:, :-1])  # the last position predicts nothing: skip its head work
+    logits = adapter.logits(cache.hidden_from(layer, batch))
     return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
