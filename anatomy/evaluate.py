@@ -160,7 +160,8 @@ def _collect(eval_set: EvalSet, per_batch: list[torch.Tensor]) -> np.ndarray:
 @torch.no_grad()
 def perplexity(model: PreTrainedModel, eval_set: EvalSet, cache: PrefixCache | None = None,
                from_layer: int = 0) -> PPLResult:
-    """PPL of the model as it is now; with a cache, only layers `from_layer`..N-1 and the head run."""
+    """PPL of the model as it is now; with a cache, only layers `from_layer`..N-1 and the head run
+    (`from_layer` = N: the head alone, on the recorded baseline output, for the unchanged model)."""
     per_batch = []
     for b, batch in enumerate(eval_set.batches):
         if cache is not None:
@@ -212,7 +213,8 @@ class PrefixCache:
             handles.append(self.adapter.layers[n - 1].register_forward_hook(keep_output))
             try:
                 with torch.no_grad():
-                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                          logits_to_keep=1)  # the head's work is redone where it is needed
             finally:
                 for handle in handles:
                     handle.remove()
@@ -224,8 +226,12 @@ class PrefixCache:
         self.masks = [batch.attention_mask for batch in eval_set.batches]
 
     def hidden_from(self, layer: int, batch: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """Run layers `layer`..N-1 (as they are now) on the cached (or given) input of `layer`."""
-        h = self.inputs[batch][layer] if hidden is None else hidden
+        """Run layers `layer`..N-1 (as they are now) on the cached (or given) input of `layer`; `layer` = N
+        gives the recorded output of the last layer."""
+        if hidden is None:
+            h = self.outputs[batch] if layer == self.adapter.num_layers else self.inputs[batch][layer]
+        else:
+            h = hidden
         for i in range(layer, self.adapter.num_layers):
             args, kwargs = self.calls[batch][i]
             h = self.adapter.layers[i](h, *args, **kwargs)

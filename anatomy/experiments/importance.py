@@ -62,7 +62,7 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
     layers = adapter.resolve_layers(config.layers)
     t0 = time.perf_counter()
     cache = PrefixCache(model, eval_set)
-    base = perplexity(model, eval_set, cache, 0)
+    base = perplexity(model, eval_set, cache, adapter.num_layers)
     scores = one_pass_scores(cache)
     t_base = time.perf_counter() - t0
     if not np.isfinite(base.ppl):
@@ -91,8 +91,8 @@ def spearman_with_ablation(df: pd.DataFrame) -> dict[str, float]:
     scored = df[df["class"] != "Untouched"]
     if len(scored) < 3:
         return {"block_influence": float("nan"), "angular_distance": float("nan")}
-    return {s: float(scored[s].corr(scored["degradation_pct"], method="spearman"))
-            for s in ("block_influence", "angular_distance")}
+    ranks = scored[["block_influence", "angular_distance", "degradation_pct"]].rank()  # Pearson on ranks: no scipy
+    return {s: float(ranks[s].corr(ranks["degradation_pct"])) for s in ("block_influence", "angular_distance")}
 
 
 def importance_report(df: pd.DataFrame, header: str) -> str:

@@ -174,7 +174,7 @@ def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: Manipulate
         adapter.check_layer(layer)
     t_choose = time.perf_counter() - t0
     cache = PrefixCache(model, eval_set)
-    base = perplexity(model, eval_set, cache, 0)
+    base = perplexity(model, eval_set, cache, adapter.num_layers)
     runs = [(s, None) for s in config.strategies if s != "scale"]
     runs += [("scale", a) for a in config.alphas] if "scale" in config.strategies else []
     label = ",".join(map(str, layers))

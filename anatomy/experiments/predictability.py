@@ -151,7 +151,7 @@ def functional_test(model: PreTrainedModel, eval_set: EvalSet, adapter: LayerAda
     """Replace whole layers (every component's weight, biases kept) by all-position predictions; PPL each."""
     sets = replacement_sets(df, config)
     cache = PrefixCache(model, eval_set)
-    base = perplexity(model, eval_set, cache, 0)
+    base = perplexity(model, eval_set, cache, adapter.num_layers)
     n = adapter.num_layers
     predictions = {(component, t): predict_layer(stack, t, n, config.ridge_alpha)
                    for t in sorted({t for layers in sets.values() for t in layers})

@@ -87,7 +87,7 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     layers = adapter.resolve_layers(config.layers)
     t0 = time.perf_counter()
     eval_cache = PrefixCache(model, eval_set) if config.cached else None
-    base = perplexity(model, eval_set, eval_cache, 0)
+    base = perplexity(model, eval_set, eval_cache, adapter.num_layers if config.cached else 0)
     if not np.isfinite(base.ppl):
         raise AnatomyError("The baseline PPL is not finite: the model or its dtype is broken for this text.")
     if train_rows.dim() != 2 or train_rows.shape[1] != config.train_seq_len:
