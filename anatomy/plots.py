@@ -225,3 +225,22 @@ def painters_figures(df: pd.DataFrame, model_name: str = "") -> dict[str, Figure
                                         xlabel="middle layers affected", ylabel="ms per generated token",
                                         hlines={"baseline": float(base["baseline_decode_ms_per_token"])}),
     }
+
+
+def budget_figure(df: pd.DataFrame, b_max: int, title: str = "Training budget") -> Figure:
+    """Fine-tune steps per layer, bars coloured by importance class, B_max drawn for scale."""
+    fig = Figure(figsize=(max(6.0, 0.32 * len(df) + 2), 4.2))
+    ax = fig.add_subplot()
+    ax.bar(df["layer"], df["steps"], color=[CLASS_COLOURS.get(c, "#777777") for c in df["class"]], linewidth=0)
+    ax.axhline(b_max, color="#555555", linewidth=0.8, linestyle="--")
+    ax.annotate(f"B_max {b_max}", (df["layer"].min(), b_max), fontsize=7, va="bottom")
+    ax.set_xlabel("layer (0-based)")
+    ax.set_ylabel("fine-tune steps")
+    ax.set_xticks(df["layer"])
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title(title)
+    handles = [matplotlib.patches.Patch(color=CLASS_COLOURS[c], label=c)
+               for c in CLASS_COLOURS if c in set(df["class"])]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig

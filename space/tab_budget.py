@@ -7,13 +7,10 @@ The same `run_budget`, table, report and `budget.json` schedule as `python -m an
 
 from __future__ import annotations
 
-import json
-
 import gradio as gr
 
-from anatomy import plots
 from anatomy.cli import parse_floats
-from anatomy.experiments.budget import BudgetConfig, budget_json, budget_report, read_run, run_budget
+from anatomy.experiments.budget import BudgetConfig, read_run, run_budget, write_budget_run
 
 from . import jobs, previous
 from .common import Shared, shown
@@ -37,19 +34,9 @@ def run(class_only: bool, b_max: float, boundary: str, redundant: str, minor: st
     importance, results = read_run(importance_run, "importance")
     recovery = read_run(recovery_run, "recovery")[0] if recovery_run else None
     df = run_budget(importance, recovery, config, (results.get("model") or {}).get("num_layers"))
-    schedule = budget_json(df)
-    # the CLI writes no figure; this one is the shared line plot of the same table
-    figure = plots.line_figure(df, "layer", "steps", xlabel="layer (0-based)", ylabel="fine-tune steps",
-                               title=f"Training budget: {schedule['total_steps']:,} of {schedule['uniform_steps']:,} "
-                                     "uniform steps", hlines={f"B_max {config.b_max}": float(config.b_max)})
-    markdown = budget_report(df, config, {"importance": str(importance_run), "recovery": str(recovery_run or "none")})
     folder = jobs.run_folder(request, "budget")
-    folder.write_table("budget", df)
-    (folder.path / "budget.json").write_text(json.dumps(schedule, indent=2), encoding="utf-8")
-    folder.files.append("budget.json")
-    folder.write_figure("budget", figure)
-    folder.write_report(markdown)
-    folder.finish(None, None, config, {k: v for k, v in schedule.items() if k != "layers"})
+    _, figure, markdown = write_budget_run(folder, df, config, {"importance": str(importance_run),
+                                                                       "recovery": str(recovery_run or "none")})
     archive = folder.zip()
     return (figure, shown(df), markdown, str(archive), str(folder.path / "budget.json"),
             jobs.remember(state, "budget", df, archive))

@@ -16,9 +16,8 @@ from anatomy.experiments.manipulate import (STRATEGIES, ManipulateConfig, manipu
 from anatomy.layers import LayerAdapter, parse_layers
 
 from . import jobs, previous
-from .common import Shared, model_job, stop_button
+from .common import Shared, model_job, result_components, run_outputs, stop_button, wire_job
 from .gpu import gpu
-from .tab_weights import _outputs, _results, _wire
 
 FROM_RUN = "Redundant layers of my latest importance run"
 COMPUTE = "Redundant layers of an importance map computed now"
@@ -45,7 +44,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, sour
     base = df.attrs["baseline"]
     figures = {"manipulate": plots.ppl_rows_figure(df, "strategy", "Redundant layers changed at once", base["ppl"])}
     markdown = manipulate_report(df, report.header("Manipulation of redundant layers", job.loaded, job.eval_set))
-    return _outputs(request, "manipulate", job, config, df, df, {"manipulate": df}, figures, markdown,
+    return run_outputs(request, "manipulate", job, config, df, df, {"manipulate": df}, figures, markdown,
                     {"layers": df.attrs["layers"], "source": df.attrs["source"], "baseline": base}, state)
 
 
@@ -63,6 +62,6 @@ def build(shared: Shared) -> None:
         rank = gr.Number(0, precision=0, label="Low-rank: top directions kept (0: all)")
     with gr.Row():
         go, stop = gr.Button("Run manipulation", variant="primary"), stop_button()
-    outputs = _results("manipulate", ["PPL per strategy"])
-    _wire("manipulate", run, [*shared.eval_inputs, source, layers, threshold, strategies, alphas, rank], outputs,
+    outputs = result_components("manipulate", ["PPL per strategy"])
+    wire_job("manipulate", run, [*shared.eval_inputs, source, layers, threshold, strategies, alphas, rank], outputs,
           shared, go, stop)

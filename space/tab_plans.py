@@ -16,9 +16,8 @@ from anatomy.experiments.painters import PaintersConfig, painters_report, run_pa
 from anatomy.plans import GRAMMAR, VARIANTS
 
 from . import jobs
-from .common import Shared, model_job, stop_button
+from .common import Shared, model_job, result_components, run_outputs, stop_button, wire_job
 from .gpu import gpu
-from .tab_weights import _outputs, _results, _wire
 
 
 @gpu(duration=300)
@@ -39,7 +38,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, vari
                           tokenizer=job.loaded.tokenizer)
     figures = plots.painters_figures(df, job.loaded.name)
     markdown = painters_report(df, report.header("Layers as painters", job.loaded, job.eval_set), config)
-    return _outputs(request, "painters", job, config, df, df, {"painters": df}, figures, markdown,
+    return run_outputs(request, "painters", job, config, df, df, {"painters": df}, figures, markdown,
                     {"baseline": df.attrs["baseline"]}, state)
 
 
@@ -63,6 +62,6 @@ def build(shared: Shared) -> None:
         gr.Markdown(f"```\n{GRAMMAR}\n```")
     with gr.Row():
         go, stop = gr.Button("Run layer plans", variant="primary"), stop_button()
-    outputs = _results("painters", ["PPL by middle-block size", "Decode latency by middle-block size"])
-    _wire("painters", run, [*shared.eval_inputs, variants, block_sizes, plans, loops, seed, latency_repeats,
+    outputs = result_components("painters", ["PPL by middle-block size", "Decode latency by middle-block size"])
+    wire_job("painters", run, [*shared.eval_inputs, variants, block_sizes, plans, loops, seed, latency_repeats,
                             latency_tokens, batched, tasks], outputs, shared, go, stop)

@@ -18,9 +18,8 @@ from anatomy.experiments.prune import CRITERIA, PruneConfig, comparison_table, p
 from anatomy.interventions import ABLATION_MODES
 
 from . import jobs, previous
-from .common import Shared, model_job, stop_button
+from .common import Shared, model_job, result_components, run_outputs, stop_button, wire_job
 from .gpu import gpu
-from .tab_weights import _outputs, _results, _wire
 
 FROM_RUN = "Block influence and D of my latest importance run"
 COMPUTE = "An importance map computed now"
@@ -46,7 +45,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, ks: 
     figures = {"prune": plots.ppl_rows_figure(labels, "run", f"Pruned models: {job.loaded.name}",
                                               df.attrs["baseline"]["ppl"])}
     markdown = prune_report(df, report.header("Layer pruning", job.loaded, job.eval_set))
-    return _outputs(request, "prune", job, config, df, df,
+    return run_outputs(request, "prune", job, config, df, df,
                     {"prune": df, "comparison": comparison, "scores": df.attrs["scores"]}, figures, markdown,
                     {"baseline": df.attrs["baseline"], "comparison": comparison, "saved": []}, state)
 
@@ -64,5 +63,5 @@ def build(shared: Shared) -> None:
         source = gr.Radio(list(SOURCES), value=COMPUTE, label="Block influence and ablation D from")
     with gr.Row():
         go, stop = gr.Button("Run pruning", variant="primary"), stop_button()
-    outputs = _results("prune", ["PPL per pruned model"])
-    _wire("prune", run, [*shared.eval_inputs, ks, criteria, ablation, source], outputs, shared, go, stop)
+    outputs = result_components("prune", ["PPL per pruned model"])
+    wire_job("prune", run, [*shared.eval_inputs, ks, criteria, ablation, source], outputs, shared, go, stop)

@@ -6,7 +6,6 @@ Each sub-tab calls the experiment's `run_x` and draws the same figures the CLI w
 from __future__ import annotations
 
 import gradio as gr
-import pandas as pd
 
 from anatomy import plots, report
 from anatomy.experiments.predictability import PredictabilityConfig, predictability_report, run_predictability
@@ -14,16 +13,8 @@ from anatomy.experiments.spectral import SpectralConfig, component_summary, run_
 from anatomy.experiments.structure import StructureConfig, run_structure, structure_report
 
 from . import jobs
-from .common import Job, Shared, model_job, shown, stop_button, wire_stop
+from .common import Shared, model_job, result_components, run_outputs, stop_button, wire_job
 from .gpu import gpu
-
-
-def _outputs(request, name: str, job: Job, config, df: pd.DataFrame, table: pd.DataFrame,
-             tables: dict, figures: dict, markdown: str, results: dict, state: dict | None) -> tuple:
-    """Plots, the table shown, the report, the run zip and the session state, for any weight experiment."""
-    archive = jobs.save_run(request, name, job.loaded, job.eval_set, config, tables, figures, markdown, results,
-                            df.attrs.get("timings"))
-    return (*figures.values(), shown(table), markdown, str(archive), jobs.remember(state, name, df, archive))
 
 
 @gpu(duration=120)
@@ -38,7 +29,7 @@ def structure(spec: str, shuffles: float, seed: float, state: dict | None, reque
                "cosine_similarity": plots.similarity_grid_figure(df.attrs["similarity"])}
     tables = {"structure": df, "pca": df.attrs["pca"], "explained_variance": df.attrs["explained"]}
     markdown = structure_report(df, report.header("Weight structure", job.loaded, None))
-    return _outputs(request, "structure", job, config, df, df, tables, figures, markdown,
+    return run_outputs(request, "structure", job, config, df, df, tables, figures, markdown,
                     {"structure": df}, state)
 
 
@@ -53,7 +44,7 @@ def spectral(spec: str, min_tail: float, state: dict | None, request: gr.Request
     tables = {"spectral": df, "groups": df.attrs["groups"], "singular_values": df.attrs["singular_values"]}
     markdown = spectral_report(df, report.header("Spectral anatomy", job.loaded, None))
     summary = component_summary(df)
-    return _outputs(request, "spectral", job, config, df, summary, tables, figures, markdown,
+    return run_outputs(request, "spectral", job, config, df, summary, tables, figures, markdown,
                     {"groups": df.attrs["groups"], "components": summary}, state)
 
 
@@ -72,23 +63,9 @@ def predictability(spec: str, n_sentences: float, custom_text: str, max_length: 
                                                    "Layers replaced by predictions", base["ppl"])}
     tables = {"predictability": df, "summary": df.attrs["summary"], "functional": df.attrs["functional"]}
     markdown = predictability_report(df, report.header("Weight predictability", job.loaded, job.eval_set), config)
-    return _outputs(request, "predictability", job, config, df, df.attrs["summary"],
+    return run_outputs(request, "predictability", job, config, df, df.attrs["summary"],
                     tables, figures, markdown, {"baseline": base, "summary": df.attrs["summary"],
                                                 "functional": df.attrs["functional"]}, state)
-
-
-def _results(name: str, plot_labels: list[str]) -> list:
-    plots_ = [gr.Plot(label=label, elem_id=f"{name}-plot-{i}") for i, label in enumerate(plot_labels)]
-    table = gr.Dataframe(label="Table", interactive=False)
-    with gr.Accordion("Report (report.md of the run folder)", open=False):
-        markdown = gr.Markdown()
-    download = gr.DownloadButton("Download the run folder (.zip)")
-    return [*plots_, table, markdown, download]
-
-
-def _wire(name: str, fn, inputs: list, outputs: list, shared: Shared, go: gr.Button, stop: gr.Button) -> None:
-    event = go.click(fn, [*inputs, shared.state], [*outputs, shared.state], api_name=name, concurrency_id="model")
-    wire_stop(stop, [event], name)
 
 
 def build(shared: Shared) -> None:
@@ -100,15 +77,15 @@ def build(shared: Shared) -> None:
             seed = gr.Number(0, precision=0, label="Seed")
         with gr.Row():
             go, stop = gr.Button("Run structure", variant="primary"), stop_button()
-        outputs = _results("structure", ["Delta correlation", "PCA path", "Cosine similarity"])
-        _wire("structure", structure, [shared.model, shuffles, seed], outputs, shared, go, stop)
+        outputs = result_components("structure", ["Delta correlation", "PCA path", "Cosine similarity"])
+        wire_job("structure", structure, [shared.model, shuffles, seed], outputs, shared, go, stop)
     with gr.Tab("Spectral"):
         gr.Markdown("Singular values, stable rank and the power-law alpha of every weight matrix, by depth.")
         min_tail = gr.Number(SpectralConfig().min_tail, precision=0, label="Fewest eigenvalues in a power-law tail")
         with gr.Row():
             go, stop = gr.Button("Run spectral", variant="primary"), stop_button()
-        outputs = _results("spectral", ["Depth profiles", "Singular values"])
-        _wire("spectral", spectral, [shared.model, min_tail], outputs, shared, go, stop)
+        outputs = result_components("spectral", ["Depth profiles", "Singular values"])
+        wire_job("spectral", spectral, [shared.model, min_tail], outputs, shared, go, stop)
     with gr.Tab("Predictability"):
         gr.Markdown("Ridge regression predicts each layer's weights from the layers before it (R^2, cosine); "
                     "then whole layers are replaced by predictions and the PPL measured.")
@@ -118,6 +95,6 @@ def build(shared: Shared) -> None:
             multi_count = gr.Number(9, precision=0, label="Layers replaced at once (multi-layer test)")
         with gr.Row():
             go, stop = gr.Button("Run predictability", variant="primary"), stop_button()
-        outputs = _results("predictability", ["R^2 by layer", "PPL with predicted layers"])
-        _wire("predictability", predictability, [*shared.eval_inputs, positions, ridge_alpha, multi_count], outputs,
+        outputs = result_components("predictability", ["R^2 by layer", "PPL with predicted layers"])
+        wire_job("predictability", predictability, [*shared.eval_inputs, positions, ridge_alpha, multi_count], outputs,
               shared, go, stop)

@@ -91,5 +91,6 @@ def test_cli_writes_table_and_schedule(tmp_path):
                      "--minor", "0.3,0.4"]) == 0
     data = json.loads((out / "budget.json").read_text())
     assert [r["layer"] for r in data["layers"]] == list(range(N))
-    assert data["layers"][5]["ratio"] == 0.4 and (out / "budget.csv").is_file() and (out / "report.md").is_file()
+    assert data["layers"][5]["ratio"] == 0.4
+    assert all((out / name).is_file() for name in ("budget.csv", "budget.png", "report.md", "results.json"))
     assert cli_main(["budget", "--importance", str(tmp_path / "nope")]) == 2

@@ -1,7 +1,6 @@
 """The shared spectral math: stable rank, power-law alpha by MLE + KS, batching."""
 
 import math
-import time
 
 import torch
 

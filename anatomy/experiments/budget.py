@@ -19,10 +19,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from .. import report
+from .. import plots, report
 from ..errors import AnatomyError
 
 COLUMNS = ["layer", "class", "position", "recovery", "rule", "ratio", "steps"]
@@ -169,6 +169,23 @@ def budget_report(df: pd.DataFrame, config: BudgetConfig, sources: dict[str, str
     return "\n".join(lines)
 
 
+def write_budget_run(run: report.RunFolder, df: pd.DataFrame, config: BudgetConfig,
+                     sources: dict[str, str]) -> tuple[dict, Figure, str]:
+    """Table, figure, `budget.json` (the growth trainer's schedule), report and results: the CLI's and the
+    app's run folder alike. Returns the schedule, the figure and the report."""
+    run.write_table("budget", df)
+    schedule = budget_json(df)
+    (run.path / "budget.json").write_text(json.dumps(schedule, indent=2), encoding="utf-8")
+    run.files.append("budget.json")
+    figure = plots.budget_figure(df, config.b_max, f"Training budget: {schedule['total_steps']:,} of "
+                                 f"{schedule['uniform_steps']:,} uniform steps")
+    run.write_figure("budget", figure)
+    markdown = budget_report(df, config, sources)
+    run.write_report(markdown)
+    run.finish(None, None, config, {k: v for k, v in schedule.items() if k != "layers"})
+    return schedule, figure, markdown
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("budget", help="per-layer training budget from importance and recovery "
                                    "(SPEC section 6)", description=__doc__,
@@ -205,12 +222,8 @@ def main(args: argparse.Namespace) -> None:
     n_layers = (imp_results.get("model") or {}).get("num_layers")
     df = run_budget(importance, recovery, config, n_layers)
     run = report.RunFolder(args.out, "budget")
-    run.write_table("budget", df)
-    schedule = budget_json(df)
-    (run.path / "budget.json").write_text(json.dumps(schedule, indent=2), encoding="utf-8")
-    run.files.append("budget.json")
-    run.write_report(budget_report(df, config, {"importance": args.importance, "recovery": args.recovery or "none"}))
-    run.finish(None, None, config, {k: v for k, v in schedule.items() if k != "layers"})
+    schedule, _, _ = write_budget_run(run, df, config, {"importance": str(args.importance),
+                                                  "recovery": str(args.recovery or "none")})
     cli.print_summary(run, df.drop(columns=["recovery"]))
     print(f"total {schedule['total_steps']:,} of {schedule['uniform_steps']:,} uniform steps "
           f"({df.attrs['saved_pct']:.0f}% saved)")

@@ -153,7 +153,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--by", default=",".join(CRITERIA),
                         help=f"criteria, comma-separated (default all: {','.join(CRITERIA)})")
     parser.add_argument("--ablation-mode", default="skip", choices=("skip", "neighbour-mean", "zero"),
-                        help="single-layer ablation for the ablation criterion (default skip)")
+                        help="single-layer ablation for the ablation criterion (default skip; with --importance: "
+                             "that run's mode)")
     parser.add_argument("--importance", help="read block influence and ablation D from this importance run folder")
     parser.add_argument("--save", help="write the pruned model(s) as Hugging Face folder(s) here")
     parser.set_defaults(func=main)
@@ -164,10 +165,13 @@ def main(args: argparse.Namespace) -> None:
     from .manipulate import read_importance
 
     loaded, eval_set = cli.load_model_and_eval_set(args)
+    importance = read_importance(args.importance) if args.importance else None
+    # D read from a run was measured with that run's ablation mode: record that one, not the flag's default
+    mode = str(importance["mode"].iloc[0]) if importance is not None and "mode" in importance else args.ablation_mode
     config = PruneConfig(ks=tuple(int(k) for k in cli.parse_floats(args.k, None, "-k")),
                          criteria=tuple(c.strip() for c in args.by.split(",")),
-                         importance=ImportanceConfig(mode=args.ablation_mode))
-    df = run_prune(loaded.model, eval_set, config, read_importance(args.importance) if args.importance else None)
+                         importance=ImportanceConfig(mode=mode))
+    df = run_prune(loaded.model, eval_set, config, importance)
     run = report.RunFolder(args.out, "prune")
     run.write_table("prune", df)
     run.write_table("comparison", comparison_table(df))
