@@ -47,7 +47,7 @@ class BudgetConfig:
 
     def validate(self) -> None:
         if self.b_max < 1:
-            raise AnatomyError(f"--b-max must be >= 1, got {self.b_max}.")
+            raise AnatomyError(f"B_max (--b-max) must be >= 1, got {self.b_max}.")
         for name in ("boundary", "redundant", "minor", "important", "critical_output"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi <= 1:

@@ -157,8 +157,9 @@ def choose_layers(model: PreTrainedModel, eval_set: EvalSet, config: ManipulateC
         raise AnatomyError(f"The importance map has {len(importance)} rows but the model has {n} layers.")
     layers = redundant_layers(importance, config.redundant_threshold)
     if not layers:
-        raise AnatomyError(f"No layer has D < {config.redundant_threshold:g}%: raise --redundant-threshold "
-                           f"(lowest D is {importance['degradation_pct'].min():.1f}%) or pass --layers.")
+        raise AnatomyError(f"No layer has D < {config.redundant_threshold:g}%: raise the redundant threshold "
+                           f"(--redundant-threshold; the lowest D is {importance['degradation_pct'].min():.1f}%) "
+                           "or name the layers (--layers).")
     return layers, f"{source}: layers with D < {config.redundant_threshold:g}%"
 
 
