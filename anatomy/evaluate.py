@@ -246,8 +246,8 @@ class PrefixCache:
 def one_pass_scores(cache: PrefixCache) -> dict[str, np.ndarray]:
     """Block Influence (1 - cos(input, output)) and angular distance (arccos(cos)/pi) per layer.
 
-    Averaged over every non-padding token of the evaluation set, from the baseline pass alone
-    (Men et al. 2024 "ShortGPT"; Gromov et al. 2024 for the angular distance).
+    Averaged over every fed token of the evaluation set (padding and each text's unfed last token excluded),
+    from the baseline pass alone (Men et al. 2024 "ShortGPT"; Gromov et al. 2024 for the angular distance).
     """
     n = cache.adapter.num_layers
     sums = {"block_influence": np.zeros(n), "angular_distance": np.zeros(n)}
