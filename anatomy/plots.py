@@ -85,11 +85,16 @@ def heatmap_figure(matrix: np.ndarray, *, title: str, xlabel: str, ylabel: str,
 
 def recovery_figure(curves: pd.DataFrame, baseline: float, thresholds=(2.0, 1.5, 1.1),
                     title: str = "Recovery after noise") -> Figure:
-    """PPL against fine-tune step, one line per layer, log PPL axis; the baseline and each threshold drawn."""
+    """PPL against fine-tune step, one line per layer coloured by depth (a qualitative palette repeats after
+    10 layers), log PPL axis; the baseline and each threshold drawn."""
     lines = {"baseline": baseline, **{f"{t:g}x baseline": t * baseline for t in thresholds}}
     fig = line_figure(curves.assign(layer=curves["layer"].map(lambda i: f"layers.{i}")), "step", "ppl", "layer",
                       logy=True, title=title, xlabel="fine-tune step", ylabel="PPL (log scale)", hlines=lines)
-    fig.axes[0].legend(fontsize=6, ncol=3)
+    ax = fig.axes[0]
+    depth = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, curves["layer"].nunique()))  # dark = shallow
+    for line, colour in zip(ax.get_lines(), depth):  # the layer lines come first, then the thresholds
+        line.set_color(colour)
+    ax.legend(fontsize=6, ncol=3)
     return fig
 
 
