@@ -120,10 +120,12 @@ def degradation(result: PPLResult, baseline: PPLResult, eval_set: EvalSet) -> tu
     return (result.ppl / baseline.ppl - 1) * 100, (low - 1) * 100, (high - 1) * 100
 
 
-def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Next-token NLL of each row of `logits` [n, vocab] (log-sum-exp minus the target's logit)."""
+def _nll(logits: torch.Tensor, targets: torch.Tensor, vocab_dim: int = -1) -> torch.Tensor:
+    """Next-token NLL of each of n positions (log-sum-exp minus the target's logit); `logits` is [n, vocab],
+    or [vocab, n] with `vocab_dim=0`."""
     logits = logits.float()
-    return torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None])[:, 0]
+    index = targets[:, None] if vocab_dim == -1 else targets[None, :]
+    return torch.logsumexp(logits, dim=vocab_dim) - logits.gather(vocab_dim, index).flatten()
 
 
 def _per_text(batch: Batch, positions: tuple[torch.Tensor, torch.Tensor], nll: torch.Tensor) -> torch.Tensor:
@@ -137,7 +139,7 @@ def head_nll(adapter: LayerAdapter, hidden: torch.Tensor, batch: Batch) -> torch
     predict a token, in chunks, so the full [batch, length, vocab] logits never exist."""
     positions = (batch.targets != IGNORE).nonzero(as_tuple=True)
     rows, targets = hidden[positions], batch.targets[positions]
-    nll = torch.cat([_nll(adapter.logits(rows[s:s + HEAD_CHUNK]), targets[s:s + HEAD_CHUNK])
+    nll = torch.cat([_nll(adapter.vocab_major_logits(rows[s:s + HEAD_CHUNK]), targets[s:s + HEAD_CHUNK], 0)
                      for s in range(0, len(rows), HEAD_CHUNK)])
     return _per_text(batch, positions, nll)
 

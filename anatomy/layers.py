@@ -205,16 +205,29 @@ class LayerAdapter:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The head applied to the output of the last decoder layer (final norm, projection, LM head)."""
+        return self._softcap(self.model.get_output_embeddings()(self._head_input(hidden)))
+
+    def vocab_major_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """`logits(rows).T` for hidden rows [n, hidden], computed as W @ h.T: [vocab, n]. With a large
+        vocabulary and a few hundred rows, CPU BLAS runs this orientation ~30% faster (measured here:
+        155 against 117 GFLOP/s), and the head is a third of the work of every evaluation."""
+        head = self.model.get_output_embeddings()
+        if type(head) is not nn.Linear:
+            return self.logits(rows).T
+        logits = head.weight @ self._head_input(rows).T
+        if head.bias is not None:
+            logits = logits + head.bias[:, None]
+        return self._softcap(logits)
+
+    def _head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         project_out = _get(self.model, "model.decoder.project_out")  # OPT-350m style
-        if project_out is not None:
-            hidden = project_out(hidden)
-        logits = self.model.get_output_embeddings()(hidden)
+        return hidden if project_out is None else project_out(hidden)
+
+    def _softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = getattr(self.model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def describe(self) -> list[dict]:
         """One row per component: canonical name, the real parameter it lives in, its shape."""

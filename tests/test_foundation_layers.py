@@ -86,6 +86,8 @@ def test_logits_from_last_hidden_match_model(arch):
     model(ids)
     handle.remove()
     torch.testing.assert_close(adapter.logits(seen["h"]), out.logits)
+    rows = seen["h"].flatten(0, 1)
+    torch.testing.assert_close(adapter.vocab_major_logits(rows), out.logits.flatten(0, 1).T)
 
 
 def test_parse_layers():
