@@ -45,7 +45,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, sour
     figures = {"manipulate": plots.ppl_rows_figure(df, "strategy", "Redundant layers changed at once", base["ppl"])}
     markdown = manipulate_report(df, report.header("Manipulation of redundant layers", job.loaded, job.eval_set))
     return run_outputs(request, "manipulate", job, config, df, df, {"manipulate": df}, figures, markdown,
-                    {"layers": df.attrs["layers"], "source": df.attrs["source"], "baseline": base}, state)
+                       {"layers": df.attrs["layers"], "source": df.attrs["source"], "baseline": base}, state)
 
 
 def build(shared: Shared) -> None:
@@ -64,4 +64,4 @@ def build(shared: Shared) -> None:
         go, stop = gr.Button("Run manipulation", variant="primary"), stop_button()
     outputs = result_components("manipulate", ["PPL per strategy"])
     wire_job("manipulate", run, [*shared.eval_inputs, source, layers, threshold, strategies, alphas, rank], outputs,
-          shared, go, stop)
+             shared, go, stop)

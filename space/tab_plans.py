@@ -39,7 +39,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, vari
     figures = plots.painters_figures(df, job.loaded.name)
     markdown = painters_report(df, report.header("Layers as painters", job.loaded, job.eval_set), config)
     return run_outputs(request, "painters", job, config, df, df, {"painters": df}, figures, markdown,
-                    {"baseline": df.attrs["baseline"]}, state)
+                       {"baseline": df.attrs["baseline"]}, state)
 
 
 def build(shared: Shared) -> None:
@@ -64,4 +64,4 @@ def build(shared: Shared) -> None:
         go, stop = gr.Button("Run layer plans", variant="primary"), stop_button()
     outputs = result_components("painters", ["PPL by middle-block size", "Decode latency by middle-block size"])
     wire_job("painters", run, [*shared.eval_inputs, variants, block_sizes, plans, loops, seed, latency_repeats,
-                            latency_tokens, batched, tasks], outputs, shared, go, stop)
+                               latency_tokens, batched, tasks], outputs, shared, go, stop)

@@ -46,8 +46,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, ks: 
                                               df.attrs["baseline"]["ppl"])}
     markdown = prune_report(df, report.header("Layer pruning", job.loaded, job.eval_set))
     return run_outputs(request, "prune", job, config, df, df,
-                    {"prune": df, "comparison": comparison, "scores": df.attrs["scores"]}, figures, markdown,
-                    {"baseline": df.attrs["baseline"], "comparison": comparison, "saved": []}, state)
+                       {"prune": df, "comparison": comparison, "scores": df.attrs["scores"]}, figures, markdown,
+                       {"baseline": df.attrs["baseline"], "comparison": comparison, "saved": []}, state)
 
 
 def build(shared: Shared) -> None:

@@ -30,7 +30,7 @@ def structure(spec: str, shuffles: float, seed: float, state: dict | None, reque
     tables = {"structure": df, "pca": df.attrs["pca"], "explained_variance": df.attrs["explained"]}
     markdown = structure_report(df, report.header("Weight structure", job.loaded, None))
     return run_outputs(request, "structure", job, config, df, df, tables, figures, markdown,
-                    {"structure": df}, state)
+                       {"structure": df}, state)
 
 
 @gpu(duration=120)
@@ -45,7 +45,7 @@ def spectral(spec: str, min_tail: float, state: dict | None, request: gr.Request
     markdown = spectral_report(df, report.header("Spectral anatomy", job.loaded, None))
     summary = component_summary(df)
     return run_outputs(request, "spectral", job, config, df, summary, tables, figures, markdown,
-                    {"groups": df.attrs["groups"], "components": summary}, state)
+                       {"groups": df.attrs["groups"], "components": summary}, state)
 
 
 @gpu(duration=240)
@@ -64,8 +64,8 @@ def predictability(spec: str, n_sentences: float, custom_text: str, max_length: 
     tables = {"predictability": df, "summary": df.attrs["summary"], "functional": df.attrs["functional"]}
     markdown = predictability_report(df, report.header("Weight predictability", job.loaded, job.eval_set), config)
     return run_outputs(request, "predictability", job, config, df, df.attrs["summary"],
-                    tables, figures, markdown, {"baseline": base, "summary": df.attrs["summary"],
-                                                "functional": df.attrs["functional"]}, state)
+                       tables, figures, markdown, {"baseline": base, "summary": df.attrs["summary"],
+                                                   "functional": df.attrs["functional"]}, state)
 
 
 def build(shared: Shared) -> None:
@@ -97,4 +97,4 @@ def build(shared: Shared) -> None:
             go, stop = gr.Button("Run predictability", variant="primary"), stop_button()
         outputs = result_components("predictability", ["R^2 by layer", "PPL with predicted layers"])
         wire_job("predictability", predictability, [*shared.eval_inputs, positions, ridge_alpha, multi_count], outputs,
-              shared, go, stop)
+                 shared, go, stop)

@@ -50,11 +50,14 @@ class RecoveryConfig:
         if self.sigma < 0:
             raise AnatomyError(f"The noise sigma (--sigma) must be >= 0, got {self.sigma}.")
         if self.steps < 1 or self.eval_every < 1:
-            raise AnatomyError(f"Steps and evaluate-every (--steps, --eval-every) must be >= 1 (got {self.steps}, {self.eval_every}).")
+            raise AnatomyError(f"Steps and evaluate-every (--steps, --eval-every) must be >= 1 "
+                               f"(got {self.steps}, {self.eval_every}).")
         if self.lr <= 0 or self.grad_clip <= 0:
-            raise AnatomyError(f"The learning rate (--lr) and the gradient clip must be > 0 (got {self.lr}, {self.grad_clip}).")
+            raise AnatomyError(f"The learning rate (--lr) and the gradient clip must be > 0 "
+                               f"(got {self.lr}, {self.grad_clip}).")
         if self.train_batch_size < 1 or self.train_seq_len < 2:
-            raise AnatomyError("The training batch size (--train-batch-size) must be >= 1 and the row length (--train-seq-len) >= 2.")
+            raise AnatomyError("The training batch size (--train-batch-size) must be >= 1 and the row length "
+                               "(--train-seq-len) >= 2.")
         if not self.thresholds or min(self.thresholds) <= 0:
             raise AnatomyError(f"Thresholds are positive multiples of the baseline PPL, got {self.thresholds}.")
 
