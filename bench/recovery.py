@@ -36,9 +36,10 @@ from anatomy.train_layer import batch_schedule, training_cache, training_rows  #
 def work_ratio(model, eval_set: EvalSet, layers: list[int], config: RecoveryConfig) -> float:
     """Matmul work of the plain loop / the cached loop, summed over `layers` (padding ignored).
 
-    Per token, a matrix of P weights costs P multiply-adds forward and P backward for the input gradient;
-    the trained layer P more for its weight gradient; the head likewise. The plain loop also runs layers
-    0..l-1 forward, for every training batch and for every evaluation.
+    Per token, a matrix of P weights costs P multiply-adds forward and P backward for the input gradient
+    (the head too: it is frozen like every matrix but the trained layer's); the trained layer costs P more
+    for its weight gradient. The plain loop also runs layers 0..l-1 forward, for every training batch and
+    every evaluation.
     """
     adapter = LayerAdapter(model)
     size = [sum(p.numel() for p in layer.parameters() if p.dim() == 2) for layer in adapter.layers]
