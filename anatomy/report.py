@@ -11,7 +11,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -55,8 +55,19 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return df.to_markdown(index=False, floatfmt=floatfmt)
 
 
+@dataclass
+class Artefacts:
+    """Everything one experiment run writes besides the metadata: built once by the experiment's
+    `x_artefacts` function, written by the CLI and shown and zipped by the app alike."""
+
+    tables: dict[str, pd.DataFrame]  # name -> CSV
+    figures: dict[str, Figure]  # name -> PNG
+    markdown: str  # report.md
+    results: dict  # the headline numbers of results.json
+
+
 class RunFolder:
-    """Writes one run: call the `write_*` methods, then `finish()` for results.json."""
+    """Writes one run: `write(artefacts, ...)`, or the `write_*` methods and then `finish()` for results.json."""
 
     def __init__(self, out: str | Path, experiment: str):
         self.path = Path(out)
@@ -107,6 +118,16 @@ class RunFolder:
         path = self.path / "results.json"
         path.write_text(json.dumps(payload, indent=2, allow_nan=True), encoding="utf-8")
         return path
+
+    def write(self, artefacts: Artefacts, loaded: LoadedModel | None, eval_set: EvalSet | None, config: object,
+              timings: dict | None = None) -> Path:
+        """Tables, figures, report.md and results.json of one run; returns the results.json path."""
+        for name, df in artefacts.tables.items():
+            self.write_table(name, df)
+        for name, figure in artefacts.figures.items():
+            self.write_figure(name, figure)
+        self.write_report(artefacts.markdown)
+        return self.finish(loaded, eval_set, config, artefacts.results, timings)
 
     def zip(self) -> Path:
         """The whole folder as one .zip next to it (the app's download button)."""

@@ -12,6 +12,7 @@ import pandas as pd
 from anatomy.evaluate import EvalSet
 from anatomy.load import LoadedModel
 from anatomy.progress import ProgressCallback
+from anatomy.report import Artefacts
 
 from . import jobs
 from .models import CACHE
@@ -64,13 +65,12 @@ def wire_stop(button: gr.Button, events: list, name: str) -> None:
 
 
 def run_outputs(request: gr.Request | None, name: str, job: Job, config: object, df: pd.DataFrame,
-                table: pd.DataFrame, tables: dict, figures: dict, markdown: str, results: dict,
-                state: dict | None) -> tuple:
+                table: pd.DataFrame, artefacts: Artefacts, state: dict | None) -> tuple:
     """Plots, the table shown, the report, the run zip and the session state: what every experiment tab
     returns, in the order `result_components` lays them out; the run folder is the CLI's."""
-    archive = jobs.save_run(request, name, job.loaded, job.eval_set, config, tables, figures, markdown, results,
-                            df.attrs.get("timings"))
-    return (*figures.values(), shown(table), markdown, str(archive), jobs.remember(state, name, df, archive))
+    archive = jobs.save_run(request, name, job.loaded, job.eval_set, config, artefacts, df.attrs.get("timings"))
+    return (*artefacts.figures.values(), shown(table), artefacts.markdown, str(archive),
+            jobs.remember(state, name, df, archive))
 
 
 def result_components(name: str, plot_labels: list[str]) -> list:

@@ -22,7 +22,7 @@ from anatomy.errors import AnatomyError
 from anatomy.evaluate import EvalSet
 from anatomy.load import LoadedModel
 from anatomy.progress import Cancelled, ProgressCallback
-from anatomy.report import RunFolder
+from anatomy.report import Artefacts, RunFolder
 from anatomy.texts import DEFAULT_EVAL_NAME, default_eval_texts, resolve_eval_texts
 
 log = logging.getLogger("space")
@@ -117,14 +117,8 @@ def remember(state: dict | None, experiment: str, df: pd.DataFrame, zip_path: Pa
 
 
 def save_run(request: gr.Request | None, experiment: str, loaded: LoadedModel, eval_set: EvalSet | None,
-             config: object, tables: dict[str, pd.DataFrame], figures: dict, markdown: str, results: dict,
-             timings: dict | None = None) -> Path:
+             config: object, artefacts: Artefacts, timings: dict | None = None) -> Path:
     """Write the same run folder as the CLI (tables, figures, report.md, results.json) and return its zip."""
     run = run_folder(request, experiment)
-    for name, df in tables.items():
-        run.write_table(name, df)
-    for name, figure in figures.items():
-        run.write_figure(name, figure)
-    run.write_report(markdown)
-    run.finish(loaded, eval_set, config, results, timings)
+    run.write(artefacts, loaded, eval_set, config, timings)
     return run.zip()

@@ -6,8 +6,7 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from anatomy import plots, report
-from anatomy.experiments.importance import ImportanceConfig, importance_report, run_importance
+from anatomy.experiments.importance import ImportanceConfig, importance_artefacts, run_importance
 from anatomy.interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS
 from anatomy.layers import LayerAdapter, parse_layers
 
@@ -26,18 +25,14 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, mode
         n = LayerAdapter(job.loaded.model).num_layers
         config = ImportanceConfig(mode=mode, boundary=boundary, layers=parse_layers(layers, n))
         df = run_importance(job.loaded.model, job.eval_set, config, progress=job.progress)
-    figure = plots.importance_figure(df, f"Layer importance: {job.loaded.name}")
-    markdown = importance_report(df, report.header("Layer importance", job.loaded, job.eval_set))
-    archive = jobs.save_run(request, "importance", job.loaded, job.eval_set, config, {"importance": df},
-                            {"importance": figure}, markdown, {"baseline": df.attrs["baseline"],
-                                                               "spearman": df.attrs["spearman"]},
-                            df.attrs["timings"])
+    artefacts = importance_artefacts(df, job.loaded, job.eval_set)
+    archive = jobs.save_run(request, "importance", job.loaded, job.eval_set, config, artefacts, df.attrs["timings"])
     base = df.attrs["baseline"]
     counts = df["class"].value_counts()
     headline = (f"Baseline PPL {base['ppl']:.3f} ({base['ppl_low']:.3f}-{base['ppl_high']:.3f}); "
                 + ", ".join(f"{c} {counts[c]}" for c in counts.index) + f"; {len(job.eval_set.texts)} texts.")
-    return figure, shown(df.drop(columns=["mode"])), headline, str(archive), jobs.remember(state, "importance", df,
-                                                                                           archive)
+    return (artefacts.figures["importance"], shown(df.drop(columns=["mode"])), headline, str(archive),
+            jobs.remember(state, "importance", df, archive))
 
 
 def build(shared: Shared) -> None:

@@ -66,8 +66,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, kind
                 + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n")
     config = {"kind": kind, "layers": chosen, "values": numbers, "components": components, "seed": seed,
               "boundary": boundary}
-    archive = jobs.save_run(request, "interventions", job.loaded, job.eval_set, config, {"interventions": df},
-                            {"interventions": fig}, markdown, {"baseline": base})
+    artefacts = report.Artefacts({"interventions": df}, {"interventions": fig}, markdown, {"baseline": base})
+    archive = jobs.save_run(request, "interventions", job.loaded, job.eval_set, config, artefacts)
     headline = f"Baseline PPL {base['ppl']:.3f}; worst D {df['degradation_pct'].max():.1f}%."
     return fig, shown(df), headline, str(archive), jobs.remember(state, "interventions", df, archive)
 

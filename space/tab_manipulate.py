@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from anatomy import plots, report
 from anatomy.cli import parse_floats
 from anatomy.errors import AnatomyError
-from anatomy.experiments.manipulate import (STRATEGIES, ManipulateConfig, manipulate_report, read_importance,
+from anatomy.experiments.manipulate import (STRATEGIES, ManipulateConfig, manipulate_artefacts, read_importance,
                                             run_manipulate)
 from anatomy.layers import LayerAdapter, parse_layers
 
@@ -41,11 +40,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, sour
                                   alphas=parse_floats(alphas, None, "Scale factors"),
                                   rank=int(rank) if rank else None)
         df = run_manipulate(job.loaded.model, job.eval_set, config, importance, progress=job.progress)
-    base = df.attrs["baseline"]
-    figures = {"manipulate": plots.ppl_rows_figure(df, "strategy", "Redundant layers changed at once", base["ppl"])}
-    markdown = manipulate_report(df, report.header("Manipulation of redundant layers", job.loaded, job.eval_set))
-    return run_outputs(request, "manipulate", job, config, df, df, {"manipulate": df}, figures, markdown,
-                       {"layers": df.attrs["layers"], "source": df.attrs["source"], "baseline": base}, state)
+    return run_outputs(request, "manipulate", job, config, df, df, manipulate_artefacts(df, job.loaded, job.eval_set),
+                       state)
 
 
 def build(shared: Shared) -> None:

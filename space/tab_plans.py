@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from anatomy import plots, report
 from anatomy.cli import parse_floats
 from anatomy.errors import AnatomyError
-from anatomy.experiments.painters import PaintersConfig, painters_report, run_painters
+from anatomy.experiments.painters import PaintersConfig, painters_artefacts, run_painters
 from anatomy.plans import GRAMMAR, VARIANTS
 
 from . import jobs
@@ -36,10 +35,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, vari
     with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
         df = run_painters(job.loaded.model, job.eval_set, config, progress=job.progress,
                           tokenizer=job.loaded.tokenizer)
-    figures = plots.painters_figures(df, job.loaded.name)
-    markdown = painters_report(df, report.header("Layers as painters", job.loaded, job.eval_set), config)
-    return run_outputs(request, "painters", job, config, df, df, {"painters": df}, figures, markdown,
-                       {"baseline": df.attrs["baseline"]}, state)
+    return run_outputs(request, "painters", job, config, df, df,
+                       painters_artefacts(df, job.loaded, job.eval_set, config), state)
 
 
 def build(shared: Shared) -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from anatomy import plots, report
 from anatomy.cli import parse_floats
 from anatomy.errors import AnatomyError
 from anatomy.experiments.importance import ImportanceConfig
 from anatomy.experiments.manipulate import read_importance
-from anatomy.experiments.prune import CRITERIA, PruneConfig, comparison_table, prune_report, run_prune
+from anatomy.experiments.prune import CRITERIA, PruneConfig, prune_artefacts, run_prune
 from anatomy.interventions import ABLATION_MODES
 
 from . import jobs, previous
@@ -40,14 +39,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, ks: 
                          criteria=tuple(criteria), importance=ImportanceConfig(mode=ablation))
     with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
         df = run_prune(job.loaded.model, job.eval_set, config, importance, progress=job.progress)
-    comparison = comparison_table(df)
-    labels = df.assign(run=[f"{c} k={k}" if k else c for c, k in zip(df["criterion"], df["k"])])
-    figures = {"prune": plots.ppl_rows_figure(labels, "run", f"Pruned models: {job.loaded.name}",
-                                              df.attrs["baseline"]["ppl"])}
-    markdown = prune_report(df, report.header("Layer pruning", job.loaded, job.eval_set))
-    return run_outputs(request, "prune", job, config, df, df,
-                       {"prune": df, "comparison": comparison, "scores": df.attrs["scores"]}, figures, markdown,
-                       {"baseline": df.attrs["baseline"], "comparison": comparison, "saved": []}, state)
+    return run_outputs(request, "prune", job, config, df, df, prune_artefacts(df, job.loaded, job.eval_set), state)
 
 
 def build(shared: Shared) -> None:

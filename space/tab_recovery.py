@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from anatomy import plots, report
-from anatomy.experiments.recovery import RecoveryConfig, recovery_curves, recovery_report, run_recovery
+from anatomy.experiments.recovery import SHAKESPEARE, RecoveryConfig, recovery_artefacts, run_recovery
 from anatomy.layers import LayerAdapter, parse_layers
 from anatomy.train_layer import training_rows
 
@@ -30,15 +29,10 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, laye
         config.validate()
         rows = training_rows(job.loaded.tokenizer, config.train_seq_len, exclude=job.eval_set.texts)
         df = run_recovery(job.loaded.model, job.eval_set, config, progress=job.progress, train_rows=rows)
-    curves = recovery_curves(df)
-    base = df.attrs["baseline"]
-    figure = plots.recovery_figure(curves, base["ppl"], config.thresholds, f"Recovery after noise: {job.loaded.name}")
-    markdown = recovery_report(df, report.header("Recovery speed", job.loaded, job.eval_set), config)
-    archive = jobs.save_run(request, "recovery", job.loaded, job.eval_set, config,
-                            {"recovery": df, "recovery_curves": curves}, {"recovery": figure}, markdown,
-                            {"baseline": base, "train_text": "Shakespeare (training split)", "train_rows": len(rows)},
-                            df.attrs["timings"])
-    return figure, shown(df), markdown, str(archive), jobs.remember(state, "recovery", df, archive)
+    artefacts = recovery_artefacts(df, job.loaded, job.eval_set, config, SHAKESPEARE, len(rows))
+    archive = jobs.save_run(request, "recovery", job.loaded, job.eval_set, config, artefacts, df.attrs["timings"])
+    return (artefacts.figures["recovery"], shown(df), artefacts.markdown, str(archive),
+            jobs.remember(state, "recovery", df, archive))
 
 
 def build(shared: Shared) -> None:

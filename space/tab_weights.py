@@ -1,16 +1,15 @@
 """Weight-space tab: structure, spectra and predictability of the weights (SPEC sections 2, 3 and 9).
 
-Each sub-tab calls the experiment's `run_x` and draws the same figures the CLI writes to its run folder.
+Each sub-tab calls the experiment's `run_x` and shows its `x_artefacts`, the run folder the CLI writes.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from anatomy import plots, report
-from anatomy.experiments.predictability import PredictabilityConfig, predictability_report, run_predictability
-from anatomy.experiments.spectral import SpectralConfig, component_summary, run_spectral, spectral_report
-from anatomy.experiments.structure import StructureConfig, run_structure, structure_report
+from anatomy.experiments.predictability import PredictabilityConfig, predictability_artefacts, run_predictability
+from anatomy.experiments.spectral import SpectralConfig, component_summary, run_spectral, spectral_artefacts
+from anatomy.experiments.structure import StructureConfig, run_structure, structure_artefacts
 
 from . import jobs
 from .common import Shared, model_job, result_components, run_outputs, stop_button, wire_job
@@ -24,13 +23,7 @@ def structure(spec: str, shuffles: float, seed: float, state: dict | None, reque
     with model_job(spec, request, progress) as job:
         config = StructureConfig(shuffles=int(shuffles), seed=int(seed))
         df = run_structure(job.loaded.model, None, config, progress=job.progress)
-    figures = {"delta_correlation": plots.delta_correlation_figure(df),
-               "pca_path": plots.pca_path_figure(df.attrs["pca"]),
-               "cosine_similarity": plots.similarity_grid_figure(df.attrs["similarity"])}
-    tables = {"structure": df, "pca": df.attrs["pca"], "explained_variance": df.attrs["explained"]}
-    markdown = structure_report(df, report.header("Weight structure", job.loaded, None))
-    return run_outputs(request, "structure", job, config, df, df, tables, figures, markdown,
-                       {"structure": df}, state)
+    return run_outputs(request, "structure", job, config, df, df, structure_artefacts(df, job.loaded), state)
 
 
 @gpu(duration=120)
@@ -39,13 +32,8 @@ def spectral(spec: str, min_tail: float, state: dict | None, request: gr.Request
     with model_job(spec, request, progress) as job:
         config = SpectralConfig(min_tail=int(min_tail))
         df = run_spectral(job.loaded.model, None, config, progress=job.progress)
-    figures = {"depth_profiles": plots.spectral_depth_figure(df, f"Spectral depth profiles: {job.loaded.name}"),
-               "singular_values": plots.singular_values_figure(df.attrs["singular_values"])}
-    tables = {"spectral": df, "groups": df.attrs["groups"], "singular_values": df.attrs["singular_values"]}
-    markdown = spectral_report(df, report.header("Spectral anatomy", job.loaded, None))
-    summary = component_summary(df)
-    return run_outputs(request, "spectral", job, config, df, summary, tables, figures, markdown,
-                       {"groups": df.attrs["groups"], "components": summary}, state)
+    return run_outputs(request, "spectral", job, config, df, component_summary(df),
+                       spectral_artefacts(df, job.loaded), state)
 
 
 @gpu(duration=240)
@@ -57,15 +45,8 @@ def predictability(spec: str, n_sentences: float, custom_text: str, max_length: 
         config = PredictabilityConfig(positions=int(positions), ridge_alpha=float(ridge_alpha),
                                       multi_count=int(multi_count))
         df = run_predictability(job.loaded.model, job.eval_set, config, progress=job.progress)
-    base = df.attrs["baseline"]
-    figures = {"r2_by_layer": plots.predictability_figure(df, f"Weight predictability: {job.loaded.name}"),
-               "functional": plots.ppl_rows_figure(df.attrs["functional"], "replaced",
-                                                   "Layers replaced by predictions", base["ppl"])}
-    tables = {"predictability": df, "summary": df.attrs["summary"], "functional": df.attrs["functional"]}
-    markdown = predictability_report(df, report.header("Weight predictability", job.loaded, job.eval_set), config)
     return run_outputs(request, "predictability", job, config, df, df.attrs["summary"],
-                       tables, figures, markdown, {"baseline": base, "summary": df.attrs["summary"],
-                                                   "functional": df.attrs["functional"]}, state)
+                       predictability_artefacts(df, job.loaded, job.eval_set, config), state)
 
 
 def build(shared: Shared) -> None:

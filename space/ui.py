@@ -13,6 +13,10 @@ from . import (jobs, tab_budget, tab_generate, tab_importance, tab_interventions
 from .common import Shared
 from .models import default_model_spec
 
+# every experiment tab after the Model tab, in order; each module's build(shared) lays it out
+TABS = (("Importance", tab_importance), ("Interventions", tab_interventions), ("Manipulation", tab_manipulate),
+        ("Pruning", tab_prune), ("Layer plans", tab_plans), ("Weight space", tab_weights),
+        ("Recovery", tab_recovery), ("Budget", tab_budget), ("Generate", tab_generate))
 CONCURRENCY = int(os.environ.get("ANATOMY_CONCURRENCY", "2"))
 TITLE = "Transformer Anatomy"
 
@@ -39,24 +43,9 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Model"):
                 tab_model.build(shared, load, status)
-            with gr.Tab("Importance"):
-                tab_importance.build(shared)
-            with gr.Tab("Interventions"):
-                tab_interventions.build(shared)
-            with gr.Tab("Manipulation"):
-                tab_manipulate.build(shared)
-            with gr.Tab("Pruning"):
-                tab_prune.build(shared)
-            with gr.Tab("Layer plans"):
-                tab_plans.build(shared)
-            with gr.Tab("Weight space"):
-                tab_weights.build(shared)
-            with gr.Tab("Recovery"):
-                tab_recovery.build(shared)
-            with gr.Tab("Budget"):
-                tab_budget.build(shared)
-            with gr.Tab("Generate"):
-                tab_generate.build(shared)
+            for label, tab in TABS:
+                with gr.Tab(label):
+                    tab.build(shared)
         demo.load(tab_model.check, model, status, api_visibility="private")
         demo.unload(jobs.forget_session)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)

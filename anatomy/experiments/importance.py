@@ -19,6 +19,7 @@ from ..errors import AnatomyError
 from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
 from ..layers import LayerAdapter, parse_layers
+from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 
 COLUMNS = ["layer", "mode", "ppl", "ppl_low", "ppl_high", "degradation_pct", "degradation_low",
@@ -116,6 +117,15 @@ def importance_report(df: pd.DataFrame, header: str) -> str:
     return "\n".join(lines)
 
 
+def importance_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet) -> report.Artefacts:
+    """Table, figure, report and results of an importance run (the CLI's run folder and the app's)."""
+    return report.Artefacts(
+        tables={"importance": df},
+        figures={"importance": plots.importance_figure(df, f"Layer importance: {loaded.name}")},
+        markdown=importance_report(df, report.header("Layer importance", loaded, eval_set)),
+        results={"baseline": df.attrs["baseline"], "spearman": df.attrs["spearman"]})
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from .. import cli
 
@@ -144,9 +154,5 @@ def main(args: argparse.Namespace) -> None:
                               use_prefix_cache=not args.no_prefix_cache)
     df = run_importance(loaded.model, eval_set, config)
     run = report.RunFolder(args.out, "importance")
-    run.write_table("importance", df)
-    run.write_figure("importance", plots.importance_figure(df, f"Layer importance: {loaded.name}"))
-    run.write_report(importance_report(df, report.header("Layer importance", loaded, eval_set)))
-    run.finish(loaded, eval_set, config, {"baseline": df.attrs["baseline"], "spearman": df.attrs["spearman"]},
-               df.attrs["timings"])
+    run.write(importance_artefacts(df, loaded, eval_set), loaded, eval_set, config, df.attrs["timings"])
     cli.print_summary(run, df[["layer", "degradation_pct", "class"]])

@@ -30,6 +30,7 @@ from ..errors import AnatomyError
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
 from ..interventions import preserve, scale, zero
 from ..layers import ComponentRef, LayerAdapter, parse_layers
+from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 from ..spectra import SVD_THREADS, torch_threads
 from .importance import ImportanceConfig, run_importance
@@ -206,6 +207,16 @@ def manipulate_report(df: pd.DataFrame, header: str) -> str:
     return "\n".join(lines)
 
 
+def manipulate_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet) -> report.Artefacts:
+    """Table, figure, report and results of a manipulation run (the CLI's run folder and the app's)."""
+    base = df.attrs["baseline"]
+    return report.Artefacts(
+        tables={"manipulate": df},
+        figures={"manipulate": plots.ppl_rows_figure(df, "strategy", "Redundant layers changed at once", base["ppl"])},
+        markdown=manipulate_report(df, report.header("Manipulation of redundant layers", loaded, eval_set)),
+        results={"layers": df.attrs["layers"], "source": df.attrs["source"], "baseline": base})
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from .. import cli
 
@@ -233,11 +244,6 @@ def main(args: argparse.Namespace) -> None:
     importance = read_importance(args.importance) if args.importance and not args.layers else None
     df = run_manipulate(loaded.model, eval_set, config, importance)
     run = report.RunFolder(args.out, "manipulate")
-    run.write_table("manipulate", df)
-    run.write_figure("manipulate", plots.ppl_rows_figure(df, "strategy", "Redundant layers changed at once",
-                                                         df.attrs["baseline"]["ppl"]))
-    run.write_report(manipulate_report(df, report.header("Manipulation of redundant layers", loaded, eval_set)))
-    run.finish(loaded, eval_set, config, {"layers": df.attrs["layers"], "source": df.attrs["source"],
-                                          "baseline": df.attrs["baseline"]}, df.attrs["timings"])
+    run.write(manipulate_artefacts(df, loaded, eval_set), loaded, eval_set, config, df.attrs["timings"])
     cli.print_summary(run, df[["strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"]])
     print(f"layers: {df.attrs['layers']} ({df.attrs['source']})")

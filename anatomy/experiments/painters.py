@@ -23,6 +23,7 @@ from .. import plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
 from ..layers import LayerAdapter
+from ..load import LoadedModel
 from ..plans import GRAMMAR, VARIANTS, Plan, apply_plan, can_batch, export_plan, middle_block, parse_plan, variant_plan
 from ..progress import ProgressCallback, track
 from ..tasks import load_tasks, task_accuracy
@@ -173,6 +174,15 @@ def painters_report(df: pd.DataFrame, header: str, config: PaintersConfig) -> st
     return "\n".join(lines) + "\n"
 
 
+def painters_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet,
+                       config: PaintersConfig) -> report.Artefacts:
+    """Table, figures, report and results of a painters run (the CLI's run folder and the app's)."""
+    return report.Artefacts(
+        tables={"painters": df}, figures=plots.painters_figures(df, loaded.name),
+        markdown=painters_report(df, report.header("Layers as painters", loaded, eval_set), config),
+        results={"baseline": df.attrs["baseline"]})
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from .. import cli
 
@@ -211,10 +221,6 @@ def main(args: argparse.Namespace) -> None:
         print(f"saved plan '{args.plan[0]}' as a model folder: {path}")
     df = run_painters(loaded.model, eval_set, config, tokenizer=loaded.tokenizer)
     run = report.RunFolder(args.out, "painters")
-    run.write_table("painters", df)
-    for name, figure in plots.painters_figures(df, loaded.name).items():
-        run.write_figure(name, figure)
-    run.write_report(painters_report(df, report.header("Layers as painters", loaded, eval_set), config))
-    run.finish(loaded, eval_set, config, {"baseline": df.attrs["baseline"]}, df.attrs["timings"])
+    run.write(painters_artefacts(df, loaded, eval_set, config), loaded, eval_set, config, df.attrs["timings"])
     cli.print_summary(run, df[["variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token",
                                "decode_speedup"]])

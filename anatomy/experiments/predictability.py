@@ -30,6 +30,7 @@ from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
 from ..interventions import assign
 from ..layer_weights import flat_stack
 from ..layers import LayerAdapter
+from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 
 COLUMNS = ["component", "layer", "r2", "cosine", "r2_previous_layer"]
@@ -209,6 +210,19 @@ def predictability_report(df: pd.DataFrame, header: str, config: PredictabilityC
     return "\n".join(lines)
 
 
+def predictability_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet,
+                             config: PredictabilityConfig) -> report.Artefacts:
+    """Tables, figures, report and results of a predictability run (the CLI's run folder and the app's)."""
+    base, summary, functional = df.attrs["baseline"], df.attrs["summary"], df.attrs["functional"]
+    return report.Artefacts(
+        tables={"predictability": df, "summary": summary, "functional": functional},
+        figures={"r2_by_layer": plots.predictability_figure(df, f"Weight predictability: {loaded.name}"),
+                 "functional": plots.ppl_rows_figure(functional, "replaced", "Layers replaced by predictions",
+                                                     base["ppl"])},
+        markdown=predictability_report(df, report.header("Weight predictability", loaded, eval_set), config),
+        results={"baseline": base, "summary": summary, "functional": functional})
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from .. import cli
 
@@ -235,14 +249,6 @@ def main(args: argparse.Namespace) -> None:
                                   multi_layers=parse_layers(args.multi_layers, n) if args.multi_layers else None)
     df = run_predictability(loaded.model, eval_set, config)
     run = report.RunFolder(args.out, "predictability")
-    run.write_table("predictability", df)
-    run.write_table("summary", df.attrs["summary"])
-    run.write_table("functional", df.attrs["functional"])
-    run.write_figure("r2_by_layer", plots.predictability_figure(df, f"Weight predictability: {loaded.name}"))
-    run.write_figure("functional", plots.ppl_rows_figure(df.attrs["functional"], "replaced", "Layers replaced by "
-                                                         "predictions", df.attrs["baseline"]["ppl"]))
-    run.write_report(predictability_report(df, report.header("Weight predictability", loaded, eval_set), config))
-    run.finish(loaded, eval_set, config, {"baseline": df.attrs["baseline"], "summary": df.attrs["summary"],
-                                          "functional": df.attrs["functional"]}, df.attrs["timings"])
+    run.write(predictability_artefacts(df, loaded, eval_set, config), loaded, eval_set, config, df.attrs["timings"])
     cli.print_summary(run, df.attrs["summary"].round(4))
     print(paradox_statement(df.attrs["functional"], df.attrs["baseline"], config))

@@ -23,6 +23,7 @@ from .. import plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
 from ..layers import LayerAdapter
+from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 from ..surgery import build_layer_stack, kept_layers, layer_stack, save_model
 from .importance import ImportanceConfig, run_importance
@@ -143,6 +144,20 @@ def prune_report(df: pd.DataFrame, header: str) -> str:
     return "\n".join(lines)
 
 
+def prune_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet,
+                    saved: list[Path] = ()) -> report.Artefacts:
+    """Tables, figure, report and results of a pruning run (the CLI's run folder and the app's); `saved`: the
+    pruned model folders written, if any."""
+    comparison = comparison_table(df)
+    labels = df.assign(run=[f"{c} k={k}" if k else c for c, k in zip(df["criterion"], df["k"])])
+    return report.Artefacts(
+        tables={"prune": df, "comparison": comparison, "scores": df.attrs["scores"]},
+        figures={"prune": plots.ppl_rows_figure(labels, "run", f"Pruned models: {loaded.name}",
+                                                df.attrs["baseline"]["ppl"])},
+        markdown=prune_report(df, report.header("Layer pruning", loaded, eval_set)),
+        results={"baseline": df.attrs["baseline"], "comparison": comparison, "saved": [str(p) for p in saved]})
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from .. import cli
 
@@ -172,17 +187,9 @@ def main(args: argparse.Namespace) -> None:
                          criteria=tuple(c.strip() for c in args.by.split(",")),
                          importance=ImportanceConfig(mode=mode))
     df = run_prune(loaded.model, eval_set, config, importance)
-    run = report.RunFolder(args.out, "prune")
-    run.write_table("prune", df)
-    run.write_table("comparison", comparison_table(df))
-    run.write_table("scores", df.attrs["scores"])
-    labels = df.assign(run=[f"{c} k={k}" if k else c for c, k in zip(df["criterion"], df["k"])])
-    run.write_figure("prune", plots.ppl_rows_figure(labels, "run", f"Pruned models: {loaded.name}",
-                                                    df.attrs["baseline"]["ppl"]))
-    run.write_report(prune_report(df, report.header("Layer pruning", loaded, eval_set)))
     saved = save_pruned(loaded.model, loaded.tokenizer, df, args.save) if args.save else []
-    run.finish(loaded, eval_set, config, {"baseline": df.attrs["baseline"], "comparison": comparison_table(df),
-                                          "saved": [str(p) for p in saved]}, df.attrs["timings"])
+    run = report.RunFolder(args.out, "prune")
+    run.write(prune_artefacts(df, loaded, eval_set, saved), loaded, eval_set, config, df.attrs["timings"])
     cli.print_summary(run, comparison_table(df).round(3))
     for path in saved:
         print(f"saved pruned model: {path}")

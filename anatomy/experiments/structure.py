@@ -24,6 +24,7 @@ from ..errors import AnatomyError
 from ..evaluate import EvalSet
 from ..layer_weights import add_gram_stats, centered_gram, cosine_matrix, flat_stack, gram_stats
 from ..layers import LayerAdapter
+from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 
 NULL_CORRELATION = -0.5
@@ -136,6 +137,17 @@ def structure_report(df: pd.DataFrame, header: str) -> str:
     return "\n".join(lines)
 
 
+def structure_artefacts(df: pd.DataFrame, loaded: LoadedModel) -> report.Artefacts:
+    """Tables, figures, report and results of a structure run (the CLI's run folder and the app's)."""
+    return report.Artefacts(
+        tables={"structure": df, "pca": df.attrs["pca"], "explained_variance": df.attrs["explained"]},
+        figures={"delta_correlation": plots.delta_correlation_figure(df),
+                 "pca_path": plots.pca_path_figure(df.attrs["pca"]),
+                 "cosine_similarity": plots.similarity_grid_figure(df.attrs["similarity"])},
+        markdown=structure_report(df, report.header("Weight structure", loaded, None)),
+        results={"structure": df})
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from .. import cli
 
@@ -153,12 +165,5 @@ def main(args: argparse.Namespace) -> None:
     config = StructureConfig(shuffles=args.shuffles, seed=args.seed)
     df = run_structure(loaded.model, None, config)
     run = report.RunFolder(args.out, "structure")
-    run.write_table("structure", df)
-    run.write_table("pca", df.attrs["pca"])
-    run.write_table("explained_variance", df.attrs["explained"])
-    run.write_figure("delta_correlation", plots.delta_correlation_figure(df))
-    run.write_figure("pca_path", plots.pca_path_figure(df.attrs["pca"]))
-    run.write_figure("cosine_similarity", plots.similarity_grid_figure(df.attrs["similarity"]))
-    run.write_report(structure_report(df, report.header("Weight structure", loaded, None)))
-    run.finish(loaded, None, config, {"structure": df}, df.attrs["timings"])
+    run.write(structure_artefacts(df, loaded), loaded, None, config, df.attrs["timings"])
     cli.print_summary(run, df[["component", "delta_corr", "null_corr", "shuffled_mean", "shuffled_std", "order_z"]])
