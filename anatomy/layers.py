@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import AnatomyError
@@ -207,17 +208,19 @@ class LayerAdapter:
         """The head applied to the output of the last decoder layer (final norm, projection, LM head)."""
         return self._softcap(self.model.get_output_embeddings()(self._head_input(hidden)))
 
-    def vocab_major_logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """`logits(rows).T` for hidden rows [n, hidden], computed as W @ h.T: [vocab, n]. With a large
-        vocabulary and a few hundred rows, CPU BLAS runs this orientation ~30% faster (measured here:
-        155 against 117 GFLOP/s), and the head is a third of the work of every evaluation."""
+    def head_logit_blocks(self, rows: torch.Tensor, block: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """`logits(rows)` for hidden rows [n, hidden], one vocabulary block at a time: (first token id,
+        logits [n, block]). A block of a thousand rows by a thousand tokens (4 MB) stays in cache, so
+        the projection runs at the BLAS peak (177 against 110-135 GFLOP/s for the whole 49k vocabulary
+        at once, measured here) and whatever reduces the block reads it from cache, not from memory."""
         head = self.model.get_output_embeddings()
+        hidden = self._head_input(rows)
         if type(head) is not nn.Linear:
-            return self.logits(rows).T
-        logits = head.weight @ self._head_input(rows).T
-        if head.bias is not None:
-            logits = logits + head.bias[:, None]
-        return self._softcap(logits)
+            yield 0, self._softcap(head(hidden))
+            return
+        for start in range(0, head.weight.shape[0], block):
+            bias = None if head.bias is None else head.bias[start:start + block]
+            yield start, self._softcap(F.linear(hidden, head.weight[start:start + block], bias))
 
     def _head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:

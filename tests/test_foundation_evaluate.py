@@ -8,7 +8,7 @@ import torch
 
 from anatomy import interventions as iv
 from anatomy.errors import AnatomyError
-from anatomy.evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
+from anatomy.evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity, token_nll
 from anatomy.layers import LayerAdapter
 from anatomy.texts import default_eval_texts, resolve_eval_texts, split_texts
 from conftest import make_tiny_model
@@ -50,6 +50,19 @@ def test_prefix_cache_equals_full_forward(arch, tiny_tokenizer):
                 want = perplexity(model, eval_set).ppl
                 got = perplexity(model, eval_set, cache, layer).ppl
             assert abs(got / want - 1) < 1e-4, (layer, mode)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 10_000])
+def test_blockwise_token_nll_equals_log_softmax(block):
+    """The online log-sum-exp over vocabulary blocks gives -log_softmax at the target, whatever the block
+    size and wherever a target falls (first, last, a block's edge)."""
+    model = make_tiny_model("llama")
+    adapter = LayerAdapter(model)
+    rows = torch.randn(40, model.config.hidden_size) * 3
+    vocab = model.config.vocab_size
+    targets = torch.tensor([0, vocab - 1, 6, 7, 8, 63, 64] + list(range(100, 133)))
+    want = -torch.log_softmax(adapter.logits(rows), dim=-1).gather(1, targets[:, None]).flatten()
+    torch.testing.assert_close(token_nll(adapter, rows, targets, block=block), want)
 
 
 def test_degradation_interval_is_paired(tiny_eval_set):

@@ -87,7 +87,9 @@ def test_logits_from_last_hidden_match_model(arch):
     handle.remove()
     torch.testing.assert_close(adapter.logits(seen["h"]), out.logits)
     rows = seen["h"].flatten(0, 1)
-    torch.testing.assert_close(adapter.vocab_major_logits(rows), out.logits.flatten(0, 1).T)
+    blocks = list(adapter.head_logit_blocks(rows, block=7))
+    assert [start for start, _ in blocks][:2] == [0, 7]
+    torch.testing.assert_close(torch.cat([logits for _, logits in blocks], dim=1), out.logits.flatten(0, 1))
 
 
 def test_parse_layers():
