@@ -8,10 +8,13 @@ set, so two PPLs on the same set are paired and a ratio's interval (the degradat
 The prefix cache records, in one baseline pass, the hidden states entering every decoder layer and the
 exact arguments the model passed to each layer. An intervention on layer l leaves everything below l
 unchanged, so its PPL needs only layers l..N-1 and the head: on average half the work of a full pass.
+It replays texts packed several to a row where the model keeps them apart (no padding slots), and runs
+the head on cache-sized vocabulary blocks with an online log-sum-exp (the logits never exist whole).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,26 +29,91 @@ from .layers import LayerAdapter
 N_BOOTSTRAP = 2000
 IGNORE = -100  # target at padding positions
 HEAD_ROWS = 1024  # hidden rows per head call: batches are pooled up to this, since the head is faster on many rows
+PACK_WIDTH = 128  # widest packed row unless a text is longer: attention's cost grows with the square of it
+PACK_BATCH_TOKENS = 2048  # slots per packed batch: enough rows for the BLAS peak, little activation memory
 VOCAB_BLOCK = 1024  # tokens per block of logits: [1024 rows, 1024 tokens] of float32 is 4 MB and stays in cache
+
 
 @dataclass
 class Batch:
-    """Padded rows of texts without their last token (it predicts nothing and, causally, nothing attends to
-    it, so feeding it would only cost time), and the next token at every fed position (-100 on padding)."""
+    """Rows of texts without their last token (it predicts nothing and, causally, nothing attends to it,
+    so feeding it would only cost time), and the next token at every fed position (-100 on padding).
+
+    Padded rows hold one text each. Packed rows hold several texts back to back, with position ids that
+    restart at every text: from those, transformers builds a block-diagonal causal mask, so each text
+    sees only itself, exactly as in a row of its own, and almost no slot is padding."""
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor  # 1 at fed tokens, 0 at padding
     targets: torch.Tensor
-    text_index: torch.Tensor  # position of each row in EvalSet.texts
+    owners: torch.Tensor  # index in EvalSet.texts of the text at each position (-1 at padding)
+    position_ids: torch.Tensor | None = None  # packed rows only
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments for the model's forward (packed rows: position ids and no mask)."""
+        if self.position_ids is None:
+            return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids}
+
+
+def _rows_batch(rows: list[list[int]], encoded: list[list[int]], pad: int, packed: bool,
+                device: torch.device | str) -> Batch:
+    """One batch from rows of text indices, each text fed without its last token."""
+    width = max(sum(len(encoded[i]) - 1 for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    owners = torch.full((len(rows), width), -1, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            text, stop = torch.tensor(encoded[i]), start + len(encoded[i]) - 1
+            ids[r, start:stop], targets[r, start:stop] = text[:-1], text[1:]
+            mask[r, start:stop], owners[r, start:stop] = 1, i
+            positions[r, start:stop] = torch.arange(stop - start)
+            start = stop
+        positions[r, start:] = torch.arange(width - start)  # trailing padding: a segment of its own
+    return Batch(ids.to(device), mask.to(device), targets.to(device), owners.to(device),
+                 positions.to(device) if packed else None)
+
+
+def _balance(lengths: list[int], rows: int) -> list[list[int]]:
+    """Longest text first into the row with the fewest tokens so far: rows of nearly equal length."""
+    heap = [(0, r) for r in range(rows)]
+    out: list[list[int]] = [[] for _ in range(rows)]
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        used, r = heapq.heappop(heap)
+        out[r].append(i)
+        heapq.heappush(heap, (used + lengths[i], r))
+    return [row for row in out if row]
+
+
+def _slots(batches: list[Batch]) -> int:
+    return sum(batch.input_ids.numel() for batch in batches)
+
+
+def packed_rows(lengths: list[int]) -> list[list[int]]:
+    """Texts (by fed length) in rows, with the fewest slots (rows x longest row) among row counts that
+    keep rows near PACK_WIDTH tokens or below: attention costs the square of a row's width."""
+    total, longest = sum(lengths), max(lengths)
+    counts = {-(-total // int(w)) for w in np.linspace(max(longest, PACK_WIDTH), longest, 16)}
+    options = [_balance(lengths, r) for r in sorted(counts)]
+    return min(options, key=lambda rows: len(rows) * max(sum(lengths[i] for i in row) for row in rows))
 
 
 @dataclass
 class EvalSet:
-    """Tokenised, batched evaluation texts plus the fixed bootstrap resamples over them."""
+    """Tokenised evaluation texts in two layouts, plus the fixed bootstrap resamples over them.
+
+    `batches` pad each text to its batch's longest and work with any model; `packed_batches` put several
+    texts in a row, which needs a model that keeps them apart (see `packing_is_exact`): the prefix cache
+    uses them when it can. They are left empty where they would not have fewer slots than `batches`."""
 
     texts: list[str]
     name: str
     batches: list[Batch]
+    packed_batches: list[Batch]
     token_counts: np.ndarray  # predicted tokens per text
     bootstrap_indices: np.ndarray = field(repr=False)  # (N_BOOTSTRAP, n_texts)
 
@@ -65,22 +133,18 @@ class EvalSet:
                                    "2 tokens to predict one.")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths: little padding
-        batches = []
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in rows) - 1
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-            for r, i in enumerate(rows):
-                text = torch.tensor(encoded[i])
-                ids[r, :len(text) - 1], targets[r, :len(text) - 1] = text[:-1], text[1:]
-                mask[r, :len(text) - 1] = 1
-            batches.append(Batch(ids.to(device), mask.to(device), targets.to(device), torch.tensor(rows)))
+        batches = [_rows_batch([[i] for i in order[s:s + batch_size]], encoded, pad, False, device)
+                   for s in range(0, len(order), batch_size)]
         counts = np.array([len(e) - 1 for e in encoded], dtype=np.int64)
+        rows = packed_rows(counts.tolist())
+        per_batch = max(1, PACK_BATCH_TOKENS // max(sum(counts[i] for i in row) for row in rows))
+        packed = [_rows_batch(rows[s:s + per_batch], encoded, pad, True, device)
+                  for s in range(0, len(rows), per_batch)]
+        if _slots(packed) >= _slots(batches):  # e.g. a few long texts: padding wastes less than packing
+            packed = []
         rng = np.random.default_rng(seed)
         boot = rng.integers(0, len(texts), size=(N_BOOTSTRAP, len(texts)))
-        return cls(list(texts), name, batches, counts, boot)
+        return cls(list(texts), name, batches, packed, counts, boot)
 
     @property
     def num_tokens(self) -> int:
@@ -150,7 +214,7 @@ def token_nll(adapter: LayerAdapter, rows: torch.Tensor, targets: torch.Tensor,
 def _predicted(batch: Batch) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Positions that predict a token (padding excluded), their targets, and the text each belongs to."""
     positions = (batch.targets != IGNORE).nonzero(as_tuple=True)
-    return positions, batch.targets[positions], batch.text_index.to(positions[0].device)[positions[0]]
+    return positions, batch.targets[positions], batch.owners[positions]
 
 
 def _per_text(eval_set: EvalSet, nll: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
@@ -171,21 +235,38 @@ def perplexity(model: PreTrainedModel, eval_set: EvalSet, cache: PrefixCache | N
     nll = torch.zeros(len(eval_set.texts), dtype=torch.float64)
     if cache is None:
         for batch in eval_set.batches:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            logits = model(**batch.model_inputs(), use_cache=False).logits
             positions, targets, owners = _predicted(batch)
             nll += _per_text(eval_set, _nll(logits[positions], targets), owners)
         return ppl_result(_finite(nll), eval_set)
     pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for b, batch in enumerate(eval_set.batches):
+    for b, batch in enumerate(cache.batches):
         positions, targets, owners = _predicted(batch)
         pending.append((cache.hidden_from(from_layer, b)[positions], targets, owners))
-        if sum(len(p[1]) for p in pending) >= HEAD_ROWS or b == len(eval_set.batches) - 1:
+        if sum(len(p[1]) for p in pending) >= HEAD_ROWS or b == len(cache.batches) - 1:
             rows, targets, owners = (torch.cat(parts) for parts in zip(*pending))
             for s in range(0, len(rows), HEAD_ROWS):
                 chunk = slice(s, s + HEAD_ROWS)
                 nll += _per_text(eval_set, token_nll(cache.adapter, rows[chunk], targets[chunk]), owners[chunk])
             pending = []
     return ppl_result(_finite(nll), eval_set)
+
+
+@torch.no_grad()
+def packing_is_exact(model: PreTrainedModel) -> bool:
+    """Whether the model keeps texts packed in one row apart, checked on two short texts: the second must
+    give the same logits packed behind the first as alone. transformers derives the block-diagonal mask
+    from restarting position ids for most decoder families; a model that does not would let the second
+    text attend to the first, and fails this check, as does one whose forward takes no position ids."""
+    embeddings = model.get_input_embeddings().weight
+    ids = torch.arange(10, 19, device=embeddings.device) % embeddings.shape[0]
+    positions = torch.cat([torch.arange(5), torch.arange(4)]).to(embeddings.device)
+    try:
+        packed = model(input_ids=ids[None], position_ids=positions[None], use_cache=False).logits[0, 5:].float()
+    except TypeError:  # unexpected keyword argument
+        return False
+    alone = model(input_ids=ids[None, 5:], use_cache=False).logits[0].float()
+    return bool((packed - alone).abs().max() <= 1e-3 * alone.abs().max())
 
 
 class PrefixCache:
@@ -200,14 +281,18 @@ class PrefixCache:
 
     def __init__(self, model: PreTrainedModel, eval_set: EvalSet, keep_layers: Sequence[int] | None = None):
         """`keep_layers`: keep only the inputs of these layers (others stay None) to save memory; calls are
-        always kept for every layer, so `hidden_from(l, ...)` works for each kept `l`. Default: all."""
+        always kept for every layer, so `hidden_from(l, ...)` works for each kept `l`. Default: all.
+        The cache replays the evaluation set's packed rows where the model keeps packed texts apart
+        (`packing_is_exact`), its padded rows otherwise; `batches` says which, for `perplexity`."""
         self.adapter = LayerAdapter(model)
+        packed = getattr(eval_set, "packed_batches", None)
+        self.batches: list[Batch] = packed if packed and packing_is_exact(model) else eval_set.batches
         n = self.adapter.num_layers
         keep = set(range(n)) if keep_layers is None else set(keep_layers)
         self.inputs: list[list[torch.Tensor]] = []  # [batch][layer] hidden states entering the layer
         self.calls: list[list[tuple[tuple, dict]]] = []  # [batch][layer] (other args, kwargs)
         self.outputs: list[torch.Tensor] = []  # [batch] output of the last layer
-        for batch in eval_set.batches:
+        for batch in self.batches:
             inputs: list[torch.Tensor | None] = [None] * n
             calls: list[tuple[tuple, dict] | None] = [None] * n
 
@@ -229,7 +314,7 @@ class PrefixCache:
             handles.append(self.adapter.layers[n - 1].register_forward_hook(keep_output))
             try:
                 with torch.no_grad():
-                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                    model(**batch.model_inputs(), use_cache=False,
                           logits_to_keep=1)  # the head's work is redone where it is needed
             finally:
                 for handle in handles:
@@ -239,7 +324,7 @@ class PrefixCache:
                                    "the prefix cache cannot be used with it.")
             self.inputs.append(inputs)
             self.calls.append(calls)
-        self.masks = [batch.attention_mask for batch in eval_set.batches]
+        self.masks = [batch.attention_mask for batch in self.batches]
 
     def hidden_from(self, layer: int, batch: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Run layers `layer`..N-1 (as they are now) on the cached (or given) input of `layer`; `layer` = N

@@ -101,7 +101,8 @@ def layer_groups(layers: Sequence[int], batches: Sequence[torch.Tensor], hidden_
 def training_batch(ids: torch.Tensor) -> Batch:
     """A full batch of training rows as the evaluator's `Batch`: every row but its last token fed, the next
     token as target (the last position predicts nothing and nothing attends to it)."""
-    return Batch(ids[:, :-1], torch.ones_like(ids[:, :-1]), ids[:, 1:], torch.arange(len(ids)))
+    fed = ids[:, :-1]
+    return Batch(fed, torch.ones_like(fed), ids[:, 1:], torch.arange(len(ids))[:, None].expand_as(fed))
 
 
 def training_cache(model: nn.Module, batches: Sequence[torch.Tensor], layers: Sequence[int]) -> PrefixCache:

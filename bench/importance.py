@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anatomy.evaluate import EvalSet  # noqa: E402
+from anatomy.evaluate import EvalSet, PrefixCache, perplexity  # noqa: E402
 from anatomy.experiments.importance import ImportanceConfig, run_importance  # noqa: E402
 from anatomy.interventions import neighbours  # noqa: E402
 from anatomy.layers import LayerAdapter, parse_layers  # noqa: E402
@@ -70,16 +70,18 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 def product_flops(model, eval_set: EvalSet, layers: list[int]) -> float:
     """Matmul FLOPs of the product's work: one pass through the layers for the cache and, per ablation of
-    layer l, layers l..N-1 on the padded batches plus the head on the predicted positions (baseline too)."""
+    layer l, layers l..N-1 on the rows the cache replays (packed or padded) plus the head on the predicted
+    positions (baseline too)."""
     adapter = LayerAdapter(model)
+    batches = PrefixCache(model, eval_set).batches
     per_layer = [sum(p.numel() for n, p in layer.named_parameters() if p.dim() == 2) for layer in adapter.layers]
     head = model.get_output_embeddings().weight.numel()
-    padded = sum(b.input_ids.numel() for b in eval_set.batches)
+    slots = sum(b.input_ids.numel() for b in batches)
     attention = sum(4 * b.input_ids.shape[0] * b.input_ids.shape[1] ** 2 * model.config.hidden_size
-                    for b in eval_set.batches)
+                    for b in batches)
     head_flops = 2 * eval_set.num_tokens * head
-    cache = 2 * padded * sum(per_layer) + attention * adapter.num_layers + head_flops
-    return cache + sum(2 * padded * sum(per_layer[l:]) + attention * (adapter.num_layers - l) + head_flops
+    cache = 2 * slots * sum(per_layer) + attention * adapter.num_layers + head_flops
+    return cache + sum(2 * slots * sum(per_layer[l:]) + attention * (adapter.num_layers - l) + head_flops
                        for l in layers)
 
 
@@ -98,6 +100,7 @@ def main() -> None:
     print(f"model {loaded.name}: {len(layers)} layers ablated, {len(texts)} texts, {eval_set.num_tokens} tokens, "
           f"{torch.get_num_threads()} threads")
 
+    perplexity(model, eval_set)  # untimed warm-up: neither side pays the process's first-call costs
     start = time.perf_counter()
     product = run_importance(model, eval_set, ImportanceConfig(layers=layers))
     t_product = time.perf_counter() - start

@@ -8,7 +8,8 @@ import torch
 
 from anatomy import interventions as iv
 from anatomy.errors import AnatomyError
-from anatomy.evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity, token_nll
+from anatomy.evaluate import (EvalSet, PrefixCache, degradation, one_pass_scores, packing_is_exact, perplexity,
+                              token_nll)
 from anatomy.layers import LayerAdapter
 from anatomy.texts import default_eval_texts, resolve_eval_texts, split_texts
 from conftest import make_tiny_model
@@ -36,10 +37,40 @@ def test_batched_ppl_equals_per_text_token_weighted(tiny_tokenizer):
     assert batched.low <= batched.ppl <= batched.high
 
 
+def test_packed_rows_hold_every_text_once_with_restarting_positions(tiny_tokenizer):
+    texts = default_eval_texts()[:23]
+    eval_set = EvalSet.from_texts(texts, tiny_tokenizer, batch_size=len(texts))  # padded: one batch
+    assert sum(b.input_ids.numel() for b in eval_set.packed_batches) < sum(b.input_ids.numel()
+                                                                          for b in eval_set.batches)
+    seen = {}
+    for batch in eval_set.packed_batches:
+        assert batch.input_ids.shape[0] > 1 and set(batch.model_inputs()) == {"input_ids", "position_ids"}
+        for row in range(batch.input_ids.shape[0]):
+            for text in batch.owners[row].unique().tolist():
+                if text < 0:
+                    continue
+                at = batch.owners[row] == text
+                assert batch.position_ids[row, at].tolist() == list(range(int(at.sum())))
+                seen[text] = batch.input_ids[row, at].tolist() + batch.targets[row, at][-1:].tolist()
+                assert batch.targets[row, at][:-1].tolist() == seen[text][1:-1]
+    assert seen == {i: tiny_tokenizer(t)["input_ids"] for i, t in enumerate(texts)}
+
+
+def test_prefix_cache_packs_only_models_that_keep_texts_apart(tiny_tokenizer):
+    """OPT computes positions from the attention mask, so packed texts would see each other: padded rows."""
+    eval_set = EvalSet.from_texts(default_eval_texts()[:9], tiny_tokenizer, batch_size=9)
+    llama, opt = make_tiny_model("llama"), make_tiny_model("opt")
+    assert packing_is_exact(llama) and not packing_is_exact(opt)
+    assert eval_set.packed_batches and PrefixCache(llama, eval_set).batches is eval_set.packed_batches
+    assert PrefixCache(opt, eval_set).batches is eval_set.batches
+
+
 def test_prefix_cache_equals_full_forward(arch, tiny_tokenizer):
+    """The full forward runs padded rows; the cache replays packed ones wherever the model allows it."""
     model = make_tiny_model(arch)
-    eval_set = EvalSet.from_texts(default_eval_texts()[:9], tiny_tokenizer, batch_size=4)
+    eval_set = EvalSet.from_texts(default_eval_texts()[:9], tiny_tokenizer, batch_size=9)
     cache = PrefixCache(model, eval_set)
+    assert (cache.batches is eval_set.packed_batches) == (arch != "opt")
     adapter = LayerAdapter(model)
     full = perplexity(model, eval_set).ppl
     for layer in range(adapter.num_layers):
