@@ -269,6 +269,13 @@ def packing_is_exact(model: PreTrainedModel) -> bool:
     return bool((packed - alone).abs().max() <= 1e-3 * alone.abs().max())
 
 
+def replay_batches(model: PreTrainedModel, eval_set: EvalSet) -> list[Batch]:
+    """The rows to run `model` on: the packed ones where it keeps packed texts apart, the padded otherwise
+    (also for a plain namespace of `batches`, as the training loop passes)."""
+    packed = getattr(eval_set, "packed_batches", None)
+    return packed if packed and packing_is_exact(model) else eval_set.batches
+
+
 class PrefixCache:
     """Hidden states entering every decoder layer, and each layer's call arguments, for every batch.
 
@@ -285,8 +292,7 @@ class PrefixCache:
         The cache replays the evaluation set's packed rows where the model keeps packed texts apart
         (`packing_is_exact`), its padded rows otherwise; `batches` says which, for `perplexity`."""
         self.adapter = LayerAdapter(model)
-        packed = getattr(eval_set, "packed_batches", None)
-        self.batches: list[Batch] = packed if packed and packing_is_exact(model) else eval_set.batches
+        self.batches = replay_batches(model, eval_set)
         n = self.adapter.num_layers
         keep = set(range(n)) if keep_layers is None else set(keep_layers)
         self.inputs: list[list[torch.Tensor]] = []  # [batch][layer] hidden states entering the layer

@@ -2,8 +2,9 @@
 
 Reference = what a throwaway notebook does: deepcopy the model for every layer, overwrite the layer's
 seven matrices with the mean of its neighbours, and run the full model one text at a time. Product =
-`run_importance` (in-place edit + restore, batched texts, prefix activation cache). Both use the same
-evaluation set; their PPLs must agree within 1e-4 (relative).
+`run_importance` (in-place edit + restore, prefix activation cache, texts packed several to a row where
+the model allows it, head on vocabulary blocks). Both use the same evaluation set; their PPLs must agree
+within 1e-4 (relative).
 
     python bench/importance.py                   # all 30 layers of the embedded model, default eval set
     python bench/importance.py --layers 0,10,20  # a quicker subset
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anatomy.evaluate import EvalSet, PrefixCache, perplexity  # noqa: E402
+from anatomy.evaluate import EvalSet, perplexity, replay_batches  # noqa: E402
 from anatomy.experiments.importance import ImportanceConfig, run_importance  # noqa: E402
 from anatomy.interventions import neighbours  # noqa: E402
 from anatomy.layers import LayerAdapter, parse_layers  # noqa: E402
@@ -73,7 +74,7 @@ def product_flops(model, eval_set: EvalSet, layers: list[int]) -> float:
     layer l, layers l..N-1 on the rows the cache replays (packed or padded) plus the head on the predicted
     positions (baseline too)."""
     adapter = LayerAdapter(model)
-    batches = PrefixCache(model, eval_set).batches
+    batches = replay_batches(model, eval_set)
     per_layer = [sum(p.numel() for n, p in layer.named_parameters() if p.dim() == 2) for layer in adapter.layers]
     head = model.get_output_embeddings().weight.numel()
     slots = sum(b.input_ids.numel() for b in batches)
