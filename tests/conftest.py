@@ -3,6 +3,8 @@ the embedded SmolLM2-135M model (loaded once per session; integration tests only
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -56,6 +58,28 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.train_from_iterator(default_eval_texts(), trainer)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def in_ci() -> bool:
+    """CI sets CI=true; there every prerequisite comes from setup.sh, so a missing one is a failure."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require(available: bool, what: str) -> None:
+    """Fail in CI when a prerequisite is missing; on a developer's machine skip, saying how to get it."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true but {what}", pytrace=False)
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> None:
+    """The default training corpus, cached by setup.sh (`python -m anatomy.corpus`): no test downloads it."""
+    from anatomy.corpus import shakespeare_cached
+    require(shakespeare_cached(), "the Shakespeare corpus is not cached: run `python -m anatomy.corpus` "
+                                  "(setup.sh does)")
 
 
 @pytest.fixture(params=ARCHITECTURES)

@@ -56,7 +56,7 @@ def test_weight_space_tabs_give_plots_tables_and_a_run_zip(client):
     assert tiny_fingerprint() == before
 
 
-def test_recovery_runs_here_restores_the_weights_and_is_refused_on_zero_gpu(client, monkeypatch):
+def test_recovery_runs_here_restores_the_weights_and_is_refused_on_zero_gpu(client, monkeypatch, shakespeare):
     before = tiny_fingerprint()
     figure, table, markdown, archive = client.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
     assert figure and [row[0] for row in table["data"]] == [1] and archive.endswith(".zip")
@@ -112,7 +112,7 @@ def test_layer_plans_give_every_variant_and_the_users_plan_with_the_weights_unto
     assert tiny_fingerprint() == before
 
 
-def test_budget_reads_the_sessions_importance_and_recovery_runs(client):
+def test_budget_reads_the_sessions_importance_and_recovery_runs(client, shakespeare):
     user = Client(client.src, verbose=False)  # a session of its own: no earlier runs
 
     def budget(class_only: bool) -> list:

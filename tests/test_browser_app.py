@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
+
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -84,8 +86,8 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
     return timings
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium: apt-get install -y chromium")
 def test_importance_map_and_side_by_side_generation_in_chromium():
+    require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (setup.sh does)")
     timings = run_session()
     assert timings["first_plot_s"] > timings["serving_s"]
     assert (ARTIFACTS / "importance.png").stat().st_size > 10_000

