@@ -65,10 +65,32 @@ def test_model_lock_serialises_jobs_and_stop_works_while_waiting():
 
 
 def test_default_model_is_embedded_offline_and_smollm2_online(monkeypatch):
+    """Only the network hop is replaced: the Hub answering or not decides the default model."""
+    dialled = []
+
+    class Answering:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def hub_answers(address, timeout):
+        dialled.append(address)
+        return Answering()
+
+    def hub_unreachable(address, timeout):
+        dialled.append(address)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(models.socket, "create_connection", hub_answers)
+    assert models.default_model_spec() == ONLINE_DEFAULT and dialled == [("huggingface.co", 443)]
+    monkeypatch.setattr(models.socket, "create_connection", hub_unreachable)
+    assert models.default_model_spec() == EMBEDDED and len(dialled) == 2
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert not models.hub_reachable()
-    assert models.default_model_spec() == EMBEDDED
-    assert models.default_model_spec(online=True) == ONLINE_DEFAULT
+    monkeypatch.setattr(models.socket, "create_connection", hub_answers)
+    assert models.default_model_spec() == EMBEDDED and len(dialled) == 2  # offline mode never dials
 
 
 def test_progress_callback_raises_cancelled_after_stop_and_weights_come_back():

@@ -8,7 +8,7 @@ import torch
 
 from anatomy import interventions as iv
 from anatomy.errors import AnatomyError
-from anatomy.evaluate import (EvalSet, PrefixCache, degradation, one_pass_scores, packing_is_exact, perplexity,
+from anatomy.evaluate import (EvalSet, PPLResult, PrefixCache, degradation, one_pass_scores, packing_is_exact, perplexity,
                               token_nll)
 from anatomy.layers import LayerAdapter
 from anatomy.texts import default_eval_texts, resolve_eval_texts, split_texts
@@ -97,10 +97,18 @@ def test_blockwise_token_nll_equals_log_softmax(block):
 
 
 def test_degradation_interval_is_paired(tiny_eval_set):
+    """Texts of very different difficulty, each made exactly e^0.1 times harder: a paired bootstrap sees the
+    same ratio in every resample (a zero-width interval); resampling the two runs independently would not."""
     model = make_tiny_model("llama")
     base = perplexity(model, tiny_eval_set)
-    d, low, high = degradation(base, base, tiny_eval_set)
-    assert d == 0 and low == 0 and high == 0
+    tokens = tiny_eval_set.token_counts
+    varied = tokens * np.linspace(0.5, 6.0, len(tokens))
+    base_nll, harder_nll = PPLResult(0, 0, 0, varied, tokens), PPLResult(0, 0, 0, varied + 0.1 * tokens, tokens)
+    for result in (base_nll, harder_nll):
+        result.ppl = float(np.exp(result.nll.sum() / tokens.sum()))
+    d, low, high = degradation(harder_nll, base_nll, tiny_eval_set)
+    assert d == pytest.approx((math.exp(0.1) - 1) * 100)
+    assert low == pytest.approx(d) and high == pytest.approx(d)
     with iv.scale(LayerAdapter(model), [2], 0.0):
         worse = perplexity(model, tiny_eval_set)
     d, low, high = degradation(worse, base, tiny_eval_set)

@@ -99,15 +99,22 @@ def test_training_lowers_the_validation_loss():
 
 
 def test_new_optimizer_state_each_phase_keeps_shared_moments():
+    """Phase 1 trains the embedding and layer 4; phase 2 the embedding and layer 1."""
     trainer = tiny_trainer("growth")
-    emb = trainer.model.model.embed_tokens.weight
-    states = []
-    old = torch.optim.AdamW([emb])
-    old.state[emb] = {"step": torch.tensor(7.0), "exp_avg": torch.zeros_like(emb), "exp_avg_sq": torch.zeros_like(emb)}
-    new = trainer._optimizer([emb, trainer.model.model.layers[0].mlp.up_proj.weight], old)
-    states.append(new.state)
-    assert float(states[0][emb]["step"]) == 7.0
-    assert trainer.model.model.layers[0].mlp.up_proj.weight not in states[0]
+    layers = trainer.model.model.layers
+    emb, frozen, fresh = (trainer.model.model.embed_tokens.weight, layers[4].mlp.up_proj.weight,
+                          layers[1].mlp.up_proj.weight)
+    old = trainer._optimizer([emb, frozen], None)
+    for p in (emb, frozen, fresh):
+        p.grad = torch.ones_like(p)
+    for _ in range(3):
+        old.step()
+    moment = old.state[emb]["exp_avg"].clone()
+    new = trainer._optimizer([emb, fresh], old)
+    assert torch.equal(new.state[emb]["exp_avg"], moment) and float(new.state[emb]["step"]) == 3
+    assert frozen not in new.state  # a layer frozen in this phase carries nothing over
+    new.step()
+    assert float(new.state[emb]["step"]) == 4 and float(new.state[fresh]["step"]) == 1  # fresh moments
 
 
 @pytest.mark.parametrize("bad", [0, -3])

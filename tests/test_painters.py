@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
+import pytest
+import torch
+
+from anatomy.evaluate import perplexity
 from anatomy.experiments.painters import PaintersConfig, painters_report, run_painters
+from anatomy.plans import apply_plan, parse_plan
 from anatomy.plots import painters_figures
+from anatomy.surgery import layer_stack
 from anatomy.tasks import load_tasks, task_accuracy
 from conftest import make_tiny_model
 
@@ -16,7 +22,19 @@ def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_to
     model = make_tiny_model("llama", layers=8)
     config = PaintersConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], **FAST)
     df = run_painters(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
-    assert len(df) == 1 + 6 + 1 and df.iloc[0].variant == "baseline" and df.iloc[0].degradation_pct == 0
+    assert len(df) == 1 + 6 + 1 and df.iloc[0].variant == "baseline"
+    # PPLs against models built without plans: the untouched model, and layers 3-4 really removed
+    rows = df.set_index("variant")
+    base = perplexity(model, tiny_eval_set).ppl
+    with layer_stack(model, [0, 1, 2, 5, 6, 7]):
+        skipped = perplexity(model, tiny_eval_set).ppl
+    assert rows.loc["skip", "block"] == "3-4"
+    assert rows.loc["baseline", "ppl"] == pytest.approx(base, rel=1e-5)
+    assert rows.loc["skip", "ppl"] == pytest.approx(skipped, rel=1e-5)
+    assert rows.loc["skip", "degradation_pct"] == pytest.approx((skipped / base - 1) * 100, rel=1e-4)
+    with apply_plan(model, parse_plan("0,[1-3]x2,7", 8), batched=False):  # member by member, the reference
+        custom = perplexity(model, tiny_eval_set).ppl
+    assert rows.loc["custom", "ppl"] == pytest.approx(custom, rel=1e-4)
     assert set(df[df.variant.str.contains("parallel")].parallel_execution) == {"batched"}
     looped = df[df.variant == "looped-parallel"]
     assert (looped.layer_calls == 8 + looped.block_size).all()  # the block runs twice
@@ -25,11 +43,37 @@ def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_to
     assert set(painters_figures(df)) == {"painters_ppl", "painters_latency"}
 
 
+class Oracle(torch.nn.Module):
+    """Predicts every next token of its input right, except at the positions `wrong(prompt_len, row_len)`."""
+
+    def __init__(self, tasks, wrong, vocab: int):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # task_accuracy reads the device from a parameter
+        self.prompt_lens = [len(p) for t in tasks for p in t.prompts]
+        self.wrong, self.vocab, self.calls = wrong, vocab, 0
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        rows, width = input_ids.shape
+        nxt = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)
+        for r in range(rows):
+            for t in self.wrong(self.prompt_lens[self.calls + r], int(attention_mask[r].sum())):
+                nxt[r, t] = (nxt[r, t] + 1) % self.vocab
+        self.calls += rows
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, self.vocab).float())
+
+
 def test_tasks_are_scored_on_every_answer_token(tiny_tokenizer):
     tasks = load_tasks(tiny_tokenizer)
     assert {t.name for t in tasks} == {"facts", "arithmetic"} and all(len(t.prompts) == 30 for t in tasks)
-    scores = task_accuracy(make_tiny_model("gpt2", layers=2), tasks)
-    assert all(0 <= v <= 1 for v in scores.values())
+    assert all(len(a) > 1 for t in tasks for a in t.answers)  # several answer tokens, so the last one counts
+    vocab = len(tiny_tokenizer)
+
+    def score(wrong):
+        return task_accuracy(Oracle(tasks, wrong, vocab), tasks)
+    assert score(lambda prompt, row: []) == {"facts": 1.0, "arithmetic": 1.0}
+    assert score(lambda prompt, row: [prompt - 1]) == {"facts": 0.0, "arithmetic": 0.0}  # first answer token
+    assert score(lambda prompt, row: [row - 2]) == {"facts": 0.0, "arithmetic": 0.0}  # last answer token
+    assert score(lambda prompt, row: [prompt - 2, row - 1]) == {"facts": 1.0, "arithmetic": 1.0}  # outside
 
 
 @pytest.mark.embedded
