@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import pkgutil
 import sys
 
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from . import experiments
-from .errors import AnatomyError
+from .errors import AnatomyError, shown
 from .evaluate import EvalSet
 from .load import EMBEDDED, LoadedModel, load_model
 from .report import RunFolder
@@ -67,13 +68,25 @@ def load_model_and_eval_set(args: argparse.Namespace) -> tuple[LoadedModel, Eval
 
 
 def parse_floats(text: str, count: int | None, flag: str) -> tuple[float, ...]:
+    """Comma-separated finite numbers (`count` of them, if given); nan and inf are refused here, because
+    every comparison with nan is False and would slip past the range checks of a config."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise AnatomyError(f"{flag} takes comma-separated numbers, got '{text}'.") from None
+        raise AnatomyError(f"{flag} takes comma-separated numbers, got {shown(text)}.") from None
+    if not all(map(math.isfinite, values)):
+        raise AnatomyError(f"{flag} takes finite numbers, got {shown(text)}.")
     if count is not None and len(values) != count:
-        raise AnatomyError(f"{flag} takes {count} comma-separated numbers, got '{text}'.")
+        raise AnatomyError(f"{flag} takes {count} comma-separated numbers, got {shown(text)}.")
     return values
+
+
+def parse_ints(text: str, flag: str) -> tuple[int, ...]:
+    """Comma-separated whole numbers in plain digits (a count of layers, a block size)."""
+    tokens = [t.strip() for t in text.split(",")]
+    if not all(t.isascii() and t.isdigit() and len(t) <= 6 for t in tokens):
+        raise AnatomyError(f"{flag} takes comma-separated whole numbers like 3,6, got {shown(text)}.")
+    return tuple(int(t) for t in tokens)
 
 
 def print_summary(run: RunFolder, table: pd.DataFrame) -> None:

@@ -13,13 +13,14 @@ as in the study.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
 
-from .errors import AnatomyError
+from .errors import AnatomyError, shown
 from .layers import ComponentRef, LayerAdapter
 
 BOUNDARY_CONVENTIONS = ("one-neighbour", "untouched")
@@ -64,6 +65,8 @@ def zero(adapter: LayerAdapter, layers: Sequence[int], components: Sequence[str]
 def scale(adapter: LayerAdapter, layers: Sequence[int], alpha: float,
           components: Sequence[str] | None = None) -> Iterator[None]:
     """Multiply the chosen components of `layers` by `alpha`."""
+    if not math.isfinite(alpha):
+        raise AnatomyError(f"The scale alpha must be a finite number, got {alpha}.")
     refs = _refs(adapter, layers, components)
     with preserve(_all_tensors(refs)):
         with torch.no_grad():
@@ -76,8 +79,10 @@ def scale(adapter: LayerAdapter, layers: Sequence[int], alpha: float,
 def add_noise(adapter: LayerAdapter, layers: Sequence[int], sigma: float = 0.5, seed: int = 0,
               components: Sequence[str] | None = None) -> Iterator[None]:
     """Add Gaussian noise with std `sigma * std(W)` to each chosen weight matrix (seeded, reproducible)."""
-    if sigma < 0:
-        raise AnatomyError(f"Noise sigma must be >= 0, got {sigma}.")
+    if not math.isfinite(sigma) or sigma < 0:
+        raise AnatomyError(f"Noise sigma must be a finite number >= 0, got {sigma}.")
+    if not 0 <= int(seed) < 2**63:
+        raise AnatomyError(f"The noise seed must be between 0 and 2^63 - 1, got {shown(seed)}.")
     refs = _refs(adapter, layers, components)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     with preserve(ref.weight for ref in refs):

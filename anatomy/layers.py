@@ -9,6 +9,7 @@ query slice of the real weight and nothing else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import AnatomyError
+from .errors import AnatomyError, shown
 
 COMPONENTS: tuple[str, ...] = (
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -241,22 +242,25 @@ class LayerAdapter:
         return rows
 
 
+_LAYER_TOKEN = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?", re.ASCII)
+
+
 def parse_layers(text: str | None, num_layers: int) -> list[int]:
-    """Parse '0,3,5-8' (0-based, inclusive ranges) into layer indices; None or 'all' means every layer."""
+    """Parse '0,3,5-8' (0-based, inclusive ascending ranges) into layer indices; None, '' or 'all': every layer.
+
+    Only ASCII digits count: Python's int() would also take '1_0' or Arabic-Indic digits, which no user
+    means as a layer number."""
     if text is None or text.strip().lower() in {"", "all"}:
         return list(range(num_layers))
-    layers: list[int] = []
+    layers: set[int] = set()
     for token in text.split(","):
-        token = token.strip()
-        try:
-            lo, _, hi = token.partition("-")
-            span = range(int(lo), int(hi or lo) + 1)
-        except ValueError:
-            raise AnatomyError(f"Bad layer token '{token}' in '{text}': use 0-based indices like 0,3,5-8.") from None
-        for layer in span:
-            if not 0 <= layer < num_layers:
-                raise AnatomyError(f"Layer {layer} in '{text}' does not exist: layers are 0..{num_layers - 1}.")
-            layers.append(layer)
-    if not layers:
-        raise AnatomyError(f"No layers in '{text}'.")
-    return sorted(set(layers))
+        match = _LAYER_TOKEN.fullmatch(token)
+        if not match:
+            raise AnatomyError(f"Bad layer token {shown(token)} in {shown(text)}: use 0-based indices like 0,3,5-8.")
+        lo, hi = int(match[1]), int(match[2] or match[1])
+        if hi < lo:
+            raise AnatomyError(f"Range {lo}-{hi} in {shown(text)} runs backwards: write it {hi}-{lo}.")
+        if hi >= num_layers:
+            raise AnatomyError(f"Layer {hi} in {shown(text)} does not exist: layers are 0..{num_layers - 1}.")
+        layers.update(range(lo, hi + 1))
+    return sorted(layers)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import AnatomyError
+from .errors import AnatomyError, shown
 from .layers import LayerAdapter
 
 Step = tuple[int, ...]
@@ -47,7 +47,8 @@ plan grammar (0-based layers, steps run left to right):
 examples: 0-29 (unchanged, 30 layers), 0-12,17-29 (skip 13-16), 0-12,16-13,17-29 (reverse 13-16),
   0-12,15x4,17-29 (repeat layer 15), 0-12,[13-16],17-29 (parallel), 0-3,[4-7]x2,8-29 (looped parallel)"""
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|([\[\],x-]))")
+_TOKEN = re.compile(r"\s*(?:(\d+)|([\[\],x-]))", re.ASCII)  # ASCII digits only, as users type them
+MAX_STEPS_PER_LAYER = 8  # a plan runs at most 8x the model's layers: repeats cost compute on a shared machine
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def parse_plan(text: str, num_layers: int) -> Plan:
     while pos < len(text.rstrip()):
         match = _TOKEN.match(text, pos)
         if not match:
-            _fail(text, pos, f"unexpected character '{text[pos:].lstrip()[0]}'")
+            at = len(text) - len(text[pos:].lstrip())
+            _fail(text, at, f"unexpected character {shown(text[at])}")
         tokens.append((match.group(1) or match.group(2), match.start(1) if match.group(1) else match.start(2)))
         pos = match.end()
     tokens.append(("", len(text)))
@@ -150,9 +152,15 @@ def parse_plan(text: str, num_layers: int) -> Plan:
         index += 1
         return token
 
+    def number(what: str) -> int:
+        at, digits = tokens[index][1], take(None, what)
+        if len(digits) > 6:
+            _fail(text, at, f"{digits[:8]}... is not a {what.removeprefix('a ')} this tool can run")
+        return int(digits)
+
     def layer() -> int:
         at = tokens[index][1]
-        value = int(take(None, "a layer number"))
+        value = number("a layer number")
         if value >= num_layers:
             _fail(text, at, f"layer {value} does not exist (this model has layers 0..{num_layers - 1})")
         return value
@@ -167,6 +175,7 @@ def parse_plan(text: str, num_layers: int) -> Plan:
 
     steps: list[Step] = []
     while True:
+        at_item = tokens[index][1]
         if peek() == "[":
             at = tokens[index][1]
             take("[")
@@ -184,9 +193,12 @@ def parse_plan(text: str, num_layers: int) -> Plan:
         if peek() == "x":
             take("x")
             at = tokens[index][1]
-            count = int(take(None, "a repeat count after 'x'"))
+            count = number("a repeat count after 'x'")
             if count < 1:
                 _fail(text, at, "a repeat count must be at least 1")
+        if len(steps) + len(unit) * count > MAX_STEPS_PER_LAYER * num_layers:
+            _fail(text, at_item, f"the plan would run more than {MAX_STEPS_PER_LAYER * num_layers} steps "
+                                 f"({MAX_STEPS_PER_LAYER}x this model's {num_layers} layers)")
         steps += unit * count
         if peek() == "":
             break
@@ -195,9 +207,11 @@ def parse_plan(text: str, num_layers: int) -> Plan:
 
 
 def _fail(text: str, at: int, message: str) -> None:
-    raise AnatomyError(f"Bad plan at position {at}: {message}.\n  {text}\n  {' ' * at}^\n"
-                       "Plans are comma-separated spans (4 or 4-7; 7-4 runs in reverse), [..] parallel groups and "
-                       "xN repeats, e.g. 0-3,[4-7]x2,8-29 (full grammar: python -m anatomy painters --help).")
+    """One line, whatever the text holds: the position, what precedes it (quoted, cut short), what is wrong."""
+    where = "at the start" if at == 0 else f"after {shown(text[max(0, at - 24):at], 32)}"
+    raise AnatomyError(f"Bad plan at position {at} ({where}): {message}. Plans are comma-separated spans "
+                       "(4 or 4-7; 7-4 runs in reverse), [..] parallel groups and xN repeats, e.g. 0-3,[4-7]x2,8-29 "
+                       "(full grammar: python -m anatomy painters --help).")
 
 
 # ---------------------------------------------------------------------------------------------- execution

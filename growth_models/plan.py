@@ -9,14 +9,52 @@ Layer indices are 0-based everywhere.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from anatomy.errors import AnatomyError
+from anatomy.errors import AnatomyError, shown
 
 DEFAULT_ROLES = "R C C R C C R M C C M R".split()
 DEFAULT_MULTIPLIERS = {"R": 1.0, "M": 2.0, "I": 3.0, "C": 4.0}
 ROLE_NAMES = {"R": "redundant", "M": "minor", "I": "important", "C": "critical"}
+MAX_LAYERS = 256  # far beyond any plan this trainer is sized for; bounds what a file can ask for
+MULTIPLIER_RANGE = (1 / 16, 64.0)  # FFN width / hidden: at least one neuron at hidden 16, at most 64x
+
+
+def _number(value: object, what: str, *, low: float = 0.0, low_inclusive: bool = True) -> float:
+    """A finite JSON number >= `low` (or > `low`), or a one-line error naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AnatomyError(f"{what} must be a number, got {shown(value)}.")
+    try:
+        x = float(value)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x) or x < low or (x == low and not low_inclusive):
+        raise AnatomyError(f"{what} must be a finite number {'>=' if low_inclusive else '>'} {low:g}, "
+                           f"got {shown(value)}.")
+    return x
+
+
+def _index(value: object, what: str) -> int:
+    """A layer index from JSON: an integer, or a string of digits (JSON object keys are strings)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 6:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise AnatomyError(f"{what} must be a layer index (a whole number), got {shown(value)}.")
+
+
+def _object(value: object, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise AnatomyError(f"{what} must be a JSON object, got {shown(value)}.")
+    return value
+
+
+def _list(value: object, what: str) -> list:
+    if not isinstance(value, list):
+        raise AnatomyError(f"{what} must be a JSON list, got {shown(value)}.")
+    return value
 
 
 @dataclass
@@ -57,25 +95,36 @@ class GrowthPlan:
         return [int(round(self.multipliers[r] * hidden)) for r in self.roles]
 
     def validate(self) -> GrowthPlan:
-        """Every layer grown exactly once, sources grown before use, shares positive."""
+        """At least one layer, every layer grown exactly once, sources grown before use, finite positive
+        shares and multipliers in MULTIPLIER_RANGE (every comparison with nan is False, so it is named)."""
+        if not 1 <= self.n_layers <= MAX_LAYERS:
+            raise AnatomyError(f"a plan has 1 to {MAX_LAYERS} layers (one role each), got {self.n_layers}.")
         unknown = sorted({r for r in self.roles} - set(self.multipliers))
         if unknown:
-            raise AnatomyError(f"roles {unknown} have no width multiplier; add them to 'multipliers'.")
+            raise AnatomyError(f"roles {shown(unknown)} have no width multiplier; add them to 'multipliers'.")
+        low, high = MULTIPLIER_RANGE
+        for role, m in self.multipliers.items():
+            if not low <= m <= high:
+                raise AnatomyError(f"the width multiplier of role {shown(role)} is {m}; use {low:g} to {high:g}.")
+        if not math.isfinite(self.clone_noise) or self.clone_noise < 0:
+            raise AnatomyError(f"clone_noise is {self.clone_noise}; use a finite number >= 0.")
         grown: set[int] = set()
         for p in self.phases:
-            if p.share <= 0:
-                raise AnatomyError(f"phase {p.name!r} has share {p.share}; shares must be positive.")
+            if not (math.isfinite(p.share) and p.share > 0 and math.isfinite(p.ffn_scale)):
+                raise AnatomyError(f"phase {shown(p.name)} has share {p.share} and ffn_scale {p.ffn_scale}; "
+                                   "shares must be positive and both finite.")
             for layer, src in p.sources.items():
                 if not 0 <= layer < self.n_layers:
-                    raise AnatomyError(f"phase {p.name!r} grows layer {layer}, outside 0..{self.n_layers - 1}.")
+                    raise AnatomyError(f"phase {shown(p.name)} grows layer {layer}, outside 0..{self.n_layers - 1}.")
                 if layer in grown:
-                    raise AnatomyError(f"phase {p.name!r} grows layer {layer} a second time.")
+                    raise AnatomyError(f"phase {shown(p.name)} grows layer {layer} a second time.")
                 if src is not None and src not in grown:
-                    raise AnatomyError(f"phase {p.name!r} clones layer {layer} from {src}, not grown yet.")
+                    raise AnatomyError(f"phase {shown(p.name)} clones layer {layer} from {src}, not grown yet.")
             grown |= set(p.sources)
             absent = set(p.trained_layers(self.n_layers)) - grown
             if absent:
-                raise AnatomyError(f"phase {p.name!r} trains layers {sorted(absent)} that are not grown yet.")
+                raise AnatomyError(f"phase {shown(p.name)} trains layers {shown(sorted(absent))} that are not "
+                                   "grown yet.")
         if self.phases and grown != set(range(self.n_layers)):
             raise AnatomyError(f"layers {sorted(set(range(self.n_layers)) - grown)} are never grown.")
         return self
@@ -84,14 +133,37 @@ class GrowthPlan:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> GrowthPlan:
-        phases = [Phase(name=p["name"], train=p["train"],
-                        sources={int(k): (None if v is None else int(v)) for k, v in p.get("sources", {}).items()},
-                        share=float(p.get("share", 1.0)), ffn_scale=float(p.get("ffn_scale", 1.0)))
-                  for p in d.get("phases", [])]
-        return cls(roles=list(d["roles"]), multipliers={k: float(v) for k, v in d.get("multipliers", DEFAULT_MULTIPLIERS).items()},
-                   phases=phases, clone_noise=float(d.get("clone_noise", 0.01)),
-                   train_shared=bool(d.get("train_shared", True))).validate()
+    def from_dict(cls, d: object) -> GrowthPlan:
+        """A plan from parsed JSON (`to_json`'s shape); any value that cannot make a model is a one-line error."""
+        d = _object(d, "a growth plan")
+        roles = _list(d.get("roles"), "'roles'")
+        if not all(isinstance(r, str) and r for r in roles):
+            raise AnatomyError(f"'roles' must be role letters like [\"R\", \"C\"], got {shown(roles)}.")
+        multipliers = {str(k): _number(v, f"the multiplier of role {shown(k)}")
+                       for k, v in _object(d.get("multipliers", DEFAULT_MULTIPLIERS), "'multipliers'").items()}
+        phases = [_phase(_object(p, "a phase")) for p in _list(d.get("phases", []), "'phases'")]
+        train_shared = d.get("train_shared", True)
+        if not isinstance(train_shared, bool):
+            raise AnatomyError(f"'train_shared' must be true or false, got {shown(train_shared)}.")
+        return cls(roles=list(roles), multipliers=multipliers, phases=phases,
+                   clone_noise=_number(d.get("clone_noise", 0.01), "'clone_noise'"),
+                   train_shared=train_shared).validate()
+
+
+def _phase(p: dict) -> Phase:
+    name = p.get("name")
+    if not isinstance(name, str) or not name:
+        raise AnatomyError(f"every phase needs a 'name' (text), got {shown(name)}.")
+    train = p.get("train")
+    if train != "all":
+        train = [_index(layer, f"a layer in 'train' of phase {shown(name)}")
+                 for layer in _list(train, f"'train' of phase {shown(name)} (a list of layers, or \"all\")")]
+    sources = {_index(k, f"a grown layer of phase {shown(name)}"):
+               (None if v is None else _index(v, f"a source layer of phase {shown(name)}"))
+               for k, v in _object(p.get("sources", {}), f"'sources' of phase {shown(name)}").items()}
+    return Phase(name=name, train=train, sources=sources,
+                 share=_number(p.get("share", 1.0), f"the share of phase {shown(name)}", low_inclusive=False),
+                 ffn_scale=_number(p.get("ffn_scale", 1.0), f"the ffn_scale of phase {shown(name)}"))
 
 
 def default_plan() -> GrowthPlan:
@@ -136,7 +208,7 @@ def _role_of(cls_name: str) -> str | None:
     for prefix, role in (("anti", None), ("red", "R"), ("min", "M"), ("imp", "I"), ("crit", "C")):
         if c.startswith(prefix):
             return role
-    raise AnatomyError(f"unknown layer class {cls_name!r} in the budget; expected Redundant, Minor, "
+    raise AnatomyError(f"unknown layer class {shown(cls_name)} in the budget; expected Redundant, Minor, "
                        "Important, Critical or Anti-layer.")
 
 
@@ -153,21 +225,23 @@ def plan_from_budget(budget: dict, maturation_share: float = 0.15) -> GrowthPlan
     where steps are all zero), scaled to 1 - `maturation_share`; maturation gets the rest.
     """
     rows = budget.get("layers") if isinstance(budget, dict) else None
-    if not rows:
-        raise AnatomyError("the budget JSON needs a non-empty list 'layers' of "
+    if not rows or not isinstance(rows, list) or len(rows) > MAX_LAYERS:
+        raise AnatomyError(f"the budget JSON needs a non-empty list 'layers' (at most {MAX_LAYERS}) of "
                            '{"layer": int, "class": str, "ratio": float, "steps": int}.')
-    try:
-        rows = sorted(rows, key=lambda r: int(r["layer"]))
-        kept = [(r, _role_of(str(r["class"]))) for r in rows]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AnatomyError(f"bad budget row ({exc}); each row needs 'layer', 'class', 'ratio', 'steps'.") from exc
-    kept = [(r, role) for r, role in kept if role is not None]
+    parsed = []
+    for r in rows:
+        if not isinstance(r, dict) or "layer" not in r or not isinstance(r.get("class"), str):
+            raise AnatomyError(f"bad budget row {shown(r)}; each row needs 'layer', 'class', 'ratio', 'steps'.")
+        parsed.append((_index(r["layer"], "a budget row's 'layer'"), _role_of(r["class"]),
+                       _number(r.get("steps") or 0, f"the steps of budget layer {shown(r['layer'])}"),
+                       _number(r.get("ratio") or 0, f"the ratio of budget layer {shown(r['layer'])}")))
+    kept = [row for row in sorted(parsed, key=lambda row: row[0]) if row[1] is not None]
     if not kept:
         raise AnatomyError("every layer in the budget is an anti-layer; nothing to grow.")
-    roles = [role for _, role in kept]
-    weight = [float(r.get("steps", 0) or 0) for r, _ in kept]
+    roles = [role for _, role, _, _ in kept]
+    weight = [steps for _, _, steps, _ in kept]
     if sum(weight) <= 0:
-        weight = [float(r.get("ratio", 0) or 0) for r, _ in kept]
+        weight = [ratio for _, _, _, ratio in kept]
     n = len(roles)
     third = [0 if i < n / 3 else (1 if i < 2 * n / 3 else 2) for i in range(n)]
     big = [i for i in range(n) if roles[i] in ("C", "I")]
@@ -208,11 +282,8 @@ def load_plan(plan_file: str | None = None, budget_file: str | None = None) -> G
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise AnatomyError(f"{p} is not valid JSON ({exc.msg}, line {exc.lineno}).") from exc
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise AnatomyError(f"{p} is not a UTF-8 JSON file a plan can come from ({type(exc).__name__}).") from exc
     if plan_file:
-        try:
-            return GrowthPlan.from_dict(data)
-        except AnatomyError:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AnatomyError(f"{p} is not a growth plan ({exc}); see growth_plan.json in any checkpoint.") from exc
+        return GrowthPlan.from_dict(data)
     return plan_from_budget(data)

@@ -40,8 +40,9 @@ def test_grammar_rejects_with_position(text, position, words):
     with pytest.raises(AnatomyError) as err:
         parse_plan(text, N)
     message = str(err.value)
-    assert f"position {position}:" in message and words in message
-    assert "\n  " + " " * position + "^" in message  # a caret under the bad token
+    assert f"position {position} (" in message and words in message
+    assert message.splitlines() == [message]  # one line: the app and the CLI show it as it is
+    assert ("at the start" if position == 0 else f"after '{text[:position][-24:]}'") in message
 
 
 def test_variants_cover_the_middle_block():

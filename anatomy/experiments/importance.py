@@ -7,6 +7,7 @@ from the same baseline pass, and the report gives their Spearman correlation wit
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import pandas as pd
 from transformers import PreTrainedModel
 
 from .. import plots, report
-from ..errors import AnatomyError
+from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
 from ..layers import LayerAdapter, parse_layers
@@ -41,8 +42,10 @@ class ImportanceConfig:
             raise AnatomyError(f"Unknown mode '{self.mode}': use one of {', '.join(ABLATION_MODES)}.")
         if self.boundary not in BOUNDARY_CONVENTIONS:
             raise AnatomyError(f"Unknown boundary '{self.boundary}': use one of {', '.join(BOUNDARY_CONVENTIONS)}.")
-        if list(self.thresholds) != sorted(self.thresholds):
-            raise AnatomyError(f"Class thresholds must increase, got {self.thresholds}.")
+        thresholds = tuple(self.thresholds)
+        if len(thresholds) != 3 or not all(map(math.isfinite, thresholds)) or list(thresholds) != sorted(thresholds):
+            raise AnatomyError(f"Class thresholds are three increasing finite D values in % (Redundant, Minor, "
+                               f"Important bounds, default 10,30,100), got {shown(thresholds)}.")
 
 
 def classify(d: float, thresholds: tuple[float, float, float] = (10.0, 30.0, 100.0)) -> str:

@@ -212,7 +212,7 @@ def main(args: argparse.Namespace) -> None:
     loaded, eval_set = cli.load_model_and_eval_set(args)
     n = LayerAdapter(loaded.model).num_layers
     config = PaintersConfig(variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-                            block_sizes=tuple(int(s) for s in cli.parse_floats(args.block_sizes, None, "--block-sizes")),
+                            block_sizes=cli.parse_ints(args.block_sizes, "--block-sizes"),
                             loops=args.loops, seed=args.seed, plans=list(args.plan),
                             latency_repeats=args.latency_repeats, latency_tokens=args.latency_tokens,
                             batched=not args.sequential_parallel, tasks=not args.no_tasks)

@@ -54,7 +54,7 @@ class PredictabilityConfig:
     paradox_degradation: float = 100.0  # D in % at or above this counts as "destroyed"
 
     def validate(self) -> None:
-        if self.positions < 1 or self.ridge_alpha < 0 or self.multi_count < 1:
+        if self.positions < 1 or not math.isfinite(self.ridge_alpha) or self.ridge_alpha < 0 or self.multi_count < 1:
             raise AnatomyError("positions and multi_count must be >= 1 and ridge_alpha >= 0 "
                                f"(got {self.positions}, {self.multi_count}, {self.ridge_alpha}).")
 

@@ -183,7 +183,7 @@ def main(args: argparse.Namespace) -> None:
     importance = read_importance(args.importance) if args.importance else None
     # D read from a run was measured with that run's ablation mode: record that one, not the flag's default
     mode = str(importance["mode"].iloc[0]) if importance is not None and "mode" in importance else args.ablation_mode
-    config = PruneConfig(ks=tuple(int(k) for k in cli.parse_floats(args.k, None, "-k")),
+    config = PruneConfig(ks=cli.parse_ints(args.k, "-k"),
                          criteria=tuple(c.strip() for c in args.by.split(",")),
                          importance=ImportanceConfig(mode=mode))
     df = run_prune(loaded.model, eval_set, config, importance)

@@ -10,6 +10,7 @@ norms and biases); the noise touches the matrices only, as in the study.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import plots, report
-from ..errors import AnatomyError
+from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PPLResult, PrefixCache, perplexity
 from ..interventions import add_noise, preserve
 from ..layers import LayerAdapter, parse_layers
@@ -49,19 +50,19 @@ class RecoveryConfig:
     cached: bool = True  # False: the plain full-model loop (the benchmark's reference)
 
     def validate(self) -> None:
-        if self.sigma < 0:
+        if not math.isfinite(self.sigma) or self.sigma < 0:
             raise AnatomyError(f"The noise sigma (--sigma) must be >= 0, got {self.sigma}.")
         if self.steps < 1 or self.eval_every < 1:
             raise AnatomyError(f"Steps and evaluate-every (--steps, --eval-every) must be >= 1 "
                                f"(got {self.steps}, {self.eval_every}).")
-        if self.lr <= 0 or self.grad_clip <= 0:
+        if not (math.isfinite(self.lr) and math.isfinite(self.grad_clip)) or self.lr <= 0 or self.grad_clip <= 0:
             raise AnatomyError(f"The learning rate (--lr) and the gradient clip must be > 0 "
                                f"(got {self.lr}, {self.grad_clip}).")
         if self.train_batch_size < 1 or self.train_seq_len < 2:
             raise AnatomyError("The training batch size (--train-batch-size) must be >= 1 and the row length "
                                "(--train-seq-len) >= 2.")
-        if not self.thresholds or min(self.thresholds) <= 0:
-            raise AnatomyError(f"Thresholds are positive multiples of the baseline PPL, got {self.thresholds}.")
+        if not self.thresholds or not all(math.isfinite(t) and t > 0 for t in self.thresholds):
+            raise AnatomyError(f"Thresholds are positive multiples of the baseline PPL, got {shown(self.thresholds)}.")
 
 
 def threshold_column(t: float) -> str:
