@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .errors import AnatomyError
+from .errors import AnatomyError, shown
 
 DEFAULT_EVAL_NAME = "default (48 sentences shipped in anatomy/data/eval_sentences.txt)"
 
@@ -27,10 +27,10 @@ def read_text_file(path: str | Path) -> list[str]:
     """Evaluation texts from a plain-text file (paragraphs, or one text per line)."""
     path = Path(path)
     if not path.is_file():
-        raise AnatomyError(f"Text file '{path}' does not exist.")
+        raise AnatomyError(f"Text file {shown(path, 120)} does not exist.")
     texts = split_texts(path.read_text(encoding="utf-8", errors="replace"))
     if not texts:
-        raise AnatomyError(f"Text file '{path}' is empty: give at least one non-empty line of text.")
+        raise AnatomyError(f"Text file {shown(path, 120)} is empty: give at least one non-empty line of text.")
     return texts
 
 
@@ -41,11 +41,13 @@ def hub_dataset_texts(spec: str, *, column: str = "text", limit: int = 200, toke
 
     repo_id, _, filename = spec.partition(":")
     if not filename:
-        raise AnatomyError(f"Dataset '{spec}' needs a file: use owner/name:path/to/file.jsonl (or .txt/.json/.csv).")
+        raise AnatomyError(f"Dataset {shown(spec)} needs a file: use owner/name:path/to/file.jsonl "
+                           "(or .txt/.json/.csv).")
     try:
         local = Path(hf_hub_download(repo_id, filename, repo_type="dataset", token=token))
     except Exception as err:  # noqa: BLE001 - every Hub failure becomes the same actionable message
-        raise AnatomyError(f"Could not download '{filename}' from dataset '{repo_id}' ({type(err).__name__}): "
+        raise AnatomyError(f"Could not download {shown(filename)} from dataset {shown(repo_id)} "
+                           f"({type(err).__name__}): "
                            "check the id and the path, or use --text-file offline.") from err
     if local.suffix == ".txt":
         texts = split_texts(local.read_text(encoding="utf-8", errors="replace"))
@@ -55,11 +57,12 @@ def hub_dataset_texts(spec: str, *, column: str = "text", limit: int = 200, toke
             raise AnatomyError(f"Unsupported dataset file type '{local.suffix}': use .txt, .jsonl, .json or .csv.")
         frame = readers[local.suffix](local)
         if column not in frame.columns:
-            raise AnatomyError(f"Dataset file has no column '{column}'; it has {', '.join(map(str, frame.columns))}.")
+            columns = shown(", ".join(map(str, frame.columns)), 200)
+            raise AnatomyError(f"Dataset file has no column '{column}'; it has {columns}.")
         texts = [" ".join(str(t).split()) for t in frame[column].dropna()]
     texts = [t for t in texts if t][:limit]
     if not texts:
-        raise AnatomyError(f"Dataset '{spec}' gave no text in column '{column}'.")
+        raise AnatomyError(f"Dataset {shown(spec)} gave no text in column '{column}'.")
     return texts
 
 

@@ -261,10 +261,11 @@ json_values = st.recursive(st.one_of(st.none(), st.booleans(), floats, st.intege
                            lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                    st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                            max_leaves=12)
+layer_ids = st.integers(-2, 14)
 phase_dicts = st.fixed_dictionaries(
-    {"name": st.one_of(free_text, json_values), "train": st.one_of(st.just("all"), st.lists(st.integers(-2, 14)), json_values)},
-    optional={"sources": st.one_of(st.dictionaries(st.integers(-2, 14).map(str), st.one_of(st.none(), st.integers(-2, 14))),
-                                   json_values),
+    {"name": st.one_of(free_text, json_values),
+     "train": st.one_of(st.just("all"), st.lists(layer_ids), json_values)},
+    optional={"sources": st.one_of(st.dictionaries(layer_ids.map(str), st.one_of(st.none(), layer_ids)), json_values),
               "share": st.one_of(floats, json_values), "ffn_scale": st.one_of(floats, json_values)})
 plan_dicts = st.fixed_dictionaries(
     {"roles": st.one_of(st.lists(st.sampled_from(["R", "C", "M", "I", "Z", ""]), max_size=14), json_values)},
