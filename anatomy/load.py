@@ -195,10 +195,11 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | N
 def _hub_file(repo_id: str, filename: str, revision: str, token: str | None) -> str:
     """Download one small metadata file of a Hub model (config, tokenizer config) into the Hub cache."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
     try:
         return hf_hub_download(repo_id, filename, revision=revision, token=token)
-    except OSError as err:
+    except (OSError, EntryNotFoundError) as err:  # HTTP and disk failures; a missing file is not an OSError
         raise AnatomyError(f"Could not download {filename} of '{repo_id}' ({type(err).__name__}): "
                            "check your connection, or use a local folder.") from err
 

@@ -158,6 +158,20 @@ def test_hub_model_with_known_type_passes_the_check(llama_folder, marker, fake_h
     assert not marker.exists()
 
 
+def test_hub_config_download_failure_is_one_line(llama_folder, fake_hub, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    fake_hub(llama_folder)
+    for failure in (OSError("Connection reset by peer"), EntryNotFoundError("404 config.json")):
+        def fail(repo_id, filename, _failure=failure, **kw):
+            raise _failure
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
+        with pytest.raises(AnatomyError, match="Could not download config.json") as caught:
+            check_hub_model("owner/custom")
+        assert "\n" not in str(caught.value)
+
+
 # ------------------------------------------------------------------------------------------ embedded cache
 
 @pytest.fixture
