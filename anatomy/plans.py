@@ -44,11 +44,12 @@ plan grammar (0-based layers, steps run left to right):
   unit  := span | "[" span ("," span)* "]"
   span  := LAYER | LAYER "-" LAYER   inclusive; a descending span runs in reverse (7-4 = 7,6,5,4)
   [...] is one parallel step: its layers run on the same input and their outputs are averaged.
+  A plan has at most 8 steps per layer of the model (240 for 30 layers).
 examples: 0-29 (unchanged, 30 layers), 0-12,17-29 (skip 13-16), 0-12,16-13,17-29 (reverse 13-16),
   0-12,15x4,17-29 (repeat layer 15), 0-12,[13-16],17-29 (parallel), 0-3,[4-7]x2,8-29 (looped parallel)"""
 
 _TOKEN = re.compile(r"\s*(?:(\d+)|([\[\],x-]))", re.ASCII)  # ASCII digits only, as users type them
-MAX_STEPS_PER_LAYER = 8  # a plan runs at most 8x the model's layers: repeats cost compute on a shared machine
+MAX_STEPS_PER_LAYER = 8  # at most 8x the model's layers (GRAMMAR says so): repeats cost compute on a shared machine
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def parse_plan(text: str, num_layers: int) -> Plan:
     while pos < len(text.rstrip()):
         match = _TOKEN.match(text, pos)
         if not match:
-            at = len(text) - len(text[pos:].lstrip())
+            at = len(text) - len(text[pos:].lstrip(" \t\n\r\x0b\x0c"))  # the whitespace the pattern skips
             _fail(text, at, f"unexpected character {shown(text[at])}")
         tokens.append((match.group(1) or match.group(2), match.start(1) if match.group(1) else match.start(2)))
         pos = match.end()
