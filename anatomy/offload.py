@@ -69,6 +69,12 @@ def unpin(model: nn.Module) -> int:
     return count
 
 
+def is_offloaded(module: nn.Module) -> bool:
+    """Whether accelerate keeps some of the module's weights off it (CPU or disk offload): such weights can be
+    read and edited through `storage()`, but not trained, since the optimizer would see meta placeholders."""
+    return any(p.device.type == "meta" for p in module.parameters())
+
+
 def named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """`named_parameters()` then `named_buffers()`, offloaded ones read from where they live (nothing pinned)."""
     out = []
