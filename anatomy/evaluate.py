@@ -369,8 +369,8 @@ def one_pass_scores(cache: PrefixCache) -> dict[str, np.ndarray]:
         for layer in range(n):
             inputs = cache.inputs[b][layer]  # layers may live on different devices
             here = keep.to(inputs.device)
-            cos = F.cosine_similarity(inputs[here].float(), cache.layer_output(layer, b).to(inputs.device)[here].float(),
-                                      dim=-1).clamp(-1, 1)
+            output = cache.layer_output(layer, b).to(inputs.device)
+            cos = F.cosine_similarity(inputs[here].float(), output[here].float(), dim=-1).clamp(-1, 1)
             sums["block_influence"][layer] += float((1 - cos).sum())
             sums["angular_distance"][layer] += float((torch.arccos(cos) / torch.pi).sum())
     return {k: v / count for k, v in sums.items()}

@@ -220,12 +220,14 @@ class LayerAdapter:
             yield 0, self._softcap(head(hidden))
             return
         # Under a device map the head may compute on another device than the last layer, or be offloaded.
+        # Each block is computed in float32: bfloat16 keeps 8 bits of mantissa, so a logit near 20 may be off
+        # by 0.08.
         device = offload.execution_device(head)
         weight, bias = (offload.storage(head, name, pin=False) for name in ("weight", "bias"))
-        weight, bias, hidden = weight.to(device), None if bias is None else bias.to(device), hidden.to(device)
+        weight, bias, hidden = weight.to(device), None if bias is None else bias.to(device), hidden.to(device).float()
         for start in range(0, weight.shape[0], block):
-            part = None if bias is None else bias[start:start + block]
-            yield start, self._softcap(F.linear(hidden, weight[start:start + block], part))
+            part = None if bias is None else bias[start:start + block].float()
+            yield start, self._softcap(F.linear(hidden, weight[start:start + block].float(), part))
 
     def _head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:
