@@ -12,9 +12,11 @@ from anatomy import cli, offload
 from anatomy.errors import AnatomyError
 from anatomy.evaluate import EvalSet, PrefixCache, perplexity
 from anatomy.experiments.importance import ImportanceConfig, run_importance
+from anatomy.experiments.recovery import RecoveryConfig, run_recovery
 from anatomy.interventions import fingerprint, intervention
 from anatomy.layers import LayerAdapter
 from anatomy.load import Placement, check_hub_model, load_model, resolve_dtype
+from anatomy.plans import apply_plan, parse_plan
 from anatomy.report import RunFolder
 from anatomy.texts import default_eval_texts
 from conftest import make_tiny_model
@@ -169,3 +171,23 @@ def test_cpu_offloaded_layers_are_edited_in_their_weights_map(tiny_folder):
     got = run_importance(offloaded.model, _eval_set(offloaded), ImportanceConfig(layers=[0, 1, 2, 3]))
     assert ((got["ppl"] - expected["ppl"]).abs() / expected["ppl"]).max() < 1e-5
     assert fingerprint(offloaded.model) == fingerprint(plain.model)
+
+
+def test_parallel_plan_group_over_offloaded_layers(tiny_folder, spread):
+    """A parallel group whose layers sit on CPU and disk cannot stack their weights: it runs member by
+    member and gives the PPL of the batched group on the plain load."""
+    plain = load_model(str(tiny_folder))
+    plan = parse_plan("0-1,[2-4],5", 6)
+    results = []
+    for loaded in (plain, spread):
+        with apply_plan(loaded.model, plan) as steps:
+            results.append((perplexity(loaded.model, _eval_set(loaded)).ppl, steps[2].batched))
+    (plain_ppl, plain_batched), (spread_ppl, spread_batched) = results
+    assert plain_batched and not spread_batched
+    assert abs(spread_ppl / plain_ppl - 1) < 1e-4
+
+
+def test_recovery_refuses_offloaded_layers_before_training(spread):
+    rows = torch.zeros((4, RecoveryConfig().train_seq_len), dtype=torch.long)
+    with pytest.raises(AnatomyError, match=r"offloads layers 3, 4, 5.*cannot be trained"):
+        run_recovery(spread.model, _eval_set(spread), RecoveryConfig(), train_rows=rows)
