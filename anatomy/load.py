@@ -12,7 +12,7 @@ import importlib.util
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -22,7 +22,6 @@ from accelerate.utils import convert_file_size_to_int
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from . import offload
 from .errors import AnatomyError
 
 EMBEDDED = "embedded"
@@ -88,7 +87,7 @@ class LoadedModel:
     name: str
     source: str  # "embedded" | "hub" | "folder" | "gguf"
     revision: str | None = None
-    quantisation: str = "none"  # how quantised weights were handled ("dequantised from GGUF", or none)
+    quantisation: str = "none"  # how quantised weights were handled: GGUF_DEQUANTISED or "none"
 
     @property
     def num_parameters(self) -> int:
@@ -168,7 +167,7 @@ def refuse_quantised(config, name: str, base_model: str | None = None) -> None:
               else getattr(quantization, "quant_method", None)) or "unknown"
     instead = f"'{base_model}'" if base_model else "the unquantised model it was made from (its card's base_model)"
     raise AnatomyError(f"'{name}' is a {getattr(method, 'value', method)}-quantised checkpoint; this tool measures "
-                       f"and edits float weights: load {instead} instead, with --dtype auto to halve its memory.")
+                       f"and edits float weights: load {instead} instead (--dtype auto halves it on a GPU).")
 
 
 @dataclass
