@@ -13,17 +13,15 @@ import pkgutil
 import sys
 
 import pandas as pd
-import torch
+from accelerate.utils import convert_file_size_to_int
 
 from . import experiments
 from .errors import AnatomyError, shown
 from .evaluate import EvalSet
-from .load import EMBEDDED, LoadedModel, load_model
+from .load import DTYPES, EMBEDDED, LoadedModel, Placement, load_model
+from .offload import input_device
 from .report import RunFolder
 from .texts import resolve_eval_texts
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
@@ -32,7 +30,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             "(owner/name), a local model folder, or a .gguf file")
     group.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     group.add_argument("--device", help="torch device (default: what accelerate picks: cuda if present, else cpu)")
-    group.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default float32)")
+    group.add_argument("--dtype", choices=["auto", *DTYPES], default="float32",
+                       help="weights dtype (default float32); auto: bfloat16 on GPUs that have it, float16 on "
+                            "older GPUs (T4), float32 on CPU. Log-likelihoods are computed in float32 always")
+    group.add_argument("--device-map", choices=["auto"],
+                       help="spread a model folder or Hub model too large for one device over the GPUs, then the "
+                            "CPU (accelerate), instead of --device")
+    group.add_argument("--max-memory", help="with --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB "
+                                            "(default: what is free)")
+    group.add_argument("--offload-folder", help="with --device-map: allow offloading what does not fit to this "
+                                                "folder on disk (slow)")
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
@@ -51,15 +58,33 @@ def add_common_args(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--out", default=out, help=f"run folder to write (default {out})")
 
 
+def placement_from_args(args: argparse.Namespace) -> Placement:
+    if args.device_map is None:
+        if args.max_memory or args.offload_folder:
+            raise AnatomyError("--max-memory and --offload-folder work with --device-map auto: add it.")
+        return Placement()
+    max_memory = None
+    if args.max_memory:
+        try:
+            pairs = [item.split("=") for item in args.max_memory.split(",")]
+            max_memory = {int(k) if k.strip().isdigit() else k.strip(): convert_file_size_to_int(v.strip())
+                          for k, v in pairs}
+        except ValueError:
+            raise AnatomyError(f"--max-memory takes device=size pairs like 0=20GiB,cpu=64GiB, got "
+                               f"'{args.max_memory}'.") from None
+    return Placement(args.device_map, max_memory, args.offload_folder)
+
+
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
+    placement = placement_from_args(args)
     print(f"loading model {args.model} ...", file=sys.stderr)
-    return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, revision=args.revision)
+    return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision, placement=placement)
 
 
 def eval_set_from_args(args: argparse.Namespace, loaded: LoadedModel) -> EvalSet:
     texts, name = resolve_eval_texts(args.text_file, args.dataset)
     return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=args.batch_size,
-                              max_length=args.max_length, device=loaded.model.device, seed=args.seed)
+                              max_length=args.max_length, device=input_device(loaded.model), seed=args.seed)
 
 
 def load_model_and_eval_set(args: argparse.Namespace) -> tuple[LoadedModel, EvalSet]:

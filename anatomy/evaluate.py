@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import offload
 from .errors import AnatomyError
 from .layers import LayerAdapter
 
@@ -198,11 +199,13 @@ def token_nll(adapter: LayerAdapter, rows: torch.Tensor, targets: torch.Tensor,
     rescaled running sum), so the [n, vocab] logits never exist and every block is reduced while it is
     still in cache: about 35% faster than the head followed by `logsumexp` on a 49k vocabulary.
     """
-    running_max = torch.full((rows.shape[0],), -torch.inf, device=rows.device)
-    total = torch.zeros_like(running_max)
-    target_logit = torch.zeros_like(running_max)
+    running_max = total = target_logit = None
     for start, logits in adapter.head_logit_blocks(rows, block):
         logits = logits.float()
+        if running_max is None:  # on the head's device, which a device map may set apart from the rows'
+            targets = targets.to(logits.device)
+            running_max = torch.full((rows.shape[0],), -torch.inf, device=logits.device)
+            total, target_logit = torch.zeros_like(running_max), torch.zeros_like(running_max)
         inside = ((targets >= start) & (targets < start + logits.shape[1])).nonzero(as_tuple=True)[0]
         target_logit[inside] = logits[inside, targets[inside] - start]
         new_max = torch.maximum(running_max, logits.amax(dim=1))
@@ -242,7 +245,8 @@ def perplexity(model: PreTrainedModel, eval_set: EvalSet, cache: PrefixCache | N
     pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for b, batch in enumerate(cache.batches):
         positions, targets, owners = _predicted(batch)
-        pending.append((cache.hidden_from(from_layer, b)[positions], targets, owners))
+        hidden = cache.hidden_from(from_layer, b)  # on the last layer's device under a device map
+        pending.append((hidden[tuple(p.to(hidden.device) for p in positions)], targets, owners))
         if sum(len(p[1]) for p in pending) >= HEAD_ROWS or b == len(cache.batches) - 1:
             rows, targets, owners = (torch.cat(parts) for parts in zip(*pending))
             for s in range(0, len(rows), HEAD_ROWS):
@@ -258,9 +262,9 @@ def packing_is_exact(model: PreTrainedModel) -> bool:
     give the same logits packed behind the first as alone. transformers derives the block-diagonal mask
     from restarting position ids for most decoder families; a model that does not would let the second
     text attend to the first, and fails this check, as does one whose forward takes no position ids."""
-    embeddings = model.get_input_embeddings().weight
-    ids = torch.arange(10, 19, device=embeddings.device) % embeddings.shape[0]
-    positions = torch.cat([torch.arange(5), torch.arange(4)]).to(embeddings.device)
+    device = offload.input_device(model)
+    ids = torch.arange(10, 19, device=device) % model.get_input_embeddings().weight.shape[0]
+    positions = torch.cat([torch.arange(5), torch.arange(4)]).to(device)
     try:
         packed = model(input_ids=ids[None], position_ids=positions[None], use_cache=False).logits[0, 5:].float()
     except TypeError:  # unexpected keyword argument
@@ -363,8 +367,10 @@ def one_pass_scores(cache: PrefixCache) -> dict[str, np.ndarray]:
         keep = mask.bool()
         count += int(keep.sum())
         for layer in range(n):
-            cos = F.cosine_similarity(cache.inputs[b][layer][keep].float(),
-                                      cache.layer_output(layer, b)[keep].float(), dim=-1).clamp(-1, 1)
+            inputs = cache.inputs[b][layer]  # layers may live on different devices
+            here = keep.to(inputs.device)
+            output = cache.layer_output(layer, b).to(inputs.device)
+            cos = F.cosine_similarity(inputs[here].float(), output[here].float(), dim=-1).clamp(-1, 1)
             sums["block_influence"][layer] += float((1 - cos).sum())
             sums["angular_distance"][layer] += float((torch.arccos(cos) / torch.pi).sum())
     return {k: v / count for k, v in sums.items()}

@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
+from . import offload
 from .errors import AnatomyError, shown
 from .layers import ComponentRef, LayerAdapter
 
@@ -116,7 +117,7 @@ def neighbour_mean(adapter: LayerAdapter, layer: int, boundary: str = "one-neigh
             for target in targets if sources else []:
                 parts = [adapter.component(s, target.component).tensors() for s in sources]
                 for i, tensor in enumerate(target.tensors()):
-                    tensor.copy_(torch.stack([p[i] for p in parts]).mean(dim=0))
+                    tensor.copy_(torch.stack([p[i].to(tensor.device) for p in parts]).mean(dim=0))
         yield
 
 
@@ -204,7 +205,7 @@ def intervention(adapter: LayerAdapter, kind: str, layers: Sequence[int], *, alp
 def fingerprint(model: nn.Module) -> str:
     """SHA-256 over every parameter and buffer, in order: equal fingerprints mean bit-identical weights."""
     digest = hashlib.sha256()
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+    for name, tensor in offload.named_tensors(model):  # offloaded weights from where they live
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import offload
 from .errors import AnatomyError, shown
 
 COMPONENTS: tuple[str, ...] = (
@@ -192,10 +193,10 @@ class LayerAdapter:
         self.check_layer(layer)
         path, slicer = self._layout[self.check_component(component)]
         module = _get(self.layers[layer], path)
-        bias = getattr(module, "bias", None)
+        bias = offload.storage(module, "bias")  # the real tensors, also where accelerate offloaded the layer
         return ComponentRef(layer=layer, component=component,
                             param_name=f"{self.layers_path}.{layer}.{path}.weight",
-                            weight=slicer(module.weight, False),
+                            weight=slicer(offload.storage(module, "weight"), False),
                             bias=None if bias is None else slicer(bias, True))
 
     def layer_components(self, layer: int, components: tuple[str, ...] | None = None) -> list[ComponentRef]:
@@ -219,9 +220,15 @@ class LayerAdapter:
         if type(head) is not nn.Linear:
             yield 0, self._softcap(head(hidden))
             return
-        for start in range(0, head.weight.shape[0], block):
-            bias = None if head.bias is None else head.bias[start:start + block]
-            yield start, self._softcap(F.linear(hidden, head.weight[start:start + block], bias))
+        # Under a device map the head may compute on another device than the last layer, or be offloaded.
+        # Each block is computed in float32: bfloat16 keeps 8 bits of mantissa, so a logit near 20 may be off
+        # by 0.08.
+        device = offload.execution_device(head)
+        weight, bias = (offload.storage(head, name, pin=False) for name in ("weight", "bias"))
+        weight, bias, hidden = weight.to(device), None if bias is None else bias.to(device), hidden.to(device).float()
+        for start in range(0, weight.shape[0], block):
+            part = None if bias is None else bias[start:start + block].float()
+            yield start, self._softcap(F.linear(hidden, weight[start:start + block].float(), part))
 
     def _head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:

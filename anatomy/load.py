@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 import psutil
 import torch
 from accelerate import PartialState
+from accelerate.utils import convert_file_size_to_int
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -36,6 +38,54 @@ CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_
 
 log = logging.getLogger(__name__)
 
+GGUF_DEQUANTISED = "GGUF, dequantised on load"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on a GPU that computes in it (compute capability 8+), float16 on older GPUs such as the
+    T4 (which only emulates bfloat16, slowly), float32 on CPU, where half precision is slow and inexact."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise AnatomyError(f"Unknown dtype '{dtype}': use auto or one of {', '.join(DTYPES)}.")
+        return DTYPES[dtype]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the weights go: one device (no `device_map`), or accelerate's device map over the GPUs, the CPU
+    and, only with an `offload_folder`, the disk. Layers that do not fit the GPUs are offloaded: accelerate
+    copies their weights to the GPU at each forward, so they are slower but give the same numbers."""
+
+    device_map: str | dict | None = None  # "auto" or an explicit {module name: device}
+    max_memory: dict | None = None  # accelerate's limits, e.g. {0: "20GiB", "cpu": "60GiB"}
+    offload_folder: str | None = None
+
+    def from_pretrained_kwargs(self) -> dict:
+        if self.device_map is None:
+            return {}
+        return {"device_map": self.device_map, "max_memory": self.max_memory, "offload_folder": self.offload_folder}
+
+    def free_bytes(self, device: torch.device) -> dict[str, int]:
+        """Free bytes per place the weights may go, each capped by its `max_memory` limit."""
+        if self.device_map is None:
+            return {device.type: available_memory(device)}
+        limits = {str(k): convert_file_size_to_int(v) for k, v in (self.max_memory or {}).items()}
+        free = {str(i): torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())}
+        free["cpu"] = psutil.virtual_memory().available
+        if self.offload_folder:
+            folder = Path(self.offload_folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            free["disk"] = shutil.disk_usage(folder).free
+        if limits:  # accelerate uses only the devices max_memory names (and the disk, given a folder)
+            free = {k: min(v, limits.get(k, v)) for k, v in free.items() if k in limits or k == "disk"}
+        return {("cuda:" + k if k.isdigit() else k): v for k, v in free.items()}
+
 
 @dataclass
 class LoadedModel:
@@ -46,6 +96,7 @@ class LoadedModel:
     name: str
     source: str  # "embedded" | "hub" | "folder" | "gguf"
     revision: str | None = None
+    quantisation: str = "none"  # how quantised weights were handled: GGUF_DEQUANTISED or "none"
 
     @property
     def num_parameters(self) -> int:
@@ -95,15 +146,21 @@ def available_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def check_fits(num_params: int, dtype: torch.dtype, device: torch.device, name: str) -> None:
-    """Refuse a model whose weights (plus headroom) exceed the free memory of the device."""
-    need = int(num_params * _dtype_size(dtype) * MEMORY_HEADROOM)
-    have = available_memory(device)
+def check_fits(num_params: int, dtype: torch.dtype, device: torch.device, name: str,
+               placement: Placement | None = None) -> None:
+    """Refuse a model whose weights (plus headroom) in `dtype` exceed the free memory of the device, or with a
+    device map, the free memory of all the places it spreads over together."""
+    free = (placement or Placement()).free_bytes(device)
+    need, have = int(num_params * _dtype_size(dtype) * MEMORY_HEADROOM), sum(free.values())
     if need > have:
+        where = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in free.items())
+        hint = (" Pick a smaller model, a machine with more memory, or --device-map auto to spread it over "
+                "GPUs and CPU" if placement is None or placement.device_map is None else
+                " Pick a smaller model, raise --max-memory, or allow disk offload with --offload-folder")
         raise AnatomyError(
             f"Model '{name}' is too large for this machine: about {num_params / 1e9:.2f}B parameters need "
-            f"~{need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')} on {device.type}, but only "
-            f"{have / 2**30:.1f} GiB is free. Pick a smaller model or a machine with more memory."
+            f"~{need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')}, but only {have / 2**30:.1f} GiB is "
+            f"free ({where} GiB).{hint}."
         )
 
 
@@ -141,6 +198,21 @@ def _read_json(path: Path, name: str) -> object:
                            "is it a saved Hugging Face model?") from None
 
 
+def refuse_quantised(config, name: str, base_model: str | None = None) -> None:
+    """Quantised weights (bitsandbytes, GPTQ, AWQ, compressed-tensors, FP8, ...) are integer codes with
+    scales: zeroing, averaging or adding noise to them does not do what it does to a float matrix, and
+    transformers dequantises only some of them, lossily. So they are refused before any download, naming
+    what to load instead; GGUF, which transformers dequantises on load, is the exception."""
+    quantization = getattr(config, "quantization_config", None)
+    if not quantization:
+        return
+    method = (quantization.get("quant_method") if isinstance(quantization, dict)
+              else getattr(quantization, "quant_method", None)) or "unknown"
+    instead = f"'{base_model}'" if base_model else "the unquantised model it was made from (its card's base_model)"
+    raise AnatomyError(f"'{name}' is a {getattr(method, 'value', method)}-quantised checkpoint; this tool measures "
+                       f"and edits float weights: load {instead} instead (--dtype auto halves it on a GPU).")
+
+
 @dataclass
 class HubCheck:
     """What the Hub metadata says about a model, checked before a single weight is downloaded."""
@@ -152,7 +224,8 @@ class HubCheck:
 
 
 def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | None = None,
-                    dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> HubCheck:
+                    dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+                    placement: Placement | None = None) -> HubCheck:
     """Check from metadata alone that a Hub model exists, is a causal LM, has safetensors and fits."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (GatedRepoError, HFValidationError, OfflineModeIsEnabled,
@@ -180,6 +253,8 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | N
     refuse_custom_code(_read_json(config_path, repo_id), repo_id, tokenizer_config)
     config = AutoConfig.from_pretrained(config_path.parent, trust_remote_code=False)
     _require_causal(config, repo_id)
+    base_model = getattr(info.card_data, "base_model", None) if info.card_data else None
+    refuse_quantised(config, repo_id, base_model if isinstance(base_model, str) else None)
     st_files = [s for s in info.siblings if s.rfilename.endswith(".safetensors")]
     if not st_files:
         raise AnatomyError(f"'{repo_id}' ships only pickle weights (.bin/.pt); this tool loads safetensors "
@@ -188,7 +263,7 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | N
         num_params = int(info.safetensors.total)
     else:  # metadata without a parameter count: assume 2-byte weights on disk
         num_params = sum(s.size or 0 for s in st_files) // 2
-    check_fits(num_params, dtype, device or default_device(), repo_id)
+    check_fits(num_params, dtype, device or default_device(), repo_id, placement)
     return HubCheck(repo_id, info.sha, num_params, config.model_type)
 
 
@@ -211,27 +286,54 @@ def _require_causal(config, name: str) -> None:
                            "this tool analyses models loadable with AutoModelForCausalLM.")
 
 
-def _check_local_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> None:
+def _check_local_folder(folder: Path, dtype: torch.dtype, device: torch.device, placement: Placement) -> None:
     if not (folder / "config.json").is_file():
         raise AnatomyError(f"Folder '{folder}' has no config.json: point --model at a saved Hugging Face model.")
     tokenizer_config = folder / "tokenizer_config.json"
     refuse_custom_code(_read_json(folder / "config.json", str(folder)), str(folder),
                        _read_json(tokenizer_config, str(folder)) if tokenizer_config.is_file() else None)
-    _require_causal(AutoConfig.from_pretrained(folder, trust_remote_code=False), str(folder))
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    _require_causal(config, str(folder))
+    refuse_quantised(config, str(folder))
     st_files = list(folder.glob("*.safetensors"))
     if not st_files:
         pickles = [p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"}]
         detail = f" (found {', '.join(pickles)})" if pickles else ""
         raise AnatomyError(f"Folder '{folder}' has no .safetensors weights{detail}; pickle weights are refused "
                            "because unpickling runs arbitrary code. Convert them with save_pretrained().")
-    # safetensors headers hold the exact shapes; the file sizes are close enough for a memory check.
-    num_bytes = sum(p.stat().st_size for p in st_files)
-    check_fits(num_bytes // 2, dtype, device, str(folder))
+    check_fits(_count_parameters(st_files), dtype, device, str(folder), placement)
+
+
+def _count_parameters(files: list[Path]) -> int:
+    """The exact parameter count from the safetensors headers (read without loading a weight), so the memory
+    check counts the dtype the model will be loaded in, not the one it was saved in."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    return total
+
+
+def _from_pretrained(source: str | Path, placement: Placement, **kwargs) -> PreTrainedModel:
+    """Safetensors, no remote code, and the placement's device map (accelerate's refusals made one line)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, trust_remote_code=False,
+                                                    **placement.from_pretrained_kwargs(), **kwargs)
+    except ValueError as err:
+        if "offload" not in str(err):
+            raise
+        raise AnatomyError(f"The device map sends some of '{source}' to disk: pass --offload-folder with a folder "
+                           "for it, or raise --max-memory.") from err
 
 
 def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> None:
-    """Put the model in eval mode on the device and give the tokenizer a pad token for batching."""
-    model.to(device).eval()
+    """Put the model in eval mode on the device (accelerate already placed a model with a device map) and
+    give the tokenizer a pad token for batching."""
+    if getattr(model, "hf_device_map", None) is None:
+        model.to(device)
+    model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -309,37 +411,46 @@ def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedToken
     return model, tokenizer
 
 
-def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-               revision: str | None = None, token: str | None = None) -> LoadedModel:
-    """Load `embedded`, a .gguf path, a local folder or a Hub id, refusing unsafe or unusable models early."""
+def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = None,
+               revision: str | None = None, token: str | None = None,
+               placement: Placement | None = None) -> LoadedModel:
+    """Load `embedded`, a .gguf path, a local folder or a Hub id, refusing unsafe or unusable models early.
+
+    `dtype` may be "auto" (see `resolve_dtype`); a `placement` with a device map spreads a folder or Hub model
+    over GPUs, CPU and disk with accelerate instead of putting it whole on `device`."""
     spec = (spec or "").strip()
     if not spec:
         raise AnatomyError("No model given: use 'embedded', a Hub id (owner/name), a local folder or a .gguf file.")
     device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(dtype, device)
+    placement = placement or Placement()
     token = token or os.environ.get("HF_TOKEN")
     path = Path(spec).expanduser()
+    quantisation = "none"
+    if placement.device_map is not None and (spec == EMBEDDED or path.suffix == ".gguf"):
+        raise AnatomyError("--device-map applies to model folders and Hub ids; a GGUF model (like 'embedded') is "
+                           "dequantised whole on one device: drop --device-map.")
     if spec == EMBEDDED:
         model, tokenizer = _load_embedded(dtype)
-        source, name = "embedded", f"{EMBEDDED} ({embedded_gguf_path().name})"
+        source, name, quantisation = "embedded", f"{EMBEDDED} ({embedded_gguf_path().name})", GGUF_DEQUANTISED
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise AnatomyError(f"GGUF file '{path}' does not exist.")
         model, tokenizer = _load_gguf(path, dtype)
-        source, name = "gguf", str(path)
+        source, name, quantisation = "gguf", str(path), GGUF_DEQUANTISED
     elif path.is_dir():
-        _check_local_folder(path, dtype, device)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                                     trust_remote_code=False)
+        _check_local_folder(path, dtype, device, placement)
+        model = _from_pretrained(path, placement, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         source, name = "folder", str(path)
     elif path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise AnatomyError(f"'{spec}' is neither a model folder, a .gguf file nor a Hub id (owner/name).")
     else:
-        check = check_hub_model(spec, revision=revision, token=token, dtype=dtype, device=device)
-        model = AutoModelForCausalLM.from_pretrained(spec, revision=check.revision, token=token, dtype=dtype,
-                                                     use_safetensors=True, trust_remote_code=False)
+        check = check_hub_model(spec, revision=revision, token=token, dtype=dtype, device=device, placement=placement)
+        model = _from_pretrained(spec, placement, revision=check.revision, token=token, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(spec, revision=check.revision, token=token,
                                                   trust_remote_code=False)
         source, name, revision = "hub", spec, check.revision
     _finish(model, tokenizer, device)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, revision=revision)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, revision=revision,
+                       quantisation=quantisation)

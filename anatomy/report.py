@@ -19,6 +19,7 @@ import torch
 import transformers
 from matplotlib.figure import Figure
 
+from . import offload
 from .evaluate import EvalSet
 from .load import LoadedModel
 
@@ -104,7 +105,8 @@ class RunFolder:
                 "name": loaded.name, "source": loaded.source, "revision": loaded.revision,
                 "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
                 "num_layers": getattr(loaded.model.config, "num_hidden_layers", None),
-                "dtype": str(next(loaded.model.parameters()).dtype), "device": str(loaded.model.device)},
+                "dtype": str(next(loaded.model.parameters()).dtype), "device": str(loaded.model.device),
+                "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation},
             "eval_set": None if eval_set is None else {
                 "name": eval_set.name, "num_texts": len(eval_set.texts), "num_tokens": eval_set.num_tokens,
                 "ppl_convention": PPL_CONVENTION},
@@ -142,6 +144,10 @@ def header(title: str, loaded: LoadedModel | None, eval_set: EvalSet | None) -> 
         lines.append(f"- Model: `{loaded.name}`{rev} ({type(loaded.model).__name__}, "
                      f"{loaded.num_parameters / 1e6:.1f}M parameters, "
                      f"{loaded.model.config.num_hidden_layers} layers, numbered from 0)")
+        spread = offload.placement(loaded.model)
+        lines.append(f"- Weights: {str(next(loaded.model.parameters()).dtype).removeprefix('torch.')}"
+                     + (", spread by accelerate over " + ", ".join(f"{d} ({n} modules)" for d, n in spread.items())
+                        if spread else f" on {loaded.model.device}") + f"; quantisation: {loaded.quantisation}")
     if eval_set is not None:
         lines.append(f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} "
                      "predicted tokens")

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel
 
-from .. import plots, report
+from .. import offload, plots, report
+
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
@@ -76,6 +77,7 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
         untouched = config.mode == "neighbour-mean" and not neighbours(layer, adapter.num_layers, config.boundary)
         with ablate(adapter, layer, config.mode, config.boundary):
             result = perplexity(model, eval_set, cache if config.use_prefix_cache else None, layer)
+        offload.unpin(model)  # disk-offloaded layers the ablation touched go back to disk
         d, d_low, d_high = degradation(result, base, eval_set)
         rows.append({"layer": layer, "mode": config.mode, **result.as_dict(), "degradation_pct": d,
                      "degradation_low": d_low, "degradation_high": d_high,

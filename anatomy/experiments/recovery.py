@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report
+from .. import offload, plots, report
+
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PPLResult, PrefixCache, perplexity
 from ..interventions import add_noise, preserve
@@ -91,6 +92,12 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     config.validate()
     adapter = LayerAdapter(model)
     layers = adapter.resolve_layers(config.layers)
+    offloaded = [layer for layer in layers if offload.is_offloaded(adapter.layers[layer])]
+    if offloaded:
+        raise AnatomyError(f"Recovery fine-tunes each layer, but the device map offloads layers "
+                           f"{', '.join(map(str, offloaded))} (their weights are copied in at each forward and "
+                           "cannot be trained): give --max-memory room for the whole model on GPUs and CPU, "
+                           "or choose other --layers.")
     t0 = time.perf_counter()
     eval_cache = PrefixCache(model, eval_set) if config.cached else None
     base = perplexity(model, eval_set, eval_cache, adapter.num_layers if config.cached else 0)
@@ -99,7 +106,7 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     if train_rows.dim() != 2 or train_rows.shape[1] != config.train_seq_len:
         raise AnatomyError(f"train_rows must be [n, {config.train_seq_len}] (config.train_seq_len), "
                            f"got {tuple(train_rows.shape)}.")
-    batches = batch_schedule(train_rows.to(model.device), config.train_batch_size, config.steps, config.seed)
+    batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps, config.seed)
     groups = (layer_groups(layers, batches, model.config.hidden_size) if config.cached else [layers])
     rows, curves, timings = [], [], {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
     done = iter(track(layers, "recovery (layers)", progress))
