@@ -10,9 +10,10 @@ it runs, the attention modules of its layer are pointed at that step's slot; a r
 shares its weights but not its keys and values, and `generate` with the cache gives the same tokens as
 without it. This is chosen over turning the cache off because the latency column must measure real
 cached decoding, and because a cache-off model silently breaks for any user who calls `generate` inside
-the plan. `config.num_hidden_layers` (and `config.layer_types`) are set to the number of slots.
+the plan. The text config's `num_hidden_layers` and per-layer lists (`layer_types`, ...) follow the slots.
 
-Parallel groups of Llama-family layers (Llama, SmolLM, Mistral, Qwen2 without sliding windows) run as
+Parallel groups of Llama-family layers (Llama, SmolLM, Mistral, Qwen2 without sliding windows; nothing
+else, since the batched code reimplements exactly their layer) run as
 one batched call (`BatchedLlamaGroup`): the group's weights are stacked once on entry, the projections
 are batched matmuls over a leading group axis, and attention is one call with the group folded into the
 head axis (GQA grouping stays correct because query and key/value heads are folded the same way), whose
@@ -33,7 +34,8 @@ import torch
 from torch import nn
 
 from .errors import AnatomyError
-from .layers import LayerAdapter
+from .layers import LayerAdapter, text_config
+from .surgery import layer_config_edits
 
 Step = tuple[int, ...]
 
@@ -207,7 +209,21 @@ def _indexed(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(getattr(m, "layer_idx", None), int)]
 
 
-class PlanStep(nn.Module):
+class _Proxy(nn.Module):
+    """A stand-in for a decoder layer: attributes the decoder reads from its layers (attention_type,
+    layer_type, ...) come from the first wrapped layer."""
+
+    def _wrapped(self) -> nn.Module:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._wrapped(), name)
+
+
+class PlanStep(_Proxy):
     """Runs one decoder layer after pointing its attention at this step's own KV-cache slot."""
 
     def __init__(self, layer: nn.Module, slot: int):
@@ -215,8 +231,9 @@ class PlanStep(nn.Module):
         self.layer = layer
         self.slot = slot
         self._indexed = _indexed(layer)
-        if hasattr(layer, "attention_type"):
-            self.attention_type = layer.attention_type
+
+    def _wrapped(self) -> nn.Module:
+        return self.layer
 
     def forward(self, *args, **kwargs):
         for module in self._indexed:
@@ -228,18 +245,23 @@ def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-class SequentialGroup(nn.Module):
-    """A parallel group run member by member on the same input, outputs averaged (any architecture)."""
+class SequentialGroup(_Proxy):
+    """A parallel group run member by member on the same input, outputs averaged (any architecture); it
+    returns what its layers return (a tensor, or a tuple with the mean hidden states first)."""
 
     batched = False
 
     def __init__(self, steps: list[PlanStep]):
         super().__init__()
         self.steps = nn.ModuleList(steps)
-        self.attention_type = getattr(steps[0], "attention_type", None)
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.stack([_hidden(step(hidden_states, *args, **kwargs)) for step in self.steps]).mean(dim=0)
+    def _wrapped(self) -> nn.Module:
+        return self.steps[0]
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        outputs = [step(hidden_states, *args, **kwargs) for step in self.steps]
+        mean = torch.stack([_hidden(out) for out in outputs]).mean(dim=0)
+        return (mean, *outputs[0][1:]) if isinstance(outputs[0], tuple) else mean
 
 
 _BATCHABLE = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}
@@ -354,11 +376,10 @@ def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[n
     """
     adapter = LayerAdapter(model)
     plan.check(adapter.num_layers)
-    config = model.config.get_text_config(decoder=True)
+    config = text_config(model)
     original = adapter.layers
     parent, attr = _parent(model, adapter.layers_path)
     saved_idx = {m: m.layer_idx for layer in original for m in _indexed(layer)}
-    saved_num, saved_types = config.num_hidden_layers, getattr(config, "layer_types", None)
     slot_layers: list[int] = [step[0] for step in plan.steps]  # layer whose type each cache slot takes
     steps: list[nn.Module] = []
     for i, step in enumerate(plan.steps):
@@ -372,17 +393,17 @@ def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[n
             slot_layers += list(step[1:])
             steps.append(SequentialGroup([PlanStep(m, s) for m, s in zip(members, slots)]))
     new = nn.ModuleList(steps)
+    edits = layer_config_edits(config, slot_layers)
+    saved_config = {key: getattr(config, key) for key in edits}
     try:
         setattr(parent, attr, new)
-        config.num_hidden_layers = len(slot_layers)
-        if saved_types is not None:
-            config.layer_types = [saved_types[j] for j in slot_layers]
+        for key, value in edits.items():
+            setattr(config, key, value)
         yield new
     finally:
         setattr(parent, attr, original)
-        config.num_hidden_layers = saved_num
-        if saved_types is not None:
-            config.layer_types = saved_types
+        for key, value in saved_config.items():
+            setattr(config, key, value)
         for module, index in saved_idx.items():
             module.layer_idx = index
 

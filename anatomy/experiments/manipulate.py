@@ -237,7 +237,7 @@ def main(args: argparse.Namespace) -> None:
     from .. import cli
 
     loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = loaded.model.config.num_hidden_layers
+    n = LayerAdapter(loaded.model).num_layers
     config = ManipulateConfig(layers=parse_layers(args.layers, n) if args.layers else None,
                               redundant_threshold=args.redundant_threshold, rank=args.rank,
                               alphas=cli.parse_floats(args.alphas, None, "--alphas"))

@@ -243,7 +243,7 @@ def main(args: argparse.Namespace) -> None:
     from ..layers import parse_layers
 
     loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = loaded.model.config.num_hidden_layers
+    n = LayerAdapter(loaded.model).num_layers
     config = PredictabilityConfig(positions=args.positions, ridge_alpha=args.ridge_alpha, seed=args.seed,
                                   single_layer=args.single_layer, multi_count=args.multi_count,
                                   multi_layers=parse_layers(args.multi_layers, n) if args.multi_layers else None)
