@@ -1,0 +1,128 @@
+"""The family matrix: every layer-level experiment on tiny random models of 37 causal-LM families.
+
+Llama-likes, fused QKV (GPT-2, NeoX, Phi-3, BLOOM, Falcon, MPT, CodeGen), parallel blocks (GPT-J, Falcon,
+Phi, NeoX, Cohere), MoE (Mixtral, Qwen2/3-MoE, OLMoE, Granite-MoE, GPT-OSS), sliding-window alternation
+(Gemma 2/3, GPT-OSS), hybrid stacks (LFM2 conv/attention, Qwen3.5 linear/full attention, Falcon-H1),
+a multimodal wrapper (Gemma 3) and SSMs (Mamba, Mamba 2).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from anatomy.evaluate import EvalSet, PrefixCache, perplexity
+from anatomy.experiments.importance import run_importance
+from anatomy.interventions import INTERVENTION_KINDS, fingerprint, intervention, skip, zero
+from anatomy.layers import LayerAdapter
+from anatomy.surgery import build_layer_stack, kept_layers, save_model
+from anatomy.texts import default_eval_texts
+from families import FAMILIES, make_family_model
+
+LAYER = 1  # an attention layer in every hybrid stack of the matrix, with a neighbour on each side
+
+
+@pytest.fixture(scope="module")
+def eval_set(tiny_tokenizer):
+    return EvalSet.from_texts(default_eval_texts()[:6], tiny_tokenizer, name="tiny", batch_size=3)
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a / b - 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_importance_map_is_finite_on_every_layer(family, eval_set):
+    df = run_importance(make_family_model(family), eval_set)
+    assert list(df["layer"]) == [0, 1, 2, 3]
+    assert np.isfinite(df["ppl"]).all() and np.isfinite(df["degradation_pct"]).all()
+    assert (df["neighbours"] != "").all()  # every layer of these stacks has a neighbour of its kind
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_interventions_restore_bit_identically_and_the_prefix_cache_matches(family, eval_set):
+    model = make_family_model(family)
+    adapter = LayerAdapter(model)
+    before = fingerprint(model)
+    base = perplexity(model, eval_set)
+    cache = PrefixCache(model, eval_set)
+    assert rel(perplexity(model, eval_set, cache, adapter.num_layers).ppl, base.ppl) < 1e-4
+    for kind in INTERVENTION_KINDS[1:]:
+        with intervention(adapter, kind, [LAYER], alpha=0.5):
+            full = perplexity(model, eval_set)
+            cached = perplexity(model, eval_set, cache, LAYER)
+        assert fingerprint(model) == before, kind
+        assert rel(full.ppl, base.ppl) > 1e-6, f"{kind} changed nothing"
+        assert rel(cached.ppl, full.ppl) < 1e-4, kind
+
+
+def _zero_by_hand(layer: torch.nn.Module) -> None:
+    """Every parameter of two or more dimensions and the bias of each module or expert tensor that has one."""
+    params = dict(layer.named_parameters())
+    with torch.no_grad():
+        for module in layer.modules():
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and isinstance(bias, torch.Tensor):
+                bias.zero_()
+        for name, p in params.items():
+            if p.dim() >= 2 or (name.endswith("_bias") and params.get(name[:-5], p).dim() >= 2):
+                p.zero_()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_of_a_layer_equals_zeroing_every_matrix_by_hand(family, eval_set):
+    model = make_family_model(family)
+    adapter = LayerAdapter(model)
+    by_hand = copy.deepcopy(model)
+    _zero_by_hand(LayerAdapter(by_hand).layers[LAYER])
+    with zero(adapter, [LAYER]):
+        zeroed = perplexity(model, eval_set).ppl
+    assert rel(zeroed, perplexity(by_hand, eval_set).ppl) < 1e-6
+    assert rel(zeroed, perplexity(model, eval_set).ppl) > 1e-6
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_skip_equals_the_saved_model_without_the_layer_which_generates_with_the_cache(family, eval_set, tmp_path):
+    model = make_family_model(family)
+    adapter = LayerAdapter(model)
+    with skip(adapter, [LAYER]):
+        skipped = perplexity(model, eval_set).ppl
+    save_model(build_layer_stack(model, kept_layers(adapter.num_layers, [LAYER])), None, tmp_path)
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert LayerAdapter(pruned).num_layers == adapter.num_layers - 1
+    assert rel(perplexity(pruned, eval_set).ppl, skipped) < 1e-4
+    ids = torch.tensor([[1, 5, 9, 22, 40]])
+    cached = pruned.generate(ids, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
+    uncached = pruned.generate(ids, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
+    assert cached.shape[1] == 10 and torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("family, layer, expected", [("lfm2", 1, [3]), ("lfm2", 2, [0]), ("gemma2", 0, [2]),
+                                                     ("qwen3_5", 2, [0]), ("llama", 2, [1, 3])])
+def test_neighbour_mean_takes_the_nearest_layers_of_the_same_kind(family, layer, expected, eval_set):
+    from anatomy.interventions import neighbours
+    adapter = LayerAdapter(make_family_model(family))
+    assert neighbours(layer, adapter.kinds, "one-neighbour") == expected
+    assert neighbours(layer, adapter.kinds, "untouched") == (expected if len(expected) == 2 else [])
+
+
+def test_moe_experts_are_matrices_of_the_layer_and_reported_as_aggregated():
+    adapter = LayerAdapter(make_family_model("mixtral"))
+    names = [ref.component for ref in adapter.matrices(0)]
+    assert "mlp.experts.gate_up_proj" in names and "mlp.experts.down_proj" in names and "mlp.gate" in names
+    rows = {row["component"]: row for row in adapter.describe()}
+    assert rows["mlp.experts.gate_up_proj"]["experts"] == "4, aggregated"
+    assert rows["self_attn.q_proj"]["experts"] == "" and all(row["included"] for row in rows.values())
+
+
+def test_hybrid_components_only_in_some_layers_are_listed_but_not_stacked():
+    adapter = LayerAdapter(make_family_model("lfm2"))
+    rows = {row["component"]: row for row in adapter.describe()}
+    assert rows["conv.in_proj"]["layers"] == "0,2" and not rows["conv.in_proj"]["included"]
+    assert rows["self_attn.q_proj"]["layers"] == "1,3"
+    assert adapter.components == ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    assert rows["mlp.gate_proj"]["parameter"] == "model.layers.{i}.feed_forward.w1.weight"
