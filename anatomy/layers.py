@@ -120,18 +120,20 @@ def _get(root: nn.Module, path: str) -> nn.Module | None:
 
 def _bias_of(name: str, params: dict[str, nn.Parameter]) -> str | None:
     """The bias that belongs to a matrix: `x.bias` for `x.weight`, `in_proj_bias` for `in_proj_weight`,
-    `gate_up_proj_bias` for a raw expert tensor `gate_up_proj`."""
+    `gate_up_proj_bias` (one row per expert) for a raw expert tensor `gate_up_proj`."""
     owner, _, leaf = name.rpartition(".")
     bias_leaf = leaf[:-len("weight")] + "bias" if leaf.endswith("weight") else leaf + "_bias"
     bias = f"{owner}.{bias_leaf}" if owner else bias_leaf
-    return bias if bias in params and params[bias].dim() == 1 else None
+    return bias if bias in params and params[bias].dim() == params[name].dim() - 1 else None
 
 
 def layer_matrices(layer: nn.Module) -> dict[str, Slot]:
-    """Every parameter of two or more dimensions, with its bias, by component name (`.weight` dropped)."""
+    """Every parameter of two or more dimensions that is not another one's bias, with its bias, by component
+    name (`.weight` dropped)."""
     params = dict(layer.named_parameters())
-    return {name.removesuffix(".weight"): Slot(name, _bias_of(name, params))
-            for name, p in params.items() if p.dim() >= 2}
+    slots = {name: Slot(name, _bias_of(name, params)) for name, p in params.items() if p.dim() >= 2}
+    biases = {slot.bias for slot in slots.values()}
+    return {name.removesuffix(".weight"): slot for name, slot in slots.items() if name not in biases}
 
 
 def _linear(layer: nn.Module, path: str) -> Slot | None:
@@ -321,6 +323,10 @@ class LayerAdapter:
                   for i in range(self.num_layers)]
         return tuple(c for c in self.all_components if all(c in s and s[c] == shapes[0][c] for s in shapes))
 
+    def layers_with(self, component: str) -> list[int]:
+        """The layers that have `component` (all of them, except in hybrid stacks)."""
+        return [i for i in range(self.num_layers) if component in self.layout(i)]
+
     def check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
             raise AnatomyError(f"Layer {layer} does not exist: this model has layers 0..{self.num_layers - 1}.")
@@ -439,7 +445,7 @@ class LayerAdapter:
         included = set(self.components)
         rows = []
         for component in self.all_components:
-            layers = [i for i in range(self.num_layers) if component in self.layout(i)]
+            layers = self.layers_with(component)
             ref = self.component(layers[0], component)
             real = dict(self.layers[layers[0]].named_parameters())[self.layout(layers[0])[component].weight]
             experts = real.shape[0] if real.dim() == 3 and "expert" in ref.param_name else 0

@@ -35,7 +35,7 @@ from torch import nn
 
 from .errors import AnatomyError
 from .layers import LayerAdapter, text_config
-from .surgery import layer_config_edits
+from .surgery import cache_slots, layer_config_edits, set_cache_slot
 
 Step = tuple[int, ...]
 
@@ -204,11 +204,6 @@ def _fail(text: str, at: int, message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- execution
 
-def _indexed(module: nn.Module) -> list[nn.Module]:
-    """Submodules that address the KV cache by their `layer_idx` (the attention modules)."""
-    return [m for m in module.modules() if isinstance(getattr(m, "layer_idx", None), int)]
-
-
 class _Proxy(nn.Module):
     """A stand-in for a decoder layer: attributes the decoder reads from its layers (attention_type,
     layer_type, ...) come from the first wrapped layer."""
@@ -230,14 +225,13 @@ class PlanStep(_Proxy):
         super().__init__()
         self.layer = layer
         self.slot = slot
-        self._indexed = _indexed(layer)
+        self._slots = cache_slots(layer)
 
     def _wrapped(self) -> nn.Module:
         return self.layer
 
     def forward(self, *args, **kwargs):
-        for module in self._indexed:
-            module.layer_idx = self.slot
+        set_cache_slot(self._slots, self.slot)
         return self.layer(*args, **kwargs)
 
 
@@ -367,6 +361,19 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return parent, attr
 
 
+def plan_refusal(adapter: LayerAdapter, plan: Plan) -> str | None:
+    """Why `plan` cannot run on this model, or None. A parallel group must hold layers of one kind: in a
+    hybrid stack a convolution and an attention layer take different masks and caches, so they cannot
+    run on the same call's arguments."""
+    kinds = adapter.kinds
+    for step in plan.steps:
+        if len({kinds[i] for i in step}) > 1:
+            names = ", ".join(f"{i}: {kinds[i][1] or kinds[i][0]}" for i in step)
+            return (f"Plan '{plan}' runs layers of different kinds in parallel ({names}) in this {adapter.family} "
+                    "model; they take different masks or caches, so group layers of one kind.")
+    return None
+
+
 @contextmanager
 def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[nn.ModuleList]:
     """Run `model` under `plan` inside the block; weights are never written, everything is undone on exit.
@@ -376,10 +383,12 @@ def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[n
     """
     adapter = LayerAdapter(model)
     plan.check(adapter.num_layers)
+    if refusal := plan_refusal(adapter, plan):
+        raise AnatomyError(refusal)
     config = text_config(model)
     original = adapter.layers
     parent, attr = _parent(model, adapter.layers_path)
-    saved_idx = {m: m.layer_idx for layer in original for m in _indexed(layer)}
+    saved_idx = [(slot, getattr(*slot)) for layer in original for slot in cache_slots(layer)]
     slot_layers: list[int] = [step[0] for step in plan.steps]  # layer whose type each cache slot takes
     steps: list[nn.Module] = []
     for i, step in enumerate(plan.steps):
@@ -404,8 +413,8 @@ def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[n
         setattr(parent, attr, original)
         for key, value in saved_config.items():
             setattr(config, key, value)
-        for module, index in saved_idx.items():
-            module.layer_idx = index
+        for slot, index in saved_idx:
+            set_cache_slot([slot], index)
 
 
 # ---------------------------------------------------------------------------------------------- variants

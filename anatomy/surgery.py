@@ -54,9 +54,17 @@ def kept_layers(num_layers: int, removed: Sequence[int]) -> list[int]:
     return keep
 
 
-def _indexed_modules(layer: nn.Module) -> list[nn.Module]:
-    """Submodules (the layer included) that carry a `layer_idx`: attention modules index the KV cache with it."""
-    return [m for m in layer.modules() if hasattr(m, "layer_idx")]
+CACHE_INDEX = ("layer_idx", "layer_id")  # GPT-Neo's attention calls its cache slot layer_id
+
+
+def cache_slots(layer: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(submodule, attribute) for every integer index by which the layer's modules address the KV cache."""
+    return [(m, name) for m in layer.modules() for name in CACHE_INDEX if isinstance(getattr(m, name, None), int)]
+
+
+def set_cache_slot(slots: list[tuple[nn.Module, str]], index: int) -> None:
+    for module, name in slots:
+        setattr(module, name, index)
 
 
 def layer_config_edits(config, order: Sequence[int]) -> dict[str, object]:
@@ -86,22 +94,21 @@ def layer_stack(model: PreTrainedModel, order: Sequence[int]) -> Iterator[LayerA
     original = adapter.layers
     config = text_config(model)
     saved_config = {key: getattr(config, key) for key in layer_config_edits(config, order)}
-    saved_idx = [(m, m.layer_idx) for layer in original for m in _indexed_modules(layer)]
+    saved_idx = [(slot, getattr(*slot)) for layer in original for slot in cache_slots(layer)]
     try:
         _set_stack(model, adapter.layers_path, nn.ModuleList([original[i] for i in order]))
         for key, value in layer_config_edits(config, order).items():
             setattr(config, key, value)
         if len(set(order)) == len(order):
             for position, i in enumerate(order):
-                for module in _indexed_modules(original[i]):
-                    module.layer_idx = position
+                set_cache_slot(cache_slots(original[i]), position)
         yield LayerAdapter(model)
     finally:
         _set_stack(model, adapter.layers_path, original)
         for key, value in saved_config.items():
             setattr(config, key, value)
-        for module, idx in saved_idx:
-            module.layer_idx = idx
+        for slot, idx in saved_idx:
+            set_cache_slot([slot], idx)
 
 
 def build_layer_stack(model: PreTrainedModel, order: Sequence[int]) -> PreTrainedModel:
@@ -123,8 +130,7 @@ def build_layer_stack(model: PreTrainedModel, order: Sequence[int]) -> PreTraine
         _set_stack(model, adapter.layers_path, original)
     layers = nn.ModuleList(copy.deepcopy(original[i]) for i in order)
     for position, layer in enumerate(layers):
-        for module in _indexed_modules(layer):
-            module.layer_idx = position
+        set_cache_slot(cache_slots(layer), position)
     _set_stack(shell, adapter.layers_path, layers)
     for key, value in layer_config_edits(text_config(model), order).items():
         setattr(text_config(shell), key, value)

@@ -126,3 +126,48 @@ def test_hybrid_components_only_in_some_layers_are_listed_but_not_stacked():
     assert rows["self_attn.q_proj"]["layers"] == "1,3"
     assert adapter.components == ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
     assert rows["mlp.gate_proj"]["parameter"] == "model.layers.{i}.feed_forward.w1.weight"
+
+
+def test_parallel_groups_of_different_kinds_are_refused_and_painters_reports_them(eval_set):
+    from anatomy.errors import AnatomyError
+    from anatomy.experiments.painters import PaintersConfig, run_painters
+    from anatomy.plans import apply_plan, parse_plan
+
+    model = make_family_model("lfm2")
+    before = fingerprint(model)
+    with pytest.raises(AnatomyError, match=r"different kinds in parallel \(1: full_attention, 2: conv\)"):
+        with apply_plan(model, parse_plan("0,[1-2],3", 4)):
+            pass
+    with apply_plan(model, parse_plan("0,[1,3],2", 4)):  # two attention layers: one kind
+        model(torch.tensor([[1, 5, 9]]))
+    df = run_painters(model, eval_set, PaintersConfig(block_sizes=(2,), latency_repeats=1, latency_tokens=2,
+                                                      tasks=False))
+    assert fingerprint(model) == before
+    assert set(df["variant"]) == {"baseline", "skip", "reverse", "shuffle", "repeat"}
+    assert [line.split(":")[0] for line in df.attrs["refused"]] == ["parallel 2", "looped-parallel 2"]
+
+
+def test_spectral_covers_every_matrix_of_a_hybrid_stack():
+    from anatomy.experiments.spectral import run_spectral
+
+    df = run_spectral(make_family_model("lfm2"))
+    conv = df[df["component"] == "conv.in_proj"]
+    assert list(conv["layer"]) == [0, 2] and set(conv["group"]) == {"other"}
+    assert list(df.loc[df["component"] == "self_attn.q_proj", "group"]) == ["query/key"] * 2
+
+
+def test_report_header_lists_components_and_their_parameters(tiny_tokenizer):
+    from anatomy.load import LoadedModel
+    from anatomy.report import header
+
+    loaded = LoadedModel(make_family_model("gpt2"), tiny_tokenizer, "tiny-gpt2", "folder")
+    text = header("Test", loaded, None)
+    assert "`self_attn.q_proj` = `transformer.h.{i}.attn.c_attn.weight` (a view into it)" in text
+    assert "`mlp.down_proj` = `transformer.h.{i}.mlp.c_proj.weight`" in text
+
+
+def test_expert_biases_belong_to_their_expert_tensors():
+    adapter = LayerAdapter(make_family_model("gpt_oss"))
+    refs = {ref.component: ref for ref in adapter.matrices(0)}
+    assert not any(name.endswith("_bias") for name in refs)
+    assert refs["mlp.experts.gate_up_proj"].bias.shape == (4, 128)  # one bias row per expert

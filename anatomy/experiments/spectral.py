@@ -1,5 +1,8 @@
 """Spectral anatomy (SPEC section 9): singular values, stable rank and power-law alpha of every weight matrix.
 
+Every component of every layer that has it is analysed (in a hybrid stack, the convolution or SSM matrices
+of their layers too); an expert tensor is one matrix with the experts stacked along its rows.
+
 alpha is the exponent of a continuous power law p(x) ~ x^-alpha fitted by maximum likelihood to the
 upper tail of the eigenvalues of W^T W (the squared singular values), with xmin chosen by the
 Kolmogorov-Smirnov criterion of Clauset, Shalizi & Newman (2009) among candidates that leave at least
@@ -29,6 +32,7 @@ COLUMNS = ["layer", "component", "group", "rows", "cols", "alpha", "xmin", "ks_d
 # The contrast the related study draws: attention scores (W_Q, W_K) vs the value path (W_V, W_O) vs the MLP.
 GROUPS = {ATTENTION[0]: "query/key", ATTENTION[1]: "query/key", ATTENTION[2]: "value/output",
           ATTENTION[3]: "value/output", **{c: "mlp" for c in MLP}}
+OTHER = "other"  # any matrix outside the seven canonical components (experts, routers, convolutions, SSM)
 
 
 @dataclass
@@ -55,12 +59,12 @@ def run_spectral(model: PreTrainedModel, eval_set: EvalSet | None = None, config
     adapter = LayerAdapter(model)
     t0 = time.perf_counter()
     rows, spectra = [], []
-    for component in track(adapter.components, "spectral (per component)", progress):
-        refs = [adapter.component(layer, component) for layer in range(adapter.num_layers)]
+    for component in track(adapter.all_components, "spectral (per component)", progress):
+        refs = [adapter.component(layer, component) for layer in adapter.layers_with(component)]
         matrices = [ref.matrix() for ref in refs]
         svals = singular_values(matrices)
         fits = analyze_singular_values(svals, [tuple(m.shape) for m in matrices], config.min_tail)
-        rows += [{"layer": ref.layer, "component": component, "group": GROUPS[component], **fit}
+        rows += [{"layer": ref.layer, "component": component, "group": GROUPS.get(component, OTHER), **fit}
                  for ref, fit in zip(refs, fits)]
         if config.keep_singular_values:
             spectra += [pd.DataFrame({"layer": ref.layer, "component": component, "index": range(len(s)),
