@@ -323,6 +323,13 @@ class LayerAdapter:
                   for i in range(self.num_layers)]
         return tuple(c for c in self.all_components if all(c in s and s[c] == shapes[0][c] for s in shapes))
 
+    def stacked_components(self, experiment: str) -> tuple[str, ...]:
+        """`components` for an experiment that compares each component across depth, or a one-line refusal."""
+        if not self.components:
+            raise AnatomyError(f"{experiment} compares each component across all layers, but no component of this "
+                               f"{self.family} model ({type(self.model).__name__}) is in every layer with one shape.")
+        return self.components
+
     def layers_with(self, component: str) -> list[int]:
         """The layers that have `component` (all of them, except in hybrid stacks)."""
         return [i for i in range(self.num_layers) if component in self.layout(i)]

@@ -171,3 +171,14 @@ def test_expert_biases_belong_to_their_expert_tensors():
     refs = {ref.component: ref for ref in adapter.matrices(0)}
     assert not any(name.endswith("_bias") for name in refs)
     assert refs["mlp.experts.gate_up_proj"].bias.shape == (4, 128)  # one bias row per expert
+
+
+def test_stacked_experiments_refuse_a_stack_without_a_common_component():
+    from anatomy.errors import AnatomyError
+    from anatomy.experiments.structure import run_structure
+
+    model = make_family_model("lfm2")
+    for layer in LayerAdapter(model).layers:  # without the MLP, conv and attention layers share no matrix
+        del layer.feed_forward
+    with pytest.raises(AnatomyError, match=r"^structure compares .* lfm2 model \(Lfm2ForCausalLM\)"):
+        run_structure(model)

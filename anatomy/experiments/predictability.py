@@ -109,7 +109,8 @@ def run_predictability(model: PreTrainedModel, eval_set: EvalSet, config: Predic
     t0 = time.perf_counter()
     rows, stacks = [], {}
     rng = np.random.default_rng(config.seed)
-    for component in track(adapter.components, "predictability (ridge per component)", progress):
+    for component in track(adapter.stacked_components("predictability"), "predictability (ridge per component)",
+                           progress):
         stack = flat_stack(adapter, component)
         positions = np.sort(rng.choice(stack.shape[1], size=min(config.positions, stack.shape[1]), replace=False))
         sampled = stack[:, torch.from_numpy(positions)].double()
