@@ -161,4 +161,4 @@ def components_line(adapter: LayerAdapter) -> str:
                              row["layers"] != "all" and f"layers {row['layers']}",
                              not row["included"] and "not in per-component experiments") if n]
         parts.append(f"`{row['component']}` = `{row['parameter']}`" + (f" ({'; '.join(notes)})" if notes else ""))
-    return "- Components: " + ", ".join(parts)
+    return "- Components (layer-level interventions act on all of them): " + ", ".join(parts)

@@ -156,6 +156,16 @@ def test_spectral_covers_every_matrix_of_a_hybrid_stack():
     assert list(df.loc[df["component"] == "self_attn.q_proj", "group"]) == ["query/key"] * 2
 
 
+def test_spectral_report_survives_matrices_too_small_for_a_fit():
+    """A router has as many singular values as experts: no power-law tail, alpha NaN, the report still runs."""
+    from anatomy.experiments.spectral import component_summary, run_spectral, spectral_report
+
+    df = run_spectral(make_family_model("mixtral"))
+    router = component_summary(df).set_index("component").loc["mlp.gate"]
+    assert np.isnan(router["alpha_mean"]) and np.isnan(router["alpha_min_layer"])
+    assert "- Layer mean alpha: lowest layers." in spectral_report(df, "# header")
+
+
 def test_report_header_lists_components_and_their_parameters(tiny_tokenizer):
     from anatomy.load import LoadedModel
     from anatomy.report import header

@@ -85,13 +85,22 @@ def group_contrast(df: pd.DataFrame) -> pd.DataFrame:
     return stats.reset_index()
 
 
+def _layer_of(alpha: pd.Series, layers: pd.Series, lowest: bool) -> float:
+    """The layer with the lowest (highest) alpha; NaN where no matrix had a tail long enough for a fit
+    (a router has as many singular values as experts, a short convolution as many as its kernel)."""
+    fitted = alpha.dropna()
+    if fitted.empty:
+        return float("nan")
+    return int(layers[fitted.idxmin() if lowest else fitted.idxmax()])
+
+
 def component_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per component: mean alpha, the layers with the lowest and highest alpha, mean stable rank."""
     rows = []
     for component, part in df.groupby("component", sort=False):
         rows.append({"component": component, "alpha_mean": part["alpha"].mean(), "alpha_std": part["alpha"].std(),
-                     "alpha_min_layer": int(part.loc[part["alpha"].idxmin(), "layer"]),
-                     "alpha_max_layer": int(part.loc[part["alpha"].idxmax(), "layer"]),
+                     "alpha_min_layer": _layer_of(part["alpha"], part["layer"], lowest=True),
+                     "alpha_max_layer": _layer_of(part["alpha"], part["layer"], lowest=False),
                      "stable_rank_mean": part["stable_rank"].mean(),
                      "frac_alpha_2_to_6": float(part["alpha"].between(2, 6).mean())})
     return pd.DataFrame(rows)
@@ -112,8 +121,8 @@ def spectral_report(df: pd.DataFrame, header: str) -> str:
              f"2009) among tails of at least {df.attrs['min_tail']} eigenvalues.",
              "- stable rank: ||W||_F^2 / ||W||_2^2.",
              f"- {len(df)} matrices in {df.attrs['timings']['spectra_s']:.1f} s.",
-             f"- Layer mean alpha: lowest layers.{int(by_layer.idxmin())} ({by_layer.min():.2f}), highest "
-             f"layers.{int(by_layer.idxmax())} ({by_layer.max():.2f})."]
+             f"- Layer mean alpha: lowest layers.{_layer_of(by_layer, by_layer.index, True)} ({by_layer.min():.2f}), "
+             f"highest layers.{_layer_of(by_layer, by_layer.index, False)} ({by_layer.max():.2f})."]
     if {"query/key", "value/output"} <= set(qk.index):
         lines.append(f"- Query/key vs value/output: mean alpha {qk['query/key']:.2f} vs {qk['value/output']:.2f} "
                      f"({'heavier' if qk['query/key'] < qk['value/output'] else 'lighter'} tails in query/key).")
