@@ -280,7 +280,7 @@ def _kind(layer: nn.Module, matrices: dict[str, Slot], layer_type: str | None) -
     return (type(layer).__name__, layer_type, tuple((n, tuple(params[s.weight].shape)) for n, s in matrices.items()))
 
 
-# The tuple length each decoder-layer class returns (0: a bare tensor), learned once per class by a probe.
+# The tuple length each decoder layer returns (0: a bare tensor), learned by a probe; kept while the layer lives.
 _OUTPUT_FORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -427,13 +427,11 @@ class LayerAdapter:
 
     def output_form(self, layer: int) -> int:
         """How the layer returns its hidden states: 0 for a bare tensor, else the length of the tuple whose
-        first element they are. Learned once per layer class from a two-token forward pass."""
-        cls = type(self.layers[self.check_layer(layer)])
-        if cls not in _OUTPUT_FORMS:
-            seen: dict[type, int] = {}
-
-            def hook(module, args, output):
-                seen.setdefault(type(module), len(output) if isinstance(output, tuple) else 0)
+        first element they are. Learned for every layer of the stack from one two-token forward pass."""
+        module = self.layers[self.check_layer(layer)]
+        if module not in _OUTPUT_FORMS:
+            def hook(layer_module, args, output):
+                _OUTPUT_FORMS[layer_module] = len(output) if isinstance(output, tuple) else 0
 
             handles = [m.register_forward_hook(hook) for m in self.layers]
             device = self.model.get_input_embeddings().weight.device
@@ -443,8 +441,7 @@ class LayerAdapter:
             finally:
                 for handle in handles:
                     handle.remove()
-            _OUTPUT_FORMS.update(seen)
-        return _OUTPUT_FORMS[cls]
+        return _OUTPUT_FORMS[module]
 
     def describe(self) -> list[dict]:
         """One row per component: its name, the real parameter behind it, its shape, the layers that have it,
