@@ -450,13 +450,13 @@ class LayerAdapter:
         rows = []
         for component in self.all_components:
             layers = self.layers_with(component)
-            ref = self.component(layers[0], component)
-            real = dict(self.layers[layers[0]].named_parameters())[self.layout(layers[0])[component].weight]
+            ref, slot = self.component(layers[0], component), self.layout(layers[0])[component]
+            real = dict(self.layers[layers[0]].named_parameters())[slot.weight]
             experts = real.shape[0] if real.dim() == 3 and "expert" in ref.param_name else 0
             rows.append({"component": component,
                          "parameter": ref.param_name.replace(f".{layers[0]}.", ".{i}.", 1),
                          "shape": tuple(ref.matrix().shape), "bias": ref.bias is not None,
-                         "view": ref.weight.data_ptr() != real.data_ptr() or ref.weight.shape != real.shape,
+                         "view": slot.slicer is not _whole,
                          "layers": "all" if len(layers) == self.num_layers else ",".join(map(str, layers)),
                          "experts": f"{experts}, aggregated" if experts else "",
                          "included": component in included})

@@ -42,23 +42,23 @@ EXTRA = {
 }
 
 
-def family_config(model_type: str, layers: int = 4):
+def family_config(model_type: str, layers: int = 4, **overrides):
     """The family's default config with the tiny sizes; a multimodal wrapper gets them in its text config."""
     base = AutoConfig.for_model(model_type)
     text = base.get_text_config(decoder=True)
     known = set(text.to_dict()) | set(getattr(text, "attribute_map", {}))
     sizes = {k: v for k, v in {**SIZES, "num_hidden_layers": layers}.items() if k in known}
-    extra = dict(EXTRA.get(model_type, {}))
+    extra = {**EXTRA.get(model_type, {}), **overrides}
     if text is base:
         return AutoConfig.for_model(model_type, **{**sizes, **extra})
     text_extra = {k: extra.pop(k) for k in list(extra) if k in known}
     return AutoConfig.for_model(model_type, text_config={**sizes, **text_extra}, **extra)
 
 
-def make_family_model(model_type: str, layers: int = 4, seed: int = 0) -> PreTrainedModel:
+def make_family_model(model_type: str, layers: int = 4, seed: int = 0, **overrides) -> PreTrainedModel:
     """A random model of the family whose projections are large enough that an ablation changes the PPL."""
     torch.manual_seed(seed)
-    config = family_config(model_type, layers)
+    config = family_config(model_type, layers, **overrides)
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():

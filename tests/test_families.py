@@ -192,3 +192,33 @@ def test_stacked_experiments_refuse_a_stack_without_a_common_component():
         del layer.feed_forward
     with pytest.raises(AnatomyError, match=r"^structure compares .* lfm2 model \(Lfm2ForCausalLM\)"):
         run_structure(model)
+
+
+FUSED = [("gpt2", {}), ("gpt_neox", {}), ("bloom", {}), ("phi3", {}), ("mpt", {}), ("codegen", {}),
+         ("falcon", {}), ("falcon", {"multi_query": False}),
+         ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2})]
+
+
+@pytest.mark.parametrize("family, overrides", FUSED)
+def test_fused_views_are_the_query_key_and_value_the_attention_uses(family, overrides):
+    """Zeroing the query view or the key view both make every attention score 0 (uniform attention), so they
+    give the same logits; zeroing the value view gives what zeroing the output weight gives. A view holding
+    rows of another projection, or of the wrong heads, breaks one of the two equalities."""
+    from anatomy.interventions import preserve
+
+    model = make_family_model(family, **overrides)
+    adapter = LayerAdapter(model)
+    ids = torch.randint(3, 300, (2, 7))
+
+    def logits_with(component: str) -> torch.Tensor:
+        with intervention(adapter, "zero", [LAYER], components=[component]):
+            return model(ids).logits
+
+    no_query, no_key = logits_with("self_attn.q_proj"), logits_with("self_attn.k_proj")
+    torch.testing.assert_close(no_query, no_key)
+    assert not torch.allclose(no_query, model(ids).logits, atol=1e-4)
+    no_value = logits_with("self_attn.v_proj")
+    out_weight = adapter.component(LAYER, "self_attn.o_proj").weight
+    with preserve([out_weight]), torch.no_grad():
+        out_weight.zero_()
+        torch.testing.assert_close(no_value, model(ids).logits)
