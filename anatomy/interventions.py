@@ -5,16 +5,17 @@ model: a 7B model has no room for a second copy) and copies the snapshot back in
 weights come back bit-identical on normal exit, on an exception and on KeyboardInterrupt/cancel.
 Stack them with `contextlib.ExitStack` or nested `with` blocks; they restore in reverse order.
 
-Replacement edits (neighbour mean, zero, scale, assign) act on a component's weight and bias slice
-together, since the bias is part of what the component computes; noise acts on weight matrices only,
-as in the study.
+Without a choice of components, an edit acts on every matrix of the layer (`LayerAdapter.matrices`:
+attention, MLP, experts, routers, convolutions, SSM projections); with one, on those components' views.
+Replacement edits (neighbour mean, zero, scale, assign) act on a matrix's weight and bias together,
+since the bias is part of what it computes; noise acts on weight matrices only, as in the study.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -42,9 +43,12 @@ def preserve(tensors: Iterable[torch.Tensor]) -> Iterator[None]:
 
 
 def _refs(adapter: LayerAdapter, layers: Sequence[int], components: Sequence[str] | None) -> list[ComponentRef]:
+    """The chosen components of each layer, or every matrix of each layer when none are chosen."""
     if not layers:
         raise AnatomyError("No layers chosen for the intervention.")
-    return [ref for layer in layers for ref in adapter.layer_components(layer, tuple(components or ()) or None)]
+    if components:
+        return [ref for layer in layers for ref in adapter.layer_components(layer, tuple(components))]
+    return [ref for layer in layers for ref in adapter.matrices(layer)]
 
 
 def _all_tensors(refs: Sequence[ComponentRef]) -> list[torch.Tensor]:
@@ -94,28 +98,35 @@ def add_noise(adapter: LayerAdapter, layers: Sequence[int], sigma: float = 0.5, 
         yield
 
 
-def neighbours(layer: int, num_layers: int, boundary: str = "one-neighbour") -> list[int]:
-    """The layers whose mean replaces `layer` (SPEC section 1); empty means "leave it untouched"."""
+def neighbours(layer: int, kinds: Sequence[Hashable], boundary: str = "one-neighbour") -> list[int]:
+    """The layers whose mean replaces `layer` (SPEC section 1): the nearest layer of the same kind below
+    and above (l-1 and l+1 in a uniform stack; in a hybrid or alternating one, the nearest attention,
+    convolution, sliding or global layer like it). Empty means "leave it untouched"."""
     if boundary not in BOUNDARY_CONVENTIONS:
         raise AnatomyError(f"Unknown boundary convention '{boundary}': use one of {', '.join(BOUNDARY_CONVENTIONS)}.")
-    found = [n for n in (layer - 1, layer + 1) if 0 <= n < num_layers]
+    below = next((n for n in range(layer - 1, -1, -1) if kinds[n] == kinds[layer]), None)
+    above = next((n for n in range(layer + 1, len(kinds)) if kinds[n] == kinds[layer]), None)
+    found = [n for n in (below, above) if n is not None]
     return found if len(found) == 2 or boundary == "one-neighbour" else []
 
 
 @contextmanager
 def neighbour_mean(adapter: LayerAdapter, layer: int, boundary: str = "one-neighbour",
                    components: Sequence[str] | None = None) -> Iterator[None]:
-    """Replace each component of `layer` by the mean of the same component in layers l-1 and l+1.
+    """Replace each matrix (or chosen component) of `layer` by the mean of the same one, matched by name
+    and shape, in its neighbours (`neighbours`: l-1 and l+1 where the stack is uniform).
 
     A boundary layer has one neighbour: by default it takes that neighbour's weights; with the
     study's `untouched` convention it is left as it is (the study then reported D = 0 for it).
     """
-    sources = neighbours(adapter.check_layer(layer), adapter.num_layers, boundary)
+    sources = neighbours(adapter.check_layer(layer), adapter.kinds, boundary)
     targets = _refs(adapter, [layer], components)
+    pick = adapter.layer_components if components else lambda i, _: adapter.matrices(i)
     with preserve(_all_tensors(targets)):
         with torch.no_grad():
+            by_source = [{ref.component: ref for ref in pick(s, tuple(components or ()))} for s in sources]
             for target in targets if sources else []:
-                parts = [adapter.component(s, target.component).tensors() for s in sources]
+                parts = [found[target.component].tensors() for found in by_source]
                 for i, tensor in enumerate(target.tensors()):
                     tensor.copy_(torch.stack([p[i].to(tensor.device) for p in parts]).mean(dim=0))
         yield
@@ -134,27 +145,35 @@ def assign(refs_to_values: dict[ComponentRef, torch.Tensor]) -> Iterator[None]:
 class Residual(nn.Module):
     """Stands in for a decoder layer and returns its input: the layer is skipped, the residual stream flows on.
 
-    Transformers 5 decoder layers return the hidden-state tensor, so returning the input is a drop-in.
+    It returns what the layer would: the bare tensor, or a tuple of that length with the hidden states
+    first (GPT-J, BLOOM, Falcon, MPT, Falcon-H1 layers return tuples). It touches no cache, and any
+    attribute the decoder reads from its layers (attention_type, layer_type, ...) comes from the original.
     """
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, form: int):
         super().__init__()
         self.skipped = layer
-        self.attention_type = getattr(layer, "attention_type", None)
+        self.form = form
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return hidden_states
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.skipped, name)
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) + (None,) * (self.form - 1) if self.form else hidden
 
 
 @contextmanager
 def skip(adapter: LayerAdapter, layers: Sequence[int]) -> Iterator[None]:
     """Run the model with `layers` replaced by the identity; the original modules go back on exit."""
-    for layer in layers:
-        adapter.check_layer(layer)
+    forms = {layer: adapter.output_form(layer) for layer in layers}
     originals = {layer: adapter.layers[layer] for layer in layers}
     try:
         for layer, module in originals.items():
-            adapter.layers[layer] = Residual(module)
+            adapter.layers[layer] = Residual(module, forms[layer])
         yield
     finally:
         for layer, module in originals.items():

@@ -132,7 +132,8 @@ def is_causal_lm_config(config) -> bool:
     if getattr(config, "is_encoder_decoder", False) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return False
     architectures = getattr(config, "architectures", None) or []
-    return not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    causal = ("ForCausalLM", "LMHeadModel", MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type])  # Gemma 3 wrapper
+    return not architectures or any(a.endswith(causal) for a in architectures)
 
 
 def _dtype_size(dtype: torch.dtype) -> int:

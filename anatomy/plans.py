@@ -10,9 +10,10 @@ it runs, the attention modules of its layer are pointed at that step's slot; a r
 shares its weights but not its keys and values, and `generate` with the cache gives the same tokens as
 without it. This is chosen over turning the cache off because the latency column must measure real
 cached decoding, and because a cache-off model silently breaks for any user who calls `generate` inside
-the plan. `config.num_hidden_layers` (and `config.layer_types`) are set to the number of slots.
+the plan. The text config's `num_hidden_layers` and per-layer lists (`layer_types`, ...) follow the slots.
 
-Parallel groups of Llama-family layers (Llama, SmolLM, Mistral, Qwen2 without sliding windows) run as
+Parallel groups of Llama-family layers (Llama, SmolLM, Mistral, Qwen2 without sliding windows; nothing
+else, since the batched code reimplements exactly their layer) run as
 one batched call (`BatchedLlamaGroup`): the group's weights are stacked once on entry, the projections
 are batched matmuls over a leading group axis, and attention is one call with the group folded into the
 head axis (GQA grouping stays correct because query and key/value heads are folded the same way), whose
@@ -33,7 +34,8 @@ import torch
 from torch import nn
 
 from .errors import AnatomyError, shown
-from .layers import LayerAdapter
+from .layers import LayerAdapter, text_config
+from .surgery import cache_slots, layer_config_edits, set_cache_slot
 
 Step = tuple[int, ...]
 
@@ -217,25 +219,34 @@ def _fail(text: str, at: int, message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- execution
 
-def _indexed(module: nn.Module) -> list[nn.Module]:
-    """Submodules that address the KV cache by their `layer_idx` (the attention modules)."""
-    return [m for m in module.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+class _Proxy(nn.Module):
+    """A stand-in for a decoder layer: attributes the decoder reads from its layers (attention_type,
+    layer_type, ...) come from the first wrapped layer."""
+
+    def _wrapped(self) -> nn.Module:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._wrapped(), name)
 
 
-class PlanStep(nn.Module):
+class PlanStep(_Proxy):
     """Runs one decoder layer after pointing its attention at this step's own KV-cache slot."""
 
     def __init__(self, layer: nn.Module, slot: int):
         super().__init__()
         self.layer = layer
         self.slot = slot
-        self._indexed = _indexed(layer)
-        if hasattr(layer, "attention_type"):
-            self.attention_type = layer.attention_type
+        self._slots = cache_slots(layer)
+
+    def _wrapped(self) -> nn.Module:
+        return self.layer
 
     def forward(self, *args, **kwargs):
-        for module in self._indexed:
-            module.layer_idx = self.slot
+        set_cache_slot(self._slots, self.slot)
         return self.layer(*args, **kwargs)
 
 
@@ -243,18 +254,23 @@ def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-class SequentialGroup(nn.Module):
-    """A parallel group run member by member on the same input, outputs averaged (any architecture)."""
+class SequentialGroup(_Proxy):
+    """A parallel group run member by member on the same input, outputs averaged (any architecture); it
+    returns what its layers return (a tensor, or a tuple with the mean hidden states first)."""
 
     batched = False
 
     def __init__(self, steps: list[PlanStep]):
         super().__init__()
         self.steps = nn.ModuleList(steps)
-        self.attention_type = getattr(steps[0], "attention_type", None)
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.stack([_hidden(step(hidden_states, *args, **kwargs)) for step in self.steps]).mean(dim=0)
+    def _wrapped(self) -> nn.Module:
+        return self.steps[0]
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        outputs = [step(hidden_states, *args, **kwargs) for step in self.steps]
+        mean = torch.stack([_hidden(out) for out in outputs]).mean(dim=0)
+        return (mean, *outputs[0][1:]) if isinstance(outputs[0], tuple) else mean
 
 
 _BATCHABLE = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}
@@ -362,6 +378,19 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return parent, attr
 
 
+def plan_refusal(adapter: LayerAdapter, plan: Plan) -> str | None:
+    """Why `plan` cannot run on this model, or None. A parallel group must hold layers of one kind: in a
+    hybrid stack a convolution and an attention layer take different masks and caches, so they cannot
+    run on the same call's arguments."""
+    kinds = adapter.kinds
+    for step in plan.steps:
+        if len({kinds[i] for i in step}) > 1:
+            names = ", ".join(f"{i}: {kinds[i][1] or kinds[i][0]}" for i in step)
+            return (f"Plan '{plan}' runs layers of different kinds in parallel ({names}) in this {adapter.family} "
+                    "model; they take different masks or caches, so group layers of one kind.")
+    return None
+
+
 @contextmanager
 def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[nn.ModuleList]:
     """Run `model` under `plan` inside the block; weights are never written, everything is undone on exit.
@@ -371,11 +400,12 @@ def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[n
     """
     adapter = LayerAdapter(model)
     plan.check(adapter.num_layers)
-    config = model.config.get_text_config(decoder=True)
+    if refusal := plan_refusal(adapter, plan):
+        raise AnatomyError(refusal)
+    config = text_config(model)
     original = adapter.layers
     parent, attr = _parent(model, adapter.layers_path)
-    saved_idx = {m: m.layer_idx for layer in original for m in _indexed(layer)}
-    saved_num, saved_types = config.num_hidden_layers, getattr(config, "layer_types", None)
+    saved_idx = [(slot, getattr(*slot)) for layer in original for slot in cache_slots(layer)]
     slot_layers: list[int] = [step[0] for step in plan.steps]  # layer whose type each cache slot takes
     steps: list[nn.Module] = []
     for i, step in enumerate(plan.steps):
@@ -389,19 +419,19 @@ def apply_plan(model: nn.Module, plan: Plan, batched: bool = True) -> Iterator[n
             slot_layers += list(step[1:])
             steps.append(SequentialGroup([PlanStep(m, s) for m, s in zip(members, slots)]))
     new = nn.ModuleList(steps)
+    edits = layer_config_edits(config, slot_layers)
+    saved_config = {key: getattr(config, key) for key in edits}
     try:
         setattr(parent, attr, new)
-        config.num_hidden_layers = len(slot_layers)
-        if saved_types is not None:
-            config.layer_types = [saved_types[j] for j in slot_layers]
+        for key, value in edits.items():
+            setattr(config, key, value)
         yield new
     finally:
         setattr(parent, attr, original)
-        config.num_hidden_layers = saved_num
-        if saved_types is not None:
-            config.layer_types = saved_types
-        for module, index in saved_idx.items():
-            module.layer_idx = index
+        for key, value in saved_config.items():
+            setattr(config, key, value)
+        for slot, index in saved_idx:
+            set_cache_slot([slot], index)
 
 
 # ---------------------------------------------------------------------------------------------- variants

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from . import offload
 from .evaluate import EvalSet
+from .layers import LayerAdapter
 from .load import LoadedModel
 
 PPL_CONVENTION = ("PPL = exp(total next-token NLL / total predicted tokens) over all evaluation texts "
@@ -104,7 +105,8 @@ class RunFolder:
             "model": None if loaded is None else {
                 "name": loaded.name, "source": loaded.source, "revision": loaded.revision,
                 "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
-                "num_layers": getattr(loaded.model.config, "num_hidden_layers", None),
+                "num_layers": LayerAdapter(loaded.model).num_layers,
+                "components": LayerAdapter(loaded.model).describe(),
                 "dtype": str(next(loaded.model.parameters()).dtype), "device": str(loaded.model.device),
                 "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation},
             "eval_set": None if eval_set is None else {
@@ -143,7 +145,8 @@ def header(title: str, loaded: LoadedModel | None, eval_set: EvalSet | None) -> 
         rev = f" @ {loaded.revision}" if loaded.revision else ""
         lines.append(f"- Model: `{loaded.name}`{rev} ({type(loaded.model).__name__}, "
                      f"{loaded.num_parameters / 1e6:.1f}M parameters, "
-                     f"{loaded.model.config.num_hidden_layers} layers, numbered from 0)")
+                     f"{LayerAdapter(loaded.model).num_layers} layers, numbered from 0)")
+        lines.append(components_line(LayerAdapter(loaded.model)))
         spread = offload.placement(loaded.model)
         lines.append(f"- Weights: {str(next(loaded.model.parameters()).dtype).removeprefix('torch.')}"
                      + (", spread by accelerate over " + ", ".join(f"{d} ({n} modules)" for d, n in spread.items())
@@ -153,3 +156,15 @@ def header(title: str, loaded: LoadedModel | None, eval_set: EvalSet | None) -> 
                      "predicted tokens")
         lines.append(f"- {PPL_CONVENTION}")
     return "\n".join(lines) + "\n"
+
+
+def components_line(adapter: LayerAdapter) -> str:
+    """Which real parameter each component is, and which ones per-component experiments include (those
+    every layer has with one shape); layer-level interventions always act on all of them."""
+    parts = []
+    for row in adapter.describe():
+        notes = [n for n in (row["view"] and "a view into it", row["experts"] and f"experts: {row['experts']}",
+                             row["layers"] != "all" and f"layers {row['layers']}",
+                             not row["included"] and "not in per-component experiments") if n]
+        parts.append(f"`{row['component']}` = `{row['parameter']}`" + (f" ({'; '.join(notes)})" if notes else ""))
+    return "- Components (layer-level interventions act on all of them): " + ", ".join(parts)

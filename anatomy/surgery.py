@@ -2,9 +2,10 @@
 
 Changing the layer list of a Hugging Face model takes three edits beside the ModuleList itself, or
 cached generation goes silently wrong (transformers issue 30508): every attention module's
-`layer_idx` (the KV cache slot) must be renumbered to the layer's new position, and the config's
-`num_hidden_layers` (the decoder loop stops there) and `layer_types` (Qwen2/Gemma pick each layer's
-mask by list position) must follow the new order.
+`layer_idx` (the KV cache slot) must be renumbered to the layer's new position, and the text config's
+`num_hidden_layers` (the decoder loop stops there) and every per-layer list (`layer_types`: Qwen2/Gemma
+pick each layer's mask by list position; SmolLM3's `no_rope_layers`, GPT-Neo's `attention_layers`)
+must follow the new order.
 
 - `layer_stack(model, order)`: a context manager that makes those edits in place and undoes them on
   exit; no weight is copied, so it suits in-memory evaluation of pruned or reordered stacks.
@@ -25,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import AnatomyError
-from .layers import LayerAdapter, _get
+from .layers import LayerAdapter, _get, text_config
 
 
 def _set_stack(model: nn.Module, path: str, layers: nn.ModuleList) -> None:
@@ -53,17 +54,30 @@ def kept_layers(num_layers: int, removed: Sequence[int]) -> list[int]:
     return keep
 
 
-def _indexed_modules(layer: nn.Module) -> list[nn.Module]:
-    """Submodules (the layer included) that carry a `layer_idx`: attention modules index the KV cache with it."""
-    return [m for m in layer.modules() if hasattr(m, "layer_idx")]
+CACHE_INDEX = ("layer_idx", "layer_id")  # GPT-Neo's attention calls its cache slot layer_id
 
 
-def _config_edits(config, order: Sequence[int]) -> dict[str, object]:
-    """The config attributes that must follow a new layer order."""
+def cache_slots(layer: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(submodule, attribute) for every integer index by which the layer's modules address the KV cache."""
+    return [(m, name) for m in layer.modules() for name in CACHE_INDEX if isinstance(getattr(m, name, None), int)]
+
+
+def set_cache_slot(slots: list[tuple[nn.Module, str]], index: int) -> None:
+    for module, name in slots:
+        setattr(module, name, index)
+
+
+def layer_config_edits(config, order: Sequence[int]) -> dict[str, object]:
+    """The text-config attributes that must follow a new layer order: the layer count and every list with
+    one entry per layer (properties derived from them, such as Mamba's `layer_types`, follow by themselves)."""
+    count = config.num_hidden_layers
     edits: dict[str, object] = {"num_hidden_layers": len(order)}
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        edits["layer_types"] = [layer_types[i] for i in order]
+    for key, value in vars(config).items():
+        if (isinstance(value, list) and len(value) == count and not key.startswith("_")
+                and not isinstance(getattr(type(config), key, None), property)):
+            edits[key] = [value[i] for i in order]
+    if "attention_layers" in edits and hasattr(config, "attention_types"):  # GPT-Neo rebuilds it from these
+        edits["attention_types"] = [[edits["attention_layers"], 1]]
     return edits
 
 
@@ -78,24 +92,23 @@ def layer_stack(model: PreTrainedModel, order: Sequence[int]) -> Iterator[LayerA
     adapter = LayerAdapter(model)
     order = check_order(order, adapter.num_layers)
     original = adapter.layers
-    config = model.config
-    saved_config = {key: getattr(config, key) for key in _config_edits(config, order)}
-    saved_idx = [(m, m.layer_idx) for layer in original for m in _indexed_modules(layer)]
+    config = text_config(model)
+    saved_config = {key: getattr(config, key) for key in layer_config_edits(config, order)}
+    saved_idx = [(slot, getattr(*slot)) for layer in original for slot in cache_slots(layer)]
     try:
         _set_stack(model, adapter.layers_path, nn.ModuleList([original[i] for i in order]))
-        for key, value in _config_edits(config, order).items():
+        for key, value in layer_config_edits(config, order).items():
             setattr(config, key, value)
         if len(set(order)) == len(order):
             for position, i in enumerate(order):
-                for module in _indexed_modules(original[i]):
-                    module.layer_idx = position
+                set_cache_slot(cache_slots(original[i]), position)
         yield LayerAdapter(model)
     finally:
         _set_stack(model, adapter.layers_path, original)
         for key, value in saved_config.items():
             setattr(config, key, value)
-        for module, idx in saved_idx:
-            module.layer_idx = idx
+        for slot, idx in saved_idx:
+            set_cache_slot([slot], idx)
 
 
 def build_layer_stack(model: PreTrainedModel, order: Sequence[int]) -> PreTrainedModel:
@@ -117,11 +130,10 @@ def build_layer_stack(model: PreTrainedModel, order: Sequence[int]) -> PreTraine
         _set_stack(model, adapter.layers_path, original)
     layers = nn.ModuleList(copy.deepcopy(original[i]) for i in order)
     for position, layer in enumerate(layers):
-        for module in _indexed_modules(layer):
-            module.layer_idx = position
+        set_cache_slot(cache_slots(layer), position)
     _set_stack(shell, adapter.layers_path, layers)
-    for key, value in _config_edits(model.config, order).items():
-        setattr(shell.config, key, value)
+    for key, value in layer_config_edits(text_config(model), order).items():
+        setattr(text_config(shell), key, value)
     return shell
 
 

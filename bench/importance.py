@@ -58,12 +58,12 @@ def reference_ppl(model, tokenizer, texts: list[str]) -> float:
 @torch.no_grad()
 def reference_map(model, tokenizer, texts: list[str], layers: list[int]) -> dict[int, float]:
     out = {}
-    n = LayerAdapter(model).num_layers
+    kinds = LayerAdapter(model).kinds
     for layer in layers:
         clone = copy.deepcopy(model)
         adapter = LayerAdapter(clone)
         for ref in adapter.layer_components(layer):
-            sources = [adapter.component(s, ref.component).weight for s in neighbours(layer, n)]
+            sources = [adapter.component(s, ref.component).weight for s in neighbours(layer, kinds)]
             ref.weight.copy_(torch.stack(sources).mean(0))
         out[layer] = reference_ppl(clone, tokenizer, texts)
         del clone

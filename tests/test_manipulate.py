@@ -15,11 +15,12 @@ from tests.conftest import make_tiny_model
 
 
 def test_neighbours_outside_the_set():
-    assert non_redundant_neighbours(3, {2, 3, 4}, 8) == [(1, 2), (5, 2)]
-    assert non_redundant_neighbours(4, {3, 4}, 8) == [(5, 1), (2, 2)]
-    assert non_redundant_neighbours(0, {0}, 8) == [(1, 1)]
+    assert non_redundant_neighbours(3, {2, 3, 4}, [0] * 8) == [(1, 2), (5, 2)]
+    assert non_redundant_neighbours(4, {3, 4}, [0] * 8) == [(5, 1), (2, 2)]
+    assert non_redundant_neighbours(0, {0}, [0] * 8) == [(1, 1)]
+    assert non_redundant_neighbours(2, {2}, ["conv", "attn"] * 4) == [(0, 2), (4, 2)]  # same kind only
     with pytest.raises(AnatomyError):
-        non_redundant_neighbours(0, {0, 1}, 2)
+        non_redundant_neighbours(0, {0, 1}, [0, 0])
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -25,7 +25,7 @@ from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 
 COLUMNS = ["layer", "mode", "ppl", "ppl_low", "ppl_high", "degradation_pct", "degradation_low",
-           "degradation_high", "class", "anti_layer_candidate", "block_influence", "angular_distance"]
+           "degradation_high", "class", "anti_layer_candidate", "block_influence", "angular_distance", "neighbours"]
 
 
 @dataclass
@@ -74,7 +74,8 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
         raise AnatomyError("The baseline PPL is not finite: the model or its dtype is broken for this text.")
     rows = []
     for layer in track(layers, f"importance ({config.mode})", progress):
-        untouched = config.mode == "neighbour-mean" and not neighbours(layer, adapter.num_layers, config.boundary)
+        sources = neighbours(layer, adapter.kinds, config.boundary) if config.mode == "neighbour-mean" else []
+        untouched = config.mode == "neighbour-mean" and not sources
         with ablate(adapter, layer, config.mode, config.boundary):
             result = perplexity(model, eval_set, cache if config.use_prefix_cache else None, layer)
         offload.unpin(model)  # disk-offloaded layers the ablation touched go back to disk
@@ -84,9 +85,10 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
                      "class": "Untouched" if untouched else classify(d, config.thresholds),
                      "anti_layer_candidate": bool(d_high < 0),
                      "block_influence": scores["block_influence"][layer],
-                     "angular_distance": scores["angular_distance"][layer]})
+                     "angular_distance": scores["angular_distance"][layer],
+                     "neighbours": ",".join(map(str, sources))})
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs.update(baseline=base.as_dict(), boundary=config.boundary,
+    df.attrs.update(baseline=base.as_dict(), boundary=config.boundary, uniform=adapter.uniform,
                     spearman=spearman_with_ablation(df),
                     timings={"baseline_and_cache_s": t_base, "ablations_s": time.perf_counter() - t0 - t_base})
     return df
@@ -111,6 +113,9 @@ def importance_report(df: pd.DataFrame, header: str) -> str:
              f"- Ablation: `{df['mode'].iloc[0]}`; boundary convention: `{boundary}` "
              + ("(first/last layer replaced by their one neighbour)" if boundary == "one-neighbour"
                 else "(first/last layer left untouched, as in the study: their D is not measured)"),
+             *([] if df.attrs.get("uniform", True) or df["mode"].iloc[0] != "neighbour-mean" else
+               ["- The layers are not all of one kind (hybrid or alternating stack): neighbour-mean takes the "
+                "nearest layers of the same kind, listed in the `neighbours` column."]),
              f"- Baseline PPL {base['ppl']:.3f} (95% CI {base['ppl_low']:.3f}-{base['ppl_high']:.3f})",
              "- Classes: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in
                                        ("Critical", "Important", "Minor", "Redundant", "Untouched") if counts.get(c)),
@@ -153,7 +158,7 @@ def main(args: argparse.Namespace) -> None:
 
     loaded, eval_set = cli.load_model_and_eval_set(args)
     config = ImportanceConfig(mode=args.mode, boundary=args.boundary,
-                              layers=parse_layers(args.layers, loaded.model.config.num_hidden_layers)
+                              layers=parse_layers(args.layers, LayerAdapter(loaded.model).num_layers)
                               if args.layers else None,
                               thresholds=cli.parse_floats(args.thresholds, 3, "--thresholds"),
                               use_prefix_cache=not args.no_prefix_cache)

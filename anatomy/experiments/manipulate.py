@@ -1,9 +1,9 @@
 """Weight manipulation of redundant layers (SPEC section 4): change all of them at once, measure PPL.
 
 Strategies, each applied to every chosen layer together and undone before the next:
-- `zero`: weights and biases of the seven matrices set to 0;
-- `clone`: each layer takes the weights (and biases) of its nearest non-redundant layer (a tie goes to the
-  lower one);
+- `zero`: weights and biases of every matrix of the layer set to 0;
+- `clone`: each layer takes the weights (and biases) of its nearest non-redundant layer of the same kind (a
+  tie goes to the lower one; in a hybrid stack an attention layer takes an attention layer's weights);
 - `blend`: the nearest non-redundant layer below and above, weighted by 1/distance (one side at the ends);
 - `lowrank`: singular vectors from the nearest non-redundant layer, singular values from the layer
   itself, W' = U_n diag(s_l) V_n^T (top `rank` only when a rank is given); biases kept;
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,13 +75,16 @@ def read_importance(run: str | Path) -> pd.DataFrame:
     return table
 
 
-def non_redundant_neighbours(layer: int, chosen: set[int], num_layers: int) -> list[tuple[int, int]]:
-    """(neighbour, distance) for the nearest layer outside `chosen` below and above `layer` (nearest first)."""
-    below = next((l for l in range(layer - 1, -1, -1) if l not in chosen), None)
-    above = next((l for l in range(layer + 1, num_layers) if l not in chosen), None)
+def non_redundant_neighbours(layer: int, chosen: set[int], kinds: Sequence[Hashable]) -> list[tuple[int, int]]:
+    """(neighbour, distance) for the nearest layer of the same kind outside `chosen` below and above `layer`
+    (nearest first); `kinds` has one entry per layer (`LayerAdapter.kinds`)."""
+    same = [n for n in range(len(kinds)) if kinds[n] == kinds[layer] and n not in chosen]
+    below = max((n for n in same if n < layer), default=None)
+    above = min((n for n in same if n > layer), default=None)
     found = [(n, abs(n - layer)) for n in (below, above) if n is not None]
     if not found:
-        raise AnatomyError("Every layer is in the set: clone, blend and low-rank need a layer outside it.")
+        raise AnatomyError(f"Every layer of the kind of layer {layer} is in the set: clone, blend and low-rank "
+                           "need a layer of the same kind outside it.")
     return sorted(found, key=lambda pair: pair[1])
 
 
@@ -90,7 +93,7 @@ def _targets(adapter: LayerAdapter, layers: list[int], strategy: str,
     """New (weight matrix, bias or None to keep) for every component of `layers` under one strategy."""
     chosen, values, svd_cache = set(layers), {}, {}
     for layer in layers:
-        pairs = non_redundant_neighbours(layer, chosen, adapter.num_layers)
+        pairs = non_redundant_neighbours(layer, chosen, adapter.kinds)
         for ref in adapter.layer_components(layer):
             if strategy == "clone":
                 source = adapter.component(pairs[0][0], ref.component)
@@ -237,7 +240,7 @@ def main(args: argparse.Namespace) -> None:
     from .. import cli
 
     loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = loaded.model.config.num_hidden_layers
+    n = LayerAdapter(loaded.model).num_layers
     config = ManipulateConfig(layers=parse_layers(args.layers, n) if args.layers else None,
                               redundant_threshold=args.redundant_threshold, rank=args.rank,
                               alphas=cli.parse_floats(args.alphas, None, "--alphas"))

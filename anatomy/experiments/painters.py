@@ -24,7 +24,8 @@ from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
 from ..layers import LayerAdapter
 from ..load import LoadedModel
-from ..plans import GRAMMAR, VARIANTS, Plan, apply_plan, can_batch, export_plan, middle_block, parse_plan, variant_plan
+from ..plans import (GRAMMAR, VARIANTS, Plan, apply_plan, can_batch, export_plan, middle_block, parse_plan,
+                     plan_refusal, variant_plan)
 from ..progress import ProgressCallback, track
 from ..tasks import load_tasks, task_accuracy
 
@@ -122,8 +123,11 @@ def run_painters(model: PreTrainedModel, eval_set: EvalSet, config: PaintersConf
     specs = painters_plans(adapter.num_layers, config)
     t0 = time.perf_counter()
     base = None
-    rows = []
+    rows, refused = [], []
     for variant, size, block, plan in track(specs, "painters", progress):
+        if refusal := plan_refusal(adapter, plan):
+            refused.append(f"{variant} {size}: {refusal}")
+            continue
         groups = [s for s in plan.steps if len(s) > 1]
         execution = "" if not groups else (
             "batched" if config.batched and all(can_batch([layers[i] for i in g]) for g in groups) else "sequential")
@@ -140,7 +144,7 @@ def run_painters(model: PreTrainedModel, eval_set: EvalSet, config: PaintersConf
                      **measure_latency(model, plan, eval_set, config, pad_id)})
     df = pd.DataFrame(rows)
     df = df[COLUMNS[:12] + [c for c in df.columns if c.startswith("acc_")] + COLUMNS[12:]]
-    df.attrs.update(baseline=base.as_dict(), timings={"painters_s": time.perf_counter() - t0})
+    df.attrs.update(baseline=base.as_dict(), refused=refused, timings={"painters_s": time.perf_counter() - t0})
     return df
 
 
@@ -171,6 +175,8 @@ def painters_report(df: pd.DataFrame, header: str, config: PaintersConfig) -> st
             *acc, "decode_ms_per_token", "decode_speedup", "prefill_ms_per_token", "prefill_speedup"]
     lines += [report.markdown_table(df[show]), "", "Plans (`--plan` grammar):", ""]
     lines += [f"- {r.variant} {r.block_size}: `{r.plan}`" for r in df.itertuples() if r.variant != "baseline"]
+    lines += ["", "Not run on this model:", ""] + [f"- {line}" for line in df.attrs["refused"]] \
+        if df.attrs.get("refused") else []
     return "\n".join(lines) + "\n"
 
 

@@ -109,7 +109,8 @@ def run_predictability(model: PreTrainedModel, eval_set: EvalSet, config: Predic
     t0 = time.perf_counter()
     rows, stacks = [], {}
     rng = np.random.default_rng(config.seed)
-    for component in track(adapter.components, "predictability (ridge per component)", progress):
+    for component in track(adapter.stacked_components("predictability"), "predictability (ridge per component)",
+                           progress):
         stack = flat_stack(adapter, component)
         positions = np.sort(rng.choice(stack.shape[1], size=min(config.positions, stack.shape[1]), replace=False))
         sampled = stack[:, torch.from_numpy(positions)].double()
@@ -243,7 +244,7 @@ def main(args: argparse.Namespace) -> None:
     from ..layers import parse_layers
 
     loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = loaded.model.config.num_hidden_layers
+    n = LayerAdapter(loaded.model).num_layers
     config = PredictabilityConfig(positions=args.positions, ridge_alpha=args.ridge_alpha, seed=args.seed,
                                   single_layer=args.single_layer, multi_count=args.multi_count,
                                   multi_layers=parse_layers(args.multi_layers, n) if args.multi_layers else None)

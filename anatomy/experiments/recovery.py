@@ -20,11 +20,10 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import offload, plots, report
-
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PPLResult, PrefixCache, perplexity
 from ..interventions import add_noise, preserve
-from ..layers import LayerAdapter, parse_layers
+from ..layers import LayerAdapter, parse_layers, text_config
 from ..load import LoadedModel
 from ..progress import ProgressCallback, track
 from ..train_layer import batch_schedule, finetune_layer, layer_groups, training_cache, training_rows
@@ -106,8 +105,9 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     if train_rows.dim() != 2 or train_rows.shape[1] != config.train_seq_len:
         raise AnatomyError(f"train_rows must be [n, {config.train_seq_len}] (config.train_seq_len), "
                            f"got {tuple(train_rows.shape)}.")
-    batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps, config.seed)
-    groups = (layer_groups(layers, batches, model.config.hidden_size) if config.cached else [layers])
+    batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps,
+                             config.seed)
+    groups = (layer_groups(layers, batches, text_config(model).hidden_size) if config.cached else [layers])
     rows, curves, timings = [], [], {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
     done = iter(track(layers, "recovery (layers)", progress))
     for group in groups:
@@ -205,7 +205,7 @@ def main(args: argparse.Namespace) -> None:
     from .. import cli
 
     loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = loaded.model.config.num_hidden_layers
+    n = LayerAdapter(loaded.model).num_layers
     config = RecoveryConfig(layers=parse_layers(args.layers, n) if args.layers else None, sigma=args.sigma,
                             steps=args.steps, eval_every=args.eval_every, lr=args.lr, grad_clip=args.grad_clip,
                             thresholds=cli.parse_floats(args.thresholds, None, "--thresholds"),

@@ -1,5 +1,8 @@
 """Spectral anatomy (SPEC section 9): singular values, stable rank and power-law alpha of every weight matrix.
 
+Every component of every layer that has it is analysed (in a hybrid stack, the convolution or SSM matrices
+of their layers too); an expert tensor is one matrix with the experts stacked along its rows.
+
 alpha is the exponent of a continuous power law p(x) ~ x^-alpha fitted by maximum likelihood to the
 upper tail of the eigenvalues of W^T W (the squared singular values), with xmin chosen by the
 Kolmogorov-Smirnov criterion of Clauset, Shalizi & Newman (2009) among candidates that leave at least
@@ -29,6 +32,7 @@ COLUMNS = ["layer", "component", "group", "rows", "cols", "alpha", "xmin", "ks_d
 # The contrast the related study draws: attention scores (W_Q, W_K) vs the value path (W_V, W_O) vs the MLP.
 GROUPS = {ATTENTION[0]: "query/key", ATTENTION[1]: "query/key", ATTENTION[2]: "value/output",
           ATTENTION[3]: "value/output", **{c: "mlp" for c in MLP}}
+OTHER = "other"  # any matrix outside the seven canonical components (experts, routers, convolutions, SSM)
 
 
 @dataclass
@@ -55,12 +59,12 @@ def run_spectral(model: PreTrainedModel, eval_set: EvalSet | None = None, config
     adapter = LayerAdapter(model)
     t0 = time.perf_counter()
     rows, spectra = [], []
-    for component in track(adapter.components, "spectral (per component)", progress):
-        refs = [adapter.component(layer, component) for layer in range(adapter.num_layers)]
+    for component in track(adapter.all_components, "spectral (per component)", progress):
+        refs = [adapter.component(layer, component) for layer in adapter.layers_with(component)]
         matrices = [ref.matrix() for ref in refs]
         svals = singular_values(matrices)
         fits = analyze_singular_values(svals, [tuple(m.shape) for m in matrices], config.min_tail)
-        rows += [{"layer": ref.layer, "component": component, "group": GROUPS[component], **fit}
+        rows += [{"layer": ref.layer, "component": component, "group": GROUPS.get(component, OTHER), **fit}
                  for ref, fit in zip(refs, fits)]
         if config.keep_singular_values:
             spectra += [pd.DataFrame({"layer": ref.layer, "component": component, "index": range(len(s)),
@@ -81,13 +85,22 @@ def group_contrast(df: pd.DataFrame) -> pd.DataFrame:
     return stats.reset_index()
 
 
+def _layer_of(alpha: pd.Series, layers: pd.Series, lowest: bool) -> float:
+    """The layer with the lowest (highest) alpha; NaN where no matrix had a tail long enough for a fit
+    (a router has as many singular values as experts, a short convolution as many as its kernel)."""
+    fitted = alpha.dropna()
+    if fitted.empty:
+        return float("nan")
+    return int(layers[fitted.idxmin() if lowest else fitted.idxmax()])
+
+
 def component_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per component: mean alpha, the layers with the lowest and highest alpha, mean stable rank."""
     rows = []
     for component, part in df.groupby("component", sort=False):
         rows.append({"component": component, "alpha_mean": part["alpha"].mean(), "alpha_std": part["alpha"].std(),
-                     "alpha_min_layer": int(part.loc[part["alpha"].idxmin(), "layer"]),
-                     "alpha_max_layer": int(part.loc[part["alpha"].idxmax(), "layer"]),
+                     "alpha_min_layer": _layer_of(part["alpha"], part["layer"], lowest=True),
+                     "alpha_max_layer": _layer_of(part["alpha"], part["layer"], lowest=False),
                      "stable_rank_mean": part["stable_rank"].mean(),
                      "frac_alpha_2_to_6": float(part["alpha"].between(2, 6).mean())})
     return pd.DataFrame(rows)
@@ -108,8 +121,8 @@ def spectral_report(df: pd.DataFrame, header: str) -> str:
              f"2009) among tails of at least {df.attrs['min_tail']} eigenvalues.",
              "- stable rank: ||W||_F^2 / ||W||_2^2.",
              f"- {len(df)} matrices in {df.attrs['timings']['spectra_s']:.1f} s.",
-             f"- Layer mean alpha: lowest layers.{int(by_layer.idxmin())} ({by_layer.min():.2f}), highest "
-             f"layers.{int(by_layer.idxmax())} ({by_layer.max():.2f})."]
+             f"- Layer mean alpha: lowest layers.{_layer_of(by_layer, by_layer.index, True)} ({by_layer.min():.2f}), "
+             f"highest layers.{_layer_of(by_layer, by_layer.index, False)} ({by_layer.max():.2f})."]
     if {"query/key", "value/output"} <= set(qk.index):
         lines.append(f"- Query/key vs value/output: mean alpha {qk['query/key']:.2f} vs {qk['value/output']:.2f} "
                      f"({'heavier' if qk['query/key'] < qk['value/output'] else 'lighter'} tails in query/key).")

@@ -89,7 +89,7 @@ def run_structure(model: PreTrainedModel, eval_set: EvalSet | None = None, confi
     shuffled = torch.stack([torch.randperm(n, generator=generator) for _ in range(config.shuffles)])
     identity = torch.arange(n)[None]
     stats = {}
-    for component in track(adapter.components, "structure (per component)", progress):
+    for component in track(adapter.stacked_components("structure"), "structure (per component)", progress):
         stats[component] = gram_stats(flat_stack(adapter, component))
     stats[WHOLE_LAYER] = add_gram_stats(list(stats.values()))
     rows, pca_rows, explained_rows, similarity = [], [], [], {}
