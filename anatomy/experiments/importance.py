@@ -16,7 +16,6 @@ import pandas as pd
 from transformers import PreTrainedModel
 
 from .. import offload, plots, report
-
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
