@@ -129,6 +129,7 @@ class _Info:
         self.sha = "0" * 40
         self.siblings = [_Sibling(p.name) for p in folder.iterdir()]
         self.safetensors = None
+        self.card_data = None  # as a real ModelInfo without a model card
 
 
 @pytest.fixture
