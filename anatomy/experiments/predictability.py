@@ -245,7 +245,7 @@ def predictability_claims(df: pd.DataFrame) -> list[Claim]:
         elif dlow <= study <= dhigh or dist >= study:
             verdict = "explained by the control"
             why = (f"per position our mean R^2 is {ours:.3f} (adjacent-layer cosine {adj:.4f}); the R^2 of the "
-                   f"weight distribution is {dist:.3f}, which matches the study's {study}: its number reads as "
+                   f"weight distribution is {dist:.3f}, which reaches the study's {study}: its number reads as "
                    "the predictability of the weights' scale, not of the weights.")
         else:
             verdict = "not reproduced"
