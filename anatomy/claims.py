@@ -8,8 +8,10 @@ the study's says little until a control says why.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,3 +78,15 @@ def claims_markdown(claims: list[Claim]) -> str:
         lines.append(f"- **{c.finding}** ({c.interval}): {c.explanation}"
                      + (f" Settings: {c.settings}" if c.settings else ""))
     return "\n".join(lines) + "\n"
+
+
+def load_claims(run_folder: str | Path) -> list[Claim]:
+    """The claims of a run folder's results.json (an experiment's `results.claims` or a growth run's `claims`)."""
+    path = Path(run_folder) / "results.json"
+    if not path.is_file():
+        raise AnatomyError(f"{path}: no such file. Pass a run folder written by an experiment or growth_models.compare.")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    raw = data.get("claims") or (data.get("results") or {}).get("claims") or []
+    names = {f.name for f in fields(Claim)}
+    return [Claim(**{k: (math.nan if v is None and k not in ("settings",) else v) for k, v in c.items() if k in names})
+            for c in raw]
