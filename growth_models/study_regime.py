@@ -156,6 +156,32 @@ def growth_claim(runs: pd.DataFrame, control_name: str, settings: str) -> Claim:
                  explanation=why, settings=settings)
 
 
+def memorisation_claim(runs: pd.DataFrame, settings: str) -> Claim:
+    """Study: growth validation loss 0.127. Ours on held-out sentences, and on the training sentences (control).
+
+    The control counts as the explanation when it is at least three times closer to the study's number
+    than ours is, on a log scale (losses of 0.1 and 3 differ by orders of magnitude in perplexity).
+    """
+    growth = runs[runs["config"] == GROWTH]
+    ours, control = mean_interval(list(growth["val_loss"])), mean_interval(list(growth["train_set_loss"]))
+    gap = lambda x: abs(math.log(x / STUDY_GROWTH_VAL))  # noqa: E731
+    if (math.isfinite(ours[1]) and ours[1] <= STUDY_GROWTH_VAL <= ours[2]) or ours[0] <= STUDY_GROWTH_VAL:
+        verdict, why = "reproduced", f"growth's validation loss {ours[0]:.3f} reaches the study's {STUDY_GROWTH_VAL}."
+    elif gap(control[0]) * 3 <= gap(ours[0]):
+        verdict, why = "explained by the control", (
+            f"growth's loss on held-out sentences is {ours[0]:.3f}, on its own training sentences {control[0]:.3f}: "
+            f"the study's {STUDY_GROWTH_VAL} is the loss of a model that has memorised its training sentences.")
+    else:
+        verdict, why = "not reproduced", (f"growth's validation loss is {ours[0]:.3f} and its training-set loss "
+                                          f"{control[0]:.3f}; neither is near the study's {STUDY_GROWTH_VAL}.")
+    return Claim(finding="growth.val_loss", statement=f"growth reaches validation loss {STUDY_GROWTH_VAL}",
+                 study=STUDY_GROWTH_VAL, ours=ours[0], ours_low=ours[1], ours_high=ours[2],
+                 interval=f"growth (phase epochs) loss on held-out sentences; mean and 95% t-interval over "
+                          f"{len(growth)} seeds", control="the same model's loss on its training sentences",
+                 control_value=control[0], control_low=control[1], control_high=control[2], verdict=verdict,
+                 explanation=why, settings=settings)
+
+
 def write_study(out: Path, runs: list[dict], accounts: list[pd.DataFrame], curves: list[pd.DataFrame],
                 data: TokenData, configs: list, command: str, scale: float) -> dict:
     """Tables, curves, report.md and results.json; called after each seed so a cut run still has results."""
@@ -170,7 +196,7 @@ def write_study(out: Path, runs: list[dict], accounts: list[pd.DataFrame], curve
     control_name = configs[2][0]
     settings = (f"{len(data.train)} training rows of {data.train.shape[1]} tokens ({data.train.numel():,} tokens), "
                 f"epoch scale {scale:g}" + ("" if scale == 1 else " (REDUCED: every epoch count multiplied)"))
-    claims = [growth_claim(runs_df, control_name, settings)] if runs_df["seed"].nunique() >= 1 else []
+    claims = [growth_claim(runs_df, control_name, settings), memorisation_claim(runs_df, settings)]
     results = {"command": command, "regime": "study", "epoch_scale": scale, "data": data.describe(),
                "configs": [{"config": n, "schedule": s, "phase_steps": list(p)} for n, s, p in configs],
                "summary": summary.to_dict(orient="records"), "runs": runs,

@@ -107,8 +107,29 @@ def test_study_regime_run_on_the_tiny_preset(tmp_path):
     assert (runs[runs.schedule == "uniform"]["updates_min"] == runs[runs.schedule == "uniform"]["updates_max"]).all()
     assert (out / "layers.csv").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
-    [claim] = results["claims"]
+    claim, memorised = results["claims"]
     assert claim["verdict"] in VERDICTS and claim["study"] == pytest.approx(0.599 / 0.127)
+    assert memorised["finding"] == "growth.val_loss" and memorised["verdict"] in VERDICTS
     assert "REDUCED" in claim["settings"] and "REDUCED" in (out / "report.md").read_text()
     with pytest.raises(SystemExit):
         compare.main(["--regime", "study", "--steps", "100", "--out", str(tmp_path / "x")])
+
+
+def test_claims_follow_the_numbers():
+    from growth_models.study_regime import EQUAL_STEPS, GROWTH, UNIFORM_STUDY, growth_claim, memorisation_claim
+
+    control = "uniform (45 epochs = growth core)"
+
+    def runs(growth, uniform, same_passes, train_set):
+        rows = []
+        for seed, jitter in enumerate((0.0, 0.01, -0.01)):
+            for name, val in ((GROWTH, growth), (UNIFORM_STUDY, uniform), (control, same_passes), (EQUAL_STEPS, 3.0)):
+                rows.append({"config": name, "seed": seed, "val_loss": val + jitter, "train_set_loss": train_set})
+        return pd.DataFrame(rows)
+
+    assert growth_claim(runs(3.0, 4.2, 2.7, 0.2), control, "").verdict == "explained by the control"
+    assert growth_claim(runs(2.0, 4.2, 3.0, 0.2), control, "").verdict == "reproduced"
+    assert growth_claim(runs(4.0, 4.0, 3.0, 0.2), control, "").verdict == "not reproduced"
+    assert memorisation_claim(runs(3.0, 4.2, 2.7, 0.15), "").verdict == "explained by the control"
+    assert memorisation_claim(runs(3.0, 4.2, 2.7, 2.5), "").verdict == "not reproduced"
+    assert memorisation_claim(runs(0.12, 4.2, 2.7, 0.1), "").verdict == "reproduced"
