@@ -8,8 +8,8 @@ fit that: the growth schedule is better, or the core layers simply saw a tiny da
 and memorised it. Four configurations per seed separate them, all on the same sentences (`facts`):
 
 - `growth (phase epochs)`: each phase runs its share as epochs (30/20/20/12/6/15 passes).
-- `uniform (11 epochs)`: the study's uniform run.
-- `uniform (N epochs = growth core)`: the control, uniform given as many passes over the data as the
+- `uniform (the study's 11 epochs)`: the study's uniform run.
+- `uniform (same passes as growth core)`: the control, uniform given as many passes over the data as the
   growth run's most-trained layers get (45 with the default plan: their phase and maturation).
 - `uniform (equal steps)`: the same optimizer steps as growth, today's equal-steps comparison.
 
@@ -44,7 +44,8 @@ from .trainer import evaluate
 
 STUDY_GROWTH_VAL, STUDY_UNIFORM_VAL, STUDY_UNIFORM_EPOCHS = 0.127, 0.599, 11  # SPEC section 10, Table 8
 GROWTH = "growth (phase epochs)"
-UNIFORM_STUDY = f"uniform ({STUDY_UNIFORM_EPOCHS} epochs)"
+UNIFORM_STUDY = "uniform (the study's 11 epochs)"
+SAME_PASSES = "uniform (same passes as growth core)"
 EQUAL_STEPS = "uniform (equal steps)"
 
 
@@ -66,7 +67,7 @@ def study_configs(plan: GrowthPlan, rows: int, batch_size: int, scale: float = 1
     core = core_epochs(plan)
     return [(GROWTH, "growth", growth),
             (UNIFORM_STUDY, "uniform", (steps_for(STUDY_UNIFORM_EPOCHS * scale, rows, batch_size),)),
-            (f"uniform ({core:g} epochs = growth core)", "uniform", (steps_for(core * scale, rows, batch_size),)),
+            (SAME_PASSES, "uniform", (steps_for(core * scale, rows, batch_size),)),
             (EQUAL_STEPS, "uniform", (sum(growth),))]
 
 
@@ -138,19 +139,19 @@ def growth_claim(runs: pd.DataFrame, control_name: str, settings: str) -> Claim:
     control = mean_interval(list(by[control_name] / by[GROWTH]))
     clear = lambda m: (m[1] > 1) if math.isfinite(m[1]) else m[0] > 1  # noqa: E731 - growth clearly better
     if not clear(ours):
-        verdict, why = "not reproduced", (f"uniform (11 epochs) / growth validation loss is {ours[0]:.3f}: growth is "
+        verdict, why = "not reproduced", (f"the study's uniform run / growth validation loss is {ours[0]:.3f}: growth is "
                                           "not clearly better than the study's uniform run here.")
     elif clear(control):
-        verdict, why = "reproduced", (f"growth beats uniform (11 epochs) by {ours[0]:.3f}x and still beats uniform "
+        verdict, why = "reproduced", (f"growth beats the study's uniform run by {ours[0]:.3f}x and still beats uniform "
                                       f"given the same passes as its core layers ({control[0]:.3f}x).")
     else:
         verdict, why = "explained by the control", (
-            f"growth beats uniform (11 epochs) by {ours[0]:.3f}x, but uniform given the same passes over the data "
+            f"growth beats the study's uniform run by {ours[0]:.3f}x, but uniform given the same passes over the data "
             f"as growth's core layers is at {control[0]:.3f}x: the advantage is the number of passes, not growth.")
     return Claim(finding="growth.val_loss_ratio", statement="growth reaches 4.7x lower validation loss than uniform "
                  f"({STUDY_GROWTH_VAL} vs {STUDY_UNIFORM_VAL})", study=STUDY_UNIFORM_VAL / STUDY_GROWTH_VAL,
                  ours=ours[0], ours_low=ours[1], ours_high=ours[2],
-                 interval=f"validation loss uniform (11 epochs) / growth, per seed; mean and 95% t-interval over "
+                 interval=f"validation loss uniform (the study's 11 epochs) / growth, per seed; mean and 95% t-interval over "
                           f"{len(by)} seeds", control=f"{control_name} / growth (same passes over the data)",
                  control_value=control[0], control_low=control[1], control_high=control[2], verdict=verdict,
                  explanation=why, settings=settings)
@@ -193,7 +194,7 @@ def write_study(out: Path, runs: list[dict], accounts: list[pd.DataFrame], curve
     curves_df.to_csv(out / "curves.csv", index=False)
     save_curves(curves_df, out / "curves.png")
     summary = study_summary(runs_df)
-    control_name = configs[2][0]
+    control_name = SAME_PASSES
     settings = (f"{len(data.train)} training rows of {data.train.shape[1]} tokens ({data.train.numel():,} tokens), "
                 f"epoch scale {scale:g}" + ("" if scale == 1 else " (REDUCED: every epoch count multiplied)"))
     claims = [growth_claim(runs_df, control_name, settings), memorisation_claim(runs_df, settings)]

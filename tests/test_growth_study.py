@@ -83,7 +83,8 @@ def test_study_configurations():
     configs = dict((name, steps) for name, _, steps in study_configs(plan, rows=100, batch_size=10))
     growth = configs["growth (phase epochs)"]
     assert growth == (300, 200, 200, 120, 60, 150)  # 30/20/20/12/6/15 epochs of 10 steps
-    assert configs["uniform (11 epochs)"] == (110,) and configs["uniform (45 epochs = growth core)"] == (450,)
+    assert configs["uniform (the study's 11 epochs)"] == (110,)
+    assert configs["uniform (same passes as growth core)"] == (450,)
     assert configs["uniform (equal steps)"] == (sum(growth),)
 
 
@@ -118,7 +119,7 @@ def test_study_regime_run_on_the_tiny_preset(tmp_path):
 def test_claims_follow_the_numbers():
     from growth_models.study_regime import EQUAL_STEPS, GROWTH, UNIFORM_STUDY, growth_claim, memorisation_claim
 
-    control = "uniform (45 epochs = growth core)"
+    control = "uniform (same passes as growth core)"
 
     def runs(growth, uniform, same_passes, train_set):
         rows = []
