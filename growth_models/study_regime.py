@@ -139,20 +139,23 @@ def growth_claim(runs: pd.DataFrame, control_name: str, settings: str) -> Claim:
     control = mean_interval(list(by[control_name] / by[GROWTH]))
     clear = lambda m: (m[1] > 1) if math.isfinite(m[1]) else m[0] > 1  # noqa: E731 - growth clearly better
     if not clear(ours):
-        verdict, why = "not reproduced", (f"the study's uniform run / growth validation loss is {ours[0]:.3f}: growth is "
-                                          "not clearly better than the study's uniform run here.")
+        verdict = "not reproduced"
+        why = (f"the study's uniform run / growth validation loss is {ours[0]:.3f}: growth is not clearly better "
+               "than the study's uniform run here.")
     elif clear(control):
-        verdict, why = "reproduced", (f"growth beats the study's uniform run by {ours[0]:.3f}x and still beats uniform "
-                                      f"given the same passes as its core layers ({control[0]:.3f}x).")
+        verdict = "reproduced"
+        why = (f"growth beats the study's uniform run by {ours[0]:.3f}x and still beats uniform given the same "
+               f"passes as its core layers ({control[0]:.3f}x).")
     else:
         verdict, why = "explained by the control", (
-            f"growth beats the study's uniform run by {ours[0]:.3f}x, but uniform given the same passes over the data "
-            f"as growth's core layers is at {control[0]:.3f}x: the advantage is the number of passes, not growth.")
+            f"growth beats the study's uniform run by {ours[0]:.3f}x, but uniform given the same passes over "
+            f"the data as growth's core layers is at {control[0]:.3f}x: the advantage is the number of passes, "
+            "not growth.")
     return Claim(finding="growth.val_loss_ratio", statement="growth reaches 4.7x lower validation loss than uniform "
                  f"({STUDY_GROWTH_VAL} vs {STUDY_UNIFORM_VAL})", study=STUDY_UNIFORM_VAL / STUDY_GROWTH_VAL,
                  ours=ours[0], ours_low=ours[1], ours_high=ours[2],
-                 interval=f"validation loss uniform (the study's 11 epochs) / growth, per seed; mean and 95% t-interval over "
-                          f"{len(by)} seeds", control=f"{control_name} / growth (same passes over the data)",
+                 interval=f"validation loss uniform (the study's 11 epochs) / growth, per seed; mean and 95% "
+                          f"t-interval over {len(by)} seeds", control=f"{control_name} / growth (same passes over the data)",
                  control_value=control[0], control_low=control[1], control_high=control[2], verdict=verdict,
                  explanation=why, settings=settings)
 

@@ -191,7 +191,8 @@ class Trainer:
         shares = [p.share for p in self.phases]
         steps_per_phase = list(cfg.phase_steps) if cfg.phase_steps else phase_steps(shares, cfg.steps)
         if len(steps_per_phase) != len(self.phases) or min(steps_per_phase) < 1:
-            raise ValueError(f"phase_steps {steps_per_phase} must give >= 1 step to each of {len(self.phases)} phases")
+            raise ValueError(f"phase_steps {steps_per_phase} must give >= 1 step to each of the "
+                             f"{len(self.phases)} phases")
         total = sum(steps_per_phase)
         grown: list[int] = []
         optimizer, step = None, 0

@@ -42,7 +42,8 @@ def train_counting(schedule: str, data, phase_steps: tuple[int, ...]):
     trainer = Trainer(model, plan if schedule == "growth" else None, data.train, data.validation, cfg)
     trainer.fit()
     log = pd.DataFrame(trainer.phase_log)
-    return layer_accounting(log, plan if schedule == "growth" else None, plan.n_layers, data.train.numel()), counted, log
+    account = layer_accounting(log, plan if schedule == "growth" else None, plan.n_layers, data.train.numel())
+    return account, counted, log
 
 
 def test_growth_accounting_matches_the_gradients_each_layer_received(tiny_data):

@@ -267,7 +267,8 @@ def predictability_report(df: pd.DataFrame, header: str, config: PredictabilityC
              f"cos(l pi/N)]) from layers 0..t-1 to {df.attrs['positions']:,} sampled positions (the same positions "
              "for every target of a component), target layers t = 2..N-1. `mean_r2_previous_layer`: R^2 of simply "
              "copying layer t-1, for scale. `mean_r2_distribution`: the R^2 of the weight distribution (the same fit "
-             "on each layer's weights sorted). `mean_adjacent_cosine`: cosine of layers t-1 and t at fixed positions.",
+             "on each layer's weights sorted). `mean_adjacent_cosine`: cosine of layers t-1 and t at fixed "
+             "positions.",
              f"- Baseline PPL {base['ppl']:.3f} (95% CI {base['ppl_low']:.3f}-{base['ppl_high']:.3f}).", "",
              "### R^2 per component", report.markdown_table(df.attrs["summary"].round(4)), "", why_paragraph(df), "",
              claims_markdown(predictability_claims(df)),

