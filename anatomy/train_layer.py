@@ -6,8 +6,8 @@ the same time: one forward per training batch, shared by all layer runs) with th
 `PrefixCache`, then runs forward and backward through layers l..N-1 and the head only. The plain loop
 (`cache=None`) is the ordinary full-model step with `labels=`; both give the same losses (tested).
 
-Training rows are fixed-length token chunks of a text that is never the evaluation text (Shakespeare
-by default, via `anatomy.corpus`); every layer run sees the same seeded batch order, so layers are
+Training rows are fixed-length token chunks of a text that is never the evaluation text (the modern
+English prose of the standard library's docstrings by default, Shakespeare on request, via `anatomy.corpus`); every layer run sees the same seeded batch order, so layers are
 compared on the same data.
 """
 
@@ -32,9 +32,13 @@ from .progress import ProgressCallback, track
 CACHE_MEMORY_SHARE = 0.25
 
 
+HELD_OUT_TEXTS = {"held-out": corpus.stdlib_documents, "shakespeare": corpus.shakespeare_documents}
+
+
 def training_rows(tokenizer, seq_len: int, *, train_file: str | None = None, train_dataset: str | None = None,
-                  exclude: Sequence[str] = ()) -> torch.Tensor:
-    """Token rows [n, seq_len] from the training side of the corpus split (Shakespeare, a file or a Hub dataset).
+                  exclude: Sequence[str] = (), text: str = "held-out") -> torch.Tensor:
+    """Token rows [n, seq_len] from the training side of the corpus split: `text` (a key of HELD_OUT_TEXTS),
+    or a file, or a Hub dataset.
 
     Refuses a training text that contains any of `exclude` (the evaluation texts) verbatim, so a
     recovered PPL is never measured on text the layer was trained on.
@@ -44,7 +48,9 @@ def training_rows(tokenizer, seq_len: int, *, train_file: str | None = None, tra
         docs = {f"doc{i:05d}": t for i, t in enumerate(hub_dataset_texts(train_dataset, limit=100_000))}
     else:
         docs = corpus.load_text_file(train_file) if train_file else None
-        docs = corpus.text_to_documents(docs) if docs is not None else corpus.shakespeare_documents()
+        if docs is None and text not in HELD_OUT_TEXTS:
+            raise AnatomyError(f"Unknown training text {text!r}: choose one of {', '.join(HELD_OUT_TEXTS)}.")
+        docs = corpus.text_to_documents(docs) if docs is not None else HELD_OUT_TEXTS[text]()
     train = corpus.split_documents(docs).train
     joined = "\n".join(train.values())
     leaked = [t for t in exclude if len(t.strip()) >= 20 and " ".join(t.split()) in " ".join(joined.split())]

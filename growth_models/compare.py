@@ -1,6 +1,10 @@
 """Growth vs uniform, honestly: same data, same held-out split, same batches, several seeds.
 
     python -m growth_models.compare --seeds 3 --steps 656 --out runs/growth
+    python -m growth_models.compare --regime study --preset small --seeds 3 --out runs/growth-study
+
+`--regime equal-steps` (the default) is described here; `--regime study` follows the study's phase
+epochs literally on a small set of factual sentences (see `growth_models.study_regime`).
 
 Per seed it trains three configurations in turn (interleaved, so machine load drifts hit all
 three alike): growth at the full step budget, growth at half of it, and the uniform baseline at
@@ -28,6 +32,7 @@ from .dynamics import save_heatmaps
 from .plan import load_plan
 from .presets import PRESETS
 from .samples import PROMPTS, greedy
+from .study_regime import run_study
 from .train import describe, load_data, run_training
 
 CONFIGS = (("growth", "growth", 1.0), ("growth-50%", "growth", 0.5), ("uniform", "uniform", 1.0))
@@ -131,11 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-file")
     ap.add_argument("--plan")
     ap.add_argument("--budget")
+    ap.add_argument("--regime", choices=("equal-steps", "study"), default="equal-steps",
+                    help="equal-steps: growth and uniform at the same steps on the training text (default); "
+                         "study: phases counted in epochs over factual sentences, with the same-passes control")
+    ap.add_argument("--epoch-scale", type=float, default=1.0,
+                    help="study regime: multiply every epoch count (reduced runs; labelled in the report)")
     args = ap.parse_args(argv)
     if args.seeds < 1 or (args.steps is not None and args.steps < 12):
         ap.error("--seeds must be >= 1 and --steps >= 12 (half the budget must still cover six phases)")
+    command = " ".join(["python -m growth_models.compare"] + (argv if argv is not None else sys.argv[1:]))
     try:
-        return _run(args, " ".join(["python -m growth_models.compare"] + (argv if argv is not None else sys.argv[1:])))
+        if args.regime == "study":
+            if args.train_file or args.steps:
+                ap.error("--regime study trains on its own factual sentences for the plan's epochs: "
+                         "drop --train-file and --steps (use --epoch-scale to shorten it)")
+            run_study(PRESETS[args.preset], load_plan(args.plan, args.budget), args.seeds, args.out, command,
+                      args.epoch_scale)
+            print((args.out / "report.md").read_text())
+            return 0
+        return _run(args, command)
     except AnatomyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

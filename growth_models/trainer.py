@@ -7,6 +7,12 @@ between phases, so the model is prepared again each phase (DDP registers only pa
 require grad when it wraps). New parameters get fresh AdamW state; the shared parameters keep
 theirs. Mixed precision is used only where a GPU has it (bf16, or fp16 where bf16 is missing).
 
+Batches are drawn with replacement by default; `epochs=True` draws them as passes over a shuffled
+training set instead, so a phase given `phase_steps` of k x (rows / batch) steps sees the data exactly
+k times: the study regime counts phases in epochs. Each phase logs its active and trained layers, its
+steps and tokens, and its FLOPs (`count_flops`: the first step of the phase counted by torch's
+`FlopCounterMode`, forward and backward, times the phase's steps; the optimizer's arithmetic is left out).
+
 Validation loss is token-weighted over a fixed set of held-out chunks. The run's clock counts
 training steps only; evaluation and spectral logging are timed apart, so loss-vs-seconds curves
 compare training cost.
@@ -14,6 +20,7 @@ compare training cost.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from torch.utils.flop_counter import FlopCounterMode
 from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
@@ -46,6 +54,9 @@ class TrainConfig:
     spectra_every: int = 0  # 0 turns spectral logging off
     seed: int = 0
     progress: bool = True
+    epochs: bool = False  # batches as passes over the shuffled training rows, not draws with replacement
+    phase_steps: tuple[int, ...] | None = None  # steps of each phase; None: `steps` split by the plan's shares
+    count_flops: bool = False
 
 
 def make_accelerator() -> Accelerator:
@@ -92,8 +103,9 @@ class Trainer:
     """Runs one schedule (growth phases or uniform) and records the curves.
 
     `history` rows: step, phase, train_loss, val_loss (at eval steps), train_seconds, tokens.
-    `phase_log` rows: phase, layers, steps, tokens, train_seconds, cpu_seconds (process CPU time,
-    which other jobs on a shared machine do not inflate), tokens_per_s.
+    `phase_log` rows: phase, layers (trained), active_layers (in the forward pass), steps, tokens,
+    train_seconds, cpu_seconds (process CPU time, which other jobs on a shared machine do not inflate),
+    tokens_per_s, flops (NaN unless `count_flops`).
     `on_spectra(step, model)` is called every `spectra_every` steps when given.
     """
 
@@ -113,11 +125,22 @@ class Trainer:
         self.train_seconds = 0.0
         self.gen = torch.Generator().manual_seed(cfg.seed)  # batch order: same for every schedule
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self._epoch_order = torch.zeros(0, dtype=torch.long)
+
+    def _indices(self, count: int) -> torch.Tensor:
+        """The next `count` row indices: with replacement, or in epochs (one shuffled pass after another)."""
+        if not self.cfg.epochs:
+            return torch.randint(len(self.train_chunks), (count,), generator=self.gen)
+        while len(self._epoch_order) < count:
+            self._epoch_order = torch.cat([self._epoch_order,
+                                           torch.randperm(len(self.train_chunks), generator=self.gen)])
+        idx, self._epoch_order = self._epoch_order[:count], self._epoch_order[count:]
+        return idx
 
     def _batch(self) -> torch.Tensor:
         """Next batch for this process: all processes draw the same indices, each takes its slice."""
         n_proc, rank, b = self.acc.num_processes, self.acc.process_index, self.cfg.batch_size
-        idx = torch.randint(len(self.train_chunks), (b * n_proc,), generator=self.gen)
+        idx = self._indices(b * n_proc)
         return self.train_chunks[idx[rank * b:(rank + 1) * b]].to(self.acc.device, non_blocking=True)
 
     def _grow(self, phase: Phase) -> None:
@@ -166,12 +189,16 @@ class Trainer:
         """Train every phase; returns `history`. The final row always holds the end-of-run losses."""
         cfg, acc = self.cfg, self.acc
         shares = [p.share for p in self.phases]
-        steps_per_phase = phase_steps(shares, cfg.steps)
+        steps_per_phase = list(cfg.phase_steps) if cfg.phase_steps else phase_steps(shares, cfg.steps)
+        if len(steps_per_phase) != len(self.phases) or min(steps_per_phase) < 1:
+            raise ValueError(f"phase_steps {steps_per_phase} must give >= 1 step to each of the "
+                             f"{len(self.phases)} phases")
+        total = sum(steps_per_phase)
         grown: list[int] = []
         optimizer, step = None, 0
         self.model.train()
         self.model_prepared = self.model
-        bar = tqdm(total=cfg.steps, disable=not (cfg.progress and acc.is_main_process), mininterval=2.0,
+        bar = tqdm(total=total, disable=not (cfg.progress and acc.is_main_process), mininterval=2.0,
                    desc="train")
         for phase, n_steps in zip(self.phases, steps_per_phase):
             if self.plan is None:
@@ -186,6 +213,7 @@ class Trainer:
             optimizer = acc.prepare(self._optimizer(params, optimizer))
             bar.set_description(phase.name)
             phase_start, phase_seconds, phase_cpu, last_loss = step, 0.0, 0.0, float("nan")
+            step_flops = float("nan")
             if step == 0:
                 self._log_eval(0, phase.name, float("nan"))
             for k in range(n_steps):
@@ -194,9 +222,13 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = self._batch()
-                with acc.autocast():
-                    loss = self.model_prepared(input_ids=x, labels=x, use_cache=False).loss
-                acc.backward(loss)
+                counter = FlopCounterMode(display=False) if cfg.count_flops and k == 0 else None
+                with counter or contextlib.nullcontext():
+                    with acc.autocast():
+                        loss = self.model_prepared(input_ids=x, labels=x, use_cache=False).loss
+                    acc.backward(loss)
+                if counter is not None:
+                    step_flops = float(counter.get_total_flops())
                 if cfg.grad_clip:
                     acc.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
@@ -209,17 +241,19 @@ class Trainer:
                 phase_seconds += dt
                 phase_cpu += time.process_time() - c0
                 bar.update(1)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
+                if step % cfg.eval_every == 0 or step == total:
                     self._log_eval(step, phase.name, last_loss)
                     bar.set_postfix(val=f"{self.history[-1]['val_loss']:.3f}")
                 if (self.on_spectra and cfg.spectra_every and acc.is_main_process
-                        and (step % cfg.spectra_every == 0 or step == cfg.steps)):
+                        and (step % cfg.spectra_every == 0 or step == total)):
                     self.on_spectra(step, acc.unwrap_model(self.model_prepared))
             tokens = self._tokens(step - phase_start)
             self.phase_log.append({"phase": phase.name, "layers": ",".join(map(str, phase.trained_layers(len(self.model.model.layers)))),
+                                   "active_layers": ",".join(map(str, grown)),
                                    "steps": step - phase_start, "tokens": tokens, "train_seconds": phase_seconds,
                                    "cpu_seconds": phase_cpu,
-                                   "tokens_per_s": tokens / phase_seconds if phase_seconds else float("nan")})
+                                   "tokens_per_s": tokens / phase_seconds if phase_seconds else float("nan"),
+                                   "flops": step_flops * (step - phase_start)})
         bar.close()
         self.model = acc.unwrap_model(self.model_prepared)
         self.model.requires_grad_(True)

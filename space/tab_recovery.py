@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from anatomy.experiments.recovery import SHAKESPEARE, RecoveryConfig, recovery_artefacts, run_recovery
+from anatomy.experiments.recovery import HELD_OUT, RecoveryConfig, recovery_artefacts, run_recovery
 from anatomy.layers import LayerAdapter, parse_layers
 from anatomy.train_layer import training_rows
 
@@ -29,7 +29,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, laye
         config.validate()
         rows = training_rows(job.loaded.tokenizer, config.train_seq_len, exclude=job.eval_set.texts)
         df = run_recovery(job.loaded.model, job.eval_set, config, progress=job.progress, train_rows=rows)
-    artefacts = recovery_artefacts(df, job.loaded, job.eval_set, config, SHAKESPEARE, len(rows))
+    artefacts = recovery_artefacts(df, job.loaded, job.eval_set, config, HELD_OUT, len(rows))
     archive = jobs.save_run(request, "recovery", job.loaded, job.eval_set, config, artefacts, df.attrs["timings"])
     return (artefacts.figures["recovery"], shown(df), artefacts.markdown, str(archive),
             jobs.remember(state, "recovery", df, archive))
@@ -37,8 +37,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, laye
 
 def build(shared: Shared) -> None:
     gr.Markdown("Gaussian noise (sigma x std(W)) on each matrix of a layer, every other parameter frozen, AdamW "
-                "on Shakespeare (never the evaluation text), PPL every few steps. Minutes per layer on a CPU; "
-                "refused on ZeroGPU Spaces.")
+                "on held-out modern English, the standard library's docstrings (never the evaluation text), PPL "
+                "every few steps. Minutes per layer on a CPU; refused on ZeroGPU Spaces.")
     with gr.Row():
         layers = gr.Textbox("11", label="Layers (0-based)")
         steps = gr.Number(50, precision=0, label="Steps (study: 200)")

