@@ -27,6 +27,7 @@ from anatomy.report import Artefacts
 from anatomy.texts import DEFAULT_EVAL_NAME, default_eval_texts, resolve_eval_texts
 
 from . import runs
+from .access import public_mode
 
 log = logging.getLogger("space")
 _CANCEL: dict[str, threading.Event] = {}
@@ -67,9 +68,11 @@ def start(request: gr.Request | None) -> threading.Event:
     return event
 
 
-def jobs_per_session() -> int:
-    """ANATOMY_JOBS_PER_SESSION (default 1): jobs one session may have running or waiting for a model at once."""
-    return max(1, int(os.environ.get("ANATOMY_JOBS_PER_SESSION", "1")))
+def jobs_per_session() -> int | None:
+    """ANATOMY_JOBS_PER_SESSION: jobs one session may have running or waiting for a model at once; by default
+    1 on a public app and no limit locally (0 also means no limit)."""
+    limit = int(os.environ.get("ANATOMY_JOBS_PER_SESSION", "1" if public_mode() else "0"))
+    return limit if limit > 0 else None
 
 
 @contextmanager
@@ -82,9 +85,9 @@ def turn(request: gr.Request | None) -> Iterator[None]:
     """
     key, limit = session_id(request), jobs_per_session()
     with _CANCEL_GUARD:
-        if _ACTIVE.get(key, 0) >= limit:
+        if limit is not None and _ACTIVE.get(key, 0) >= limit:
             raise AnatomyError(f"You already have {limit} job{'s' if limit > 1 else ''} running or waiting: wait "
-                               "for it to finish or press Stop, so every visitor gets a turn.")
+                               "for one to finish or press Stop, so every visitor gets a turn.")
         _ACTIVE[key] = _ACTIVE.get(key, 0) + 1
     try:
         yield

@@ -29,7 +29,11 @@ class FakeRepo:
 class FakeHub:
     def __init__(self, repos: dict[str, FakeRepo]):
         self.repos = repos
-        self.authorizations: list[str | None] = []
+        self.requests: list[tuple[str, str | None]] = []  # (method and URL, Authorization header)
+
+    def model_requests(self) -> list[tuple[str, str | None]]:
+        """The requests about models (metadata, auth checks, files), not the libraries' own telemetry."""
+        return [(url, auth) for url, auth in self.requests if any(repo in url for repo in self.repos)]
 
     def _denied(self, repo: FakeRepo, auth: str | None) -> httpx.Response | None:
         if repo.gated_for_all_but is None or (auth or "").removeprefix("Bearer ") in repo.gated_for_all_but:
@@ -39,7 +43,7 @@ class FakeHub:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         auth = request.headers.get("authorization")
-        self.authorizations.append(auth)
+        self.requests.append((f"{request.method} {request.url}", auth))
         parts = request.url.path.strip("/").split("/")
         not_found = httpx.Response(404, headers={"X-Error-Code": "RepoNotFound"}, json={"error": "not found"})
         if parts[:2] == ["api", "models"]:
@@ -48,6 +52,8 @@ class FakeHub:
                 return not_found
             if parts[4:5] == ["auth-check"]:
                 return self._denied(repo, auth) or httpx.Response(200, json={})
+            if parts[4:5] not in ([], ["revision"]):  # trees, templates: nothing beyond the files
+                return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "none"})
             siblings = [{"rfilename": name, "size": repo.sizes.get(name, len(data))} for name, data in repo.files.items()]
             return httpx.Response(200, json={"id": "/".join(parts[2:4]), "sha": SHA, "siblings": siblings,
                                              "safetensors": {"total": repo.parameters, "parameters": {}},
