@@ -124,6 +124,9 @@ def _spans(layers: list[int]) -> list[str]:
     return spans
 
 
+MAX_STEPS_PER_LAYER = 16  # a plan longer than 16 passes over the model is a typo or an attack, not a study
+
+
 def parse_plan(text: str, num_layers: int) -> Plan:
     """Parse the `--plan` grammar (see GRAMMAR); errors point at the offending token by position."""
     tokens: list[tuple[str, int]] = []
@@ -187,6 +190,9 @@ def parse_plan(text: str, num_layers: int) -> Plan:
             count = int(take(None, "a repeat count after 'x'"))
             if count < 1:
                 _fail(text, at, "a repeat count must be at least 1")
+        if len(steps) + len(unit) * count > MAX_STEPS_PER_LAYER * num_layers:  # before a trillion-step list
+            _fail(text, tokens[index - 1][1], f"a plan runs at most {MAX_STEPS_PER_LAYER * num_layers} layer steps "
+                  "on this model")
         steps += unit * count
         if peek() == "":
             break

@@ -120,12 +120,19 @@ def user_errors(fn: Callable) -> Callable:
             raise gr.Error(f"Stopped ({err}); the model's weights were restored.", title="Stopped",
                            print_exception=False) from None
         except AnatomyError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise gr.Error(one_line(str(err)), print_exception=False) from None
         except Exception as err:  # noqa: BLE001 - the UI must survive any bug; the log keeps the trace
             log.exception("job failed")
-            message = str(err).splitlines()[0][:300] if str(err) else ""
+            message = one_line(str(err).splitlines()[0] if str(err) else "", 300)
             raise gr.Error(f"{type(err).__name__}: {message}", print_exception=False) from None
     return wrapper
+
+
+def one_line(message: str, limit: int = 600) -> str:
+    """A message on one line of bounded length: messages quote the visitor's input, which may hold newlines
+    or a megabyte of text."""
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
 def eval_set_for(loaded: LoadedModel, n_sentences: float, custom_text: str = "", max_length: float = 128,

@@ -44,6 +44,14 @@ def test_grammar_rejects_with_position(text, position, words):
     assert "\n  " + " " * position + "^" in message  # a caret under the bad token
 
 
+def test_a_plan_longer_than_16_passes_is_refused_before_it_is_built():
+    assert len(parse_plan("0-5x16", 6).steps) == 96
+    with pytest.raises(AnatomyError, match="at most 96 layer steps"):
+        parse_plan("0-5x16,0", 6)
+    with pytest.raises(AnatomyError, match="at most 96 layer steps"):
+        parse_plan("[0-1]x999999999999", 6)  # refused in microseconds, not a trillion-step list
+
+
 def test_variants_cover_the_middle_block():
     assert middle_block(30, 4) == [13, 14, 15, 16]
     plans = {v: variant_plan(v, N, 4, seed=1) for v in VARIANTS}
