@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ PARTIAL = ".partial"
 WRITING_GRACE_S = 3600  # a .partial younger than this may still be written by a running job
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 DEFAULT_MAX_AGE_H, DEFAULT_MAX_GB = 24.0, 5.0
+_SWEEPING = threading.Lock()
 
 
 def limits() -> tuple[float, float]:
@@ -65,7 +67,11 @@ def _runs_on_disk() -> list[tuple[float, int, list[Path]]]:
     """(last modified, bytes, paths) of each run: its folder and its zip together, oldest first."""
     runs: dict[Path, list[Path]] = {}
     for session in RUNS_ROOT.iterdir():
-        for entry in session.iterdir() if session.is_dir() and not session.is_symlink() else [session]:
+        try:
+            entries = list(session.iterdir()) if session.is_dir() and not session.is_symlink() else [session]
+        except OSError:
+            continue  # removed meanwhile
+        for entry in entries:
             runs.setdefault(entry.with_name(entry.name.removesuffix(".zip")), []).append(entry)
     found = []
     for paths in runs.values():
@@ -86,6 +92,11 @@ def sweep(now: float | None = None) -> list[Path]:
     now = time.time() if now is None else now
     if not RUNS_ROOT.is_dir():
         return []
+    with _SWEEPING:  # concurrent jobs' sweeps would count and delete the same runs twice
+        return _sweep(now, max_age, max_bytes)
+
+
+def _sweep(now: float, max_age: float, max_bytes: float) -> list[Path]:
     found = _runs_on_disk()
     total = sum(size for _, size, _ in found)
     deleted = []
@@ -98,8 +109,10 @@ def sweep(now: float | None = None) -> list[Path]:
         total -= size
         deleted += paths
     for session in RUNS_ROOT.iterdir():
-        if session.is_dir() and not session.is_symlink() and not any(session.iterdir()):
-            session.rmdir()
+        try:
+            session.rmdir()  # only if empty; a run another job just started keeps it
+        except OSError:
+            pass
     return deleted
 
 
