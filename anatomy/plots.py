@@ -1,9 +1,16 @@
 """Figures made from the experiments' DataFrames; the CLI report and the app show the very same figures.
 
-Built with `matplotlib.figure.Figure` (not pyplot) so that concurrent app users never share plot state.
+Built on `matplotlib.figure.Figure` (not pyplot) so that concurrent app users never share plot state;
+matplotlib's text layout (its mathtext parser above all) is still shared and not thread-safe, and the app
+lays out and renders figures from several threads at once (gradio renders them in its own workers), so
+each figure here comes from `figure()`, whose layout and savefig take one process-wide lock.
 """
 
 from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
 
 import matplotlib
 
@@ -12,13 +19,33 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+_RENDER_LOCK = threading.RLock()
+
+
+def _locked(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with _RENDER_LOCK:
+            return method(*args, **kwargs)
+    return wrapper
+
+
+def figure(**kwargs) -> Figure:
+    """A plain matplotlib Figure (what gradio's Plot expects) whose tight_layout and savefig hold one
+    process-wide lock, so figures laid out and rendered in different threads never share the parser at once."""
+    fig = Figure(**kwargs)
+    fig.tight_layout = _locked(fig.tight_layout)
+    fig.savefig = _locked(fig.savefig)
+    return fig
+
+
 CLASS_COLOURS = {"Redundant": "#4c9a2a", "Minor": "#e0b000", "Important": "#e07000", "Critical": "#c0182a",
                  "Anti-layer candidate": "#2a6fc0", "Untouched": "#999999"}
 
 
 def importance_figure(df: pd.DataFrame, title: str = "Layer importance") -> Figure:
     """Degradation per layer on a log-symmetric axis, bars coloured by class, 95% interval whiskers."""
-    fig = Figure(figsize=(max(6.0, 0.32 * len(df) + 2), 4.2))
+    fig = figure(figsize=(max(6.0, 0.32 * len(df) + 2), 4.2))
     ax = fig.add_subplot()
     colours = [CLASS_COLOURS.get(c, "#777777") for c in df["class"]]
     d = df["degradation_pct"].to_numpy(dtype=float)
@@ -46,7 +73,7 @@ def line_figure(df: pd.DataFrame, x: str, y: str, group: str | None = None, *, l
                 title: str = "", xlabel: str | None = None, ylabel: str | None = None,
                 hlines: dict[str, float] | None = None) -> Figure:
     """Generic line plot of a long table (one line per `group` value), optional labelled horizontal lines."""
-    fig = Figure(figsize=(7, 4.2))
+    fig = figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     groups = df.groupby(group, sort=False) if group else [(None, df)]
     for key, part in groups:
@@ -68,7 +95,7 @@ def line_figure(df: pd.DataFrame, x: str, y: str, group: str | None = None, *, l
 def heatmap_figure(matrix: np.ndarray, *, title: str, xlabel: str, ylabel: str,
                    xticks: list | None = None, yticks: list | None = None, cmap: str = "viridis") -> Figure:
     """A labelled heatmap with a colour bar (similarity matrices, depth-by-time maps)."""
-    fig = Figure(figsize=(6, 5))
+    fig = figure(figsize=(6, 5))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, aspect="auto", cmap=cmap, origin="lower")
     fig.colorbar(image, ax=ax)
@@ -102,13 +129,13 @@ def _component_grid(count: int, width: float = 3.2, height: float = 2.8) -> tupl
     """A figure with one small axes per component (up to 4 a row)."""
     cols = min(4, max(1, count))
     rows = -(-count // cols)
-    fig = Figure(figsize=(width * cols, height * rows))
+    fig = figure(figsize=(width * cols, height * rows))
     return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(count)]
 
 
 def spectral_depth_figure(df: pd.DataFrame, title: str = "Spectral depth profiles") -> Figure:
     """Power-law alpha and stable rank against depth, one line per component (spectral experiment)."""
-    fig = Figure(figsize=(12, 4.2))
+    fig = figure(figsize=(12, 4.2))
     for i, (column, label) in enumerate((("alpha", "power-law alpha of W^T W tail"), ("stable_rank", "stable rank"))):
         ax = fig.add_subplot(1, 2, i + 1)
         for component, part in df.groupby("component", sort=False):
@@ -141,7 +168,7 @@ def singular_values_figure(sv: pd.DataFrame, title: str = "Singular values by de
 
 def delta_correlation_figure(df: pd.DataFrame, title: str = "Consecutive-delta correlation") -> Figure:
     """Measured correlation of consecutive layer deltas per component, beside the shuffled control and -0.5."""
-    fig = Figure(figsize=(8, 4))
+    fig = figure(figsize=(8, 4))
     ax = fig.add_subplot()
     x = np.arange(len(df))
     ax.bar(x - 0.2, df["delta_corr"], width=0.4, label="layer order", color="#2a6fc0")
@@ -197,7 +224,7 @@ def predictability_figure(df: pd.DataFrame, title: str = "Weight predictability"
 
 def ppl_rows_figure(df: pd.DataFrame, label: str, title: str, baseline: float | None = None) -> Figure:
     """One horizontal bar per row (strategy, criterion...) with its PPL and 95% interval, log scale."""
-    fig = Figure(figsize=(7, 0.35 * len(df) + 1.5))
+    fig = figure(figsize=(7, 0.35 * len(df) + 1.5))
     ax = fig.add_subplot()
     y = np.arange(len(df))
     ppl = df["ppl"].to_numpy(dtype=float)
@@ -234,7 +261,7 @@ def painters_figures(df: pd.DataFrame, model_name: str = "") -> dict[str, Figure
 
 def budget_figure(df: pd.DataFrame, b_max: int, title: str = "Training budget") -> Figure:
     """Fine-tune steps per layer, bars coloured by importance class, B_max drawn for scale."""
-    fig = Figure(figsize=(max(6.0, 0.32 * len(df) + 2), 4.2))
+    fig = figure(figsize=(max(6.0, 0.32 * len(df) + 2), 4.2))
     ax = fig.add_subplot()
     ax.bar(df["layer"], df["steps"], color=[CLASS_COLOURS.get(c, "#777777") for c in df["class"]], linewidth=0)
     ax.axhline(b_max, color="#555555", linewidth=0.8, linestyle="--")

@@ -120,8 +120,9 @@ class RunFolder:
             "files": self.files,
         }
         path = self.path / "results.json"
-        path.write_text(json.dumps(payload, indent=2, allow_nan=True), encoding="utf-8")
-        return path
+        partial = path.with_name(path.name + ".partial")  # written last and whole: its presence means complete
+        partial.write_text(json.dumps(payload, indent=2, allow_nan=True), encoding="utf-8")
+        return partial.replace(path)
 
     def write(self, artefacts: Artefacts, loaded: LoadedModel | None, eval_set: EvalSet | None, config: object,
               timings: dict | None = None) -> Path:

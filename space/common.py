@@ -15,6 +15,7 @@ from anatomy.progress import ProgressCallback
 from anatomy.report import Artefacts
 
 from . import jobs
+from .access import visitor
 from .models import CACHE
 
 
@@ -42,12 +43,22 @@ class Job:
 
 @contextmanager
 def model_job(spec: str, request: gr.Request | None, progress: gr.Progress | None,
-              eval_args: tuple | None = None) -> Iterator[Job]:
-    """Hold the model's lock for the whole job; Stop (this session's flag) cancels through `progress`."""
-    cancel = jobs.start(request)
-    with CACHE.use(spec, cancel) as loaded:
-        eval_set = jobs.eval_set_for(loaded, *eval_args) if eval_args is not None else None
-        yield Job(loaded, eval_set, jobs.progress_callback(progress, cancel))
+              eval_args: tuple | None = None, token: gr.OAuthToken | None = None) -> Iterator[Job]:
+    """Hold one of the session's job slots and the model's lock for the whole job; Stop (this session's flag)
+    cancels through `progress`. `token` is the visitor's sign-in, the only token a public app uses."""
+    access = visitor(token)
+    access.check_spec(spec)  # before the slot: a refused path costs nothing and waits for nothing
+    with jobs.turn(request):
+        cancel = jobs.start(request)
+        with CACHE.use(spec, cancel, access, on_wait=lambda: waiting(progress)) as loaded:
+            eval_set = jobs.eval_set_for(loaded, *eval_args) if eval_args is not None else None
+            yield Job(loaded, eval_set, jobs.progress_callback(progress, cancel))
+
+
+def waiting(progress: gr.Progress | None) -> None:
+    """Tell the visitor their job waits for another visitor's job on the same model (the lock, not the queue)."""
+    if progress is not None:
+        progress(0, desc="waiting for another visitor's job on this model")
 
 
 def shown(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

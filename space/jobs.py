@@ -8,11 +8,12 @@ every intervention context restores the weights on the way out, before the model
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
-import tempfile
+import os
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
@@ -22,17 +23,25 @@ from anatomy.errors import AnatomyError
 from anatomy.evaluate import EvalSet
 from anatomy.load import LoadedModel
 from anatomy.progress import Cancelled, ProgressCallback
-from anatomy.report import Artefacts, RunFolder
+from anatomy.report import Artefacts
 from anatomy.texts import DEFAULT_EVAL_NAME, default_eval_texts, resolve_eval_texts
+
+from . import runs
+from .access import public_mode
 
 log = logging.getLogger("space")
 _CANCEL: dict[str, threading.Event] = {}
+_ACTIVE: dict[str, int] = {}  # jobs running or waiting for a model, by session
 _CANCEL_GUARD = threading.Lock()
-RUNS_ROOT = Path(tempfile.gettempdir()) / "anatomy-app-runs"
 
 
 def session_id(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "local"
+    """The session's key for its Stop flag and its run folders: a hash of the session hash, which the client
+    chooses (an absolute path, `..`, NUL or a megabyte of text would otherwise become a path)."""
+    raw = getattr(request, "session_hash", None)
+    if raw is None:
+        return "local"
+    return hashlib.sha256(str(raw).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def cancel_event(request: gr.Request | None) -> threading.Event:
@@ -59,6 +68,36 @@ def start(request: gr.Request | None) -> threading.Event:
     return event
 
 
+def jobs_per_session() -> int | None:
+    """ANATOMY_JOBS_PER_SESSION: jobs one session may have running or waiting for a model at once; by default
+    1 on a public app and no limit locally (0 also means no limit)."""
+    limit = int(os.environ.get("ANATOMY_JOBS_PER_SESSION", "1" if public_mode() else "0"))
+    return limit if limit > 0 else None
+
+
+@contextmanager
+def turn(request: gr.Request | None) -> Iterator[None]:
+    """One of this session's job slots for the whole job; refused when all are taken.
+
+    Gradio's queue is first come, first served, so one visitor who submits fifty jobs would otherwise hold
+    the model for all of them while everyone else waits; with one slot each, the extra jobs are refused in
+    milliseconds as they reach the front and the other visitors' jobs take their turns in between.
+    """
+    key, limit = session_id(request), jobs_per_session()
+    with _CANCEL_GUARD:
+        if limit is not None and _ACTIVE.get(key, 0) >= limit:
+            raise AnatomyError(f"You already have {limit} job{'s' if limit > 1 else ''} running or waiting: wait "
+                               "for one to finish or press Stop, so every visitor gets a turn.")
+        _ACTIVE[key] = _ACTIVE.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        with _CANCEL_GUARD:
+            _ACTIVE[key] -= 1
+            if not _ACTIVE[key]:
+                del _ACTIVE[key]
+
+
 def progress_callback(progress: gr.Progress | None, cancel: threading.Event) -> ProgressCallback:
     """The library callback: drive the gradio bar and raise `Cancelled` when Stop was pressed."""
     def callback(done: int, total: int, description: str) -> None:
@@ -81,12 +120,19 @@ def user_errors(fn: Callable) -> Callable:
             raise gr.Error(f"Stopped ({err}); the model's weights were restored.", title="Stopped",
                            print_exception=False) from None
         except AnatomyError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise gr.Error(one_line(str(err)), print_exception=False) from None
         except Exception as err:  # noqa: BLE001 - the UI must survive any bug; the log keeps the trace
             log.exception("job failed")
-            message = str(err).splitlines()[0][:300] if str(err) else ""
+            message = one_line(str(err).splitlines()[0] if str(err) else "", 300)
             raise gr.Error(f"{type(err).__name__}: {message}", print_exception=False) from None
     return wrapper
+
+
+def one_line(message: str, limit: int = 600) -> str:
+    """A message on one line of bounded length: messages quote the visitor's input, which may hold newlines
+    or a megabyte of text."""
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
 def eval_set_for(loaded: LoadedModel, n_sentences: float, custom_text: str = "", max_length: float = 128,
@@ -103,12 +149,6 @@ def eval_set_for(loaded: LoadedModel, n_sentences: float, custom_text: str = "",
                               device=loaded.model.device, seed=seed)
 
 
-def run_folder(request: gr.Request | None, experiment: str) -> RunFolder:
-    """A fresh run folder of this session (the zip download); gradio serves files from the temp dir."""
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.monotonic_ns() % 10**6:06d}"
-    return RunFolder(RUNS_ROOT / session_id(request) / f"{experiment}-{stamp}", experiment)
-
-
 def remember(state: dict | None, experiment: str, df: pd.DataFrame, zip_path: Path | None = None) -> dict:
     """The session's own results (gr.State): the last table of each experiment and its run zip."""
     state = dict(state or {})
@@ -119,6 +159,6 @@ def remember(state: dict | None, experiment: str, df: pd.DataFrame, zip_path: Pa
 def save_run(request: gr.Request | None, experiment: str, loaded: LoadedModel, eval_set: EvalSet | None,
              config: object, artefacts: Artefacts, timings: dict | None = None) -> Path:
     """Write the same run folder as the CLI (tables, figures, report.md, results.json) and return its zip."""
-    run = run_folder(request, experiment)
-    run.write(artefacts, loaded, eval_set, config, timings)
-    return run.zip()
+    with runs.new_run(session_id(request), experiment) as run:
+        run.write(artefacts, loaded, eval_set, config, timings)
+    return runs.archive_of(run.path)

@@ -25,6 +25,8 @@ from anatomy.errors import AnatomyError
 from anatomy.load import EMBEDDED, MEMORY_HEADROOM, ONLINE_DEFAULT, LoadedModel, check_hub_model, load_model
 from anatomy.progress import Cancelled
 
+from .access import Access
+
 EMBEDDED_PARAMETERS = 135_000_000
 
 
@@ -44,12 +46,17 @@ def default_model_spec(online: bool | None = None) -> str:
     return ONLINE_DEFAULT if (hub_reachable() if online is None else online) else EMBEDDED
 
 
-def estimate_bytes(spec: str) -> int:
-    """Memory a float32 model will need, known before loading (Hub metadata, file sizes, or the embedded size)."""
+def estimate_bytes(spec: str, token: str | bool | None = None, local: bool = True) -> int:
+    """Memory a float32 model will need, known before loading (Hub metadata, file sizes, or the embedded size).
+
+    `token` and `local` as in `load_model`: a public visitor's spec is never looked up on the server's disk.
+    """
     spec = spec.strip()
     path = Path(spec).expanduser()
     if spec == EMBEDDED:
         params = EMBEDDED_PARAMETERS
+    elif not local:
+        params = check_hub_model(spec, token=token).num_parameters
     elif path.is_dir():
         params = sum(p.stat().st_size for p in path.glob("*.safetensors")) // 2
     elif path.suffix == ".gguf" and path.is_file():
@@ -83,20 +90,29 @@ class ModelCache:
         with self._guard:
             return list(self._entries)
 
-    def get(self, spec: str) -> LoadedModel:
+    def get(self, spec: str, access: Access = Access()) -> LoadedModel:
         """The loaded model for `spec`, loading it (after making room) on first use."""
-        return self._entry(spec).loaded
+        return self._entry(spec, access).loaded
 
-    def _entry(self, spec: str) -> _Entry:
+    def _entry(self, spec: str, access: Access = Access()) -> _Entry:
         spec = (spec or "").strip()
         if not spec:
             raise AnatomyError("No model chosen: pick 'embedded', a Hub id (owner/name) or a local folder.")
+        access.check_spec(spec)
         with self._guard:
-            if spec in self._entries:
+            entry = self._entries.get(spec)
+            if entry is not None:
                 self._entries.move_to_end(spec)
+        if entry is None or entry.loaded.source == "hub":
+            access.authorise(spec)  # with this visitor's token: another visitor's may have loaded it
+        if entry is not None:
+            return entry
+        with self._guard:
+            if spec in self._entries:  # loaded by another job while this one waited
                 return self._entries[spec]
-            self._make_room(self._estimate(spec))
-            entry = _Entry(self._loader(spec))
+            kwargs = access.load_kwargs()
+            self._make_room(self._estimate(spec, **kwargs))
+            entry = _Entry(self._loader(spec, **kwargs))
             self._entries[spec] = entry
             return entry
 
@@ -119,12 +135,18 @@ class ModelCache:
                 torch.cuda.empty_cache()
 
     @contextmanager
-    def use(self, spec: str, cancel: threading.Event | None = None) -> Iterator[LoadedModel]:
-        """Hold the model's lock for a whole job (waiting for other users' jobs, but stoppable while waiting)."""
-        entry = self._entry(spec)
-        while not entry.lock.acquire(timeout=0.2):
+    def use(self, spec: str, cancel: threading.Event | None = None, access: Access = Access(),
+            on_wait: Callable[[], None] | None = None) -> Iterator[LoadedModel]:
+        """Hold the model's lock for a whole job (waiting for other users' jobs, but stoppable while waiting);
+        `on_wait` is called once if another job holds it, so the visitor learns why nothing moves yet."""
+        entry = self._entry(spec, access)
+        acquired = entry.lock.acquire(blocking=False)
+        if not acquired and on_wait is not None:
+            on_wait()
+        while not acquired:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("stopped while waiting for another user's job on this model")
+            acquired = entry.lock.acquire(timeout=0.2)
         try:
             yield entry.loaded
         finally:

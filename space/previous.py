@@ -10,11 +10,13 @@ from pathlib import Path
 
 from anatomy.errors import AnatomyError
 
+from .runs import inside
+
 
 def run_folder(state: dict | None, experiment: str, tab: str, hint: str = "") -> Path:
     """The folder of this session's latest `experiment` run; a message naming the tab to run when there is none."""
     archive = ((state or {}).get(experiment) or {}).get("zip")
-    folder = Path(archive).with_suffix("") if archive else None
+    folder = inside(Path(archive).with_suffix("")) if archive else None
     if folder is None or not folder.is_dir():
         raise AnatomyError(f"No {experiment} result in this session yet: run the {tab} tab first "
                            f"(the app uses your latest run of it){hint}.")

@@ -12,7 +12,7 @@ import gradio as gr
 from anatomy.cli import parse_floats
 from anatomy.experiments.budget import BudgetConfig, read_run, run_budget, write_budget_run
 
-from . import jobs, previous
+from . import jobs, previous, runs
 from .common import Shared, shown
 
 RANGES = {"boundary": "0.15,0.2", "redundant": "0,0.05", "minor": "0.3,0.5", "important": "0.5,0.8",
@@ -34,10 +34,10 @@ def run(class_only: bool, b_max: float, boundary: str, redundant: str, minor: st
     importance, results = read_run(importance_run, "importance")
     recovery = read_run(recovery_run, "recovery")[0] if recovery_run else None
     df = run_budget(importance, recovery, config, (results.get("model") or {}).get("num_layers"))
-    folder = jobs.run_folder(request, "budget")
-    _, figure, markdown = write_budget_run(folder, df, config, {"importance": str(importance_run),
-                                                                       "recovery": str(recovery_run or "none")})
-    archive = folder.zip()
+    with runs.new_run(jobs.session_id(request), "budget") as folder:
+        _, figure, markdown = write_budget_run(folder, df, config, {"importance": str(importance_run),
+                                                                   "recovery": str(recovery_run or "none")})
+    archive = runs.archive_of(folder.path)
     return (figure, shown(df), markdown, str(archive), str(folder.path / "budget.json"),
             jobs.remember(state, "budget", df, archive))
 

@@ -89,8 +89,8 @@ def difference_table(tokenizer, outputs: dict[str, dict[str, list[int]]]) -> pd.
 @gpu(duration=60)
 @jobs.user_errors
 def run(spec: str, prompt: str, kind: str, layers: str, value: float, seed: float, max_new_tokens: float,
-        request: gr.Request, progress=gr.Progress()) -> tuple:
-    with model_job(spec, request, progress) as job:
+        request: gr.Request, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
+    with model_job(spec, request, progress, token=oauth_token) as job:
         model, tokenizer = job.loaded.model, job.loaded.tokenizer
         adapter = LayerAdapter(model)
         if kind == "plan":  # apply_plan gives every step its own KV-cache slot, so the cache stays on

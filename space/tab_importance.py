@@ -18,10 +18,11 @@ from .gpu import gpu
 @gpu(duration=180)
 @jobs.user_errors
 def run(spec: str, n_sentences: float, custom_text: str, max_length: float, mode: str, boundary: str,
-        layers: str, state: dict | None, request: gr.Request, progress=gr.Progress()
+        layers: str, state: dict | None, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
+        progress=gr.Progress()
         ) -> tuple[Figure, pd.DataFrame, str, str, dict]:
     """Ablate each chosen layer, measure D, classify; write the same run folder as the CLI."""
-    with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         n = LayerAdapter(job.loaded.model).num_layers
         config = ImportanceConfig(mode=mode, boundary=boundary, layers=parse_layers(layers, n))
         df = run_importance(job.loaded.model, job.eval_set, config, progress=job.progress)

@@ -54,8 +54,9 @@ def figure(df: pd.DataFrame, kind: str, title: str) -> Figure:
 @jobs.user_errors
 def run(spec: str, n_sentences: float, custom_text: str, max_length: float, kind: str, layers: str,
         values: str, components: list[str], seed: float, boundary: str, state: dict | None,
-        request: gr.Request, progress=gr.Progress()) -> tuple[Figure, pd.DataFrame, str, str, dict]:
-    with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
+        request: gr.Request, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()
+        ) -> tuple[Figure, pd.DataFrame, str, str, dict]:
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         chosen = parse_layers(layers, LayerAdapter(job.loaded.model).num_layers)
         numbers = parse_floats(values, None, "Values") if kind in SWEPT else ()
         df = sweep(job.loaded.model, job.eval_set, kind, chosen, numbers, components, int(seed), boundary,

@@ -28,12 +28,12 @@ SOURCES = (FROM_RUN, COMPUTE, GIVEN)
 @jobs.user_errors
 def run(spec: str, n_sentences: float, custom_text: str, max_length: float, source: str, layers: str,
         threshold: float, strategies: list[str], alphas: str, rank: float, state: dict | None,
-        request: gr.Request, progress=gr.Progress()) -> tuple:
+        request: gr.Request, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
     """Change every chosen layer at once with each strategy and measure PPL; the weights come back after each."""
     if not strategies:
         raise AnatomyError("Choose at least one strategy.")
     importance = read_importance(previous.run_folder(state, "importance", "Importance")) if source == FROM_RUN else None
-    with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         n = LayerAdapter(job.loaded.model).num_layers
         config = ManipulateConfig(layers=parse_layers(layers, n) if source == GIVEN else None,
                                   redundant_threshold=float(threshold), strategies=tuple(strategies),

@@ -9,6 +9,7 @@ import torch
 from anatomy.layers import LayerAdapter
 from anatomy.load import EMBEDDED, check_hub_model
 
+from .access import visitor
 from .common import Shared, model_job, shown
 from .gpu import gpu
 from .jobs import user_errors
@@ -41,21 +42,25 @@ def summary(loaded, adapter: LayerAdapter) -> str:
 
 
 @user_errors
-def check(spec: str) -> str:
-    """Hub ids are checked from metadata alone (causal LM, safetensors, fits in memory) before any download."""
+def check(spec: str, oauth_token: gr.OAuthToken | None = None) -> str:
+    """Hub ids are checked from metadata alone (causal LM, safetensors, fits in memory) before any download,
+    with the visitor's own token on a public app."""
     spec = (spec or "").strip()
+    access = visitor(oauth_token)
+    access.check_spec(spec)
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         return f"`{spec}` is not a Hub id; press Load to open it." if spec != EMBEDDED else \
             "The embedded SmolLM2-135M-Instruct (offline, no download)."
-    info = check_hub_model(spec)
+    info = check_hub_model(spec, **({"token": access.token or False} if access.public else {}))
     return (f"`{info.repo_id}` @ `{info.revision[:10]}`: {info.model_type}, {info.num_parameters / 1e6:.1f}M "
             "parameters, safetensors, fits in memory. Press Load to download it.")
 
 
 @gpu(duration=60)
 @user_errors
-def load(spec: str, request: gr.Request) -> tuple[str, pd.DataFrame, pd.DataFrame]:
-    with model_job(spec, request, None) as job:
+def load(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | None = None
+         ) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    with model_job(spec, request, None, token=oauth_token) as job:
         adapter = LayerAdapter(job.loaded.model)
         return summary(job.loaded, adapter), component_table(adapter), shown(norm_table(adapter))
 

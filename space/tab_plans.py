@@ -23,7 +23,8 @@ from .gpu import gpu
 @jobs.user_errors
 def run(spec: str, n_sentences: float, custom_text: str, max_length: float, variants: list[str], block_sizes: str,
         plans: str, loops: float, seed: float, latency_repeats: float, latency_tokens: float, batched: bool,
-        tasks: bool, state: dict | None, request: gr.Request, progress=gr.Progress()) -> tuple:
+        tasks: bool, state: dict | None, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
+        progress=gr.Progress()) -> tuple:
     """PPL, task accuracy and paired latency for every variant and plan; the layer list is restored after each."""
     own = [line.strip() for line in plans.splitlines() if line.strip()]
     sizes = tuple(int(s) for s in parse_floats(block_sizes, None, "Block sizes")) if block_sizes.strip() else ()
@@ -32,7 +33,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, vari
     config = PaintersConfig(variants=tuple(variants), block_sizes=sizes, loops=int(loops), seed=int(seed),
                             plans=own, latency_repeats=int(latency_repeats), latency_tokens=int(latency_tokens),
                             batched=bool(batched), tasks=bool(tasks))
-    with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         df = run_painters(job.loaded.model, job.eval_set, config, progress=job.progress,
                           tokenizer=job.loaded.tokenizer)
     return run_outputs(request, "painters", job, config, df, df,

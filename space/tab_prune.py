@@ -28,7 +28,8 @@ SOURCES = (COMPUTE, FROM_RUN)
 @gpu(duration=240)
 @jobs.user_errors
 def run(spec: str, n_sentences: float, custom_text: str, max_length: float, ks: str, criteria: list[str],
-        ablation: str, source: str, state: dict | None, request: gr.Request, progress=gr.Progress()) -> tuple:
+        ablation: str, source: str, state: dict | None, request: gr.Request,
+        oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
     """Rank the layers by each criterion, remove the K lowest, measure PPL; the layers come back after each."""
     if not criteria:
         raise AnatomyError("Choose at least one criterion.")
@@ -37,7 +38,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, ks: 
         ablation = str(importance["mode"].iloc[0])
     config = PruneConfig(ks=tuple(int(k) for k in parse_floats(ks, None, "Layers removed (K)")),
                          criteria=tuple(criteria), importance=ImportanceConfig(mode=ablation))
-    with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         df = run_prune(job.loaded.model, job.eval_set, config, importance, progress=job.progress)
     return run_outputs(request, "prune", job, config, df, df, prune_artefacts(df, job.loaded, job.eval_set), state)
 

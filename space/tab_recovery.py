@@ -20,9 +20,9 @@ from .gpu import gpu, refuse_on_zero_gpu
 @jobs.user_errors
 def run(spec: str, n_sentences: float, custom_text: str, max_length: float, layers: str, steps: float,
         eval_every: float, sigma: float, lr: float, seed: float, state: dict | None, request: gr.Request,
-        progress=gr.Progress()) -> tuple:
+        oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
     refuse_on_zero_gpu("Recovery")
-    with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         config = RecoveryConfig(layers=parse_layers(layers, LayerAdapter(job.loaded.model).num_layers),
                                 steps=int(steps), eval_every=int(eval_every), sigma=float(sigma), lr=float(lr),
                                 seed=int(seed))

@@ -19,8 +19,8 @@ from .gpu import gpu
 @gpu(duration=120)
 @jobs.user_errors
 def structure(spec: str, shuffles: float, seed: float, state: dict | None, request: gr.Request,
-              progress=gr.Progress()) -> tuple:
-    with model_job(spec, request, progress) as job:
+              oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
+    with model_job(spec, request, progress, token=oauth_token) as job:
         config = StructureConfig(shuffles=int(shuffles), seed=int(seed))
         df = run_structure(job.loaded.model, None, config, progress=job.progress)
     return run_outputs(request, "structure", job, config, df, df, structure_artefacts(df, job.loaded), state)
@@ -28,8 +28,9 @@ def structure(spec: str, shuffles: float, seed: float, state: dict | None, reque
 
 @gpu(duration=120)
 @jobs.user_errors
-def spectral(spec: str, min_tail: float, state: dict | None, request: gr.Request, progress=gr.Progress()) -> tuple:
-    with model_job(spec, request, progress) as job:
+def spectral(spec: str, min_tail: float, state: dict | None, request: gr.Request,
+             oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
+    with model_job(spec, request, progress, token=oauth_token) as job:
         config = SpectralConfig(min_tail=int(min_tail))
         df = run_spectral(job.loaded.model, None, config, progress=job.progress)
     return run_outputs(request, "spectral", job, config, df, component_summary(df),
@@ -40,8 +41,8 @@ def spectral(spec: str, min_tail: float, state: dict | None, request: gr.Request
 @jobs.user_errors
 def predictability(spec: str, n_sentences: float, custom_text: str, max_length: float, positions: float,
                    ridge_alpha: float, multi_count: float, state: dict | None, request: gr.Request,
-                   progress=gr.Progress()) -> tuple:
-    with model_job(spec, request, progress, (n_sentences, custom_text, max_length)) as job:
+                   oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         config = PredictabilityConfig(positions=int(positions), ridge_alpha=float(ridge_alpha),
                                       multi_count=int(multi_count))
         df = run_predictability(job.loaded.model, job.eval_set, config, progress=job.progress)

@@ -8,8 +8,9 @@ import gradio as gr
 
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT
 
-from . import (jobs, tab_budget, tab_generate, tab_importance, tab_interventions, tab_manipulate, tab_model,
+from . import (jobs, runs, tab_budget, tab_generate, tab_importance, tab_interventions, tab_manipulate, tab_model,
                tab_plans, tab_prune, tab_recovery, tab_weights)
+from .access import public_mode, refuse_implicit_tokens, sign_in_offered
 from .common import Shared
 from .models import default_model_spec
 
@@ -24,13 +25,22 @@ TITLE = "Transformer Anatomy"
 def build_demo(model_spec: str | None = None) -> gr.Blocks:
     """The whole app; `model_spec` overrides the default (online: SmolLM2-135M, offline: the embedded copy)."""
     spec = model_spec or default_model_spec()
-    with gr.Blocks(title=TITLE) as demo:
+    public = public_mode()
+    if public:
+        refuse_implicit_tokens()
+    max_age_s, _ = runs.limits()
+    # gradio keeps its own copy of every zip it serves: expire those with the run folders
+    with gr.Blocks(title=TITLE, delete_cache=(3600, int(max_age_s))) as demo:
         gr.Markdown(f"# {TITLE}\nLayer by layer: which layers matter, what their weights look like, and what "
                     "breaks when you change them. Every button runs the same library function as the CLI.")
         with gr.Row(equal_height=True):
+            label = ("Model: 'embedded' or a Hub id (owner/name); sign in to open gated models" if public else
+                     "Model: 'embedded', a Hub id (owner/name) or a local folder")
             model = gr.Dropdown(sorted({spec, EMBEDDED, ONLINE_DEFAULT}), value=spec, allow_custom_value=True,
-                                label="Model: 'embedded', a Hub id (owner/name) or a local folder", scale=4)
+                                label=label, scale=4)
             load = gr.Button("Load", scale=0, min_width=90)
+            if sign_in_offered():  # the visitor's own token (gr.OAuthToken) for gated models
+                gr.LoginButton(scale=0, min_width=180)
         status = gr.Markdown(elem_id="model-status")
         with gr.Accordion("Evaluation text", open=False, elem_id="eval-accordion"):
             with gr.Row():

@@ -45,6 +45,14 @@ def test_grammar_rejects_with_position(text, position, words):
     assert ("at the start" if position == 0 else f"after '{text[:position][-24:]}'") in message
 
 
+def test_a_plan_longer_than_8_passes_is_refused_before_it_is_built():
+    assert len(parse_plan("0-5x8", 6).steps) == 48
+    with pytest.raises(AnatomyError, match="more than 48 steps"):
+        parse_plan("0-5x8,0", 6)
+    with pytest.raises(AnatomyError, match="more than 48 steps"):
+        parse_plan("[0-1]x999999999999", 6)  # refused in microseconds, not a trillion-step list
+
+
 def test_variants_cover_the_middle_block():
     assert middle_block(30, 4) == [13, 14, 15, 16]
     plans = {v: variant_plan(v, N, 4, seed=1) for v in VARIANTS}

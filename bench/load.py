@@ -1,0 +1,147 @@
+"""Benchmark: N visitors at once on one model, each in its own gradio_client session against a real server.
+
+Every visitor runs an importance map (2 sentences, 2 layers) and then a side-by-side generation with two
+layers zeroed, back to back; all N start together. A job's wait is the time from its submission until it
+starts on the model (its first progress step that is not "waiting for another visitor's job"), which
+includes gradio's queue and the model's lock; its latency is submission to result. Prints, for each N,
+the completed jobs, p50/p95 wait, p50/p95 latency, throughput (jobs/s over the whole run), and whether any
+client was shown a queue position. The model's weights are fingerprinted before and after.
+
+    OMP_NUM_THREADS=1 python bench/load.py                 # N = 1, 4, 8 on the embedded model
+    OMP_NUM_THREADS=1 python bench/load.py --visitors 8    # one N
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gradio_client import Client  # noqa: E402
+from gradio_client.utils import Status  # noqa: E402
+
+WAITING = "waiting for another visitor"
+PROMPT = "The capital of France is"
+
+
+@dataclass
+class JobRecord:
+    """One job as its visitor saw it: times since submission, queue positions shown, the result or error."""
+
+    visitor: int
+    kind: str
+    submitted: float
+    started: float | None = None
+    finished: float | None = None
+    ranks: list[int] = field(default_factory=list)
+    outputs: tuple | None = None
+    error: str | None = None
+
+    @property
+    def wait(self) -> float:
+        return (self.started if self.started is not None else self.finished) - self.submitted
+
+    @property
+    def latency(self) -> float:
+        return self.finished - self.submitted
+
+
+def watch(client: Client, record: JobRecord, *args, api_name: str) -> JobRecord:
+    """Submit, poll the job's status (queue rank, progress) until it ends, and fill `record`."""
+    job = client.submit(*args, api_name=api_name)
+    while not job.done():
+        status = job.status()
+        if status.code == Status.IN_QUEUE and status.rank is not None:
+            record.ranks.append(status.rank)
+        described = [unit.desc or "" for unit in status.progress_data or []]
+        if record.started is None and described and not any(WAITING in d for d in described):
+            record.started = time.monotonic()
+        time.sleep(0.02)
+    record.finished = time.monotonic()
+    try:
+        record.outputs = tuple(job.result())
+    except Exception as err:  # noqa: BLE001 - the app's message is the record
+        record.error = str(err)
+    return record
+
+
+def visitor(url: str, index: int, spec: str, layers: str, generate_layers: str,
+            client: Client | None = None) -> list[JobRecord]:
+    """One visitor's session: importance, then generate with `generate_layers` zeroed."""
+    client = client or Client(url, verbose=False)
+    importance = watch(client, JobRecord(index, "importance", time.monotonic()),
+                       spec, 2, "", 32, "zero", "one-neighbour", layers, api_name="/importance")
+    generate = watch(client, JobRecord(index, "generate", time.monotonic()),
+                     spec, PROMPT, "zero", generate_layers, 0.5, 0, 8, api_name="/generate")
+    return [importance, generate]
+
+
+def run_load(url: str, visitors: int, spec: str, layers: str = "0-1", generate_layers: str = "0-1"
+             ) -> tuple[list[JobRecord], float]:
+    """All visitors at once (their clients made first, so they start together); records and elapsed seconds."""
+    clients = [Client(url, verbose=False) for _ in range(visitors)]
+    start = threading.Barrier(visitors)
+
+    def one(index: int) -> list[JobRecord]:
+        start.wait()
+        return visitor(url, index, spec, layers, generate_layers, clients[index])
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(visitors) as pool:
+        records = [r for rs in pool.map(one, range(visitors)) for r in rs]
+    return records, time.monotonic() - began
+
+
+def summary(records: list[JobRecord], elapsed: float) -> dict:
+    waits = np.array([r.wait for r in records])
+    latencies = np.array([r.latency for r in records])
+    done = [r for r in records if r.error is None]
+    return {"completed": len(done), "failed": len(records) - len(done),
+            "wait_p50_s": float(np.percentile(waits, 50)), "wait_p95_s": float(np.percentile(waits, 95)),
+            "latency_p50_s": float(np.percentile(latencies, 50)), "latency_p95_s": float(np.percentile(latencies, 95)),
+            "throughput_jobs_per_s": len(done) / elapsed, "queue_positions_shown": any(r.ranks for r in records)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="embedded", help="model spec served by the app (default embedded)")
+    ap.add_argument("--visitors", type=int, nargs="+", default=[1, 4, 8], help="N values (default 1 4 8)")
+    args = ap.parse_args()
+
+    from anatomy.interventions import fingerprint
+    from space import build_demo
+    from space.models import CACHE
+
+    demo = build_demo(args.model)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        with CACHE.use(args.model) as loaded:  # loaded once here, so no N pays the load
+            before = fingerprint(loaded.model)
+        print(f"model {args.model}; each visitor: importance (2 sentences, layers 0-1) then generate (8 tokens, "
+              "layers 0-1 zeroed); app concurrency ANATOMY_CONCURRENCY, one lock per model")
+        for n in args.visitors:
+            records, elapsed = run_load(url, n, args.model)
+            s = summary(records, elapsed)
+            print(f"N={n}: completed {s['completed']}/{len(records)} jobs, wait p50 {s['wait_p50_s']:.2f} s "
+                  f"p95 {s['wait_p95_s']:.2f} s, latency p50 {s['latency_p50_s']:.2f} s p95 "
+                  f"{s['latency_p95_s']:.2f} s, throughput {s['throughput_jobs_per_s']:.2f} jobs/s, "
+                  f"queue positions shown: {s['queue_positions_shown']}")
+            for r in records:
+                if r.error:
+                    print(f"  visitor {r.visitor} {r.kind}: {r.error}")
+        with CACHE.use(args.model) as loaded:
+            print("weights unchanged after all runs:", fingerprint(loaded.model) == before)
+    finally:
+        demo.close()
+
+
+if __name__ == "__main__":
+    main()

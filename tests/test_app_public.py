@@ -1,0 +1,100 @@
+"""Public mode on a real server: Hub ids and `embedded` only, one message for every path, and every Hub call
+with the visitor's own token (gradio_client's oauth_token, as "Sign in with Hugging Face" gives it), never
+the deployer's HF_TOKEN. The Hub is the fake one in tests/hub_fake.py, serving a real tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+from huggingface_hub import constants
+
+from anatomy.public import REFUSED
+from space import access, build_demo
+from tests.conftest import make_tiny_model
+from tests.hub_fake import FakeHub, FakeRepo
+
+DEPLOYER, VISITOR = "hf_deployer_secret", "hf_visitor_own"
+
+
+def repo_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def public(tmp_path_factory, tiny_tokenizer):
+    saved = tmp_path_factory.mktemp("model")
+    make_tiny_model("llama", layers=2).save_pretrained(saved)
+    tiny_tokenizer.save_pretrained(saved)
+    files = repo_files(saved)
+    hub = FakeHub({"alice/open": FakeRepo(files), "alice/gated": FakeRepo(files, gated_for_all_but={VISITOR})})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANATOMY_PUBLIC", "1")
+        patch.setenv("HF_TOKEN", DEPLOYER)
+        patch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)  # build_demo sets it; restored after
+        patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hub-cache")))
+        hub.install(patch)
+        demo = build_demo("embedded")
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        yield url, hub, saved
+        demo.close()
+        hub.uninstall()
+
+
+def message(client: Client, *args, api_name: str) -> str:
+    with pytest.raises(Exception) as info:
+        client.predict(*args, api_name=api_name)
+    assert "Traceback" not in str(info.value)
+    return str(info.value)
+
+
+def test_every_local_path_gets_one_message_whether_it_exists_or_not(public):
+    url, hub, saved = public
+    client = Client(url, verbose=False)
+    paths = [str(saved), str(saved / "missing"), "/etc/passwd", "/no/such/file.gguf", "~", "../../etc", "./anatomy",
+             str(saved / "model.safetensors"), "anatomy/data/../../tests", "C:\\models\\x", "a/b/c"]
+    for spec in paths:
+        for api, args in (("/check_model", (spec,)), ("/load_model", (spec,)), ("/spectral", (spec, 4))):
+            assert message(client, *args, api_name=api).endswith(REFUSED), (spec, api)
+    assert hub.model_requests() == []  # refused before any Hub call, and before the file system
+
+
+def test_a_hub_id_that_is_also_a_server_folder_goes_to_the_hub(public):
+    url, hub, _ = public
+    client = Client(url, verbose=False)
+    existing, missing = message(client, "anatomy/data", api_name="/load_model"), \
+        message(client, "anatomy/nodata", api_name="/load_model")
+    assert existing.replace("anatomy/data", "X") == missing.replace("anatomy/nodata", "X")
+    assert "not found on the Hub" in existing
+
+
+def test_visitors_load_with_their_own_token_never_the_deployers(public):
+    url, hub, _ = public
+    anonymous, signed_in = Client(url, verbose=False), Client(url, verbose=False, oauth_token=VISITOR)
+    status, *_ = anonymous.predict("alice/open", api_name="/load_model")
+    assert "2 layers" in status
+    assert "gated" in message(anonymous, "alice/gated", api_name="/load_model")
+    status, *_ = signed_in.predict("alice/gated", api_name="/load_model")
+    assert "2 layers" in status and "hub" in status
+    *_, archive = signed_in.predict("alice/gated", 4, api_name="/spectral")
+    assert archive.endswith(".zip")
+    # the model is now in the shared cache, loaded with the visitor's token: others still need their own
+    assert "gated" in message(anonymous, "alice/gated", 4, api_name="/spectral")
+    sent = [auth for _, auth in hub.model_requests()]
+    assert f"Bearer {VISITOR}" in sent and None in sent
+    assert not [r for r in hub.model_requests() if r[1] and DEPLOYER in r[1]]
+
+
+def test_public_mode_is_on_for_spaces_and_by_flag_and_off_locally(monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("ANATOMY_PUBLIC", raising=False)
+    assert not access.public_mode() and access.visitor(None).load_kwargs() == {}
+    monkeypatch.setenv("SPACE_ID", "alice/anatomy")
+    assert access.public_mode() and access.sign_in_offered()
+    assert access.visitor(None).load_kwargs() == {"token": False, "local": False}  # anonymous, not HF_TOKEN
+    monkeypatch.setenv("ANATOMY_PUBLIC", "0")
+    assert not access.public_mode()
+    monkeypatch.delenv("SPACE_ID")
+    monkeypatch.setenv("ANATOMY_PUBLIC", "1")
+    assert access.public_mode() and not access.sign_in_offered()
