@@ -104,7 +104,8 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     if train_rows.dim() != 2 or train_rows.shape[1] != config.train_seq_len:
         raise AnatomyError(f"train_rows must be [n, {config.train_seq_len}] (config.train_seq_len), "
                            f"got {tuple(train_rows.shape)}.")
-    batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps, config.seed)
+    batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps,
+                             config.seed)
     groups = (layer_groups(layers, batches, model.config.hidden_size) if config.cached else [layers])
     rows, curves, timings = [], [], {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
     done = iter(track(layers, "recovery (layers)", progress))
