@@ -23,6 +23,7 @@ from .offload import input_device
 from .report import RunFolder
 from .texts import resolve_eval_texts
 
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=EMBEDDED,

@@ -280,9 +280,10 @@ def can_batch(layers: Sequence[nn.Module]) -> bool:
     """Llama-family layers with RMSNorm, SwiGLU and no sliding window can be stacked into one call (not
     where a device map spreads them over devices or offloads them: their weights are not all at hand)."""
     devices = {p.device for layer in layers for p in layer.parameters()}
-    return len(devices) == 1 and devices != {torch.device("meta")} and all(type(layer).__name__ in _BATCHABLE and getattr(layer.self_attn, "sliding_window", None) is None
-               and getattr(getattr(layer.self_attn, "config", None), "sliding_window", None) is None
-               for layer in layers)
+    return len(devices) == 1 and devices != {torch.device("meta")} and all(
+        type(layer).__name__ in _BATCHABLE and getattr(layer.self_attn, "sliding_window", None) is None
+        and getattr(getattr(layer.self_attn, "config", None), "sliding_window", None) is None
+        for layer in layers)
 
 
 class BatchedLlamaGroup(nn.Module):

@@ -107,7 +107,7 @@ class RunFolder:
                 "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
                 "num_layers": LayerAdapter(loaded.model).num_layers,
                 "components": LayerAdapter(loaded.model).describe(),
-                "dtype": str(next(loaded.model.parameters()).dtype), "device": str(loaded.model.device),
+                "dtype": str(next(loaded.model.parameters()).dtype), "device": str(offload.input_device(loaded.model)),
                 "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation},
             "eval_set": None if eval_set is None else {
                 "name": eval_set.name, "num_texts": len(eval_set.texts), "num_tokens": eval_set.num_tokens,

@@ -7,6 +7,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi, constants
 from huggingface_hub.hf_api import ModelInfo
+from safetensors.torch import load_file
 
 from anatomy import cli, offload
 from anatomy.errors import AnatomyError
@@ -18,6 +19,7 @@ from anatomy.layers import LayerAdapter
 from anatomy.load import Placement, check_hub_model, load_model, resolve_dtype
 from anatomy.plans import apply_plan, parse_plan
 from anatomy.report import RunFolder
+from anatomy.surgery import build_layer_stack, save_model
 from anatomy.texts import default_eval_texts
 from conftest import make_tiny_model
 
@@ -191,3 +193,17 @@ def test_recovery_refuses_offloaded_layers_before_training(spread):
     rows = torch.zeros((4, RecoveryConfig().train_seq_len), dtype=torch.long)
     with pytest.raises(AnatomyError, match=r"offloads layers 3, 4, 5.*cannot be trained"):
         run_recovery(spread.model, _eval_set(spread), RecoveryConfig(), train_rows=rows)
+
+
+def test_pruned_export_of_a_spread_model_equals_the_plain_one(tiny_folder, spread, tmp_path):
+    """Offloaded layers are written from where accelerate keeps them; the export loads back and generates."""
+    plain = load_model(str(tiny_folder))
+    folders = [save_model(build_layer_stack(loaded.model, [0, 1, 3, 5]), loaded.tokenizer, tmp_path / name)
+               for name, loaded in (("plain", plain), ("spread", spread))]
+    expected, got = (load_file(folder / "model.safetensors") for folder in folders)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    reloaded = load_model(str(folders[1]))
+    assert reloaded.model.config.num_hidden_layers == 4
+    ids = torch.tensor([[5, 6, 7, 8]])
+    cached = reloaded.model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
+    assert torch.equal(cached, reloaded.model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False))
