@@ -54,7 +54,8 @@ class FakeHub:
                 return self._denied(repo, auth) or httpx.Response(200, json={})
             if parts[4:5] not in ([], ["revision"]):  # trees, templates: nothing beyond the files
                 return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "none"})
-            siblings = [{"rfilename": name, "size": repo.sizes.get(name, len(data))} for name, data in repo.files.items()]
+            siblings = [{"rfilename": name, "size": repo.sizes.get(name, len(data))}
+                        for name, data in repo.files.items()]
             return httpx.Response(200, json={"id": "/".join(parts[2:4]), "sha": SHA, "siblings": siblings,
                                              "safetensors": {"total": repo.parameters, "parameters": {}},
                                              "private": False, "gated": repo.gated_for_all_but is not None})

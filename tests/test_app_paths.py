@@ -1,4 +1,4 @@
-"""Hostile session ids on a real server: whatever a client sends, every file the app writes stays under its runs root."""
+"""Hostile session ids on a real server: whatever a client sends, the app writes only under its runs root."""
 
 from __future__ import annotations
 
