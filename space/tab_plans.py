@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from anatomy.cli import parse_floats
+from anatomy.cli import parse_ints
 from anatomy.errors import AnatomyError
 from anatomy.experiments.painters import PaintersConfig, painters_artefacts, run_painters
 from anatomy.plans import GRAMMAR, VARIANTS
@@ -27,7 +27,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, vari
         progress=gr.Progress()) -> tuple:
     """PPL, task accuracy and paired latency for every variant and plan; the layer list is restored after each."""
     own = [line.strip() for line in plans.splitlines() if line.strip()]
-    sizes = tuple(int(s) for s in parse_floats(block_sizes, None, "Block sizes")) if block_sizes.strip() else ()
+    sizes = parse_ints(block_sizes, "Block sizes") if block_sizes.strip() else ()
     if not own and not (variants and sizes):
         raise AnatomyError("Nothing to run: choose variants and block sizes, or type a plan.")
     config = PaintersConfig(variants=tuple(variants), block_sizes=sizes, loops=int(loops), seed=int(seed),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from anatomy.cli import parse_floats
+from anatomy.cli import parse_ints
 from anatomy.errors import AnatomyError
 from anatomy.experiments.importance import ImportanceConfig
 from anatomy.experiments.manipulate import read_importance
@@ -36,7 +36,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, ks: 
     importance = read_importance(previous.run_folder(state, "importance", "Importance")) if source == FROM_RUN else None
     if importance is not None:  # the run's own ablation is the one its D measured
         ablation = str(importance["mode"].iloc[0])
-    config = PruneConfig(ks=tuple(int(k) for k in parse_floats(ks, None, "Layers removed (K)")),
+    config = PruneConfig(ks=parse_ints(ks, "Layers removed (K)"),
                          criteria=tuple(criteria), importance=ImportanceConfig(mode=ablation))
     with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         df = run_prune(job.loaded.model, job.eval_set, config, importance, progress=job.progress)
