@@ -255,3 +255,14 @@ def test_downstream_experiments_run_and_leave_the_model_unchanged(family, eval_s
                            lambda: intervention(adapter, "zero", [LAYER]), max_new_tokens=4)
     assert all(len(pair["original"]) == 4 for pair in outputs.values())
     assert fingerprint(model) == before
+
+
+def test_a_stack_its_config_would_rebuild_differently_is_refused():
+    """Qwen2-MoE builds a dense MLP at the indices in `mlp_only_layers`: without layer 0, the dense layer
+    would move, and the saved folder would reload random modules in place of the kept ones."""
+    from anatomy.errors import AnatomyError
+
+    model = make_family_model("qwen2_moe", mlp_only_layers=[1])
+    with pytest.raises(AnatomyError, match=r"^Qwen2MoeForCausalLM builds each layer from its position"):
+        build_layer_stack(model, [1, 2, 3])
+    assert LayerAdapter(build_layer_stack(model, [0, 1, 3])).num_layers == 3  # the dense layer keeps its index
