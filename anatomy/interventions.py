@@ -121,10 +121,9 @@ def neighbour_mean(adapter: LayerAdapter, layer: int, boundary: str = "one-neigh
     """
     sources = neighbours(adapter.check_layer(layer), adapter.kinds, boundary)
     targets = _refs(adapter, [layer], components)
-    pick = adapter.layer_components if components else lambda i, _: adapter.matrices(i)
     with preserve(_all_tensors(targets)):
         with torch.no_grad():
-            by_source = [{ref.component: ref for ref in pick(s, tuple(components or ()))} for s in sources]
+            by_source = [{ref.component: ref for ref in _refs(adapter, [s], components)} for s in sources]
             for target in targets if sources else []:
                 parts = [found[target.component].tensors() for found in by_source]
                 for i, tensor in enumerate(target.tensors()):

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -134,7 +135,26 @@ def build_layer_stack(model: PreTrainedModel, order: Sequence[int]) -> PreTraine
     _set_stack(shell, adapter.layers_path, layers)
     for key, value in layer_config_edits(text_config(model), order).items():
         setattr(text_config(shell), key, value)
+    _check_rebuilds(shell, order)
     return shell
+
+
+def _check_rebuilds(shell: PreTrainedModel, order: Sequence[int]) -> None:
+    """Refuse a stack that its own config would rebuild differently: some families decide a layer's
+    structure from its position (Qwen2-MoE's `mlp_only_layers`, a sparse step), so a saved folder would
+    load other modules than the kept ones, randomly initialised, without an error."""
+    with torch.device("meta"):
+        fresh = type(shell)(shell.config)
+
+    def shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    expected, actual = shapes(fresh), shapes(shell)
+    if expected != actual:
+        differ = sorted(set(expected) ^ set(actual)) or sorted(k for k in expected if expected[k] != actual[k])
+        raise AnatomyError(f"{type(shell).__name__} builds each layer from its position in the config, so a model "
+                           f"with layers {list(order)} would reload with other modules (e.g. {differ[0]}): this "
+                           "layer stack cannot be saved as a standard folder.")
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, directory: str | Path) -> Path:

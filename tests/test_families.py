@@ -222,3 +222,47 @@ def test_fused_views_are_the_query_key_and_value_the_attention_uses(family, over
     with preserve([out_weight]), torch.no_grad():
         out_weight.zero_()
         torch.testing.assert_close(no_value, model(ids).logits)
+
+
+@pytest.mark.parametrize("family", ["gptj", "mixtral", "lfm2", "mamba", "gemma3"])
+def test_downstream_experiments_run_and_leave_the_model_unchanged(family, eval_set, tiny_tokenizer, tmp_path):
+    """Tuple-returning layers, experts, a hybrid stack, an SSM and a multimodal wrapper, through every
+    model experiment: structure, predictability, manipulation, painters, pruning with export, recovery and
+    side-by-side generation."""
+    from anatomy.experiments import manipulate, painters, predictability, prune, recovery, structure
+    from space.tab_generate import side_by_side
+
+    model = make_family_model(family)
+    adapter = LayerAdapter(model)
+    before = fingerprint(model)
+    assert len(structure.run_structure(model)) == len(adapter.components) + 1
+    pred = predictability.run_predictability(model, eval_set, predictability.PredictabilityConfig(
+        positions=200, single_layer=2, multi_layers=[2, 3]))
+    assert np.isfinite(pred.attrs["functional"]["ppl"]).all()
+    manip = manipulate.run_manipulate(model, eval_set, manipulate.ManipulateConfig(layers=[1, 2], alphas=(0.5,)))
+    assert set(manip["strategy"]) >= {"zero", "clone", "blend", "lowrank"} and np.isfinite(manip["ppl"]).all()
+    paint = painters.run_painters(model, eval_set, painters.PaintersConfig(block_sizes=(2,), latency_repeats=1,
+                                                                           latency_tokens=2, tasks=False))
+    assert np.isfinite(paint["ppl"]).all() and len(paint) + len(paint.attrs["refused"]) == 7
+    pruned = prune.run_prune(model, eval_set, prune.PruneConfig(ks=(1,), criteria=("block_influence",)))
+    folder, = prune.save_pruned(model, tiny_tokenizer, pruned, tmp_path)
+    assert LayerAdapter(AutoModelForCausalLM.from_pretrained(folder)).num_layers == 3
+    rec = recovery.run_recovery(model, eval_set, recovery.RecoveryConfig(
+        layers=[1], steps=2, eval_every=1, train_batch_size=2, train_seq_len=8),
+        train_rows=torch.randint(3, 300, (8, 8), generator=torch.Generator().manual_seed(0)))
+    assert np.isfinite(rec["noise_ppl"]).all() and (rec["noise_ppl"] != rec["baseline_ppl"]).all()
+    outputs = side_by_side(model, tiny_tokenizer, "The river",
+                           lambda: intervention(adapter, "zero", [LAYER]), max_new_tokens=4)
+    assert all(len(pair["original"]) == 4 for pair in outputs.values())
+    assert fingerprint(model) == before
+
+
+def test_a_stack_its_config_would_rebuild_differently_is_refused():
+    """Qwen2-MoE builds a dense MLP at the indices in `mlp_only_layers`: without layer 0, the dense layer
+    would move, and the saved folder would reload random modules in place of the kept ones."""
+    from anatomy.errors import AnatomyError
+
+    model = make_family_model("qwen2_moe", mlp_only_layers=[1])
+    with pytest.raises(AnatomyError, match=r"^Qwen2MoeForCausalLM builds each layer from its position"):
+        build_layer_stack(model, [1, 2, 3])
+    assert LayerAdapter(build_layer_stack(model, [0, 1, 3])).num_layers == 3  # the dense layer keeps its index
