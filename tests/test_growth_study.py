@@ -100,10 +100,10 @@ def test_fact_sentences_split_by_sentence():
 
 def test_study_regime_run_on_the_tiny_preset(tmp_path):
     out = tmp_path / "study"
-    assert compare.main(["--regime", "study", "--preset", "tiny", "--seeds", "2", "--epoch-scale", "0.005",
+    assert compare.main(["--regime", "study", "--preset", "tiny", "--seeds", "1", "--epoch-scale", "0.005",
                          "--out", str(out)]) == 0
     runs = pd.read_csv(out / "runs.csv")
-    assert runs.groupby("config")["seed"].nunique().eq(2).all() and runs["config"].nunique() == 4
+    assert len(runs) == 4 and runs["config"].nunique() == 4
     growth = runs[runs.config == "growth (phase epochs)"].iloc[0]
     assert growth["updates_max"] > growth["updates_min"] and growth["flops"] > 0
     assert (runs[runs.schedule == "uniform"]["updates_min"] == runs[runs.schedule == "uniform"]["updates_max"]).all()
