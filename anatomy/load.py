@@ -27,7 +27,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from .disk import check_free_disk, download_bytes, hub_cache
-from .errors import AnatomyError
+from .errors import AnatomyError, shown
 from .public import require_public_spec
 
 EMBEDDED = "embedded"
@@ -179,11 +179,11 @@ def refuse_custom_code(config: object, name: str, tokenizer_config: object = Non
         raise AnatomyError(f"The config.json of '{name}' is not a JSON object: it is not a transformers model.")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING_NAMES:
-        shown = repr(model_type)[:60]
+        kind = shown(model_type)
         if "auto_map" in config:
-            raise AnatomyError(f"'{name}' needs custom code (auto_map, model_type {shown}), which this tool never "
+            raise AnatomyError(f"'{name}' needs custom code (auto_map, model_type {kind}), which this tool never "
                                "runs: pick a model whose architecture transformers supports natively.")
-        raise AnatomyError(f"'{name}' has model_type {shown}, which this version of transformers does not know: "
+        raise AnatomyError(f"'{name}' has model_type {kind}, which this version of transformers does not know: "
                            "pick a supported architecture (Llama, Mistral, Qwen2, Gemma, Phi-3, GPT-2, ...).")
     if isinstance(tokenizer_config, dict) and "auto_map" in tokenizer_config:
         tokenizer_class = tokenizer_config.get("tokenizer_class")
@@ -435,7 +435,12 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: t
         token = token or os.environ.get("HF_TOKEN")
     if not local:
         require_public_spec(spec)
-    path = Path(spec).expanduser()
+    try:  # '~nobody/x' cannot be expanded; a name longer than the file system allows cannot be looked up
+        path = Path(spec).expanduser()
+        is_file, is_dir, exists = (local and path.is_file(), local and path.is_dir(), local and path.exists())
+    except (RuntimeError, OSError) as err:
+        raise AnatomyError(f"{shown(spec)} is neither a model folder, a .gguf file nor a Hub id (owner/name): "
+                           f"{type(err).__name__} looking it up.") from None
     quantisation = "none"
     if placement.device_map is not None and (spec == EMBEDDED or path.suffix == ".gguf"):
         raise AnatomyError("--device-map applies to model folders and Hub ids; a GGUF model (like 'embedded') is "
@@ -444,16 +449,16 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: t
         model, tokenizer = _load_embedded(dtype)
         source, name, quantisation = "embedded", f"{EMBEDDED} ({embedded_gguf_path().name})", GGUF_DEQUANTISED
     elif local and path.suffix == ".gguf":
-        if not path.is_file():
+        if not is_file:
             raise AnatomyError(f"GGUF file '{path}' does not exist.")
         model, tokenizer = _load_gguf(path, dtype)
         source, name, quantisation = "gguf", str(path), GGUF_DEQUANTISED
-    elif local and path.is_dir():
+    elif is_dir:
         _check_local_folder(path, dtype, device, placement)
         model = _from_pretrained(path, placement, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         source, name = "folder", str(path)
-    elif local and (path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+    elif local and (exists or spec.startswith((".", "/", "~")) or spec.count("/") > 1):
         raise AnatomyError(f"'{spec}' is neither a model folder, a .gguf file nor a Hub id (owner/name).")
     else:
         check = check_hub_model(spec, revision=revision, token=token, dtype=dtype, device=device, placement=placement)

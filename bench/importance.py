@@ -76,12 +76,11 @@ def batched_reference_map(model, eval_set: EvalSet, layers: list[int]) -> dict[i
     the weights back. The only product code used is the batch layout, so both sides do the same rows."""
     out = {}
     adapter = LayerAdapter(model)
-    n = adapter.num_layers
     for layer in layers:
         refs = adapter.layer_components(layer)
         saved = [ref.weight.clone() for ref in refs]
         for ref in refs:
-            sources = [adapter.component(s, ref.component).weight for s in neighbours(layer, n)]
+            sources = [adapter.component(s, ref.component).weight for s in neighbours(layer, adapter.kinds)]
             ref.weight.copy_(torch.stack(sources).mean(0))
         nll, count = 0.0, 0
         for batch in eval_set.batches:

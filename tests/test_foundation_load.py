@@ -57,6 +57,13 @@ def test_bad_specs(tmp_path):
         load_model("./no/such/folder")
 
 
+@pytest.mark.parametrize("spec", ["~no-such-user-here/x", "a" * 400, "/tmp/" + "b" * 400 + ".gguf"])
+def test_paths_the_file_system_cannot_look_up_give_one_line(spec):
+    with pytest.raises(AnatomyError, match="neither a model folder") as info:
+        load_model(spec)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
+
+
 def test_too_large_is_refused_before_loading():
     with pytest.raises(AnatomyError, match="too large"):
         check_fits(10**13, torch.float32, torch.device("cpu"), "giant")
