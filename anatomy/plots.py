@@ -214,10 +214,19 @@ def similarity_grid_figure(matrices: dict[str, np.ndarray], title: str = "Layer-
 
 
 def predictability_figure(df: pd.DataFrame, title: str = "Weight predictability") -> Figure:
-    """Ridge R^2 per target layer and component (axis cut at -1: R^2 has no lower bound)."""
+    """Ridge R^2 per target layer and component (solid), and beside it, dashed in the same colour, the R^2 of
+    the weight distribution (the same fit on sorted weights): the two readings of "predictable" side by side,
+    so a high dashed line over a low solid one shows at a glance that the scale is predictable, not the weights.
+    The axis is cut at -1: R^2 has no lower bound."""
     fig = line_figure(df, "layer", "r2", "component", title=title, xlabel="target layer (0-based)",
-                      ylabel="R^2 of predicted weights", hlines={"R^2 = 0": 0.0})
+                      ylabel="R^2 (solid: predicted weights)", hlines={"R^2 = 0": 0.0})
     ax = fig.axes[0]
+    if "r2_distribution" in df:
+        groups = df.groupby("component", sort=False)
+        for line, (_, part) in zip(ax.get_lines()[:groups.ngroups], groups):
+            ax.plot(part["layer"], part["r2_distribution"], linestyle="--", linewidth=0.9, color=line.get_color())
+        ax.plot([], [], linestyle="--", color="#555555", label="dashed: R^2 of the weight distribution")
+        ax.legend(fontsize=7, ncol=2)
     ax.set_ylim(max(-1.0, float(df["r2"].min()) - 0.05), 1.02)
     return fig
 

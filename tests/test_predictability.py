@@ -135,3 +135,17 @@ def test_predictability_cli_on_the_embedded_model(tmp_path):
     [line] = [line for line in text.splitlines() if line.startswith("- replacing 9 layers")]
     assert verdict in line and f"{row.ppl:.4g}" in line
 
+
+
+def test_figure_draws_the_distribution_r2_dashed_in_each_components_colour():
+    import pandas as pd
+
+    from anatomy.plots import predictability_figure
+    df = pd.DataFrame({"component": ["mlp.gate_proj"] * 3 + ["mlp.up_proj"] * 3, "layer": [1, 2, 3] * 2,
+                       "r2": [-0.5, -0.4, -0.6, 0.1, 0.0, -0.2], "r2_distribution": [0.99, 0.98, 0.97, 0.9, 0.8, 0.7]})
+    lines = predictability_figure(df).axes[0].get_lines()
+    solid = {tuple(line.get_ydata()): line.get_color() for line in lines if line.get_linestyle() == "-"}
+    dashed = {tuple(line.get_ydata()): line.get_color() for line in lines if line.get_linestyle() == "--"}
+    for component, part in df.groupby("component"):
+        colour = solid[tuple(part["r2"])]
+        assert dashed[tuple(part["r2_distribution"])] == colour  # the same component, the other reading
