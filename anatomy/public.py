@@ -10,7 +10,7 @@ import re
 
 from .errors import AnatomyError
 
-EMBEDDED = "embedded"
+EMBEDDED = "embedded"  # the spec of the model shipped with the package; anatomy.load re-exports it
 # owner/name as the Hub spells them: ASCII letters, digits, '-', '_', '.', no '--' or '..', at most 96 each
 HUB_ID = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
 REFUSED = ("This public app opens Hub models (owner/name) and 'embedded' only, never files on the server: "

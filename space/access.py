@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from anatomy.errors import AnatomyError
-from anatomy.public import EMBEDDED, require_public_spec
+from anatomy.load import EMBEDDED
+from anatomy.public import require_public_spec
 
 
 def public_mode() -> bool:
