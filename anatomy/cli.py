@@ -1,26 +1,28 @@
-"""`python -m anatomy <experiment>`: the shared flags and the dispatcher.
+"""`python -m anatomy <experiment>`: every command built from the experiments' declarations.
 
-Each module in `anatomy/experiments/` that defines `add_cli(subparsers)` becomes a subcommand, so adding
-an experiment never touches this file.
+Each declared experiment (`anatomy.experiment.registry()`) becomes a subcommand: the shared model and
+evaluation-text flags, one flag per config field (its name in kebab case, its default and help from the
+field), one `--<need> RUN` flag per experiment it reads, and `--out`. This is the only module that uses
+argparse, so adding an experiment never touches it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import math
-import pkgutil
 import sys
+from pathlib import Path
 
 import pandas as pd
 from accelerate.utils import convert_file_size_to_int
 
-from . import experiments
-from .errors import AnatomyError, shown
+from .errors import AnatomyError
 from .evaluate import EvalSet
+from .experiment import Experiment, Result, registry
 from .load import DTYPES, EMBEDDED, LoadedModel, Placement, load_model
 from .offload import input_device
+from .options import build_config, params
 from .report import RunFolder
+from .run import artefacts, compute_with, execute, resolve_needs
 from .texts import resolve_eval_texts
 
 
@@ -52,13 +54,6 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed for bootstrap resampling and noise (default 0)")
 
 
-def add_common_args(parser: argparse.ArgumentParser, out: str) -> None:
-    """Model, evaluation text and output flags every experiment shares."""
-    add_model_args(parser)
-    add_eval_args(parser)
-    parser.add_argument("--out", default=out, help=f"run folder to write (default {out})")
-
-
 def placement_from_args(args: argparse.Namespace) -> Placement:
     if args.device_map is None:
         if args.max_memory or args.offload_folder:
@@ -88,37 +83,80 @@ def eval_set_from_args(args: argparse.Namespace, loaded: LoadedModel) -> EvalSet
                               max_length=args.max_length, device=input_device(loaded.model), seed=args.seed)
 
 
-def load_model_and_eval_set(args: argparse.Namespace) -> tuple[LoadedModel, EvalSet]:
+def add_config_args(parser: argparse.ArgumentParser, experiment: Experiment) -> None:
+    """One flag per declared config field, and one per need; values stay text until `config_from_args`."""
+    group = parser.add_argument_group(experiment.name)
+    taken = set(parser._option_string_actions)  # a field named like a shared flag (`--seed`) is that flag
+    for param in params(experiment.config):
+        opt = param.option
+        if not opt.cli or param.flag in taken:
+            continue
+        default = param.default if opt.cli_default is None else opt.cli_default
+        names = [param.flag, *opt.aliases]
+        if param.is_switch:
+            group.add_argument(*names, dest=param.name, action="store_true", default=None,
+                               help=opt.help.replace("%", "%%"))
+            continue
+        shown_default = param.text(default)
+        group.add_argument(*names, dest=param.name, default=None,
+                           choices=opt.choices if opt.choices and not opt.multiple else None,
+                           metavar=None if opt.choices and not opt.multiple else param.name.upper(),
+                           help=f"{opt.help} (default: {shown_default or 'none'})".replace("%", "%%"))
+    for need in experiment.needs:
+        parser.add_argument(f"--{need.experiment}", metavar="RUN", help=need.help.replace("%", "%%"))
+
+
+def config_from_args(experiment: Experiment, args: argparse.Namespace) -> object:
+    """The config from the flags given (a switch flips its field's default), checked before any heavy work."""
+    values = {}
+    for param in params(experiment.config):
+        value = getattr(args, param.name, None)
+        if value is None:
+            if param.option.cli_default is not None:
+                values[param.name] = param.option.cli_default
+            continue
+        values[param.name] = (not param.default) if param.is_switch else value
+    return build_config(experiment.config, values, where=lambda p: p.flag)
+
+
+def add_common_args(parser, out):  # MIGRATION
+    add_model_args(parser)
+    add_eval_args(parser)
+    parser.add_argument("--out", default=out)
+
+
+def load_model_and_eval_set(args):  # MIGRATION
     loaded = load_from_args(args)
     return loaded, eval_set_from_args(args, loaded)
 
 
-def parse_floats(text: str, count: int | None, flag: str) -> tuple[float, ...]:
-    """Comma-separated finite numbers (`count` of them, if given); nan and inf are refused here, because
-    every comparison with nan is False and would slip past the range checks of a config."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise AnatomyError(f"{flag} takes comma-separated numbers, got {shown(text)}.") from None
-    if not all(map(math.isfinite, values)):
-        raise AnatomyError(f"{flag} takes finite numbers, got {shown(text)}.")
-    if count is not None and len(values) != count:
-        raise AnatomyError(f"{flag} takes {count} comma-separated numbers, got {shown(text)}.")
-    return values
+from .options import parse_floats, parse_ints  # noqa: E402  MIGRATION
 
 
-def parse_ints(text: str, flag: str) -> tuple[int, ...]:
-    """Comma-separated whole numbers in plain digits (a count of layers, a block size)."""
-    tokens = [t.strip() for t in text.split(",")]
-    if not all(t.isascii() and t.isdigit() and len(t) <= 6 for t in tokens):
-        raise AnatomyError(f"{flag} takes comma-separated whole numbers like 3,6, got {shown(text)}.")
-    return tuple(int(t) for t in tokens)
-
-
-def print_summary(run: RunFolder, table: pd.DataFrame) -> None:
+def print_summary(experiment: Experiment, result: Result, out: Path, files: list[str]) -> None:
+    table = result.table[list(experiment.columns)] if experiment.columns else result.table
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         print(table.to_string(index=False))
-    print(f"\nrun folder: {run.path} ({', '.join(run.files)}, results.json)")
+    if experiment.headline is not None:
+        print(experiment.headline(result))
+    print(f"\nrun folder: {out} ({', '.join(files)}, results.json)")
+
+
+def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
+    """Config and given run folders checked first, then the model loaded, needs resolved, run, written."""
+    config = config_from_args(experiment, args)
+    given = {need.experiment: Result.load(path, need.experiment) for need in experiment.needs
+             if (path := getattr(args, need.experiment, None))}
+    loaded = load_from_args(args) if experiment.uses_model else None
+    eval_set = eval_set_from_args(args, loaded) if experiment.uses_eval and loaded is not None else None
+    inputs = resolve_needs(experiment, given, compute=compute_with(loaded, eval_set, None),
+                           missing=lambda need: f"pass --{need.experiment} RUN, the folder written by "
+                                                f"`python -m anatomy {need.experiment}`")
+    result = execute(experiment, loaded, eval_set, config, None, inputs)
+    made = artefacts(experiment, result, loaded, eval_set, config)
+    folder = RunFolder(args.out, experiment.name)
+    folder.write(result, made, loaded, eval_set, config)
+    print_summary(experiment, result, folder.path, folder.files)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Measure the layer anatomy of a Hugging Face causal LM. "
                                                  "Layers are numbered from 0.")
     subparsers = parser.add_subparsers(dest="experiment", required=True, metavar="<experiment>")
-    for info in sorted(pkgutil.iter_modules(experiments.__path__), key=lambda m: m.name):
+    for experiment in registry().values():
+        sub = subparsers.add_parser(experiment.name, help=experiment.summary,
+                                    description=experiment.description or experiment.summary,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        if experiment.uses_model:
+            add_model_args(sub)
+        if experiment.uses_eval:
+            add_eval_args(sub)
+        sub.add_argument("--out", default=experiment.default_out,
+                         help=f"run folder to write (default {experiment.default_out})")
+        add_config_args(sub, experiment)
+    from . import experiments  # MIGRATION: modules not yet declared keep their own add_cli
+    import importlib, pkgutil
+    for info in pkgutil.iter_modules(experiments.__path__):
         module = importlib.import_module(f"{experiments.__name__}.{info.name}")
         if hasattr(module, "add_cli"):
             module.add_cli(subparsers)
@@ -136,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        if hasattr(args, "func"):  # MIGRATION
+            args.func(args)
+        else:
+            run_command(registry()[args.experiment], args)
     except AnatomyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -341,8 +341,10 @@ class LayerAdapter:
             raise AnatomyError(f"Layer {layer} does not exist: this model has layers 0..{self.num_layers - 1}.")
         return layer
 
-    def resolve_layers(self, layers: list[int] | None) -> list[int]:
-        """The chosen layers, each checked, or every layer when none are chosen."""
+    def resolve_layers(self, layers: Sequence[int] | str | None) -> list[int]:
+        """The chosen layers (indices, or text such as '0,3,5-8'), each checked; every layer when none are chosen."""
+        if isinstance(layers, str):
+            return parse_layers(layers, self.num_layers)
         return [self.check_layer(layer) for layer in layers] if layers is not None else list(range(self.num_layers))
 
     def check_component(self, component: str, layer: int | None = None) -> str:

@@ -11,7 +11,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from . import offload
 from .evaluate import EvalSet
+from .experiment import Artefacts, Result
 from .layers import LayerAdapter
 from .load import LoadedModel
 
@@ -57,25 +58,17 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return df.to_markdown(index=False, floatfmt=floatfmt)
 
 
-@dataclass
-class Artefacts:
-    """Everything one experiment run writes besides the metadata: built once by the experiment's
-    `x_artefacts` function, written by the CLI and shown and zipped by the app alike."""
-
-    tables: dict[str, pd.DataFrame]  # name -> CSV
-    figures: dict[str, Figure]  # name -> PNG
-    markdown: str  # report.md
-    results: dict  # the headline numbers of results.json
-
-
 class RunFolder:
-    """Writes one run: `write(artefacts, ...)`, or the `write_*` methods and then `finish()` for results.json."""
+    """Writes one run: `write(result, artefacts, ...)`, or the `write_*` methods and then `finish()`.
+
+    results.json is written last and whole (a temporary name, then a rename): its presence means complete.
+    """
 
     def __init__(self, out: str | Path, experiment: str):
         self.path = Path(out)
         self.path.mkdir(parents=True, exist_ok=True)
         self.experiment = experiment
-        self.started = time.time()
+        self.started = time.perf_counter()
         self.tables: dict[str, pd.DataFrame] = {}
         self.files: list[str] = []
 
@@ -98,10 +91,21 @@ class RunFolder:
         self.files.append(path.name)
         return path
 
+    def write_file(self, name: str, text: str) -> Path:
+        path = self.path / name
+        path.write_text(text, encoding="utf-8")
+        self.files.append(path.name)
+        return path
+
     def finish(self, loaded: LoadedModel | None, eval_set: EvalSet | None, config: object,
-               results: dict, timings: dict | None = None) -> Path:
+               results: dict, timings: dict | None = None, arrays: dict | None = None) -> Path:
+        """results.json. `timings` are the run's own wall times (`run_s`: the whole experiment); the writing
+        of the files is added as `write_s`, and `total_s` is their sum."""
+        timings = dict(timings or {})
+        write_s = round(time.perf_counter() - self.started, 3)
         payload = {
             "experiment": self.experiment,
+            "table": self.experiment,
             "model": None if loaded is None else {
                 "name": loaded.name, "source": loaded.source, "revision": loaded.revision,
                 "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
@@ -114,29 +118,43 @@ class RunFolder:
                 "ppl_convention": PPL_CONVENTION},
             "config": to_jsonable(config),
             "environment": environment(),
-            "timings": {"total_s": round(time.time() - self.started, 3), **(timings or {})},
+            "timings": {**timings, "write_s": write_s,
+                        "total_s": round(float(timings.get("run_s", 0.0)) + write_s, 3)},
             "results": to_jsonable(results),
             "tables": {name: to_jsonable(df) for name, df in self.tables.items()},
+            "arrays": to_jsonable(arrays or {}),
             "files": self.files,
         }
         path = self.path / "results.json"
-        partial = path.with_name(path.name + ".partial")  # written last and whole: its presence means complete
+        partial = path.with_name(path.name + ".partial")
         partial.write_text(json.dumps(payload, indent=2, allow_nan=True), encoding="utf-8")
         return partial.replace(path)
 
-    def write(self, artefacts: Artefacts, loaded: LoadedModel | None, eval_set: EvalSet | None, config: object,
-              timings: dict | None = None) -> Path:
-        """Tables, figures, report.md and results.json of one run; returns the results.json path."""
-        for name, df in artefacts.tables.items():
+    def write(self, result: Result, artefacts: Artefacts, loaded: LoadedModel | None, eval_set: EvalSet | None,
+              config: object) -> Path:
+        """Tables, figures, extra files, report.md and results.json of one run; returns the results.json path."""
+        for name, df in result.all_tables.items():
             self.write_table(name, df)
         for name, figure in artefacts.figures.items():
             self.write_figure(name, figure)
+        for name, text in artefacts.files.items():
+            self.write_file(name, text)
         self.write_report(artefacts.markdown)
-        return self.finish(loaded, eval_set, config, artefacts.results, timings)
+        return self.finish(loaded, eval_set, config, result.scalars, result.timings, result.arrays)
 
     def zip(self) -> Path:
         """The whole folder as one .zip next to it (the app's download button)."""
         return Path(shutil.make_archive(str(self.path), "zip", root_dir=self.path))
+
+
+def parameters_markdown(config: object) -> str:
+    """The report's parameter table: every declared field of the config, by its CLI flag."""
+    from .options import parameter_table
+    rows = parameter_table(config)
+    if not rows:
+        return ""
+    table = pd.DataFrame(rows, columns=["field", "flag", "value", "meaning"])
+    return "\n## Parameters\n\n" + table.to_markdown(index=False) + "\n"
 
 
 def header(title: str, loaded: LoadedModel | None, eval_set: EvalSet | None) -> str:

@@ -17,13 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from anatomy.errors import AnatomyError
 from anatomy.evaluate import EvalSet
 from anatomy.load import LoadedModel
 from anatomy.progress import Cancelled, ProgressCallback
-from anatomy.report import Artefacts
+from anatomy.experiment import Artefacts, Result
 from anatomy.texts import DEFAULT_EVAL_NAME, default_eval_texts, resolve_eval_texts
 
 from . import runs
@@ -149,16 +148,17 @@ def eval_set_for(loaded: LoadedModel, n_sentences: float, custom_text: str = "",
                               device=loaded.model.device, seed=seed)
 
 
-def remember(state: dict | None, experiment: str, df: pd.DataFrame, zip_path: Path | None = None) -> dict:
-    """The session's own results (gr.State): the last table of each experiment and its run zip."""
+def remember(state: dict | None, experiment: str, zip_path: Path) -> dict:
+    """The session's own results (gr.State): the zip of its latest run of each experiment, whose folder
+    beside it is what a later experiment that needs it reads (`previous.run_folder`)."""
     state = dict(state or {})
-    state[experiment] = {"table": df, "zip": str(zip_path) if zip_path else None}
+    state[experiment] = {"zip": str(zip_path)}
     return state
 
 
-def save_run(request: gr.Request | None, experiment: str, loaded: LoadedModel, eval_set: EvalSet | None,
-             config: object, artefacts: Artefacts, timings: dict | None = None) -> Path:
+def save_run(request: gr.Request | None, experiment: str, loaded: LoadedModel | None, eval_set: EvalSet | None,
+             config: object, result: Result, made: Artefacts) -> Path:
     """Write the same run folder as the CLI (tables, figures, report.md, results.json) and return its zip."""
     with runs.new_run(session_id(request), experiment) as run:
-        run.write(artefacts, loaded, eval_set, config, timings)
+        run.write(result, made, loaded, eval_set, config)
     return runs.archive_of(run.path)

@@ -21,3 +21,8 @@ def run_folder(state: dict | None, experiment: str, tab: str, hint: str = "") ->
         raise AnatomyError(f"No {experiment} result in this session yet: run the {tab} tab first "
                            f"(the app uses your latest run of it){hint}.")
     return folder
+
+
+def has_run(state: dict | None, experiment: str) -> bool:
+    """Whether this session has run `experiment` (its folder is then read by `run_folder`)."""
+    return bool(((state or {}).get(experiment) or {}).get("zip"))

@@ -106,15 +106,15 @@ def file_size_limit(limit: int) -> Iterator[None]:
 def test_a_full_disk_is_a_clear_error_and_leaves_no_run_that_looks_complete(root, tiny_tokenizer, tiny_eval_set):
     loaded = LoadedModel(make_tiny_model("llama", layers=3), tiny_tokenizer, "tiny", "test")
     config = ImportanceConfig(mode="zero")
-    df = run_importance(loaded.model, tiny_eval_set, config)
-    artefacts = importance_artefacts(df, loaded, tiny_eval_set)
+    result = run_importance(loaded.model, tiny_eval_set, config)
+    artefacts = importance_artefacts(result, loaded, tiny_eval_set, config)
     with file_size_limit(4096), pytest.raises(AnatomyError, match="disk is full") as info:
-        jobs.save_run(None, "importance", loaded, tiny_eval_set, config, artefacts)  # the PNG passes 4 KiB
+        jobs.save_run(None, "importance", loaded, tiny_eval_set, config, result, artefacts)  # the PNG passes 4 KiB
     assert "\n" not in str(info.value)
     left = list(root.rglob("*"))
     assert not [p for p in left if p.name in ("results.json", "importance.png") or p.suffix == ".zip"], left
     assert not [p for p in left if p.is_dir() and p.parent != root], left  # no run folder, finished or partial
-    saved = jobs.save_run(None, "importance", loaded, tiny_eval_set, config, artefacts)  # room again: it works
+    saved = jobs.save_run(None, "importance", loaded, tiny_eval_set, config, result, artefacts)  # room again: it works
     assert saved.is_file() and (saved.with_suffix("") / "results.json").is_file()
 
 

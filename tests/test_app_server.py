@@ -52,8 +52,8 @@ def test_every_endpoint_answers(client):
     calls["/load_model"] = status, components, norms = client.predict("embedded", api_name="/load_model")
     assert "30 layers" in status and len(components["data"]) == 7 and len(norms["data"]) == 30
     before = weights_fingerprint()
-    plot, table, headline, archive, = client.predict(*FAST_EVAL, "neighbour-mean", "one-neighbour", "0-3",
-                                                     api_name="/importance")
+    headline, plot, table, report, archive = client.predict(*FAST_EVAL, "neighbour-mean", "one-neighbour", "0-3",
+                                                            api_name="/importance")
     calls["/importance"] = headline
     assert plot is not None and [row[0] for row in table["data"]] == [0, 1, 2, 3]
     assert "Baseline PPL" in headline and archive.endswith(".zip")

@@ -37,7 +37,7 @@ def rel(a: float, b: float) -> float:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_importance_map_is_finite_on_every_layer(family, eval_set):
-    df = run_importance(make_family_model(family), eval_set)
+    df = run_importance(make_family_model(family), eval_set).table
     assert list(df["layer"]) == [0, 1, 2, 3]
     assert np.isfinite(df["ppl"]).all() and np.isfinite(df["degradation_pct"]).all()
     assert (df["neighbours"] != "").all()  # every layer of these stacks has a neighbour of its kind

@@ -22,9 +22,10 @@ def test_embedded_is_smollm2_135m(embedded):
 def test_importance_map_on_embedded(embedded, embedded_eval_set):
     model = embedded.model
     before = iv.fingerprint(model)
-    df = run_importance(model, embedded_eval_set, ImportanceConfig())
+    result = run_importance(model, embedded_eval_set, ImportanceConfig())
+    df = result.table
     assert len(df) == 30 and list(df["layer"]) == list(range(30))
-    assert np.isfinite(df.attrs["baseline"]["ppl"]) and 1 < df.attrs["baseline"]["ppl"] < 1000
+    assert np.isfinite(result["baseline"]["ppl"]) and 1 < result["baseline"]["ppl"] < 1000
     assert np.isfinite(df["degradation_pct"]).all()
     assert iv.fingerprint(model) == before
     # The study's most important layer: ablating layer 11 is catastrophic, not a 10% effect.

@@ -24,28 +24,30 @@ def test_classify_thresholds():
 def test_map_rows_and_restore(arch, mode, tiny_eval_set):
     model = make_tiny_model(arch)
     before = iv.fingerprint(model)
-    df = run_importance(model, tiny_eval_set, ImportanceConfig(mode=mode))
+    result = run_importance(model, tiny_eval_set, ImportanceConfig(mode=mode))
+    df = result.table
     assert list(df.columns) == COLUMNS and list(df["layer"]) == list(range(6))
     assert df["degradation_pct"].notna().all()
     assert (df["degradation_low"] <= df["degradation_pct"] + 1e-9).all()
     assert (df["degradation_pct"] <= df["degradation_high"] + 1e-9).all()
     assert df["anti_layer_candidate"].equals(df["degradation_high"] < 0)
     assert iv.fingerprint(model) == before
-    assert df.attrs["baseline"]["ppl"] == pytest.approx(perplexity(model, tiny_eval_set).ppl)
+    assert result["baseline"]["ppl"] == pytest.approx(perplexity(model, tiny_eval_set).ppl)
 
 
 def test_prefix_cache_gives_the_same_map(tiny_eval_set):
     model = make_tiny_model("qwen2")
-    fast = run_importance(model, tiny_eval_set, ImportanceConfig())
-    slow = run_importance(model, tiny_eval_set, ImportanceConfig(use_prefix_cache=False))
+    fast = run_importance(model, tiny_eval_set, ImportanceConfig()).table
+    slow = run_importance(model, tiny_eval_set, ImportanceConfig(use_prefix_cache=False)).table
     assert ((fast["ppl"] / slow["ppl"] - 1).abs() < 1e-4).all()
 
 
 def test_untouched_boundary_convention(tiny_eval_set):
-    df = run_importance(make_tiny_model("llama"), tiny_eval_set, ImportanceConfig(boundary="untouched"))
+    result = run_importance(make_tiny_model("llama"), tiny_eval_set, ImportanceConfig(boundary="untouched"))
+    df = result.table
     assert list(df.loc[df["class"] == "Untouched", "layer"]) == [0, 5]
     assert df.loc[[0, 5], "degradation_pct"].abs().max() == pytest.approx(0, abs=1e-9)
-    assert df.attrs["boundary"] == "untouched"
+    assert result["boundary"] == "untouched"
 
 
 def test_progress_callback_and_cancel_restore(tiny_eval_set):

@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anatomy.cli import parse_floats, parse_ints
+from anatomy.options import parse_floats, parse_ints
 from anatomy.errors import AnatomyError
 from anatomy.evaluate import EvalSet, perplexity
 from anatomy.experiments.importance import ImportanceConfig

@@ -61,8 +61,8 @@ def test_device_map_puts_layers_on_two_devices(spread):
 def test_importance_map_with_disk_offload_equals_plain_load(tiny_folder, spread, mode):
     plain = load_model(str(tiny_folder))
     before = fingerprint(spread.model)
-    expected = run_importance(plain.model, _eval_set(plain), ImportanceConfig(mode=mode))
-    got = run_importance(spread.model, _eval_set(spread), ImportanceConfig(mode=mode))
+    expected = run_importance(plain.model, _eval_set(plain), ImportanceConfig(mode=mode)).table
+    got = run_importance(spread.model, _eval_set(spread), ImportanceConfig(mode=mode)).table
     assert ((got["ppl"] - expected["ppl"]).abs() / expected["ppl"]).max() < 1e-5
     # Ablations must change the PPL on the offloaded layers too, not edit a meta placeholder.
     assert (got["degradation_pct"].abs() > 0.01).all()
@@ -169,8 +169,8 @@ def test_cpu_offloaded_layers_are_edited_in_their_weights_map(tiny_folder):
     for layer in (1, 2):
         cpu_offload(offloaded.model.model.layers[layer], execution_device=torch.device("cpu"))
     assert offloaded.model.model.layers[2].mlp.up_proj.weight.device.type == "meta"
-    expected = run_importance(plain.model, _eval_set(plain), ImportanceConfig(layers=[0, 1, 2, 3]))
-    got = run_importance(offloaded.model, _eval_set(offloaded), ImportanceConfig(layers=[0, 1, 2, 3]))
+    expected = run_importance(plain.model, _eval_set(plain), ImportanceConfig(layers=[0, 1, 2, 3])).table
+    got = run_importance(offloaded.model, _eval_set(offloaded), ImportanceConfig(layers=[0, 1, 2, 3])).table
     assert ((got["ppl"] - expected["ppl"]).abs() / expected["ppl"]).max() < 1e-5
     assert fingerprint(offloaded.model) == fingerprint(plain.model)
 

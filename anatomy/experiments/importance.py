@@ -6,7 +6,6 @@ from the same baseline pass, and the report gives their Spearman correlation wit
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
@@ -18,9 +17,11 @@ from transformers import PreTrainedModel
 from .. import offload, plots, report
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
+from ..experiment import Artefacts, Experiment, Result
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
-from ..layers import LayerAdapter, parse_layers
+from ..layers import LayerAdapter
 from ..load import LoadedModel
+from ..options import LAYERS, floats, option
 from ..progress import ProgressCallback, track
 
 COLUMNS = ["layer", "mode", "ppl", "ppl_low", "ppl_high", "degradation_pct", "degradation_low",
@@ -31,11 +32,17 @@ COLUMNS = ["layer", "mode", "ppl", "ppl_low", "ppl_high", "degradation_pct", "de
 class ImportanceConfig:
     """The study's defaults; thresholds are D in percent (Redundant < 10 <= Minor < 30 <= Important < 100)."""
 
-    mode: str = "neighbour-mean"
-    boundary: str = "one-neighbour"
-    layers: list[int] | None = None  # None: every layer
-    thresholds: tuple[float, float, float] = (10.0, 30.0, 100.0)
-    use_prefix_cache: bool = True
+    mode: str = option("neighbour-mean", "how a layer is ablated", label="Ablation", choices=ABLATION_MODES)
+    boundary: str = option("one-neighbour", "first/last layer: use their one neighbour, or leave them untouched "
+                           "(the study)", label="First/last layer (one neighbour, or untouched as in the study)",
+                           choices=BOUNDARY_CONVENTIONS)
+    layers: str | list[int] | None = option(None, "0-based layers to ablate, e.g. 0,3,5-8 (all: every layer)",
+                                            label="Layers (0-based, e.g. 0,3,5-8 or all)", codec=LAYERS)
+    thresholds: tuple[float, float, float] = option(
+        (10.0, 30.0, 100.0), "class boundaries on D in % (Redundant<a<=Minor<b<=Important<c<=Critical)",
+        label="Class boundaries on D in % (Redundant, Minor, Important)", codec=floats(3))
+    use_prefix_cache: bool = option(True, "run the full forward for every ablation instead of the prefix cache",
+                                    flag="--no-prefix-cache", ui=False)
 
     def validate(self) -> None:
         if self.mode not in ABLATION_MODES:
@@ -58,8 +65,8 @@ def classify(d: float, thresholds: tuple[float, float, float] = (10.0, 30.0, 100
 
 
 def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: ImportanceConfig | None = None,
-                   progress: ProgressCallback | None = None) -> pd.DataFrame:
-    """One row per layer; `df.attrs` holds the baseline PPL, the correlations and the timings."""
+                   progress: ProgressCallback | None = None) -> Result:
+    """One row per layer; the scalars hold the baseline PPL and the correlations with the one-pass scores."""
     config = config or ImportanceConfig()
     config.validate()
     adapter = LayerAdapter(model)
@@ -87,10 +94,10 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
                      "angular_distance": scores["angular_distance"][layer],
                      "neighbours": ",".join(map(str, sources))})
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs.update(baseline=base.as_dict(), boundary=config.boundary, uniform=adapter.uniform,
-                    spearman=spearman_with_ablation(df),
-                    timings={"baseline_and_cache_s": t_base, "ablations_s": time.perf_counter() - t0 - t_base})
-    return df
+    return Result("importance", df,
+                  scalars={"baseline": base.as_dict(), "spearman": spearman_with_ablation(df),
+                           "boundary": config.boundary, "uniform": adapter.uniform},
+                  timings={"baseline_and_cache_s": t_base, "ablations_s": time.perf_counter() - t0 - t_base})
 
 
 def spearman_with_ablation(df: pd.DataFrame) -> dict[str, float]:
@@ -102,17 +109,18 @@ def spearman_with_ablation(df: pd.DataFrame) -> dict[str, float]:
     return {s: float(ranks[s].corr(ranks["degradation_pct"])) for s in ("block_influence", "angular_distance")}
 
 
-def importance_report(df: pd.DataFrame, header: str) -> str:
-    base = df.attrs["baseline"]
+def importance_report(result: Result, header: str) -> str:
+    df = result.table
+    base = result["baseline"]
     counts = df["class"].value_counts()
     anti = df.loc[df["anti_layer_candidate"], "layer"].tolist()
-    rho = df.attrs["spearman"]
-    boundary = df.attrs["boundary"]
+    rho = result["spearman"]
+    boundary = result["boundary"]
     lines = [header, "## Importance map",
              f"- Ablation: `{df['mode'].iloc[0]}`; boundary convention: `{boundary}` "
              + ("(first/last layer replaced by their one neighbour)" if boundary == "one-neighbour"
                 else "(first/last layer left untouched, as in the study: their D is not measured)"),
-             *([] if df.attrs.get("uniform", True) or df["mode"].iloc[0] != "neighbour-mean" else
+             *([] if result.scalars.get("uniform", True) or df["mode"].iloc[0] != "neighbour-mean" else
                ["- The layers are not all of one kind (hybrid or alternating stack): neighbour-mean takes the "
                 "nearest layers of the same kind, listed in the `neighbours` column."]),
              f"- Baseline PPL {base['ppl']:.3f} (95% CI {base['ppl_low']:.3f}-{base['ppl_high']:.3f})",
@@ -126,42 +134,21 @@ def importance_report(df: pd.DataFrame, header: str) -> str:
     return "\n".join(lines)
 
 
-def importance_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet) -> report.Artefacts:
-    """Table, figure, report and results of an importance run (the CLI's run folder and the app's)."""
-    return report.Artefacts(
-        tables={"importance": df},
-        figures={"importance": plots.importance_figure(df, f"Layer importance: {loaded.name}")},
-        markdown=importance_report(df, report.header("Layer importance", loaded, eval_set)),
-        results={"baseline": df.attrs["baseline"], "spearman": df.attrs["spearman"]})
+def importance_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: ImportanceConfig) -> Artefacts:
+    """Figure and report of an importance run (the CLI's run folder and the app's)."""
+    return Artefacts(
+        figures={"importance": plots.importance_figure(result.table, f"Layer importance: {loaded.name}")},
+        markdown=importance_report(result, report.header("Layer importance", loaded, eval_set)))
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from .. import cli
-
-    parser = subparsers.add_parser("importance", help="per-layer ablation importance map (SPEC section 1)",
-                                   description=__doc__)
-    cli.add_common_args(parser, out="runs/importance")
-    parser.add_argument("--mode", choices=ABLATION_MODES, default="neighbour-mean",
-                        help="how a layer is ablated (default: neighbour-mean)")
-    parser.add_argument("--boundary", choices=BOUNDARY_CONVENTIONS, default="one-neighbour",
-                        help="first/last layer: use their one neighbour (default) or leave them untouched (study)")
-    parser.add_argument("--layers", help="0-based layers to ablate, e.g. 0,3,5-8 (default: all)")
-    parser.add_argument("--thresholds", default="10,30,100",
-                        help="class boundaries on D in %% (Redundant<a<=Minor<b<=Important<c<=Critical)")
-    parser.add_argument("--no-prefix-cache", action="store_true", help="run the full forward for every ablation")
-    parser.set_defaults(func=main)
+def headline(result: Result) -> str:
+    """Baseline PPL and the count of layers per class, in one line."""
+    base, counts = result["baseline"], result.table["class"].value_counts()
+    return (f"Baseline PPL {base['ppl']:.3f} ({base['ppl_low']:.3f}-{base['ppl_high']:.3f}); "
+            + ", ".join(f"{c} {counts[c]}" for c in counts.index) + ".")
 
 
-def main(args: argparse.Namespace) -> None:
-    from .. import cli
-
-    loaded, eval_set = cli.load_model_and_eval_set(args)
-    config = ImportanceConfig(mode=args.mode, boundary=args.boundary,
-                              layers=parse_layers(args.layers, LayerAdapter(loaded.model).num_layers)
-                              if args.layers else None,
-                              thresholds=cli.parse_floats(args.thresholds, 3, "--thresholds"),
-                              use_prefix_cache=not args.no_prefix_cache)
-    df = run_importance(loaded.model, eval_set, config)
-    run = report.RunFolder(args.out, "importance")
-    run.write(importance_artefacts(df, loaded, eval_set), loaded, eval_set, config, df.attrs["timings"])
-    cli.print_summary(run, df[["layer", "degradation_pct", "class"]])
+EXPERIMENT = Experiment(
+    name="importance", title="Importance map", summary="per-layer ablation importance map (SPEC section 1)",
+    description=__doc__, config=ImportanceConfig, run=run_importance, artefacts=importance_artefacts,
+    columns=("layer", "degradation_pct", "class"), headline=headline)

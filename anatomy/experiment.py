@@ -1,0 +1,161 @@
+"""One declaration per experiment, and the typed result every experiment returns.
+
+An `Experiment` names the experiment, its config class (fields made with `anatomy.options.option`), the
+function that runs it, the function that draws its figures and report, and the experiments whose results
+it reads (`needs`). The CLI (`anatomy.cli`), the app's tabs (`space.tab`), the run folder
+(`anatomy.report`) and the resolution of `needs` (`anatomy.needs`) are all built from these declarations;
+`registry()` lists them. Adding an experiment is one module in `anatomy/experiments/` with an `EXPERIMENT`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .errors import AnatomyError, shown
+
+
+@dataclass
+class Result:
+    """What an experiment measured: its main table plus named extras, instead of `DataFrame.attrs`.
+
+    `scalars` holds JSON values (numbers, strings, small nested dicts such as a baseline PPL with its
+    interval); `tables` further tables; `arrays` numeric arrays. `timings` are the real wall times in seconds
+    (`run_s` is set by `anatomy.run.execute` around the whole run). `source` says where a result was read
+    from when it was loaded back (`Result.load`) rather than computed.
+    """
+
+    experiment: str
+    table: pd.DataFrame
+    scalars: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        """A scalar, extra table or array by name (the main table is `.table`)."""
+        for store in (self.scalars, self.tables, self.arrays):
+            if name in store:
+                return store[name]
+        raise KeyError(f"{self.experiment} result has no '{name}'")
+
+    @property
+    def all_tables(self) -> dict[str, pd.DataFrame]:
+        """The main table under the experiment's name, then the extras: the run folder's CSV files."""
+        return {self.experiment: self.table, **self.tables}
+
+    @classmethod
+    def load(cls, path: str | Path, experiment: str | None = None) -> Result:
+        """A result back from a run folder (its results.json), as the experiments that need it read it.
+
+        `path` may be the folder, its results.json or its main CSV; `experiment` checks that the folder is a
+        run of that experiment. A folder without results.json (an older or a foreign one) is read from its CSV.
+        """
+        p = Path(path)
+        folder = p.parent if p.is_file() else p
+        results_json = folder / "results.json"
+        if not results_json.is_file():
+            name = experiment or p.stem
+            csv = p if p.suffix == ".csv" else folder / f"{name}.csv"
+            if not csv.is_file():
+                raise AnatomyError(f"{shown(str(path))} is not a finished run folder (no results.json): pass the "
+                                   f"folder written by `python -m anatomy {name}`.")
+            return cls(name, pd.read_csv(csv), source={"run": str(folder)})
+        payload = json.loads(results_json.read_text(encoding="utf-8"))
+        name = payload.get("experiment", "")
+        if experiment is not None and name != experiment:
+            raise AnatomyError(f"{shown(str(path))} is a {name or 'foreign'} run, not a {experiment} run: pass the "
+                               f"folder written by `python -m anatomy {experiment}`.")
+        tables = {k: pd.read_json(StringIO(json.dumps(v)), orient="records") if v else pd.DataFrame()
+                  for k, v in payload.get("tables", {}).items()}
+        main = payload.get("table", name)
+        csv = folder / f"{main}.csv"  # the CSV keeps column order and dtypes of an empty table exactly
+        table = pd.read_csv(csv) if csv.is_file() else tables.get(main, pd.DataFrame())
+        tables.pop(main, None)
+        arrays = {k: np.asarray(v, dtype=float) for k, v in payload.get("arrays", {}).items()}
+        return cls(name, table, scalars=payload.get("results", {}), tables=tables, arrays=arrays,
+                   timings=payload.get("timings", {}),
+                   source={"run": str(folder), "model": payload.get("model"), "config": payload.get("config"),
+                           "eval_set": payload.get("eval_set")})
+
+
+@dataclass
+class Artefacts:
+    """What a run shows besides its tables: figures (PNG), the report (report.md) and extra files (name ->
+    text, such as the budget's `budget.json`). Built once by the experiment's `artefacts` function; written
+    by the CLI and shown and zipped by the app alike."""
+
+    figures: dict[str, Figure]
+    markdown: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Need:
+    """An experiment whose result another one reads. `required`: refuse without it; otherwise the reader
+    runs without it (budget without recovery: class-only rules). `computable`: when no run folder or
+    session result is given, run it now with its defaults (importance for manipulation)."""
+
+    experiment: str
+    help: str
+    required: bool = True
+    computable: bool = True
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The declaration of one experiment: the single source for its CLI command, app tab and run folder.
+
+    `run(model, eval_set, config, progress, **inputs) -> Result`, where `inputs` holds one `Result` (or None)
+    per need, under the need's name, and `tokenizer` when `uses_tokenizer`.
+    `artefacts(result, loaded, eval_set, config) -> Artefacts` draws the figures and writes the report.
+    """
+
+    name: str  # CLI command, app endpoint, run-folder and main-table name
+    title: str
+    summary: str  # one line: the CLI's command list and the tab's first line
+    config: type
+    run: Callable[..., Result]
+    artefacts: Callable[..., Artefacts]
+    needs: tuple[Need, ...] = ()
+    uses_model: bool = True
+    uses_eval: bool = True
+    uses_tokenizer: bool = False
+    description: str = ""  # the --help text (the module docstring)
+    columns: tuple[str, ...] = ()  # the main table's columns the CLI prints (all when empty)
+    headline: Callable[[Result], str] | None = None  # one line under the table (CLI) and above it (app)
+
+    @property
+    def default_out(self) -> str:
+        return f"runs/{self.name}"
+
+
+def registry() -> dict[str, Experiment]:
+    """Every experiment declared in `anatomy/experiments/` (a module-level `EXPERIMENT`), by name."""
+    from . import experiments
+
+    found: dict[str, Experiment] = {}
+    for info in sorted(pkgutil.iter_modules(experiments.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{experiments.__name__}.{info.name}")
+        exp = getattr(module, "EXPERIMENT", None)
+        if isinstance(exp, Experiment):
+            found[exp.name] = exp
+    return found
+
+
+def get(name: str) -> Experiment:
+    experiments = registry()
+    if name not in experiments:
+        raise AnatomyError(f"Unknown experiment {shown(name)}: use one of {', '.join(experiments)}.")
+    return experiments[name]

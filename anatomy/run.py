@@ -1,0 +1,80 @@
+"""Running a declared experiment: its needs resolved, the run timed, the run folder written.
+
+The CLI, the app and the study all go through `execute` and `write`, so a number computed in one place is
+the number every other place shows, and `resolve_needs` is the one place that decides where a needed
+result comes from: a run folder the user names, a result the caller already holds (the app's session), or
+computed now with the needed experiment's defaults.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from .errors import AnatomyError
+from .evaluate import EvalSet
+from .experiment import Artefacts, Experiment, Need, Result, registry
+from .load import LoadedModel
+from .progress import ProgressCallback
+from .report import parameters_markdown
+
+Source = str | Path | Result | None
+
+
+def resolve_needs(experiment: Experiment, given: Mapping[str, Source], *,
+                  compute: Callable[[Experiment], Result] | None = None,
+                  missing: Callable[[Need], str] | None = None) -> dict[str, Result | None]:
+    """One result (or None for an optional need nobody gave) per need of `experiment`.
+
+    `given` maps a need's name to a run folder or a `Result`; a need not given is computed with `compute`
+    when the need allows it and the caller can (it has a model), else refused with `missing(need)` as the
+    way out (the CLI names its flag, the app its tab).
+    """
+    out: dict[str, Result | None] = {}
+    for need in experiment.needs:
+        source = given.get(need.experiment)
+        if isinstance(source, Result):
+            out[need.experiment] = source
+        elif source is not None and str(source).strip():
+            out[need.experiment] = Result.load(source, need.experiment)
+        elif need.computable and compute is not None:
+            out[need.experiment] = compute(registry()[need.experiment])
+        elif need.required:
+            hint = missing(need) if missing else f"give a {need.experiment} run"
+            raise AnatomyError(f"{experiment.title} needs a {need.experiment} result: {hint}.")
+        else:
+            out[need.experiment] = None
+    return out
+
+
+def execute(experiment: Experiment, loaded: LoadedModel | None, eval_set: EvalSet | None, config: object,
+            progress: ProgressCallback | None = None, inputs: Mapping[str, Result | None] | None = None) -> Result:
+    """Run the experiment and record its wall time (`timings.run_s`, everything from the first step to the
+    result, needs given as inputs excluded)."""
+    if hasattr(config, "validate"):
+        config.validate()
+    kwargs: dict = dict(inputs or {})
+    if experiment.uses_tokenizer:
+        kwargs["tokenizer"] = None if loaded is None else loaded.tokenizer
+    t0 = time.perf_counter()
+    result = experiment.run(None if loaded is None else loaded.model, eval_set, config, progress, **kwargs)
+    result.timings = {**result.timings, "run_s": round(time.perf_counter() - t0, 3)}
+    return result
+
+
+def compute_with(loaded: LoadedModel | None, eval_set: EvalSet | None,
+                 progress: ProgressCallback | None) -> Callable[[Experiment], Result] | None:
+    """How a needed experiment is computed on the spot: its defaults, the same model and text."""
+    if loaded is None:
+        return None
+    return lambda needed: execute(needed, loaded, eval_set, needed.config(), progress)
+
+
+def artefacts(experiment: Experiment, result: Result, loaded: LoadedModel | None, eval_set: EvalSet | None,
+              config: object) -> Artefacts:
+    """The experiment's figures and report, the report ending with the parameter table of its config."""
+    made = experiment.artefacts(result, loaded, eval_set, config)
+    made.markdown = made.markdown.rstrip("\n") + "\n" + parameters_markdown(config)
+    return made
+

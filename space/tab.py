@@ -1,0 +1,181 @@
+"""One tab builder for every experiment: inputs from the config's declared fields, the same layout and the
+same callback for all of them.
+
+A tab module declares `TAB = Tab(EXPERIMENT, ...)`: which figures to show under which labels, how long a
+ZeroGPU slot to ask for, and optionally its own extra outputs. The builder lays out the inputs by field
+type (a choice is a dropdown, several choices checkboxes, a switch a checkbox, a number a number box, the
+rest a textbox with the CLI's text form), then Go and Stop, then the outputs: a headline, the figures, the
+table, the report and the run folder's zip. Outputs stay hidden until they hold something, so a failed run
+shows its one error message where the user pressed Go and nothing else. The callback turns the inputs
+into the config object with the CLI's own parser, resolves the experiment's needs from this session's
+runs (or computes them), and writes the CLI's run folder.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gradio as gr
+import pandas as pd
+
+from anatomy.experiment import Experiment, Need, Result
+from anatomy.options import Param, build_config, params
+from anatomy.run import artefacts, compute_with, execute, resolve_needs
+
+from . import jobs, previous
+from .common import Shared, model_job, shown, stop_button, wire_stop
+from .gpu import gpu
+
+PER_ROW = 4
+
+
+@dataclass
+class Tab:
+    """The app's view of one declared experiment; `build(shared)` lays it out and wires its endpoint."""
+
+    experiment: Experiment
+    intro: str
+    plots: dict[str, str]  # figure name -> label, in the order shown
+    gpu_s: int = 120  # ZeroGPU slot length asked for
+    go_label: str = ""
+    table: Callable[[Result], pd.DataFrame] | None = None  # what the table shows (default: the main table)
+    downloads: dict[str, str] = field(default_factory=dict)  # extra file of the run folder -> button label
+    ui_defaults: dict[str, object] = field(default_factory=dict)  # field -> the app's default, where cheaper
+    before_run: Callable[[object], None] | None = None  # a check of the config before any work (ZeroGPU limits)
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    def fields(self) -> list[Param]:
+        return [p for p in params(self.experiment.config) if p.option.ui]
+
+    def build(self, shared: Shared) -> None:
+        exp = self.experiment
+        gr.Markdown(self.intro)
+        inputs = [*self.shared_inputs(shared), *self.field_inputs()]
+        if exp.needs:
+            gr.Markdown(needs_note(exp.needs))
+        with gr.Row():
+            go = gr.Button(self.go_label or f"Run {exp.title.lower()}", variant="primary")
+            stop = stop_button()
+        headline = gr.Markdown(elem_id=f"{self.name}-headline")  # empty until a run; progress and errors show here
+        plots = [gr.Plot(label=label, visible=False, elem_id=f"{self.name}-plot" + (f"-{i}" if i else ""))
+                 for i, label in enumerate(self.plots.values())]
+        table = gr.Dataframe(label="Table", interactive=False, visible=False, elem_id=f"{self.name}-table")
+        with gr.Accordion("Report (report.md of the run folder)", open=False, visible=False) as report_box:
+            report = gr.Markdown()
+        with gr.Row():
+            download = gr.DownloadButton("Download the run folder (.zip)", visible=False)
+            files = [gr.DownloadButton(label, visible=False) for label in self.downloads.values()]
+        outputs = [headline, *plots, table, report, download, *files]
+        event = go.click(self.endpoint(len(inputs)), [*inputs, shared.state], [*outputs, shared.state],
+                         api_name=self.name, concurrency_id="model" if exp.uses_model else None,
+                         show_progress_on=[headline])
+        hidden = [*plots, table, report_box, download, *files]
+        event.success(lambda: [gr.update(visible=True)] * len(hidden), None, hidden, queue=False,
+                      api_visibility="private")
+        wire_stop(stop, [event], self.name)
+
+    def shared_inputs(self, shared: Shared) -> list:
+        if not self.experiment.uses_model:
+            return []
+        return shared.eval_inputs if self.experiment.uses_eval else [shared.model]
+
+    def field_inputs(self) -> list:
+        components = []
+        fields = self.fields()
+        for start in range(0, len(fields), PER_ROW):
+            with gr.Row():
+                components += [input_for(p, self.ui_defaults.get(p.name, p.default)) for p in fields[start:start + PER_ROW]]
+        return components
+
+    def endpoint(self, n_inputs: int) -> Callable:
+        """The event handler: positional inputs in layout order, then the session state; gradio reads the
+        request, the visitor's token and the progress tracker from the signature built here."""
+        names = [p.name for p in self.fields()]
+        shared_n = n_inputs - len(names)
+        tab = self
+
+        @gpu(duration=self.gpu_s)
+        @jobs.user_errors
+        def handler(*args):
+            *values, state, request, oauth_token, progress = args
+            config = build_config(tab.experiment.config, dict(zip(names, values[shared_n:])),
+                                  where=lambda p: repr(p.label))
+            if tab.before_run is not None:
+                tab.before_run(config)
+            return tab.run(values[:shared_n], config, state, request, oauth_token, progress)
+
+        shared_names = ["model", "n_sentences", "custom_text", "max_length"][:shared_n]
+        positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in [*shared_names, *names,
+                                                                                              "state"]]
+        handler.__signature__ = inspect.Signature([
+            *positional,
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+            inspect.Parameter("oauth_token", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                              annotation=gr.OAuthToken | None),
+            inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
+        handler.__annotations__ = {"request": gr.Request, "oauth_token": gr.OAuthToken | None}
+        handler.__name__ = self.name
+        return handler
+
+    def run(self, shared_values: list, config: object, state: dict | None, request: gr.Request | None,
+            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None) -> tuple:
+        exp = self.experiment
+        given = {need.experiment: previous.run_folder(state, need.experiment, need_tab(need))
+                 for need in exp.needs if previous.has_run(state, need.experiment)}
+        missing = lambda need: f"run the {need_tab(need)} tab first (the app uses your latest run of it)"  # noqa: E731
+        if exp.uses_model:
+            spec, *eval_args = shared_values
+            with model_job(spec, request, progress, tuple(eval_args) if exp.uses_eval else None,
+                           token=oauth_token) as job:
+                inputs = resolve_needs(exp, given, compute=compute_with(job.loaded, job.eval_set, job.progress),
+                                       missing=missing)
+                result = execute(exp, job.loaded, job.eval_set, config, job.progress, inputs)
+            loaded, eval_set = job.loaded, job.eval_set
+        else:
+            inputs = resolve_needs(exp, given, missing=missing)
+            result = execute(exp, None, None, config, None, inputs)
+            loaded = eval_set = None
+        made = artefacts(exp, result, loaded, eval_set, config)
+        archive = jobs.save_run(request, exp.name, loaded, eval_set, config, result, made)
+        folder = archive.with_suffix("")
+        table = self.table(result) if self.table else result.table
+        headline = exp.headline(result) if exp.headline else ""
+        return (headline, *[made.figures.get(name) for name in self.plots], shown(table), made.markdown,
+                str(archive), *[str(folder / name) if (folder / name).is_file() else None for name in self.downloads],
+                jobs.remember(state, exp.name, archive))
+
+
+def input_for(param: Param, default: object) -> gr.components.Component:
+    """The input a field gets, by its type: the same values the CLI flag takes."""
+    opt, label = param.option, param.label
+    if opt.multiple:
+        return gr.CheckboxGroup(list(opt.choices or ()), value=list(default), label=label)
+    if param.is_switch:
+        return gr.Checkbox(bool(default), label=label)
+    if opt.choices:
+        return gr.Dropdown(list(opt.choices), value=default, label=label)
+    if opt.codec is None and isinstance(param.default, (int, float)):
+        return gr.Number(default, precision=0 if isinstance(param.default, int) else None, label=label)
+    return gr.Textbox(param.text(default), label=label)
+
+
+TAB_OF = {"importance": "Importance", "recovery": "Recovery"}
+
+
+def need_tab(need: Need) -> str:
+    """The tab a visitor runs to give an experiment what it needs."""
+    return TAB_OF.get(need.experiment, need.experiment.capitalize())
+
+
+def needs_note(needs: tuple[Need, ...]) -> str:
+    parts = []
+    for need in needs:
+        how = ("computed now with its defaults if you have not run it" if need.computable else
+               "required" if need.required else "optional")
+        parts.append(f"your latest **{need_tab(need)}** run ({how})")
+    return "Uses " + "; ".join(parts) + "."
