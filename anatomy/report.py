@@ -7,6 +7,7 @@ without re-running it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shutil
@@ -45,6 +46,11 @@ def to_jsonable(obj: object) -> object:
     if hasattr(obj, "item"):
         return obj.item()
     return obj
+
+
+def text_hash(texts: list[str]) -> str:
+    """The evaluation text's identity: two runs on the same texts, in the same order, share it."""
+    return hashlib.sha256("\x1e".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def environment() -> dict:
@@ -115,7 +121,7 @@ class RunFolder:
                 "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation},
             "eval_set": None if eval_set is None else {
                 "name": eval_set.name, "num_texts": len(eval_set.texts), "num_tokens": eval_set.num_tokens,
-                "ppl_convention": PPL_CONVENTION},
+                "sha256": text_hash(eval_set.texts), "ppl_convention": PPL_CONVENTION},
             "config": to_jsonable(config),
             "environment": environment(),
             "timings": {**timings, "write_s": write_s,
