@@ -38,7 +38,8 @@ def test_rows_functional_test_and_restore(arch, tiny_eval_set):
     adapter = LayerAdapter(model)
     fp = fingerprint(model)
     config = PredictabilityConfig(positions=300, multi_count=3)
-    df = run_predictability(model, tiny_eval_set, config)
+    result = run_predictability(model, tiny_eval_set, config)
+    df = result.table
     assert fingerprint(model) == fp
     assert len(df) == len(adapter.components) * 4 and set(df["layer"]) == {2, 3, 4, 5}
     assert df["cosine"].between(-1, 1).all()
@@ -56,12 +57,12 @@ def test_rows_functional_test_and_restore(arch, tiny_eval_set):
     assert row["r2_distribution"] != pytest.approx(row["r2"], rel=1e-3)
     full = stack[3] @ stack[4] / np.linalg.norm(stack[3]) / np.linalg.norm(stack[4])
     assert row["adjacent_cosine"] == pytest.approx(full, rel=1e-6)
-    functional = df.attrs["functional"]
+    functional = result["functional"]
     assert list(functional["replaced"]) == ["1 layer", "3 layers"]
-    assert (functional["ppl"] > 0).all() and len(df.attrs["summary"]) == len(adapter.components)
-    text = predictability_report(df, "# t", config)
+    assert (functional["ppl"] > 0).all() and len(result["summary"]) == len(adapter.components)
+    text = predictability_report(result, "# t", config)
     assert "paradox" in text and "Functional test" in text and "R^2 of the weight distribution" in text
-    assert {"mean_r2_distribution", "mean_adjacent_cosine"} <= set(df.attrs["summary"].columns)
+    assert {"mean_r2_distribution", "mean_adjacent_cosine"} <= set(result["summary"].columns)
 
 
 def test_distribution_r2_equals_sklearn_and_separates_scale_from_weights():
