@@ -114,8 +114,28 @@ def test_bad_config_is_refused(tiny_eval_set):
         run_predictability(model, tiny_eval_set, PredictabilityConfig(positions=0))
 
 
+def test_layer_flags_are_read_as_the_cli_reads_them_and_checked_before_the_fits(tiny_eval_set):
+    from anatomy.cli import build_parser, config_from_args
+    from anatomy.experiments.predictability import EXPERIMENT
+
+    def parsed(*flags: str) -> PredictabilityConfig:
+        return config_from_args(EXPERIMENT, build_parser().parse_args(["predictability", *flags]))
+
+    config = parsed("--single-layer", "3", "--multi-layers", "2-3", "--positions", "100")
+    assert (config.single_layer, config.multi_layers, config.seed) == (3, "2-3", 0)
+    assert parsed().single_layer is None and parsed().multi_layers is None
+    with pytest.raises(AnatomyError, match="one 0-based layer"):
+        parsed("--single-layer", "3,4")
+    model = make_tiny_model("llama")
+    result = run_predictability(model, tiny_eval_set, config)
+    assert list(result["functional"]["layers"]) == ["3", "2,3"]
+    assert "- replacing 2 layers (2,3)" in EXPERIMENT.headline(result)
+    with pytest.raises(AnatomyError, match="cannot be predicted"):
+        run_predictability(model, tiny_eval_set, parsed("--multi-layers", "1-2"))
+
+
 @pytest.mark.embedded
-def test_predictability_cli_on_the_embedded_model(tmp_path):
+def test_predictability_cli_on_the_embedded_model(tmp_path, capsys):
     from anatomy.cli import main
 
     texts = tmp_path / "texts.txt"
@@ -135,6 +155,8 @@ def test_predictability_cli_on_the_embedded_model(tmp_path):
         verdict = "no paradox: R^2 is high and the model survives"
     [line] = [line for line in text.splitlines() if line.startswith("- replacing 9 layers")]
     assert verdict in line and f"{row.ppl:.4g}" in line
+    printed = capsys.readouterr().out  # the R^2 summary per component, then the paradox statement
+    assert "mean_r2_distribution" in printed and line in printed
 
 
 

@@ -47,7 +47,7 @@ def test_config_is_validated():
 
 
 @pytest.mark.embedded
-def test_spectral_cli_on_the_embedded_model(tmp_path):
+def test_spectral_cli_on_the_embedded_model(tmp_path, capsys):
     from anatomy.cli import main
 
     assert main(["spectral", "--out", str(tmp_path)]) == 0
@@ -56,3 +56,6 @@ def test_spectral_cli_on_the_embedded_model(tmp_path):
         assert (tmp_path / name).exists(), name
     text = (tmp_path / "report.md").read_text()
     assert "210 matrices" in text and "Query/key vs value/output" in text
+    printed = capsys.readouterr().out  # the summary per component, then the layers of lowest and highest alpha
+    assert "frac_alpha_2_to_6" in printed and "210 matrices; layer mean alpha: lowest layers." in printed
+    assert (tmp_path / "components.csv").exists()

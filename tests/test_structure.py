@@ -54,9 +54,29 @@ def test_independent_layers_give_the_null_and_smooth_layers_do_not():
 def test_report_and_validation():
     model = make_tiny_model("llama")
     result = run_structure(model, None, StructureConfig(shuffles=4))
-    assert len(result["pca"]) == 6 * len(result.table) and "null for independent" in structure_report(result, "#").lower()
+    df = result.table
+    assert len(result["pca"]) == 6 * len(df) and "null for independent" in structure_report(result, "#").lower()
     with pytest.raises(AnatomyError):
         run_structure(model, None, StructureConfig(shuffles=1))
+
+
+def test_run_folder_keeps_the_cosine_matrices(tmp_path, tiny_tokenizer):
+    """results.json holds each component's cosine matrix, and the result read back draws the same figure."""
+    from anatomy.experiment import Result
+    from anatomy.experiments.structure import EXPERIMENT
+    from anatomy.load import LoadedModel
+    from anatomy.report import RunFolder
+    from anatomy.run import artefacts
+
+    loaded = LoadedModel(make_tiny_model("llama"), tiny_tokenizer, "tiny", "test")
+    config = StructureConfig(shuffles=4)
+    result = run_structure(loaded.model, None, config)
+    RunFolder(tmp_path, "structure").write(result, artefacts(EXPERIMENT, result, loaded, None, config), loaded, None,
+                                           config)
+    back = Result.load(tmp_path, "structure")
+    assert list(similarity_by_component(back)) == [*LayerAdapter(loaded.model).components, WHOLE_LAYER]
+    np.testing.assert_allclose(back["similarity"], result["similarity"])
+    assert "control" in EXPERIMENT.headline(back)
 
 
 @pytest.mark.embedded

@@ -165,8 +165,10 @@ def structure_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet |
 def headline(result: Result) -> str:
     """Which components' delta correlation departs from the shuffled control, in one line."""
     ordered = ordered_components(result.table)
-    return ("Layer order matters (|order_z| > 3) for: " + ", ".join(ordered["component"]) if len(ordered) else
-            "No component's delta correlation departs from the layer-shuffled control (|order_z| <= 3).")
+    if len(ordered):
+        return ("Layer order departs from the layer-shuffled control (|order_z| > 3) for: "
+                + ", ".join(ordered["component"]))
+    return "No component's delta correlation departs from the layer-shuffled control (|order_z| <= 3)."
 
 
 EXPERIMENT = Experiment(
