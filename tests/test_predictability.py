@@ -130,8 +130,9 @@ def test_layer_flags_are_read_as_the_cli_reads_them_and_checked_before_the_fits(
     result = run_predictability(model, tiny_eval_set, config)
     assert list(result["functional"]["layers"]) == ["3", "2,3"]
     assert "- replacing 2 layers (2,3)" in EXPERIMENT.headline(result)
-    with pytest.raises(AnatomyError, match="cannot be predicted"):
-        run_predictability(model, tiny_eval_set, parsed("--multi-layers", "1-2"))
+    for selection in ("1-2", "all"):  # "all" is every layer, as typed, not the default choice
+        with pytest.raises(AnatomyError, match="Layer 0 cannot|Layer 1 cannot"):
+            run_predictability(model, tiny_eval_set, parsed("--multi-layers", selection))
 
 
 @pytest.mark.embedded

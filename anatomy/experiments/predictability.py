@@ -55,8 +55,16 @@ def _one_layer(text: str, where: str) -> int | None:
 
 ONE_LAYER = Codec(_one_layer, lambda v: "" if v is None else str(v))
 """One layer number; empty: chosen by the run."""
-SOME_LAYERS = Codec(LAYERS.parse, lambda v: "" if v is None else LAYERS.format(v))
-"""A layer selection such as 20-28; empty: chosen by the run."""
+
+
+def _layer_selection(text: str, where: str) -> str | None:
+    if not text.strip():
+        return None
+    return LAYERS.parse(text, where) or "all"  # every layer, as typed: refused below layer 2 when it runs
+
+
+SOME_LAYERS = Codec(_layer_selection, lambda v: "" if v is None else LAYERS.format(v))
+"""A layer selection such as 20-28, checked against the model's depth when it runs; empty: chosen by the run."""
 
 
 @dataclass
