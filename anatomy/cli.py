@@ -134,7 +134,8 @@ from .options import parse_floats, parse_ints  # noqa: E402  MIGRATION
 
 
 def print_summary(experiment: Experiment, result: Result, out: Path, files: list[str]) -> None:
-    table = result.table[list(experiment.columns)] if experiment.columns else result.table
+    table = (experiment.printed(result) if experiment.printed else
+             result.table[list(experiment.columns)] if experiment.columns else result.table)
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         print(table.to_string(index=False))
     if experiment.headline is not None:

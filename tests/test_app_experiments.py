@@ -44,13 +44,16 @@ def tiny_fingerprint() -> str:
 
 def test_weight_space_tabs_give_plots_tables_and_a_run_zip(client):
     before = tiny_fingerprint()
-    *figures, table, markdown, archive = client.predict("tiny", 10, 0, api_name="/structure")
+    headline, *figures, table, markdown, archive = client.predict("tiny", 10, 0, api_name="/structure")
     assert len(figures) == 3 and all(figures) and "delta" in markdown.lower() and archive.endswith(".zip")
+    assert "control" in headline
     assert len(table["data"]) >= 7  # one row per component, plus the whole layer
-    *figures, table, markdown, archive = client.predict("tiny", 4, api_name="/spectral")
+    headline, *figures, table, markdown, archive = client.predict("tiny", 4, api_name="/spectral")
     assert len(figures) == 2 and all(figures) and table["data"] and archive.endswith(".zip")
-    *figures, table, markdown, archive = client.predict(*TINY_EVAL, 200, 1.0, 2, api_name="/predictability")
+    assert "matrices; layer mean alpha" in headline and table["headers"][0] == "component"  # the summary per component
+    headline, *figures, table, markdown, archive = client.predict(*TINY_EVAL, 200, 1.0, 2, api_name="/predictability")
     assert len(figures) == 2 and all(figures) and table["data"] and archive.endswith(".zip")
+    assert "- replacing 2 layers" in headline and "mean_r2" in table["headers"]
     for name in ("structure", "spectral", "predictability", "recovery"):
         client.predict(api_name=f"/stop_{name}")
     assert tiny_fingerprint() == before

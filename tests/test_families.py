@@ -150,7 +150,7 @@ def test_parallel_groups_of_different_kinds_are_refused_and_painters_reports_the
 def test_spectral_covers_every_matrix_of_a_hybrid_stack():
     from anatomy.experiments.spectral import run_spectral
 
-    df = run_spectral(make_family_model("lfm2"))
+    df = run_spectral(make_family_model("lfm2")).table
     conv = df[df["component"] == "conv.in_proj"]
     assert list(conv["layer"]) == [0, 2] and set(conv["group"]) == {"other"}
     assert list(df.loc[df["component"] == "self_attn.q_proj", "group"]) == ["query/key"] * 2
@@ -160,10 +160,10 @@ def test_spectral_report_survives_matrices_too_small_for_a_fit():
     """A router has as many singular values as experts: no power-law tail, alpha NaN, the report still runs."""
     from anatomy.experiments.spectral import component_summary, run_spectral, spectral_report
 
-    df = run_spectral(make_family_model("mixtral"))
-    router = component_summary(df).set_index("component").loc["mlp.gate"]
+    result = run_spectral(make_family_model("mixtral"))
+    router = component_summary(result.table).set_index("component").loc["mlp.gate"]
     assert np.isnan(router["alpha_mean"]) and np.isnan(router["alpha_min_layer"])
-    assert "- Layer mean alpha: lowest layers." in spectral_report(df, "# header")
+    assert "- Layer mean alpha: lowest layers." in spectral_report(result, "# header")
 
 
 def test_report_header_lists_components_and_their_parameters(tiny_tokenizer):
@@ -235,10 +235,10 @@ def test_downstream_experiments_run_and_leave_the_model_unchanged(family, eval_s
     model = make_family_model(family)
     adapter = LayerAdapter(model)
     before = fingerprint(model)
-    assert len(structure.run_structure(model)) == len(adapter.components) + 1
+    assert len(structure.run_structure(model).table) == len(adapter.components) + 1
     pred = predictability.run_predictability(model, eval_set, predictability.PredictabilityConfig(
         positions=200, single_layer=2, multi_layers=[2, 3]))
-    assert np.isfinite(pred.attrs["functional"]["ppl"]).all()
+    assert np.isfinite(pred["functional"]["ppl"]).all()
     manip = manipulate.run_manipulate(model, eval_set, manipulate.ManipulateConfig(layers=[1, 2], alphas=(0.5,)))
     assert set(manip["strategy"]) >= {"zero", "clone", "blend", "lowrank"} and np.isfinite(manip["ppl"]).all()
     paint = painters.run_painters(model, eval_set, painters.PaintersConfig(block_sizes=(2,), latency_repeats=1,
