@@ -135,6 +135,7 @@ class Experiment:
     description: str = ""  # the --help text (the module docstring)
     columns: tuple[str, ...] = ()  # the main table's columns the CLI prints (all when empty)
     headline: Callable[[Result], str] | None = None  # one line under the table (CLI) and above it (app)
+    aliases: tuple[str, ...] = ()  # further CLI command names (an earlier name that documented commands use)
 
     @property
     def default_out(self) -> str:

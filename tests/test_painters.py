@@ -1,4 +1,4 @@
-"""The painters experiment: tiny-model table shape and the built-in tasks; one fast embedded run."""
+"""The layer-plans experiment (the painters variants): tiny-model table shape and the built-in tasks; one fast embedded run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anatomy.evaluate import perplexity
-from anatomy.experiments.painters import PaintersConfig, painters_report, run_painters
+from anatomy.experiments.plans import PlansConfig, plans_report, run_plans
 from anatomy.plans import apply_plan, parse_plan
 from anatomy.plots import painters_figures
 from anatomy.surgery import layer_stack
@@ -20,8 +20,9 @@ FAST = dict(latency_repeats=1, latency_tokens=2)
 
 def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_tokenizer):
     model = make_tiny_model("llama", layers=8)
-    config = PaintersConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], **FAST)
-    df = run_painters(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
+    config = PlansConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], **FAST)
+    result = run_plans(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
+    df = result.table
     assert len(df) == 1 + 6 + 1 and df.iloc[0].variant == "baseline"
     # PPLs against models built without plans: the untouched model, and layers 3-4 really removed
     rows = df.set_index("variant")
@@ -39,7 +40,7 @@ def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_to
     looped = df[df.variant == "looped-parallel"]
     assert (looped.layer_calls == 8 + looped.block_size).all()  # the block runs twice
     assert df[["ppl", "decode_ms_per_token", "baseline_decode_ms_per_token", "acc_facts"]].notna().all().all()
-    assert "| skip" in painters_report(df, "# t", config)
+    assert "| skip" in plans_report(result, "# t", config)
     assert set(painters_figures(df)) == {"painters_ppl", "painters_latency"}
 
 
@@ -78,8 +79,8 @@ def test_tasks_are_scored_on_every_answer_token(tiny_tokenizer):
 
 @pytest.mark.embedded
 def test_embedded_parallel_beats_skip_on_ppl_and_tasks_work(embedded, embedded_eval_set):
-    config = PaintersConfig(variants=("skip", "parallel"), block_sizes=(4,), **FAST)
-    df = run_painters(embedded.model, embedded_eval_set, config, tokenizer=embedded.tokenizer).set_index("variant")
+    config = PlansConfig(variants=("skip", "parallel"), block_sizes=(4,), **FAST)
+    df = run_plans(embedded.model, embedded_eval_set, config, tokenizer=embedded.tokenizer).table.set_index("variant")
     assert df.loc["baseline", "acc_facts"] >= 0.5  # the built-in facts are answerable by the model
     assert df.loc["skip", "ppl"] > df.loc["baseline", "ppl"]
     assert df.loc["parallel", "parallel_execution"] == "batched"
