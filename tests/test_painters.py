@@ -1,4 +1,4 @@
-"""The layer-plans experiment (the painters variants): tiny-model table shape and the built-in tasks; one fast embedded run."""
+"""Layer plans (the painters variants): tiny-model table shape, the built-in tasks, one fast embedded run."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ class PlansConfig:
                                        choices=VARIANTS, multiple=True)
     block_sizes: tuple[int, ...] = option((2, 4, 8), "middle-block sizes, centred",
                                           label="Middle-block sizes (empty: only your plans)", codec=INTS)
-    plans: tuple[str, ...] = option((), "a user plan such as 0-3,[4-7]x2,8-29 (the plan grammar is in --help; may repeat)",
+    plans: tuple[str, ...] = option((), "a user plan such as 0-3,[4-7]x2,8-29 (grammar in --help; may repeat)",
                                     label="Your plans, one a line, e.g. 0-12,[13-16]x2,17-29", flag="--plan",
                                     codec=LINES, repeat=True)
     loops: int = option(2, "iterations of looped parallel", label="Loops of looped-parallel", minimum=1)
