@@ -84,3 +84,22 @@ def test_embedded_parallel_beats_skip_on_ppl_and_tasks_work(embedded, embedded_e
     assert df.loc["baseline", "acc_facts"] >= 0.5  # the built-in facts are answerable by the model
     assert df.loc["skip", "ppl"] > df.loc["baseline", "ppl"]
     assert df.loc["parallel", "parallel_execution"] == "batched"
+
+
+def test_cli_keeps_the_painters_command_and_repeated_plans_and_checks_them_before_loading():
+    from anatomy.cli import build_parser, config_from_args
+    from anatomy.errors import AnatomyError
+    from anatomy.experiment import registry
+
+    parser, plans = build_parser(), registry()["plans"]
+    args = parser.parse_args(["painters", "--plan", "0-3", "--plan", "[4-5]x2", "--sequential-parallel", "--no-tasks"])
+    assert args.experiment == "plans" and args.out == "runs/plans"
+    config = config_from_args(plans, args)
+    assert config.plans == ("0-3", "[4-5]x2") and not config.batched and not config.tasks
+    assert config.block_sizes == (2, 4, 8) and config.latency_repeats == 5
+    with pytest.raises(AnatomyError, match="exactly one --plan"):
+        config_from_args(plans, parser.parse_args(["plans", "--plan", "0-3", "--plan", "4", "--save", "out"]))
+    with pytest.raises(AnatomyError, match="Bad plan at position 3"):
+        config_from_args(plans, parser.parse_args(["plans", "--plan", "0-3]"]))
+    with pytest.raises(AnatomyError, match="Nothing to run"):
+        config_from_args(plans, parser.parse_args(["plans", "--block-sizes", ""]))
