@@ -103,3 +103,13 @@ def test_cli_keeps_the_painters_command_and_repeated_plans_and_checks_them_befor
         config_from_args(plans, parser.parse_args(["plans", "--plan", "0-3]"]))
     with pytest.raises(AnatomyError, match="Nothing to run"):
         config_from_args(plans, parser.parse_args(["plans", "--block-sizes", ""]))
+
+
+def test_save_writes_the_one_plan_as_a_model_folder(tiny_eval_set, tiny_tokenizer, tmp_path):
+    model = make_tiny_model("llama", layers=4)
+    config = PlansConfig(variants=(), block_sizes=(), plans=["0,2x2,3"], save=str(tmp_path / "saved"), tasks=False,
+                         **FAST)
+    result = run_plans(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
+    assert result["saved"] == str(tmp_path / "saved") and list(result.table["variant"]) == ["baseline", "custom"]
+    assert "saved as a model folder" in plans_report(result, "# t", config)
+    assert (tmp_path / "saved" / "model.safetensors").is_file() and (tmp_path / "saved" / "tokenizer.json").is_file()

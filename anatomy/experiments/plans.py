@@ -136,7 +136,8 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     tasks = load_tasks(tokenizer) if config.tasks and tokenizer is not None else []
     specs = plan_rows(adapter.num_layers, config)
-    saved = {"saved": str(export_plan(model, tokenizer, specs[-1][3], config.save))} if config.save else {}
+    saved = ({"saved": str(export_plan(model, tokenizer, parse_plan(config.plans[0], adapter.num_layers), config.save))}
+             if config.save else {})
     t0 = time.perf_counter()
     base = None
     rows, refused = [], []
