@@ -128,7 +128,7 @@ def test_hybrid_components_only_in_some_layers_are_listed_but_not_stacked():
     assert rows["mlp.gate_proj"]["parameter"] == "model.layers.{i}.feed_forward.w1.weight"
 
 
-def test_parallel_groups_of_different_kinds_are_refused_and_painters_reports_them(eval_set):
+def test_parallel_groups_of_different_kinds_are_refused_and_layer_plans_report_them(eval_set):
     from anatomy.errors import AnatomyError
     from anatomy.experiments.plans import PlansConfig, run_plans
     from anatomy.plans import apply_plan, parse_plan
