@@ -98,7 +98,7 @@ def add_config_args(parser: argparse.ArgumentParser, experiment: Experiment) -> 
                                help=opt.help.replace("%", "%%"))
             continue
         shown_default = param.text(default)
-        group.add_argument(*names, dest=param.name, default=None,
+        group.add_argument(*names, dest=param.name, default=None, action="append" if opt.repeat else "store",
                            choices=opt.choices if opt.choices and not opt.multiple else None,
                            metavar=None if opt.choices and not opt.multiple else param.name.upper(),
                            help=f"{opt.help} (default: {shown_default or 'none'})".replace("%", "%%"))
@@ -115,6 +115,8 @@ def config_from_args(experiment: Experiment, args: argparse.Namespace) -> object
             if param.option.cli_default is not None:
                 values[param.name] = param.option.cli_default
             continue
+        if isinstance(value, list):  # a repeated flag: one item of the codec's text each
+            value = "\n".join(value)
         values[param.name] = (not param.default) if param.is_switch else value
     return build_config(experiment.config, values, where=lambda p: p.flag)
 
@@ -166,9 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "Layers are numbered from 0.")
     subparsers = parser.add_subparsers(dest="experiment", required=True, metavar="<experiment>")
     for experiment in registry().values():
-        sub = subparsers.add_parser(experiment.name, help=experiment.summary,
+        sub = subparsers.add_parser(experiment.name, aliases=list(experiment.aliases), help=experiment.summary,
                                     description=experiment.description or experiment.summary,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(experiment=experiment.name)  # the declared name, whichever alias was typed
         if experiment.uses_model:
             add_model_args(sub)
         if experiment.uses_eval:

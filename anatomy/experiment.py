@@ -154,6 +154,7 @@ class Experiment:
     columns: tuple[str, ...] = ()  # the main table's columns the CLI prints (all when empty)
     printed: Callable[[Result], pd.DataFrame] | None = None  # what the CLI prints instead, where that is a summary
     headline: Callable[[Result], str] | None = None  # one line under the table (CLI) and above it (app)
+    aliases: tuple[str, ...] = ()  # further CLI command names (an earlier name that documented commands use)
 
     @property
     def default_out(self) -> str:

@@ -104,8 +104,8 @@ def test_pruning_removes_layers_by_each_criterion_and_puts_them_back(client):
 def test_layer_plans_give_every_variant_and_the_users_plan_with_the_weights_untouched(client):
     before = tiny_fingerprint()
     fast = (2, 0, 1, 2, True, True)  # loops, seed, timed runs, decode tokens, batched, tasks
-    ppl, latency, table, markdown, archive = client.predict(*TINY_EVAL, list(VARIANTS), "2", "0,[1-3]x2,5\n",
-                                                            *fast, api_name="/painters")
+    _, ppl, latency, table, markdown, archive = client.predict(*TINY_EVAL, list(VARIANTS), "2", "0,[1-3]x2,5\n",
+                                                               *fast, api_name="/painters")
     assert [row[0] for row in table["data"]] == ["baseline", *VARIANTS, "custom"]
     assert table["data"][-1][3] == "0,[1-3]x2,5" and ppl and latency and archive.endswith(".zip")
     assert "Layers as painters" in markdown and "acc_facts" in table["headers"]
