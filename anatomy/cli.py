@@ -115,7 +115,8 @@ def config_from_args(experiment: Experiment, args: argparse.Namespace) -> object
             if param.option.cli_default is not None:
                 values[param.name] = param.option.cli_default
             continue
-        values[param.name] = (not param.default) if param.is_switch else value
+        default = param.default if param.option.cli_default is None else param.option.cli_default
+        values[param.name] = (not default) if param.is_switch else value
     return build_config(experiment.config, values, where=lambda p: p.flag)
 
 
@@ -134,7 +135,8 @@ from .options import parse_floats, parse_ints  # noqa: E402  MIGRATION
 
 
 def print_summary(experiment: Experiment, result: Result, out: Path, files: list[str]) -> None:
-    table = result.table[list(experiment.columns)] if experiment.columns else result.table
+    columns = experiment.columns(result) if callable(experiment.columns) else experiment.columns
+    table = result.table[list(columns)] if columns else result.table
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         print(table.to_string(index=False))
     if experiment.headline is not None:
