@@ -23,6 +23,7 @@ from .. import plots, report
 from ..errors import AnatomyError
 from ..experiment import Artefacts, Experiment, Need, Result
 from ..options import floats, option
+from ..progress import ProgressCallback
 
 COLUMNS = ["layer", "class", "position", "recovery", "rule", "ratio", "steps"]
 RANGES = ("boundary", "redundant", "minor", "important", "critical_output")  # the rules' R ranges (low, high)
@@ -116,7 +117,8 @@ def layer_ratio(row: pd.Series, rec: pd.Series | None, n_layers: int, config: Bu
     raise AnatomyError(f"Unknown class '{cls}' for layer {layer} in the importance table.")
 
 
-def run_budget(model: None, eval_set: None, config: BudgetConfig | None = None, progress=None, *,
+def run_budget(model: None, eval_set: None, config: BudgetConfig | None = None,
+               progress: ProgressCallback | None = None, *,
                importance: Result, recovery: Result | None = None) -> Result:
     """One row per layer of the importance table, by class alone where the recovery run has no row (or there
     is none). The depth comes from the importance run's model when it was read from a run folder."""
@@ -165,7 +167,7 @@ def budget_json(result: Result) -> dict:
 def budget_report(result: Result) -> str:
     lines = ["# Training budget from anatomy", "",
              f"- Importance run: `{result['importance_run']}`; recovery run: `{result['recovery_run']}`",
-             f"- {totals(result)} (B_max {result['b_max']} a layer; the study: 2,760 of 6,000, 54%)",
+             f"- {totals(result)}; B_max {result['b_max']} a layer (the study: 2,760 of 6,000 steps, 54% saved)",
              "- Layers without a recovery row (class-only rule, upper end of their range): "
              + (", ".join(map(str, result["class_only"])) or "none"),
              "- Recovery layers missing from the importance run (ignored): "
