@@ -14,7 +14,7 @@ runs (or computes them), and writes the CLI's run folder.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -58,8 +58,7 @@ class Tab:
     def build(self, shared: Shared) -> None:
         exp = self.experiment
         gr.Markdown(self.intro)
-        shared_inputs = self.shared_inputs(shared)
-        inputs = [*shared_inputs, *[gr.Checkbox(False, label=label) for label in self.without.values()],
+        inputs = [*self.shared_inputs(shared), *[gr.Checkbox(False, label=label) for label in self.without.values()],
                   *self.field_inputs()]
         if exp.needs:
             gr.Markdown(needs_note(exp.needs))
@@ -76,7 +75,7 @@ class Tab:
             download = gr.DownloadButton("Download the run folder (.zip)", visible=False)
             files = [gr.DownloadButton(label, visible=False) for label in self.downloads.values()]
         outputs = [headline, *plots, table, report, download, *files]
-        event = go.click(self.endpoint(len(shared_inputs)), [*inputs, shared.state], [*outputs, shared.state],
+        event = go.click(self.endpoint(len(inputs)), [*inputs, shared.state], [*outputs, shared.state],
                          api_name=self.name, concurrency_id="model" if exp.uses_model else None,
                          show_progress_on=[headline])
         hidden = [*plots, table, report_box, download, *files]
@@ -98,12 +97,13 @@ class Tab:
                 components += [input_for(p, self.ui_defaults.get(p.name, p.default)) for p in fields[start:start + PER_ROW]]
         return components
 
-    def endpoint(self, shared_n: int) -> Callable:
+    def endpoint(self, n_inputs: int) -> Callable:
         """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields),
         then the session state; gradio reads the request, the visitor's token and the progress tracker from
         the signature built here."""
         names = [p.name for p in self.fields()]
         skips = list(self.without)
+        shared_n = n_inputs - len(skips) - len(names)
         tab = self
 
         @gpu(duration=self.gpu_s)
@@ -131,7 +131,7 @@ class Tab:
         return handler
 
     def run(self, shared_values: list, config: object, state: dict | None, request: gr.Request | None,
-            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: set[str] = frozenset()) -> tuple:
+            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = ()) -> tuple:
         """`ticked`: the optional needs the user chose to do without (their `without` checkboxes)."""
         exp = self.experiment
         given = {need.experiment: previous.run_folder(state, need.experiment, need_tab(need))
