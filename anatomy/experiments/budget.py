@@ -1,12 +1,14 @@
 """Training budget from anatomy (SPEC section 6): a step budget per layer from its class and its recovery.
 
-R(l) in [0, 1], steps(l) = round(R(l) x B_max). Rules, first match wins, every number a parameter:
-1. anti-layer (final recovered PPL interval below baseline, or the importance D interval below 0): 0;
-2. boundary layer (first, last): 0.15-0.2;
-3. Redundant that recovers at once (under 1.1x baseline by the first evaluation): 0-0.05;
+R(l) in [0, 1], steps(l) = round(R(l) x B_max). Rules, first match wins; every R and range is a flag below,
+its default SPEC section 6's value:
+1. anti-layer (final recovered PPL interval below baseline, or the importance D interval below 0): --anti;
+2. boundary layer (first, last): --boundary;
+3. Redundant that recovers at once (under the slowest threshold by step --at-once-steps): --redundant;
    Redundant that does not: the Minor range;
-4. Minor: 0.3-0.5;  Important (not named by the study; between Minor and Critical): 0.5-0.8;
-5. Critical in the output third: 0.8-1.0;  Critical in the input or core thirds: 1.0.
+4. Minor: --minor;  Important (not named by the study; between Minor and Critical): --important;
+5. Critical in the output layers (from --output-start of the depth): --critical-output;
+   Critical in the input or core layers: --critical-core.
 Within a range, R grows with how slowly the layer recovers: slowness = first step under the slowest
 threshold / steps trained (1 when not reached). A layer without a recovery row gets the class-only
 rule: the upper end of its range (the cautious choice: unknown recovery gets the full range's budget).
