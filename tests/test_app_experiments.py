@@ -135,6 +135,8 @@ def test_budget_reads_the_sessions_importance_and_recovery_runs(client, shakespe
     layers = json.loads(Path(schedule).read_text())["layers"]
     assert measured == [1] and [entry["layer"] for entry in layers] == list(range(6))
     assert "budget.json" in zipfile.ZipFile(archive).namelist()
+    table = budget(True)[2]  # a session with a recovery run may still budget by class only
+    assert {row[3] for row in table["data"]} == {"not measured"}
 
 
 def stopped(client: Client, api_name: str, *args) -> None:
