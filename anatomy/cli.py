@@ -151,7 +151,7 @@ def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
     eval_set = eval_set_from_args(args, loaded) if experiment.uses_eval and loaded is not None else None
     inputs = resolve_needs(experiment, given, compute=compute_with(loaded, eval_set, None),
                            missing=lambda need: f"pass --{need.experiment} RUN, the folder written by "
-                                                f"`python -m anatomy {need.experiment}`")
+                                                f"`python -m anatomy {need.experiment}`", config=config)
     result = execute(experiment, loaded, eval_set, config, None, inputs)
     made = artefacts(experiment, result, loaded, eval_set, config)
     folder = RunFolder(args.out, experiment.name)

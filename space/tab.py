@@ -44,19 +44,26 @@ class Tab:
     downloads: dict[str, str] = field(default_factory=dict)  # extra file of the run folder -> button label
     ui_defaults: dict[str, object] = field(default_factory=dict)  # field -> the app's default, where cheaper
     before_run: Callable[[object], None] | None = None  # a check of the config before any work (ZeroGPU limits)
+    config: type | None = None  # the app's config: a subclass of the experiment's adding UI-only choices
+    from_session: Callable[[object], bool] | None = None  # True: the needs are the session's runs (refused when
+    # there is none), False: computed now; absent: the session's runs where it has them
+
+    @property
+    def config_class(self) -> type:
+        return self.config or self.experiment.config
 
     @property
     def name(self) -> str:
         return self.experiment.name
 
     def fields(self) -> list[Param]:
-        return [p for p in params(self.experiment.config) if p.option.ui]
+        return [p for p in params(self.config_class) if p.option.ui]
 
     def build(self, shared: Shared) -> None:
         exp = self.experiment
         gr.Markdown(self.intro)
         inputs = [*self.shared_inputs(shared), *self.field_inputs()]
-        if exp.needs:
+        if exp.needs and self.from_session is None:
             gr.Markdown(needs_note(exp.needs))
         with gr.Row():
             go = gr.Button(self.go_label or f"Run {exp.title.lower()}", variant="primary")
@@ -103,7 +110,7 @@ class Tab:
         @jobs.user_errors
         def handler(*args):
             *values, state, request, oauth_token, progress = args
-            config = build_config(tab.experiment.config, dict(zip(names, values[shared_n:])),
+            config = build_config(tab.config_class, dict(zip(names, values[shared_n:])),
                                   where=lambda p: repr(p.label))
             if tab.before_run is not None:
                 tab.before_run(config)
@@ -125,19 +132,20 @@ class Tab:
     def run(self, shared_values: list, config: object, state: dict | None, request: gr.Request | None,
             oauth_token: gr.OAuthToken | None, progress: gr.Progress | None) -> tuple:
         exp = self.experiment
+        chosen = None if self.from_session is None else self.from_session(config)
         given = {need.experiment: previous.run_folder(state, need.experiment, need_tab(need))
-                 for need in exp.needs if previous.has_run(state, need.experiment)}
+                 for need in exp.needs if chosen or (chosen is None and previous.has_run(state, need.experiment))}
         missing = lambda need: f"run the {need_tab(need)} tab first (the app uses your latest run of it)"  # noqa: E731
         if exp.uses_model:
             spec, *eval_args = shared_values
             with model_job(spec, request, progress, tuple(eval_args) if exp.uses_eval else None,
                            token=oauth_token) as job:
                 inputs = resolve_needs(exp, given, compute=compute_with(job.loaded, job.eval_set, job.progress),
-                                       missing=missing)
+                                       missing=missing, config=config)
                 result = execute(exp, job.loaded, job.eval_set, config, job.progress, inputs)
             loaded, eval_set = job.loaded, job.eval_set
         else:
-            inputs = resolve_needs(exp, given, missing=missing)
+            inputs = resolve_needs(exp, given, missing=missing, config=config)
             result = execute(exp, None, None, config, None, inputs)
             loaded = eval_set = None
         made = artefacts(exp, result, loaded, eval_set, config)
