@@ -97,6 +97,16 @@ def test_the_importance_map_is_read_only_without_typed_layers(tmp_path):
     assert computed == [config.importance]
 
 
+def test_the_apps_layer_set_reads_the_typed_layers_only_when_chosen():
+    from anatomy.options import build_config
+    from space.tab_manipulate import COMPUTE, GIVEN, ManipulateInputs
+
+    assert build_config(ManipulateInputs, {"layers": "1,4", "source": COMPUTE}).layers is None
+    assert build_config(ManipulateInputs, {"layers": "1,4", "source": GIVEN}).layers == "1,4"
+    with pytest.raises(AnatomyError, match="Type the layers"):
+        build_config(ManipulateInputs, {"layers": " ", "source": GIVEN})
+
+
 @pytest.mark.embedded
 def test_manipulate_cli_on_the_embedded_model(tmp_path):
     from anatomy.cli import main
