@@ -194,7 +194,7 @@ def prune_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, conf
 def headline(result: Result) -> str:
     """The baseline, the best criterion at each K, and the model folders saved."""
     pruned = result.table[result.table["k"] > 0]
-    best = pruned.loc[pruned.groupby("k")["ppl"].idxmin()]
+    best = pruned.sort_values(["k", "ppl"], kind="stable").drop_duplicates("k")  # a NaN PPL sorts last
     return (f"Baseline PPL {result['baseline']['ppl']:.3f}; lowest PPL: "
             + ", ".join(f"K={r.k} {r.criterion} {r.ppl:.3f}" for r in best.itertuples())
             + "".join(f"; saved pruned model: {p}" for p in result["saved"]) + ".")
