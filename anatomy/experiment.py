@@ -139,6 +139,8 @@ class Experiment:
     description: str = ""  # the --help text (the module docstring)
     columns: tuple[str, ...] = ()  # the main table's columns the CLI prints (all when empty)
     headline: Callable[[Result], str] | None = None  # one line under the table (CLI) and above it (app)
+    check: Callable[[Any, Any], None] | None = None  # (config, model): refuse what this model cannot run (a K
+    # above its depth) once it is loaded, before any need is computed
 
     @property
     def default_out(self) -> str:

@@ -140,6 +140,8 @@ class Tab:
             spec, *eval_args = shared_values
             with model_job(spec, request, progress, tuple(eval_args) if exp.uses_eval else None,
                            token=oauth_token) as job:
+                if exp.check is not None:
+                    exp.check(config, job.loaded.model)
                 inputs = resolve_needs(exp, given, compute=compute_with(job.loaded, job.eval_set, job.progress),
                                        missing=missing, config=config)
                 result = execute(exp, job.loaded, job.eval_set, config, job.progress, inputs)

@@ -70,6 +70,8 @@ def test_bad_k_and_criteria(tiny_eval_set):
         run_prune(model, tiny_eval_set, PruneConfig(ks=(6,)))
     with pytest.raises(AnatomyError, match="Unknown criteria"):
         run_prune(model, tiny_eval_set, PruneConfig(criteria=("random",)))
+    with pytest.raises(AnatomyError, match="K must be"):  # the CLI and the app, before the importance map
+        EXPERIMENT.check(PruneConfig(ks=(6,)), model)
 
 
 def test_the_importance_map_is_computed_with_the_ablation_mode_and_only_when_a_criterion_reads_it():

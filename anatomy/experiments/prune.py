@@ -207,4 +207,5 @@ EXPERIMENT = Experiment(
     description=__doc__, config=PruneConfig, run=run_prune, artefacts=prune_artefacts, uses_tokenizer=True,
     needs=(Need("importance", "read block influence and ablation D from this importance run folder (default: "
                 "compute the importance map now with --ablation-mode)", configure=PruneConfig.importance_config),),
-    columns=("criterion", "k", "removed", "ppl", "degradation_pct"), headline=headline)
+    columns=("criterion", "k", "removed", "ppl", "degradation_pct"), headline=headline,
+    check=lambda config, model: config.validate(LayerAdapter(model).num_layers))
