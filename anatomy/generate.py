@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .errors import AnatomyError
 from .interventions import intervention
 from .layers import LayerAdapter
+from .options import LAYERS
 from .plans import apply_plan, parse_plan
 from .progress import ProgressCallback
 
@@ -59,7 +60,7 @@ class Alteration:
             return f"layer plan {self.plan}"
         if self.intervention == "none":
             return "none (both sides are the original model)"
-        layers = "every layer" if self.layers is None else f"layers {self.layers}"
+        layers = "every layer" if self.layers is None else f"layers {LAYERS.format(self.layers)}"
         value = {"scale": f", alpha {self.value:g}", "noise": f", sigma {self.value:g}, seed {self.seed}"}
         return f"{self.intervention} of {layers}{value.get(self.intervention, '')}"
 
@@ -112,7 +113,8 @@ def difference_table(ids: dict[str, dict[str, list[int]]]) -> pd.DataFrame:
     rows = []
     for mode, pair in ids.items():
         a, b = pair["original"], pair["altered"]
-        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                     None if len(a) == len(b) else min(len(a), len(b)))
         rows.append({"mode": mode, "tokens_original": len(a), "tokens_altered": len(b),
                      "tokens_differing": sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b)),
                      "first_difference_at": first})

@@ -61,7 +61,7 @@ def build(shared: Shared) -> None:
         kind = gr.Dropdown(list(ALTERATIONS), value=FIELDS["intervention"].default,
                            label="Alteration (an intervention or a layer plan)")
         layers = gr.Textbox(FIELDS["layers"].default, label="Layers (0-based), or a plan such as 0-9,[10-13]x2,14-29")
-        value, seed = input_for(FIELDS["value"], FIELDS["value"].default), input_for(FIELDS["seed"], 0)
+        value, seed = (input_for(FIELDS[name], FIELDS[name].default) for name in ("value", "seed"))
         max_new = gr.Slider(1, 128, value=FIELDS["new_tokens"].default, step=1, label=FIELDS["new_tokens"].label)
         chat = input_for(FIELDS["chat_template"], FIELDS["chat_template"].default)
     with gr.Row():

@@ -18,6 +18,7 @@ from anatomy.surgery import build_layer_stack
 from tests.conftest import make_tiny_model
 
 PROMPT = "The river"
+FRANCE = "The capital of France is"  # the embedded Instruct model runs on from it without the chat template
 TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
             "{% if add_generation_prompt %}<s>assistant:{% endif %}")
 
@@ -32,6 +33,11 @@ def chat_tokenizer(tiny_tokenizer):
 def by_hand(model, tokenizer, prompt: str = PROMPT, chat_template: bool = True, **kwargs) -> dict[str, list[int]]:
     inputs, _ = prompt_inputs(tokenizer, prompt, chat_template)
     return {mode: generate(model, tokenizer, inputs, max_new_tokens=6, seed=3, mode=mode, **kwargs) for mode in MODES}
+
+
+def unaltered(prompt: str = PROMPT, **kwargs) -> GenerateConfig:
+    """Both sides the original model: what differs is only what the config's other fields change."""
+    return GenerateConfig(prompt=prompt, intervention="none", new_tokens=4, **kwargs)
 
 
 def test_an_intervention_equals_the_model_zeroed_by_hand(tiny_tokenizer):
@@ -61,13 +67,12 @@ def test_a_plan_equals_the_stack_built_by_hand(tiny_tokenizer):
 def test_the_chat_template_switch_changes_the_input_ids(tiny_tokenizer, chat_tokenizer):
     model = make_tiny_model("llama", layers=4)
     raw_ids = tiny_tokenizer(PROMPT)["input_ids"]
-    templated = run_generate(model, config=GenerateConfig(prompt=PROMPT, intervention="none", new_tokens=4), tokenizer=chat_tokenizer)
-    raw = run_generate(model, config=GenerateConfig(prompt=PROMPT, intervention="none", new_tokens=4, chat_template=False),
-                       tokenizer=chat_tokenizer)
+    templated = run_generate(model, config=unaltered(), tokenizer=chat_tokenizer)
+    raw = run_generate(model, config=unaltered(chat_template=False), tokenizer=chat_tokenizer)
     assert templated["chat_template"] is True and raw["chat_template"] is False
     assert raw["input_ids"] == raw_ids
     assert templated["input_ids"] == chat_tokenizer(f"<s>user: {PROMPT}</s><s>assistant:")["input_ids"]
-    no_template = run_generate(model, config=GenerateConfig(prompt=PROMPT, intervention="none", new_tokens=4), tokenizer=tiny_tokenizer)
+    no_template = run_generate(model, config=unaltered(), tokenizer=tiny_tokenizer)
     assert no_template["chat_template"] is False and no_template["input_ids"] == raw_ids  # none to use: raw
     assert list(templated.table["side"]) == ["original", "altered"] * 2
     assert list(templated["differences"]["mode"]) == list(MODES)
@@ -83,20 +88,30 @@ def test_bad_configs_are_refused_before_any_work():
     assert build_config(GenerateConfig, {"plan": " "}).plan is None
 
 
+def test_the_tab_reads_a_plan_from_the_layers_box_and_refuses_an_empty_one():
+    from space.tab_generate import config_of
+
+    plan = config_of("Hello", "plan", "0-9,[10-13]x2,14-29", 0.5, 0, 8, False)
+    assert plan.plan == "0-9,[10-13]x2,14-29" and plan.intervention == "none" and not plan.chat_template
+    zero = config_of("Hello", "zero", "3", 0.5, 0, 8, True)
+    assert zero.plan is None and zero.intervention == "zero" and zero.layers == "3" and zero.chat_template
+    with pytest.raises(AnatomyError, match="plan is empty"):
+        config_of("Hello", "plan", " ", 0.5, 0, 8, True)
+
+
 @pytest.mark.embedded
 def test_embedded_chat_template_and_a_plan_equal_the_model_altered_by_hand(embedded):
     model, tokenizer = embedded.model, embedded.tokenizer
     before = fingerprint(model)
-    config = GenerateConfig(intervention="none", plan="0-12,15x4,17-29", new_tokens=6)
-    templated = side_by_side_of(model, tokenizer, config)
-    raw = side_by_side_of(model, tokenizer, GenerateConfig(intervention="none", new_tokens=6, chat_template=False))
+    templated = side_by_side_of(model, tokenizer, unaltered(FRANCE, plan="0-12,15x4,17-29"))
+    raw = side_by_side_of(model, tokenizer, unaltered(FRANCE, chat_template=False))
     assert templated.chat_template and not raw.chat_template
-    assert raw.input_ids == tokenizer("The capital of France is")["input_ids"]
+    assert raw.input_ids == tokenizer(FRANCE)["input_ids"]
     assert templated.input_ids[:len(raw.input_ids)] != raw.input_ids
     assert tokenizer.decode(templated.input_ids).rstrip().endswith("<|im_start|>assistant")
     assert all(pair["original"] == pair["altered"] for pair in raw.ids.values())  # no alteration: equal sides
     stacked = build_layer_stack(model, [*range(13), 15, 15, 15, 15, *range(17, 30)])
-    inputs, _ = prompt_inputs(tokenizer, "The capital of France is")
-    assert templated.ids["greedy"]["altered"] == generate(stacked, tokenizer, inputs, max_new_tokens=6, seed=0,
+    inputs, _ = prompt_inputs(tokenizer, FRANCE)
+    assert templated.ids["greedy"]["altered"] == generate(stacked, tokenizer, inputs, max_new_tokens=4, seed=0,
                                                           mode="greedy")
     assert fingerprint(model) == before

@@ -41,7 +41,8 @@ class GenerateConfig:
     """The prompt, the alteration of the altered side (a plan, when given, replaces the intervention), and
     the decoding shared by both sides."""
 
-    prompt: str = option("The capital of France is", "the prompt both models continue", label="Prompt")
+    prompt: str = option("What is the capital of France?", "the prompt both models answer or continue",
+                         label="Prompt")
     intervention: str = option("scale", "what the altered side does to --layers", label="Intervention",
                                choices=INTERVENTION_KINDS)
     layers: str | list[int] | None = option("10-12", "0-based layers the intervention changes, e.g. 0,3,5-8",

@@ -95,10 +95,8 @@ def interventions_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalS
     df, base = result.table, result["baseline"]
     markdown = (report.header("Interventions", loaded, eval_set)
                 + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n")
-    return Artefacts(figures={"interventions": figure(df, config.intervention,
-                                                      f"{config.intervention} of layers {LAYERS.format(config.layers)}: "
-                                                      f"{loaded.name}")},
-                     markdown=markdown)
+    title = f"{config.intervention} of layers {LAYERS.format(config.layers)}: {loaded.name}"
+    return Artefacts(figures={"interventions": figure(df, config.intervention, title)}, markdown=markdown)
 
 
 def headline(result: Result) -> str:
