@@ -43,7 +43,7 @@ def config_of(prompt: str, kind: str, layers: str, value: float, seed: float, ne
 @gpu(duration=60)
 @jobs.user_errors
 def run(spec: str, prompt: str, kind: str, layers: str, value: float, seed: float, max_new_tokens: float,
-        chat_template: bool = True, request: gr.Request = None, oauth_token: gr.OAuthToken | None = None,
+        chat_template: bool, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
         progress=gr.Progress()) -> tuple:
     config = config_of(prompt, kind, layers, value, seed, max_new_tokens, chat_template)
     with model_job(spec, request, progress, token=oauth_token) as job:
