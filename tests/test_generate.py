@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from anatomy.errors import AnatomyError
+from anatomy.experiment import Result
 from anatomy.experiments.generate import GenerateConfig, run_generate, side_by_side_of
 from anatomy.generate import MODES, Alteration, generate, generate_side_by_side, prompt_inputs
 from anatomy.interventions import fingerprint
@@ -115,3 +116,16 @@ def test_embedded_chat_template_and_a_plan_equal_the_model_altered_by_hand(embed
     assert templated.ids["greedy"]["altered"] == generate(stacked, tokenizer, inputs, max_new_tokens=4, seed=0,
                                                           mode="greedy")
     assert fingerprint(model) == before
+
+
+@pytest.mark.embedded
+def test_cli_generates_under_a_plan_with_the_prompt_sent_raw(tmp_path):
+    from anatomy.cli import main
+
+    assert main(["generate", "--prompt", FRANCE, "--plan", "0-12,15x4,17-29", "--no-chat-template", "--new-tokens",
+                 "5", "--out", str(tmp_path)]) == 0
+    loaded = Result.load(tmp_path, "generate")
+    assert loaded["chat_template"] is False and loaded["alteration"] == "layer plan 0-12,15x4,17-29"
+    assert list(loaded.table["side"]) == ["original", "altered"] * 2 and (loaded.table["tokens"] == 5).all()
+    assert list(loaded["differences"]["mode"]) == list(MODES)
+    assert "Chat template: switched off" in (tmp_path / "report.md").read_text()

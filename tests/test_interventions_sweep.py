@@ -8,11 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from anatomy.cli import main
 from anatomy.errors import AnatomyError
 from anatomy.evaluate import perplexity
+from anatomy.experiment import Result
 from anatomy.experiments.interventions import COLUMNS, InterventionsConfig, run_interventions
 from anatomy.interventions import fingerprint
 from anatomy.options import build_config
+from anatomy.texts import default_eval_texts
 from tests.conftest import make_tiny_model
 
 
@@ -77,3 +80,16 @@ def test_embedded_sweep_equals_the_ppl_of_the_layers_scaled_by_hand(embedded, em
                 m.weight.copy_(w)
     assert df["ppl"].iloc[1] == pytest.approx(by_hand, rel=1e-6) and df["degradation_pct"].iloc[1] > 10
     assert fingerprint(model) == before
+
+
+@pytest.mark.embedded
+def test_cli_writes_a_run_folder_that_loads_back(tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(default_eval_texts()[:4]))
+    out = tmp_path / "run"
+    assert main(["interventions", "--intervention", "noise", "--layers", "3", "--values", "0.1,0.2", "--seed", "3",
+                 "--text-file", str(texts), "--max-length", "32", "--out", str(out)]) == 0
+    loaded = Result.load(out, "interventions")
+    assert list(loaded.table["value"]) == [0.1, 0.2] and loaded["baseline"]["ppl"] > 1
+    assert (out / "interventions.png").is_file() and "--values" in (out / "report.md").read_text()
+    assert loaded.source["config"]["seed"] == 3 and loaded.timings["run_s"] > 0
