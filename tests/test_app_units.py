@@ -178,3 +178,18 @@ def test_zero_gpu_wrapper_is_a_no_op_elsewhere_and_long_jobs_are_refused_there(m
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     with pytest.raises(AnatomyError, match="ZeroGPU"):
         gpu.refuse_on_zero_gpu("Recovery")
+
+
+def test_landing_tables_start_hidden_and_only_a_successful_load_shows_them():
+    """No empty placeholder tables on the landing tab, and a failed load shows its error once, in the status."""
+    from space import build_demo
+    config = build_demo("embedded").get_config_file()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    visible = {c["id"]: c["props"].get("visible") for c in config["components"]}
+    tables, status = [ids["model-components"], ids["model-norms"]], ids["model-status"]
+    assert [visible[t] for t in tables] == [False, False]
+    load = next(d for d in config["dependencies"] if d["api_name"] == "load_model")
+    assert load["outputs"] == [status, *tables] and load["show_progress_on"] == [status]
+    after = {("success" if d["trigger_only_on_success"] else "failure"): d for d in config["dependencies"]
+             if d["trigger_after"] == load["id"]}
+    assert set(after) == {"success", "failure"} and all(d["outputs"] == tables for d in after.values())
