@@ -11,7 +11,7 @@ import pytest
 from anatomy.errors import AnatomyError
 from anatomy.interventions import fingerprint, intervention
 from anatomy.layers import LayerAdapter
-from anatomy.load import EMBEDDED, ONLINE_DEFAULT, LoadedModel
+from anatomy.load import EMBEDDED, ONLINE_DEFAULT, HubCheck, LoadedModel
 from anatomy.progress import Cancelled
 from space import gpu, jobs, models, tab_generate, tab_interventions
 from tests.conftest import make_tiny_model
@@ -40,6 +40,22 @@ def test_cache_never_drops_a_model_a_job_is_using():
     with cache.use("busy"):
         cache.get("other")
         assert cache.specs() == ["busy", "other"]
+
+
+def test_a_hub_id_is_looked_up_once_per_load_and_the_loader_gets_that_check(monkeypatch):
+    asked, given = [], {}
+
+    def check_hub_model(spec, token=None):
+        asked.append(spec)
+        return HubCheck(spec, "abc123", 1_000, "llama")
+
+    def loader(spec, hub=None):
+        given[spec] = hub
+        return _fake_loaded(spec)
+
+    monkeypatch.setattr(models, "check_hub_model", check_hub_model)
+    models.ModelCache(loader=loader, available=lambda: 10**12).get("alice/tiny")
+    assert asked == ["alice/tiny"] and given["alice/tiny"].revision == "abc123"
 
 
 def test_model_lock_serialises_jobs_and_stop_works_while_waiting():
