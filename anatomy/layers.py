@@ -373,10 +373,6 @@ class LayerAdapter:
         """The given components of a layer, or all of its components."""
         return [self.component(layer, c) for c in (components or tuple(self.layout(layer)))]
 
-    def iter_components(self, components: tuple[str, ...] | None = None) -> Iterator[ComponentRef]:
-        for layer in range(self.num_layers):
-            yield from self.layer_components(layer, components)
-
     def matrices(self, layer: int) -> list[ComponentRef]:
         """Every matrix of the layer as a whole real parameter (with its bias): what layer-level
         interventions act on. For a Llama-family layer these are exactly the seven components."""
