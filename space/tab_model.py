@@ -68,16 +68,18 @@ def load(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | None = Non
 
 def build(shared: Shared, load_button: gr.Button, status: gr.Markdown) -> None:
     """The tables stay hidden until a load fills them and hide again when the model box changes or a load
-    fails, so the page never shows empty placeholder tables or the tables of another model; progress and
-    errors show once, in the status line under the model box, where the visitor acted."""
+    fails, so the page never shows empty placeholder tables or the tables of another model; the status line
+    under the model box is cleared on a change, then says what the new spec is, and it alone shows progress
+    and errors, where the visitor acted."""
     gr.Markdown("Layers are numbered from 0; every table, plot and field uses the names `layers.{i}.{component}`.")
     components = gr.Dataframe(label="Components (canonical name, real parameter, shape (out, in))",
                               interactive=False, visible=False, elem_id="model-components")
     norms = gr.Dataframe(label="Frobenius norm of every weight matrix, by layer", interactive=False, visible=False,
                          elem_id="model-norms")
     tables = [components, norms]
-    shared.model.change(check, shared.model, status, api_name="check_model", queue=False)
-    shared.model.change(lambda: hidden(len(tables)), None, tables, queue=False, api_visibility="private")
+    cleared = shared.model.change(lambda: ["", *hidden(len(tables))], None, [status, *tables], queue=False,
+                                  api_visibility="private")  # nothing said about the previous model stays
+    cleared.then(check, shared.model, status, api_name="check_model", queue=False)
     event = load_button.click(load, shared.model, [status, *tables], api_name="load_model", concurrency_id="model",
                               show_progress_on=[status])
     event.success(lambda: [gr.update(visible=True)] * len(tables), None, tables, queue=False,

@@ -197,7 +197,8 @@ def test_zero_gpu_wrapper_is_a_no_op_elsewhere_and_long_jobs_are_refused_there(m
 
 
 def test_landing_tables_start_hidden_and_only_a_successful_load_shows_them():
-    """No empty placeholder tables on the landing tab, and a failed load shows its error once, in the status."""
+    """No empty placeholder tables on the landing tab, and a failed load shows its error once, in the status;
+    the tables and status of a previous model go when the model box changes."""
     from space import build_demo
     config = build_demo("embedded").get_config_file()
     ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
@@ -209,3 +210,6 @@ def test_landing_tables_start_hidden_and_only_a_successful_load_shows_them():
     after = {("success" if d["trigger_only_on_success"] else "failure"): d for d in config["dependencies"]
              if d["trigger_after"] == load["id"]}
     assert set(after) == {"success", "failure"} and all(d["outputs"] == tables for d in after.values())
+    check = next(d for d in config["dependencies"] if d["api_name"] == "check_model")
+    cleared = next(d for d in config["dependencies"] if d["id"] == check["trigger_after"])
+    assert cleared["outputs"] == [status, *tables]  # a new spec first clears what was said about the old one
