@@ -27,14 +27,14 @@ from anatomy.load import (EMBEDDED, MEMORY_HEADROOM, ONLINE_DEFAULT, HubCheck, L
 from anatomy.model_spec import parse_model_spec
 from anatomy.progress import Cancelled
 
-from .access import Access
+from .access import Access, env_flag
 
 EMBEDDED_PARAMETERS = 135_000_000
 
 
 def hub_reachable(timeout: float = 1.5) -> bool:
     """Whether huggingface.co answers; HF_HUB_OFFLINE=1 means offline without trying."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if env_flag("HF_HUB_OFFLINE"):
         return False
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
