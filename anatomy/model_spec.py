@@ -18,6 +18,7 @@ from .errors import AnatomyError, shown
 EMBEDDED = "embedded"  # the spec of the model shipped with the package; anatomy.load re-exports it
 # owner/name as the Hub spells them: ASCII letters, digits, '-', '_', '.', no '--' or '..', at most 96 each
 HUB_ID = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
+NO_MODEL = "No model given: use 'embedded', a Hub id (owner/name), a local folder or a .gguf file."
 NEITHER = "is neither a model folder, a .gguf file nor a Hub id (owner/name)"
 REFUSED = ("This public app opens Hub models (owner/name) and 'embedded' only, never files on the server: "
            "run the app locally (`python app.py`) or the CLI to analyse a folder or a .gguf file.")
@@ -50,7 +51,7 @@ def parse_model_spec(spec: str | None, local: bool = True) -> ModelSpec:
             raise AnatomyError(REFUSED)
         return ModelSpec(text, "hub")
     if not text:
-        raise AnatomyError("No model given: use 'embedded', a Hub id (owner/name), a local folder or a .gguf file.")
+        raise AnatomyError(NO_MODEL)
     try:  # '~nobody/x' cannot be expanded; a name longer than the file system allows cannot be looked up
         path = Path(text).expanduser()
         is_file, is_dir = path.is_file(), path.is_dir()

@@ -24,7 +24,7 @@ import torch
 from anatomy.errors import AnatomyError
 from anatomy.load import (EMBEDDED, MEMORY_HEADROOM, ONLINE_DEFAULT, HubCheck, LoadedModel, check_hub_model,
                           load_model)
-from anatomy.model_spec import parse_model_spec
+from anatomy.model_spec import NO_MODEL, parse_model_spec
 from anatomy.progress import Cancelled
 
 from .access import Access, env_flag
@@ -110,7 +110,7 @@ class ModelCache:
     def _entry(self, spec: str, access: Access = Access()) -> _Entry:
         spec = (spec or "").strip()
         if not spec:
-            raise AnatomyError("No model chosen: pick 'embedded', a Hub id (owner/name) or a local folder.")
+            raise AnatomyError(NO_MODEL)
         access.check_spec(spec)
         with self._guard:
             entry = self._entries.get(spec)
