@@ -77,15 +77,15 @@ def build(shared: Shared, load_button: gr.Button, status: gr.Markdown) -> None:
     norms = gr.Dataframe(label="Frobenius norm of every weight matrix, by layer", interactive=False, visible=False,
                          elem_id="model-norms")
     tables = [components, norms]
-    cleared = shared.model.change(lambda: ["", *hidden(len(tables))], None, [status, *tables], queue=False,
+    cleared = shared.model.change(lambda: ["", *visibility(tables, False)], None, [status, *tables], queue=False,
                                   api_visibility="private")  # nothing said about the previous model stays
     cleared.then(check, shared.model, status, api_name="check_model", queue=False)
     event = load_button.click(load, shared.model, [status, *tables], api_name="load_model", concurrency_id="model",
                               show_progress_on=[status])
-    event.success(lambda: [gr.update(visible=True)] * len(tables), None, tables, queue=False,
-                  api_visibility="private")
-    event.failure(lambda: hidden(len(tables)), None, tables, queue=False, api_visibility="private")
+    event.success(lambda: visibility(tables, True), None, tables, queue=False, api_visibility="private")
+    event.failure(lambda: visibility(tables, False), None, tables, queue=False, api_visibility="private")
 
 
-def hidden(n: int) -> list:
-    return [gr.update(visible=False)] * n
+def visibility(components: list, visible: bool) -> list:
+    """The updates that show or hide every one of `components`."""
+    return [gr.update(visible=visible)] * len(components)
