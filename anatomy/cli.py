@@ -154,15 +154,18 @@ def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
     print_summary(experiment, result, folder.path, folder.files)
 
 
+SPEC_NOTE = "\"SPEC section N\" is section N of docs/SPEC.md, the protocol reference in the repository."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anatomy",
                                      description="Measure the layer anatomy of a Hugging Face causal LM. "
-                                                 "Layers are numbered from 0.")
+                                                 "Layers are numbered from 0.", epilog=SPEC_NOTE)
     subparsers = parser.add_subparsers(dest="experiment", required=True, metavar="<experiment>")
     for experiment in registry().values():
         sub = subparsers.add_parser(experiment.name, aliases=list(experiment.aliases), help=experiment.summary,
                                     description=experiment.description or experiment.summary,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+                                    epilog=SPEC_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(experiment=experiment.name)  # the declared name, whichever alias was typed
         if experiment.uses_model:
             add_model_args(sub)

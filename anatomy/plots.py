@@ -92,24 +92,6 @@ def line_figure(df: pd.DataFrame, x: str, y: str, group: str | None = None, *, l
     return fig
 
 
-def heatmap_figure(matrix: np.ndarray, *, title: str, xlabel: str, ylabel: str,
-                   xticks: list | None = None, yticks: list | None = None, cmap: str = "viridis") -> Figure:
-    """A labelled heatmap with a colour bar (similarity matrices, depth-by-time maps)."""
-    fig = figure(figsize=(6, 5))
-    ax = fig.add_subplot()
-    image = ax.imshow(matrix, aspect="auto", cmap=cmap, origin="lower")
-    fig.colorbar(image, ax=ax)
-    if xticks is not None:
-        ax.set_xticks(range(len(xticks)), xticks, fontsize=7)
-    if yticks is not None:
-        ax.set_yticks(range(len(yticks)), yticks, fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
 def recovery_figure(curves: pd.DataFrame, baseline: float, thresholds=(2.0, 1.5, 1.1),
                     title: str = "Recovery after noise") -> Figure:
     """PPL against fine-tune step, one line per layer coloured by depth (a qualitative palette repeats after

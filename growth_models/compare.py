@@ -26,7 +26,7 @@ import pandas as pd
 
 from anatomy.errors import AnatomyError
 
-from .artifacts import layer_parameter_counts, save_checkpoint, total_parameters
+from .artefacts import layer_parameter_counts, save_checkpoint, total_parameters
 from .curves import save_curves
 from .dynamics import save_heatmaps
 from .plan import load_plan

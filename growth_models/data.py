@@ -18,7 +18,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from anatomy.corpus import CorpusSplit, cache_dir, token_chunks
+from anatomy.corpus import CorpusSplit, token_chunks
+from anatomy.disk import cache_dir
 from anatomy.errors import AnatomyError
 
 EOS = "<|endoftext|>"

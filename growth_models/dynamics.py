@@ -14,10 +14,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from anatomy.layers import COMPONENTS
 from anatomy.spectra import analyze_matrices
-
-COMPONENTS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 class SpectralLog:

@@ -22,7 +22,7 @@ from accelerate import PartialState
 from anatomy.corpus import load_corpus
 from anatomy.errors import AnatomyError
 
-from .artifacts import layer_parameter_counts, save_checkpoint, total_parameters
+from .artefacts import layer_parameter_counts, save_checkpoint, total_parameters
 from .data import TokenData, prepare_data
 from .dynamics import SpectralLog, save_heatmaps
 from .hub import REPO_ID, push_folder

@@ -19,12 +19,16 @@ from anatomy.load import EMBEDDED
 from anatomy.public import require_public_spec
 
 
+def env_flag(name: str) -> bool | None:
+    """A yes/no environment variable (1/true/yes/on is yes, any other value no); None when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    return value in ("1", "true", "yes", "on") if value else None
+
+
 def public_mode() -> bool:
     """ANATOMY_PUBLIC=1/0 decides; unset, a Hugging Face Space (SPACE_ID is set there) is public."""
-    flag = os.environ.get("ANATOMY_PUBLIC", "").strip().lower()
-    if flag:
-        return flag in ("1", "true", "yes", "on")
-    return bool(os.environ.get("SPACE_ID"))
+    flag = env_flag("ANATOMY_PUBLIC")
+    return bool(os.environ.get("SPACE_ID")) if flag is None else flag
 
 
 def refuse_implicit_tokens() -> None:

@@ -22,17 +22,19 @@ import psutil
 import torch
 
 from anatomy.errors import AnatomyError
-from anatomy.load import EMBEDDED, MEMORY_HEADROOM, ONLINE_DEFAULT, LoadedModel, check_hub_model, load_model
+from anatomy.load import (EMBEDDED, MEMORY_HEADROOM, ONLINE_DEFAULT, HubCheck, LoadedModel, check_hub_model,
+                          load_model)
+from anatomy.model_spec import NO_MODEL, parse_model_spec
 from anatomy.progress import Cancelled
 
-from .access import Access
+from .access import Access, env_flag
 
 EMBEDDED_PARAMETERS = 135_000_000
 
 
 def hub_reachable(timeout: float = 1.5) -> bool:
     """Whether huggingface.co answers; HF_HUB_OFFLINE=1 means offline without trying."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if env_flag("HF_HUB_OFFLINE"):
         return False
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
@@ -46,25 +48,36 @@ def default_model_spec(online: bool | None = None) -> str:
     return ONLINE_DEFAULT if (hub_reachable() if online is None else online) else EMBEDDED
 
 
-def estimate_bytes(spec: str, token: str | bool | None = None, local: bool = True) -> int:
+def hub_check(spec: str, token: str | bool | None = None, local: bool = True) -> HubCheck | None:
+    """The metadata check of a Hub id (causal LM, safetensors, fits), made once per load: its parameter count
+    sizes the room to make, and `load_model` takes it instead of asking the Hub again. None for other specs;
+    a spec that is not one is left to `load_model`, which says why."""
+    try:
+        kind = parse_model_spec(spec, local).kind
+    except AnatomyError:
+        return None
+    return check_hub_model(spec.strip(), token=token) if kind == "hub" else None
+
+
+def estimate_bytes(spec: str, token: str | bool | None = None, local: bool = True,
+                   hub: HubCheck | None = None) -> int:
     """Memory a float32 model will need, known before loading (Hub metadata, file sizes, or the embedded size).
 
     `token` and `local` as in `load_model`: a public visitor's spec is never looked up on the server's disk.
+    `hub`: the check `hub_check` made; without it a Hub id is looked up here.
     """
-    spec = spec.strip()
-    path = Path(spec).expanduser()
-    if spec == EMBEDDED:
-        params = EMBEDDED_PARAMETERS
-    elif not local:
-        params = check_hub_model(spec, token=token).num_parameters
-    elif path.is_dir():
-        params = sum(p.stat().st_size for p in path.glob("*.safetensors")) // 2
-    elif path.suffix == ".gguf" and path.is_file():
-        params = path.stat().st_size  # quantised: ~1 byte a parameter at most
-    elif path.exists() or spec.count("/") != 1:
+    try:
+        parsed = parse_model_spec(spec, local)
+    except AnatomyError:
         return 0  # load_model gives the precise error
-    else:
-        params = check_hub_model(spec).num_parameters  # checked before a single weight is downloaded
+    if parsed.kind == "embedded":
+        params = EMBEDDED_PARAMETERS
+    elif parsed.kind == "folder":
+        params = sum(p.stat().st_size for p in parsed.path.glob("*.safetensors")) // 2
+    elif parsed.kind == "gguf":
+        params = parsed.path.stat().st_size  # quantised: ~1 byte a parameter at most
+    else:  # checked before a single weight is downloaded
+        params = (hub or check_hub_model(parsed.text, token=token)).num_parameters
     return int(params * 4 * MEMORY_HEADROOM)
 
 
@@ -97,7 +110,7 @@ class ModelCache:
     def _entry(self, spec: str, access: Access = Access()) -> _Entry:
         spec = (spec or "").strip()
         if not spec:
-            raise AnatomyError("No model chosen: pick 'embedded', a Hub id (owner/name) or a local folder.")
+            raise AnatomyError(NO_MODEL)
         access.check_spec(spec)
         with self._guard:
             entry = self._entries.get(spec)
@@ -111,8 +124,10 @@ class ModelCache:
             if spec in self._entries:  # loaded by another job while this one waited
                 return self._entries[spec]
             kwargs = access.load_kwargs()
-            self._make_room(self._estimate(spec, **kwargs))
-            entry = _Entry(self._loader(spec, **kwargs))
+            hub = hub_check(spec, **kwargs)
+            checked = {"hub": hub} if hub is not None else {}
+            self._make_room(self._estimate(spec, **kwargs, **checked))
+            entry = _Entry(self._loader(spec, **kwargs, **checked))
             self._entries[spec] = entry
             return entry
 

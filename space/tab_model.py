@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 
 from anatomy.layers import LayerAdapter
-from anatomy.load import EMBEDDED, check_hub_model
+from anatomy.load import check_hub_model
+from anatomy.model_spec import parse_model_spec
 
 from .access import visitor
 from .common import Shared, model_job, shown
@@ -45,13 +46,13 @@ def summary(loaded, adapter: LayerAdapter) -> str:
 def check(spec: str, oauth_token: gr.OAuthToken | None = None) -> str:
     """Hub ids are checked from metadata alone (causal LM, safetensors, fits in memory) before any download,
     with the visitor's own token on a public app."""
-    spec = (spec or "").strip()
     access = visitor(oauth_token)
-    access.check_spec(spec)
-    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
-        return f"`{spec}` is not a Hub id; press Load to open it." if spec != EMBEDDED else \
-            "The embedded SmolLM2-135M-Instruct (offline, no download)."
-    info = check_hub_model(spec, **({"token": access.token or False} if access.public else {}))
+    parsed = parse_model_spec(spec, local=not access.public)
+    if parsed.kind == "embedded":
+        return "The embedded SmolLM2-135M-Instruct (offline, no download)."
+    if parsed.kind != "hub":
+        return f"Local {parsed.kind} `{parsed.path}`: press Load to open it."
+    info = check_hub_model(parsed.text, **({"token": access.token or False} if access.public else {}))
     return (f"`{info.repo_id}` @ `{info.revision[:10]}`: {info.model_type}, {info.num_parameters / 1e6:.1f}M "
             "parameters, safetensors, fits in memory. Press Load to download it.")
 
@@ -66,10 +67,25 @@ def load(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | None = Non
 
 
 def build(shared: Shared, load_button: gr.Button, status: gr.Markdown) -> None:
+    """The tables stay hidden until a load fills them and hide again when the model box changes or a load
+    fails, so the page never shows empty placeholder tables or the tables of another model; the status line
+    under the model box is cleared on a change, then says what the new spec is, and it alone shows progress
+    and errors, where the visitor acted."""
     gr.Markdown("Layers are numbered from 0; every table, plot and field uses the names `layers.{i}.{component}`.")
     components = gr.Dataframe(label="Components (canonical name, real parameter, shape (out, in))",
-                              interactive=False)
-    norms = gr.Dataframe(label="Frobenius norm of every weight matrix, by layer", interactive=False)
-    shared.model.change(check, shared.model, status, api_name="check_model", queue=False)
-    load_button.click(load, shared.model, [status, components, norms], api_name="load_model",
-                      concurrency_id="model")
+                              interactive=False, visible=False, elem_id="model-components")
+    norms = gr.Dataframe(label="Frobenius norm of every weight matrix, by layer", interactive=False, visible=False,
+                         elem_id="model-norms")
+    tables = [components, norms]
+    cleared = shared.model.change(lambda: ["", *visibility(tables, False)], None, [status, *tables], queue=False,
+                                  api_visibility="private")  # nothing said about the previous model stays
+    cleared.then(check, shared.model, status, api_name="check_model", queue=False)
+    event = load_button.click(load, shared.model, [status, *tables], api_name="load_model", concurrency_id="model",
+                              show_progress_on=[status])
+    event.success(lambda: visibility(tables, True), None, tables, queue=False, api_visibility="private")
+    event.failure(lambda: visibility(tables, False), None, tables, queue=False, api_visibility="private")
+
+
+def visibility(components: list, visible: bool) -> list:
+    """The updates that show or hide every one of `components`."""
+    return [gr.update(visible=visible)] * len(components)

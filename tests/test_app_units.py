@@ -13,7 +13,7 @@ from anatomy.experiments.interventions import InterventionsConfig, run_intervent
 from anatomy.generate import SideBySide, difference_table, side_by_side
 from anatomy.interventions import fingerprint, intervention
 from anatomy.layers import LayerAdapter
-from anatomy.load import EMBEDDED, ONLINE_DEFAULT, LoadedModel
+from anatomy.load import EMBEDDED, ONLINE_DEFAULT, HubCheck, LoadedModel
 from anatomy.progress import Cancelled
 from space import gpu, jobs, models
 from tests.conftest import make_tiny_model
@@ -42,6 +42,22 @@ def test_cache_never_drops_a_model_a_job_is_using():
     with cache.use("busy"):
         cache.get("other")
         assert cache.specs() == ["busy", "other"]
+
+
+def test_a_hub_id_is_looked_up_once_per_load_and_the_loader_gets_that_check(monkeypatch):
+    asked, given = [], {}
+
+    def check_hub_model(spec, token=None):
+        asked.append(spec)
+        return HubCheck(spec, "abc123", 1_000, "llama")
+
+    def loader(spec, hub=None):
+        given[spec] = hub
+        return _fake_loaded(spec)
+
+    monkeypatch.setattr(models, "check_hub_model", check_hub_model)
+    models.ModelCache(loader=loader, available=lambda: 10**12).get("alice/tiny")
+    assert asked == ["alice/tiny"] and given["alice/tiny"].revision == "abc123"
 
 
 def test_model_lock_serialises_jobs_and_stop_works_while_waiting():
@@ -180,3 +196,22 @@ def test_zero_gpu_wrapper_is_a_no_op_elsewhere_and_long_jobs_are_refused_there(m
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     with pytest.raises(AnatomyError, match="ZeroGPU"):
         gpu.refuse_on_zero_gpu("Recovery")
+
+
+def test_landing_tables_start_hidden_and_only_a_successful_load_shows_them():
+    """No empty placeholder tables on the landing tab, and a failed load shows its error once, in the status;
+    the tables and status of a previous model go when the model box changes."""
+    from space import build_demo
+    config = build_demo("embedded").get_config_file()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    visible = {c["id"]: c["props"].get("visible") for c in config["components"]}
+    tables, status = [ids["model-components"], ids["model-norms"]], ids["model-status"]
+    assert [visible[t] for t in tables] == [False, False]
+    load = next(d for d in config["dependencies"] if d["api_name"] == "load_model")
+    assert load["outputs"] == [status, *tables] and load["show_progress_on"] == [status]
+    after = {("success" if d["trigger_only_on_success"] else "failure"): d for d in config["dependencies"]
+             if d["trigger_after"] == load["id"]}
+    assert set(after) == {"success", "failure"} and all(d["outputs"] == tables for d in after.values())
+    check = next(d for d in config["dependencies"] if d["api_name"] == "check_model")
+    cleared = next(d for d in config["dependencies"] if d["id"] == check["trigger_after"])
+    assert cleared["outputs"] == [status, *tables]  # a new spec first clears what was said about the old one

@@ -1,6 +1,7 @@
 """Model loading: local folders load safely; unusable or unsafe models are refused with a clear message."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from transformers import BertConfig, T5Config
 
 from anatomy.errors import AnatomyError
 from anatomy.load import check_fits, check_hub_model, is_causal_lm_config, load_model
+from anatomy.model_spec import REFUSED, parse_model_spec
 from conftest import make_tiny_model
 
 
@@ -55,6 +57,19 @@ def test_bad_specs(tmp_path):
         load_model(str(tmp_path / "missing.gguf"))
     with pytest.raises(AnatomyError, match="neither"):
         load_model("./no/such/folder")
+
+
+def test_one_function_says_what_a_spec_names(tiny_folder):
+    assert parse_model_spec(" embedded ").kind == "embedded"
+    assert parse_model_spec(str(tiny_folder)).kind == "folder"
+    assert parse_model_spec("owner/name").kind == "hub"
+    for spec in ("a/b/c", "./owner", "owner", str(tiny_folder / "config.json")):
+        with pytest.raises(AnatomyError, match="neither"):
+            parse_model_spec(spec)
+    assert parse_model_spec("owner/name", local=False).kind == "hub"
+    for spec in (str(tiny_folder), "", "a/b/c"):  # a public visitor: no path is looked at, existing or not
+        with pytest.raises(AnatomyError, match=re.escape(REFUSED)):
+            parse_model_spec(spec, local=False)
 
 
 @pytest.mark.parametrize("spec", ["~no-such-user-here/x", "a" * 400, "/tmp/" + "b" * 400 + ".gguf"])
