@@ -15,7 +15,7 @@ from conftest import require
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "tests" / "artifacts"
+ARTEFACTS = ROOT / "tests" / "artefacts"
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -49,7 +49,7 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
     """Drive the app like a person; return seconds from process start to server up and to the plot visible."""
     from playwright.sync_api import expect, sync_playwright
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
     port, started = free_port(), time.monotonic()
     process = start_app(port)
     timings = {}
@@ -72,13 +72,13 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
             expect(page.locator("#importance-plot img")).to_be_visible(timeout=300_000)
             timings["first_plot_s"] = time.monotonic() - started
             expect(page.locator("#importance-headline")).to_contain_text("Baseline PPL")
-            page.screenshot(path=str(ARTIFACTS / "importance.png"), full_page=True)
+            page.screenshot(path=str(ARTEFACTS / "importance.png"), full_page=True)
             page.get_by_role("tab", name="Generate").click()
             page.get_by_role("button", name="Generate side by side").click()
             altered = page.locator("#gen-greedy-altered")
             expect(page.locator("#gen-greedy-original")).to_contain_text("Paris", timeout=300_000)
             expect(altered).not_to_be_empty()
-            page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
+            page.screenshot(path=str(ARTEFACTS / "generate.png"), full_page=True)
             browser.close()
     finally:
         process.terminate()
@@ -90,8 +90,8 @@ def test_importance_map_and_side_by_side_generation_in_chromium():
     require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (setup.sh does)")
     timings = run_session()
     assert timings["first_plot_s"] > timings["serving_s"]
-    assert (ARTIFACTS / "importance.png").stat().st_size > 10_000
-    assert (ARTIFACTS / "generate.png").stat().st_size > 10_000
+    assert (ARTEFACTS / "importance.png").stat().st_size > 10_000
+    assert (ARTEFACTS / "generate.png").stat().st_size > 10_000
 
 
 if __name__ == "__main__":  # python tests/test_browser_app.py [sentences]: measure start-to-first-plot

@@ -244,7 +244,7 @@ def headline(result: Result) -> str:
 
 EXPERIMENT = Experiment(
     name="manipulate", title="Manipulation of redundant layers",
-    summary="zero / clone / blend / low-rank / scale the redundant layers all at once (SPEC 4)",
+    summary="zero / clone / blend / low-rank / scale the redundant layers all at once (SPEC section 4)",
     description=__doc__, config=ManipulateConfig, run=run_manipulate, artefacts=manipulate_artefacts,
     needs=(Need("importance", "an importance run folder to read the Redundant layers from (default: compute the "
                 "importance map now)", configure=lambda config: None if config.layers else config.importance),),

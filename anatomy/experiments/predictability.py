@@ -335,6 +335,6 @@ def headline(result: Result) -> str:
 
 EXPERIMENT = Experiment(
     name="predictability", title="Weight predictability",
-    summary="ridge prediction of weights from depth, R^2 and the functional test (SPEC 2)", description=__doc__,
+    summary="ridge prediction of weights from depth, R^2 and the functional test (SPEC section 2)", description=__doc__,
     config=PredictabilityConfig, run=run_predictability, artefacts=predictability_artefacts, printed=rounded_summary,
     headline=headline)

@@ -203,7 +203,7 @@ def headline(result: Result) -> str:
 EXPERIMENT = Experiment(
     name="prune", title="Layer pruning",
     summary="remove K layers chosen by alpha, block influence, ablation or last; compare PPL; save the pruned model "
-            "(SPEC 9)",
+            "(SPEC section 9)",
     description=__doc__, config=PruneConfig, run=run_prune, artefacts=prune_artefacts, uses_tokenizer=True,
     needs=(Need("importance", "read block influence and ablation D from this importance run folder (default: "
                 "compute the importance map now with --ablation-mode)", configure=PruneConfig.importance_config),),

@@ -162,6 +162,6 @@ def headline(result: Result) -> str:
 
 
 EXPERIMENT = Experiment(
-    name="spectral", title="Spectral anatomy", summary="singular values, stable rank, power-law alpha (SPEC 9)",
+    name="spectral", title="Spectral anatomy", summary="singular values, stable rank, power-law alpha (SPEC section 9)",
     description=__doc__, config=SpectralConfig, run=run_spectral, artefacts=spectral_artefacts, uses_eval=False,
     printed=rounded_components, headline=headline)

@@ -173,7 +173,7 @@ def headline(result: Result) -> str:
 
 EXPERIMENT = Experiment(
     name="structure", title="Weight structure",
-    summary="delta correlation vs null and shuffled control, PCA, cosine similarity (SPEC 3)",
+    summary="delta correlation vs null and shuffled control, PCA, cosine similarity (SPEC section 3)",
     description=__doc__, config=StructureConfig, run=run_structure, artefacts=structure_artefacts,
     uses_eval=False, columns=("component", "delta_corr", "null_corr", "shuffled_mean", "shuffled_std", "order_z"),
     headline=headline)
