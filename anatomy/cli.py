@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from accelerate.utils import convert_file_size_to_int
 
+from . import study
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
@@ -159,6 +160,37 @@ def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
     print_summary(experiment, result, folder.path, folder.files)
 
 
+def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser("study", help="every experiment of the study in dependency order, one folder "
+                                "each, resumable; study.md at the end", description=study.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(sub)
+    add_eval_args(sub)
+    sub.add_argument("--out", default="runs/study", help="study folder (default runs/study); the same command "
+                                                         "again continues where a killed run stopped")
+    sub.add_argument("--experiments", default=",".join(study.STUDY),
+                     help=f"comma-separated experiments (default: {','.join(study.STUDY)})")
+    sub.add_argument("--quick", action="store_true", help="reduced settings (stated in study.md) for a few minutes "
+                                                          "on a CPU")
+    sub.add_argument("--layers", help="recovery layers (default: the study's 13; 'all' for every layer)")
+
+
+def run_study_command(args: argparse.Namespace) -> None:
+    names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else {}).items() if name in names}
+    if args.layers and "recovery" in names:
+        overrides.setdefault("recovery", {})["layers"] = args.layers
+    steps = study.plan(names, overrides)  # every flag checked before the model loads
+    loaded = load_from_args(args)
+    eval_set = eval_set_from_args(args, loaded)
+    done = study.run_study(steps, loaded, eval_set, args.out, on_step=lambda i, n, name, eta: print(
+        f"[{i}/{n}] {name} done; about {eta / 60:.1f} min left" if eta == eta else f"[{i}/{n}] {name} reused",
+        file=sys.stderr))
+    markdown = study.study_markdown(done, loaded, eval_set, overrides)
+    (Path(args.out) / "study.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anatomy",
                                      description="Measure the layer anatomy of a Hugging Face causal LM. "
@@ -175,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", default=experiment.default_out,
                          help=f"run folder to write (default {experiment.default_out})")
         add_config_args(sub, experiment)
+    add_study_parser(subparsers)
     from . import experiments  # MIGRATION: modules not yet declared keep their own add_cli
     import importlib, pkgutil
     for info in pkgutil.iter_modules(experiments.__path__):
@@ -187,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if hasattr(args, "func"):  # MIGRATION
+        if args.experiment == "study":
+            run_study_command(args)
+        elif hasattr(args, "func"):  # MIGRATION
             args.func(args)
         else:
             run_command(registry()[args.experiment], args)
