@@ -77,17 +77,35 @@ class Result:
         if experiment is not None and name != experiment:
             raise AnatomyError(f"{shown(str(path))} is a {name or 'foreign'} run, not a {experiment} run: pass the "
                                f"folder written by `python -m anatomy {experiment}`.")
-        tables = {k: pd.read_json(StringIO(json.dumps(v)), orient="records") if v else pd.DataFrame()
+        dtypes = payload.get("dtypes", {})
+        tables = {k: read_table(folder / f"{k}.csv", dtypes.get(k, {})) if (folder / f"{k}.csv").is_file()
+                  else pd.read_json(StringIO(json.dumps(v)), orient="records") if v else pd.DataFrame()
                   for k, v in payload.get("tables", {}).items()}
         main = payload.get("table", name)
-        csv = folder / f"{main}.csv"  # the CSV keeps column order and dtypes of an empty table exactly
-        table = pd.read_csv(csv) if csv.is_file() else tables.get(main, pd.DataFrame())
-        tables.pop(main, None)
+        table = tables.pop(main, pd.DataFrame())
         arrays = {k: np.asarray(v, dtype=float) for k, v in payload.get("arrays", {}).items()}
         return cls(name, table, scalars=payload.get("results", {}), tables=tables, arrays=arrays,
                    timings=payload.get("timings", {}),
                    source={"run": str(folder), "model": payload.get("model"), "config": payload.get("config"),
                            "eval_set": payload.get("eval_set")})
+
+
+def read_table(csv: Path, dtypes: dict[str, str]) -> pd.DataFrame:
+    """A table from its CSV with the column types it was written with (results.json `dtypes`): a text column
+    whose cells are all empty would otherwise come back as floats. CSV cannot tell an empty text from a
+    missing one, so text columns come back with empty strings for both."""
+    df = pd.read_csv(csv)
+    for column, dtype in dtypes.items():
+        if column not in df.columns or str(df[column].dtype) == dtype:
+            continue
+        if dtype in ("str", "string", "object"):
+            df[column] = df[column].fillna("").astype(str)
+        else:
+            try:
+                df[column] = df[column].astype(dtype)
+            except (TypeError, ValueError):
+                pass  # a column with missing values keeps the type that can hold them
+    return df
 
 
 @dataclass

@@ -128,6 +128,7 @@ class RunFolder:
                         "total_s": round(float(timings.get("run_s", 0.0)) + write_s, 3)},
             "results": to_jsonable(results),
             "tables": {name: to_jsonable(df) for name, df in self.tables.items()},
+            "dtypes": {name: {str(c): str(t) for c, t in df.dtypes.items()} for name, df in self.tables.items()},
             "arrays": to_jsonable(arrays or {}),
             "files": self.files,
         }
