@@ -186,9 +186,7 @@ def run_study_command(args: argparse.Namespace) -> None:
     done = study.run_study(steps, loaded, eval_set, args.out, on_step=lambda i, n, name, eta: print(
         f"[{i}/{n}] {name} done; about {eta / 60:.1f} min left" if eta == eta else f"[{i}/{n}] {name} reused",
         file=sys.stderr))
-    markdown = study.study_markdown(done, loaded, eval_set, overrides)
-    (Path(args.out) / "study.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    print(study.write_report(done, loaded, eval_set, args.out, overrides))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
+from . import findings, study_report
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
@@ -161,32 +160,38 @@ def write_step(folder: Path, step: Step, result: Result, loaded: LoadedModel | N
     partial.rename(folder)
 
 
-def wall_time_table(study: StudyRun) -> pd.DataFrame:
-    """Seconds per experiment (for a reused run, the wall time recorded when it was made)."""
-    rows = [{"experiment": name, "wall_s": round(study.wall_s[name], 1),
-             "reused": name in study.reused, "folder": study.folders[name].name} for name in study.folders]
-    return pd.DataFrame(rows, columns=["experiment", "wall_s", "reused", "folder"])
-
-
 STUDY = ("importance", "predictability", "structure", "manipulate", "spectral", "prune", "recovery", "budget",
          "painters")
 """The experiments of the study (Wietrzykowski 2026), run in dependency order."""
 
 
-def study_markdown(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, quick: Mapping[str, Mapping]) -> str:
-    """study.md: what was run on what, each experiment's headline and folder, and the wall times."""
-    lines = [f"# Study of `{loaded.name}`" + (f" @ {loaded.revision}" if loaded.revision else ""), "",
-             f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
-             "- Settings: " + ("the study's defaults" if not quick else "QUICK, reduced: " + "; ".join(
+def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: str | Path,
+                 quick: Mapping[str, Mapping[str, object]]) -> str:
+    """study.md, study.html, glance.png and claims.csv in the study folder; returns the markdown."""
+    out = Path(out)
+    title = f"Study of {loaded.name}" + (f" @ {loaded.revision}" if loaded.revision else "")
+    lines = [f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
+             "- Settings: " + ("the study's defaults" if not quick else "QUICK (reduced): " + "; ".join(
                  f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in quick.items())),
-             "- Reused from an earlier run of the same command: " + (", ".join(study.reused) or "none"), ""]
+             "- Experiments: " + ", ".join(f"{name} (`{folder.name}/`)" for name, folder in study.folders.items()),
+             "- Reused from an earlier run of the same command: " + (", ".join(study.reused) or "none")]
     for name, result in study.results.items():
         experiment = registry()[name]
-        headline = experiment.headline(result) if experiment.headline else ""
-        lines.append(f"- **{experiment.title}** (`{name}/`): {headline or 'see its report.md'}")
-    lines += ["", "## Wall time", "", wall_time_table(study).to_markdown(index=False),
-              f"\nWhole study: {study.wall_s['study']:.1f} s in this invocation.", ""]
-    return "\n".join(lines)
+        if experiment.headline is not None:
+            lines.append(f"- {experiment.title}: {experiment.headline(result)}")
+    views = study_report.layer_views(study.results)
+    glance = study_report.glance_figure(views, f"The anatomy of {loaded.name} at a glance")
+    glance.savefig(out / "glance.png", dpi=120, bbox_inches="tight")
+    claims = findings.findings(study.results, loaded.name)
+    findings.findings_table(claims).to_csv(out / "claims.csv", index=False)
+    agreement = study_report.agreement_table(views)
+    times = study_report.wall_times(study.wall_s, study.reused)
+    markdown = study_report.study_markdown(title, lines, claims, agreement, times, study.wall_s["study"])
+    (out / "study.md").write_text(markdown, encoding="utf-8")
+    (out / "study.html").write_text(study_report.study_html(title, lines, glance, claims, agreement, times),
+                                    encoding="utf-8")
+    return markdown
+
 
 QUICK: dict[str, dict[str, object]] = {}
 """--quick: the reduced settings of each experiment (field name -> value), stated in study.md."""
