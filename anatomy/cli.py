@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from accelerate.utils import convert_file_size_to_int
 
-from . import study
+from . import study, study_report
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
@@ -189,6 +189,25 @@ def run_study_command(args: argparse.Namespace) -> None:
     print(study.write_report(done, loaded, eval_set, args.out, overrides))
 
 
+def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser("compare-studies", help="two or more finished studies side by side (claims, maps "
+                                "aligned by relative depth)")
+    sub.add_argument("studies", nargs="+", metavar="STUDY", help="study folders written by `python -m anatomy study`")
+    sub.add_argument("--out", default="runs/compare", help="folder for compare.md and maps.png (default runs/compare)")
+
+
+def run_compare_command(args: argparse.Namespace) -> None:
+    if len(args.studies) < 2:
+        raise AnatomyError("compare-studies takes two or more study folders.")
+    names = [Path(s).name or s for s in args.studies]
+    markdown, figure = study_report.compare_studies(args.studies, names)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out / "maps.png", dpi=120, bbox_inches="tight")
+    (out / "compare.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anatomy",
                                      description="Measure the layer anatomy of a Hugging Face causal LM. "
@@ -206,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"run folder to write (default {experiment.default_out})")
         add_config_args(sub, experiment)
     add_study_parser(subparsers)
+    add_compare_parser(subparsers)
     from . import experiments  # MIGRATION: modules not yet declared keep their own add_cli
     import importlib, pkgutil
     for info in pkgutil.iter_modules(experiments.__path__):
@@ -220,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.experiment == "study":
             run_study_command(args)
+        elif args.experiment == "compare-studies":
+            run_compare_command(args)
         elif hasattr(args, "func"):  # MIGRATION
             args.func(args)
         else:

@@ -148,3 +148,36 @@ def study_html(title: str, lines: list[str], glance: Figure, claims: list[Findin
             + "<h2>Agreement between the anatomy's views</h2>"
             + agreement.round(3).to_html(index=False, na_rep="n/a", border=0)
             + "<h2>Wall time</h2>" + times.to_html(index=False, border=0) + "</body></html>")
+
+
+def compare_studies(folders: list[str], names: list[str]) -> tuple[str, Figure]:
+    """Two or more finished studies side by side: the claims with each study's number and verdict, and the
+    importance maps on one axis of relative depth (layer / (layers - 1)), so models of different depth align."""
+    from .errors import AnatomyError
+    from pathlib import Path
+
+    claims, maps = [], {}
+    for folder, name in zip(folders, names):
+        path = Path(folder) / "claims.csv"
+        if not path.is_file():
+            raise AnatomyError(f"{folder} is not a finished study (no claims.csv): run `python -m anatomy study` "
+                               "into it first.")
+        table = pd.read_csv(path, keep_default_na=False).set_index("finding")
+        claims.append(table[["ours", "verdict"]].rename(columns={"ours": f"{name}", "verdict": f"{name} verdict"}))
+        if (Path(folder) / "importance" / "results.json").is_file():
+            maps[name] = Result.load(Path(folder) / "importance", "importance").table
+    joined = pd.concat(claims, axis=1).reset_index()
+    fig = plots.figure(figsize=(8, 3.8))
+    ax = fig.add_subplot()
+    for name, table in maps.items():
+        depth = table["layer"] / max(1, table["layer"].max())
+        ax.plot(depth, table["degradation_pct"], marker="o", markersize=3, label=name)
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_xlabel("relative depth (layer / last layer)")
+    ax.set_ylabel("ablation D (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("Importance maps aligned by relative depth")
+    fig.tight_layout()
+    markdown = "\n".join(["# Studies compared", "", *[f"- {n}: `{f}`" for n, f in zip(names, folders)], "",
+                          "![maps](maps.png)", "", "## Claims", "", joined.to_markdown(index=False), ""])
+    return markdown, fig

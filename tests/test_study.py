@@ -62,3 +62,21 @@ def test_a_folder_without_its_key_or_results_is_not_finished(tmp_path, tiny_toke
     assert study.run_study(steps, loaded, tiny_eval_set, tmp_path).reused == []
     (tmp_path / "importance" / "results.json").unlink()  # as if killed before results.json
     assert study.run_study(steps, loaded, tiny_eval_set, tmp_path).reused == []
+
+
+def test_report_is_self_contained_and_two_studies_compare(tmp_path, tiny_tokenizer, tiny_eval_set):
+    loaded = LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test")
+    steps = study.plan(["importance"], {"importance": {"mode": "zero"}})
+    for name in ("a", "b"):
+        done = study.run_study(steps, loaded, tiny_eval_set, tmp_path / name)
+        markdown = study.write_report(done, loaded, tiny_eval_set, tmp_path / name, {"importance": {"mode": "zero"}})
+        assert "QUICK (reduced): importance mode=zero" in markdown and "## Claims of the study" in markdown
+    page = (tmp_path / "a" / "study.html").read_text()
+    assert "data:image/png;base64," in page  # the figure inside the file: it opens offline
+    assert "<script" not in page and "src='http" not in page and "href=" not in page
+    from anatomy import cli
+    assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    compared = (tmp_path / "c" / "compare.md").read_text()
+    assert "a verdict" in compared and "b verdict" in compared and "importance range" in compared
+    assert (tmp_path / "c" / "maps.png").stat().st_size > 1000
+    assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
