@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 from accelerate.utils import convert_file_size_to_int
 
 from . import study, study_report
@@ -183,9 +184,11 @@ def run_study_command(args: argparse.Namespace) -> None:
     steps = study.plan(names, overrides)  # every flag checked before the model loads
     loaded = load_from_args(args)
     eval_set = eval_set_from_args(args, loaded)
-    done = study.run_study(steps, loaded, eval_set, args.out, on_step=lambda i, n, name, eta: print(
-        f"[{i}/{n}] {name} done; about {eta / 60:.1f} min left" if eta == eta else f"[{i}/{n}] {name} reused",
-        file=sys.stderr))
+    with tqdm(total=len(steps), desc="study", unit="experiment", position=0) as bar:
+        def on_step(done: int, total: int, name: str, eta_s: float) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{name} done" + (f", about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""))
+        done = study.run_study(steps, loaded, eval_set, args.out, on_step=on_step)
     print(study.write_report(done, loaded, eval_set, args.out, overrides))
 
 
