@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import math
+from pathlib import Path
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import plots
+from .errors import AnatomyError
 from .experiment import Result
 from .findings import Finding, findings_table, spearman_interval
 
@@ -153,9 +155,6 @@ def study_html(title: str, lines: list[str], glance: Figure, claims: list[Findin
 def compare_studies(folders: list[str], names: list[str]) -> tuple[str, Figure]:
     """Two or more finished studies side by side: the claims with each study's number and verdict, and the
     importance maps on one axis of relative depth (layer / (layers - 1)), so models of different depth align."""
-    from .errors import AnatomyError
-    from pathlib import Path
-
     claims, maps = [], {}
     for folder, name in zip(folders, names):
         path = Path(folder) / "claims.csv"
@@ -181,3 +180,13 @@ def compare_studies(folders: list[str], names: list[str]) -> tuple[str, Figure]:
     markdown = "\n".join(["# Studies compared", "", *[f"- {n}: `{f}`" for n, f in zip(names, folders)], "",
                           "![maps](maps.png)", "", "## Claims", "", joined.to_markdown(index=False), ""])
     return markdown, fig
+
+
+def load_study(folder: str | Path) -> tuple[dict[str, Result], pd.DataFrame]:
+    """A finished study's results (each experiment's run folder) and its claims table, read back from disk."""
+    folder = Path(folder)
+    results = {p.name: Result.load(p, p.name) for p in sorted(folder.iterdir())
+               if p.is_dir() and (p / "results.json").is_file() and not p.name.endswith(".partial")}
+    claims = pd.read_csv(folder / "claims.csv", keep_default_na=False) if (folder / "claims.csv").is_file() else \
+        pd.DataFrame(columns=["finding", "study", "ours", "verdict", "reason"])
+    return results, claims
