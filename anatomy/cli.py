@@ -100,7 +100,7 @@ def add_config_args(parser: argparse.ArgumentParser, experiment: Experiment) -> 
                                help=opt.help.replace("%", "%%"))
             continue
         shown_default = param.text(default)
-        group.add_argument(*names, dest=param.name, default=None,
+        group.add_argument(*names, dest=param.name, default=None, action="append" if opt.repeat else "store",
                            choices=opt.choices if opt.choices and not opt.multiple else None,
                            metavar=None if opt.choices and not opt.multiple else param.name.upper(),
                            help=f"{opt.help} (default: {shown_default or 'none'})".replace("%", "%%"))
@@ -117,6 +117,8 @@ def config_from_args(experiment: Experiment, args: argparse.Namespace) -> object
             if param.option.cli_default is not None:
                 values[param.name] = param.option.cli_default
             continue
+        if isinstance(value, list):  # a repeated flag: one item of the codec's text each
+            value = "\n".join(value)
         values[param.name] = (not param.default) if param.is_switch else value
     return build_config(experiment.config, values, where=lambda p: p.flag)
 
@@ -136,7 +138,8 @@ from .options import parse_floats, parse_ints  # noqa: E402  MIGRATION
 
 
 def print_summary(experiment: Experiment, result: Result, out: Path, files: list[str]) -> None:
-    table = result.table[list(experiment.columns)] if experiment.columns else result.table
+    table = (experiment.printed(result) if experiment.printed else
+             result.table[list(experiment.columns)] if experiment.columns else result.table)
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         print(table.to_string(index=False))
     if experiment.headline is not None:
@@ -217,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "Layers are numbered from 0.")
     subparsers = parser.add_subparsers(dest="experiment", required=True, metavar="<experiment>")
     for experiment in registry().values():
-        sub = subparsers.add_parser(experiment.name, help=experiment.summary,
+        sub = subparsers.add_parser(experiment.name, aliases=list(experiment.aliases), help=experiment.summary,
                                     description=experiment.description or experiment.summary,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(experiment=experiment.name)  # the declared name, whichever alias was typed
         if experiment.uses_model:
             add_model_args(sub)
         if experiment.uses_eval:

@@ -152,7 +152,9 @@ class Experiment:
     uses_tokenizer: bool = False
     description: str = ""  # the --help text (the module docstring)
     columns: tuple[str, ...] = ()  # the main table's columns the CLI prints (all when empty)
+    printed: Callable[[Result], pd.DataFrame] | None = None  # what the CLI prints instead, where that is a summary
     headline: Callable[[Result], str] | None = None  # one line under the table (CLI) and above it (app)
+    aliases: tuple[str, ...] = ()  # further CLI command names (an earlier name that documented commands use)
 
     @property
     def default_out(self) -> str:

@@ -40,6 +40,7 @@ class Option:
     cli: bool = True  # False: library and UI only (the app's cheaper latency settings, say)
     ui: bool = True  # False: CLI and library only
     cli_default: Any = None  # not None: when the CLI's default differs from the library's (stated in help)
+    repeat: bool = False  # the CLI flag may be given several times (`--plan A --plan B`): one item each
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import transformers
@@ -43,6 +44,8 @@ def to_jsonable(obj: object) -> object:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, (torch.dtype, torch.device, Path)):
         return str(obj)
+    if isinstance(obj, np.ndarray):  # a whole array (Result.arrays); a numpy scalar takes the branch below
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
     return obj

@@ -1,4 +1,4 @@
-"""The painters' other axis: a small built-in task set scored by exact next-token match.
+"""The layer plans' other axis: a small built-in task set scored by exact next-token match.
 
 `anatomy/data/tasks.json` holds 30 fill-in-the-blank facts and 30 two-digit additions (with a three-line
 few-shot prefix). An item counts as correct when greedy decoding would produce every answer token: one

@@ -33,7 +33,7 @@ from .plan import load_plan
 from .presets import PRESETS
 from .samples import PROMPTS, greedy
 from .study_regime import run_study
-from .train import describe, load_data, run_training
+from .train import add_plan_args, describe, load_data, run_training
 
 CONFIGS = (("growth", "growth", 1.0), ("growth-50%", "growth", 0.5), ("uniform", "uniform", 1.0))
 
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--train-file")
-    ap.add_argument("--plan")
-    ap.add_argument("--budget")
+    add_plan_args(ap)
     ap.add_argument("--regime", choices=("equal-steps", "study"), default="equal-steps",
                     help="equal-steps: growth and uniform at the same steps on the training text (default); "
                          "study: phases counted in epochs over factual sentences, with the same-passes control")
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.train_file or args.steps:
                 ap.error("--regime study trains on its own factual sentences for the plan's epochs: "
                          "drop --train-file and --steps (use --epoch-scale to shorten it)")
-            run_study(PRESETS[args.preset], load_plan(args.plan, args.budget), args.seeds, args.out, command,
+            run_study(PRESETS[args.preset], load_plan(args.growth_plan, args.budget), args.seeds, args.out, command,
                       args.epoch_scale)
             print((args.out / "report.md").read_text())
             return 0
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, command: str) -> int:
     preset = PRESETS[args.preset]
-    plan = load_plan(args.plan, args.budget)
+    plan = load_plan(args.growth_plan, args.budget)
     data = load_data(preset, args.train_file)
     steps = args.steps or preset.steps
     out = args.out

@@ -1,6 +1,6 @@
 """The growth plan: layer roles, FFN widths and the six developmental phases, as data.
 
-A plan is a dataclass that round-trips through JSON (`--plan FILE`), so a user can change roles,
+A plan is a dataclass that round-trips through JSON (`--growth-plan FILE`), so a user can change roles,
 phases, sources and shares without touching code. `default_plan()` is the study's plan
 (SPEC section 7); `plan_from_budget()` derives one from the anatomy engine's `budget` JSON.
 Layer indices are 0-based everywhere.
@@ -269,9 +269,9 @@ def plan_from_budget(budget: dict, maturation_share: float = 0.15) -> GrowthPlan
 
 
 def load_plan(plan_file: str | None = None, budget_file: str | None = None) -> GrowthPlan:
-    """The plan a run uses: `--plan` JSON, else `--budget` JSON, else the study's default."""
+    """The plan a run uses: `--growth-plan` JSON, else `--budget` JSON, else the study's default."""
     if plan_file and budget_file:
-        raise AnatomyError("pass either --plan or --budget, not both.")
+        raise AnatomyError("pass either --growth-plan or --budget, not both.")
     path = plan_file or budget_file
     if not path:
         return default_plan()

@@ -4,8 +4,8 @@
     python -m growth_models.train --schedule uniform --preset tiny --out ckpt/u-tiny --train-file my.txt
     accelerate launch --multi_gpu --num_processes 2 -m growth_models.train --schedule growth --out ckpt/g
 
-Options: --plan FILE (a growth_plan.json), --budget FILE (the anatomy `budget` JSON),
---push-to-hub USER/REPO (token from HF_TOKEN).
+Options: --growth-plan FILE (a growth_plan.json; `--plan`, its earlier name, still works), --budget FILE
+(the anatomy `budget` JSON), --push-to-hub USER/REPO (token from HF_TOKEN).
 """
 
 from __future__ import annotations
@@ -82,6 +82,15 @@ def describe(result: RunResult, schedule: str) -> str:
             f"Parameters: {sum(counts):,} in layers, {total_parameters(result.model):,} total.")
 
 
+def add_plan_args(ap: argparse.ArgumentParser) -> None:
+    """Where the growth plan comes from. `--growth-plan`, not `--plan`: a layer plan of `anatomy` is the
+    text grammar 0-3,[4-7]x2,8-29, a different thing; `--plan` stays as a hidden alias for older commands."""
+    ap.add_argument("--growth-plan", metavar="FILE",
+                    help="growth plan JSON: layer roles, FFN widths and phases (see growth_plan.json in a checkpoint)")
+    ap.add_argument("--plan", dest="growth_plan", help=argparse.SUPPRESS)
+    ap.add_argument("--budget", help="per-layer budget JSON from the anatomy `budget` command")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m growth_models.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,8 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     ap.add_argument("--train-file", help="any UTF-8 text instead of the Shakespeare corpus")
-    ap.add_argument("--plan", help="growth plan JSON (see growth_plan.json in a checkpoint)")
-    ap.add_argument("--budget", help="per-layer budget JSON from the anatomy `budget` command")
+    add_plan_args(ap)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--seq-len", type=int)
     ap.add_argument("--spectra-every", type=int, help="log spectra every K steps (0: off)")
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seq_len:
             from dataclasses import replace
             preset = replace(preset, seq_len=args.seq_len)
-        plan = load_plan(args.plan, args.budget)
+        plan = load_plan(args.growth_plan, args.budget)
         cfg = preset.train_config(args.steps, args.seed, batch_size=args.batch_size, spectra_every=args.spectra_every)
         data = load_data(preset, args.train_file)
         print(f"data: {data.describe()}; tokenizer: byte-level BPE, {len(data.tokenizer)} entries", flush=True)

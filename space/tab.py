@@ -21,7 +21,7 @@ import gradio as gr
 import pandas as pd
 
 from anatomy.experiment import Experiment, Need, Result
-from anatomy.options import Param, build_config, params
+from anatomy.options import LINES, Param, build_config, params
 from anatomy.run import artefacts, compute_with, execute, resolve_needs
 
 from . import jobs, previous
@@ -44,10 +44,16 @@ class Tab:
     downloads: dict[str, str] = field(default_factory=dict)  # extra file of the run folder -> button label
     ui_defaults: dict[str, object] = field(default_factory=dict)  # field -> the app's default, where cheaper
     before_run: Callable[[object], None] | None = None  # a check of the config before any work (ZeroGPU limits)
+    notes: dict[str, str] = field(default_factory=dict)  # closed accordions under the inputs: title -> markdown
+    api_name: str = ""  # the endpoint (and stop_<api_name>) when clients know it by another name
 
     @property
     def name(self) -> str:
         return self.experiment.name
+
+    @property
+    def endpoint_name(self) -> str:
+        return self.api_name or self.name
 
     def fields(self) -> list[Param]:
         return [p for p in params(self.experiment.config) if p.option.ui]
@@ -56,6 +62,9 @@ class Tab:
         exp = self.experiment
         gr.Markdown(self.intro)
         inputs = [*self.shared_inputs(shared), *self.field_inputs()]
+        for title, text in self.notes.items():
+            with gr.Accordion(title, open=False):
+                gr.Markdown(text)
         if exp.needs:
             gr.Markdown(needs_note(exp.needs))
         with gr.Row():
@@ -72,12 +81,12 @@ class Tab:
             files = [gr.DownloadButton(label, visible=False) for label in self.downloads.values()]
         outputs = [headline, *plots, table, report, download, *files]
         event = go.click(self.endpoint(len(inputs)), [*inputs, shared.state], [*outputs, shared.state],
-                         api_name=self.name, concurrency_id="model" if exp.uses_model else None,
+                         api_name=self.endpoint_name, concurrency_id="model" if exp.uses_model else None,
                          show_progress_on=[headline])
         hidden = [*plots, table, report_box, download, *files]
         event.success(lambda: [gr.update(visible=True)] * len(hidden), None, hidden, queue=False,
                       api_visibility="private")
-        wire_stop(stop, [event], self.name)
+        wire_stop(stop, [event], self.endpoint_name)
 
     def shared_inputs(self, shared: Shared) -> list:
         if not self.experiment.uses_model:
@@ -119,7 +128,7 @@ class Tab:
                               annotation=gr.OAuthToken | None),
             inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
         handler.__annotations__ = {"request": gr.Request, "oauth_token": gr.OAuthToken | None}
-        handler.__name__ = self.name
+        handler.__name__ = self.endpoint_name
         return handler
 
     def run(self, shared_values: list, config: object, state: dict | None, request: gr.Request | None,
@@ -161,6 +170,8 @@ def input_for(param: Param, default: object) -> gr.components.Component:
         return gr.Dropdown(list(opt.choices), value=default, label=label)
     if opt.codec is None and isinstance(param.default, (int, float)):
         return gr.Number(default, precision=0 if isinstance(param.default, int) else None, label=label)
+    if opt.codec is LINES:  # one item a line
+        return gr.Textbox("\n".join(default), lines=2, label=label)
     return gr.Textbox(param.text(default), label=label)
 
 

@@ -44,13 +44,16 @@ def tiny_fingerprint() -> str:
 
 def test_weight_space_tabs_give_plots_tables_and_a_run_zip(client):
     before = tiny_fingerprint()
-    *figures, table, markdown, archive = client.predict("tiny", 10, 0, api_name="/structure")
+    headline, *figures, table, markdown, archive = client.predict("tiny", 10, 0, api_name="/structure")
     assert len(figures) == 3 and all(figures) and "delta" in markdown.lower() and archive.endswith(".zip")
+    assert "control" in headline
     assert len(table["data"]) >= 7  # one row per component, plus the whole layer
-    *figures, table, markdown, archive = client.predict("tiny", 4, api_name="/spectral")
+    headline, *figures, table, markdown, archive = client.predict("tiny", 4, api_name="/spectral")
     assert len(figures) == 2 and all(figures) and table["data"] and archive.endswith(".zip")
-    *figures, table, markdown, archive = client.predict(*TINY_EVAL, 200, 1.0, 2, api_name="/predictability")
+    assert "matrices; layer mean alpha" in headline and table["headers"][0] == "component"  # the summary per component
+    headline, *figures, table, markdown, archive = client.predict(*TINY_EVAL, 200, 1.0, 2, api_name="/predictability")
     assert len(figures) == 2 and all(figures) and table["data"] and archive.endswith(".zip")
+    assert "- replacing 2 layers" in headline and "mean_r2" in table["headers"]
     for name in ("structure", "spectral", "predictability", "recovery"):
         client.predict(api_name=f"/stop_{name}")
     assert tiny_fingerprint() == before
@@ -101,8 +104,8 @@ def test_pruning_removes_layers_by_each_criterion_and_puts_them_back(client):
 def test_layer_plans_give_every_variant_and_the_users_plan_with_the_weights_untouched(client):
     before = tiny_fingerprint()
     fast = (2, 0, 1, 2, True, True)  # loops, seed, timed runs, decode tokens, batched, tasks
-    ppl, latency, table, markdown, archive = client.predict(*TINY_EVAL, list(VARIANTS), "2", "0,[1-3]x2,5\n",
-                                                            *fast, api_name="/painters")
+    _, ppl, latency, table, markdown, archive = client.predict(*TINY_EVAL, list(VARIANTS), "2", "0,[1-3]x2,5\n",
+                                                               *fast, api_name="/painters")
     assert [row[0] for row in table["data"]] == ["baseline", *VARIANTS, "custom"]
     assert table["data"][-1][3] == "0,[1-3]x2,5" and ppl and latency and archive.endswith(".zip")
     assert "Layers as painters" in markdown and "acc_facts" in table["headers"]

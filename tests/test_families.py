@@ -128,9 +128,9 @@ def test_hybrid_components_only_in_some_layers_are_listed_but_not_stacked():
     assert rows["mlp.gate_proj"]["parameter"] == "model.layers.{i}.feed_forward.w1.weight"
 
 
-def test_parallel_groups_of_different_kinds_are_refused_and_painters_reports_them(eval_set):
+def test_parallel_groups_of_different_kinds_are_refused_and_layer_plans_report_them(eval_set):
     from anatomy.errors import AnatomyError
-    from anatomy.experiments.painters import PaintersConfig, run_painters
+    from anatomy.experiments.plans import PlansConfig, run_plans
     from anatomy.plans import apply_plan, parse_plan
 
     model = make_family_model("lfm2")
@@ -140,17 +140,17 @@ def test_parallel_groups_of_different_kinds_are_refused_and_painters_reports_the
             pass
     with apply_plan(model, parse_plan("0,[1,3],2", 4)):  # two attention layers: one kind
         model(torch.tensor([[1, 5, 9]]))
-    df = run_painters(model, eval_set, PaintersConfig(block_sizes=(2,), latency_repeats=1, latency_tokens=2,
-                                                      tasks=False))
+    result = run_plans(model, eval_set, PlansConfig(block_sizes=(2,), latency_repeats=1, latency_tokens=2, tasks=False))
+    df = result.table
     assert fingerprint(model) == before
     assert set(df["variant"]) == {"baseline", "skip", "reverse", "shuffle", "repeat"}
-    assert [line.split(":")[0] for line in df.attrs["refused"]] == ["parallel 2", "looped-parallel 2"]
+    assert [line.split(":")[0] for line in result["refused"]] == ["parallel 2", "looped-parallel 2"]
 
 
 def test_spectral_covers_every_matrix_of_a_hybrid_stack():
     from anatomy.experiments.spectral import run_spectral
 
-    df = run_spectral(make_family_model("lfm2"))
+    df = run_spectral(make_family_model("lfm2")).table
     conv = df[df["component"] == "conv.in_proj"]
     assert list(conv["layer"]) == [0, 2] and set(conv["group"]) == {"other"}
     assert list(df.loc[df["component"] == "self_attn.q_proj", "group"]) == ["query/key"] * 2
@@ -160,10 +160,10 @@ def test_spectral_report_survives_matrices_too_small_for_a_fit():
     """A router has as many singular values as experts: no power-law tail, alpha NaN, the report still runs."""
     from anatomy.experiments.spectral import component_summary, run_spectral, spectral_report
 
-    df = run_spectral(make_family_model("mixtral"))
-    router = component_summary(df).set_index("component").loc["mlp.gate"]
+    result = run_spectral(make_family_model("mixtral"))
+    router = component_summary(result.table).set_index("component").loc["mlp.gate"]
     assert np.isnan(router["alpha_mean"]) and np.isnan(router["alpha_min_layer"])
-    assert "- Layer mean alpha: lowest layers." in spectral_report(df, "# header")
+    assert "- Layer mean alpha: lowest layers." in spectral_report(result, "# header")
 
 
 def test_report_header_lists_components_and_their_parameters(tiny_tokenizer):
@@ -227,23 +227,23 @@ def test_fused_views_are_the_query_key_and_value_the_attention_uses(family, over
 @pytest.mark.parametrize("family", ["gptj", "mixtral", "lfm2", "mamba", "gemma3"])
 def test_downstream_experiments_run_and_leave_the_model_unchanged(family, eval_set, tiny_tokenizer, tmp_path):
     """Tuple-returning layers, experts, a hybrid stack, an SSM and a multimodal wrapper, through every
-    model experiment: structure, predictability, manipulation, painters, pruning with export, recovery and
+    model experiment: structure, predictability, manipulation, layer plans, pruning with export, recovery and
     side-by-side generation."""
-    from anatomy.experiments import manipulate, painters, predictability, prune, recovery, structure
+    from anatomy.experiments import manipulate, plans, predictability, prune, recovery, structure
     from space.tab_generate import side_by_side
 
     model = make_family_model(family)
     adapter = LayerAdapter(model)
     before = fingerprint(model)
-    assert len(structure.run_structure(model)) == len(adapter.components) + 1
+    assert len(structure.run_structure(model).table) == len(adapter.components) + 1
     pred = predictability.run_predictability(model, eval_set, predictability.PredictabilityConfig(
         positions=200, single_layer=2, multi_layers=[2, 3]))
-    assert np.isfinite(pred.attrs["functional"]["ppl"]).all()
+    assert np.isfinite(pred["functional"]["ppl"]).all()
     manip = manipulate.run_manipulate(model, eval_set, manipulate.ManipulateConfig(layers=[1, 2], alphas=(0.5,)))
     assert set(manip["strategy"]) >= {"zero", "clone", "blend", "lowrank"} and np.isfinite(manip["ppl"]).all()
-    paint = painters.run_painters(model, eval_set, painters.PaintersConfig(block_sizes=(2,), latency_repeats=1,
-                                                                           latency_tokens=2, tasks=False))
-    assert np.isfinite(paint["ppl"]).all() and len(paint) + len(paint.attrs["refused"]) == 7
+    paint = plans.run_plans(model, eval_set, plans.PlansConfig(block_sizes=(2,), latency_repeats=1, latency_tokens=2,
+                                                               tasks=False))
+    assert np.isfinite(paint.table["ppl"]).all() and len(paint.table) + len(paint["refused"]) == 7
     pruned = prune.run_prune(model, eval_set, prune.PruneConfig(ks=(1,), criteria=("block_influence",)))
     folder, = prune.save_pruned(model, tiny_tokenizer, pruned, tmp_path)
     assert LayerAdapter(AutoModelForCausalLM.from_pretrained(folder)).num_layers == 3

@@ -85,3 +85,13 @@ def test_load_plan_errors(tmp_path):
         load_plan(budget_file=str(bad))
     with pytest.raises(AnatomyError, match="not both"):
         load_plan(str(bad), str(bad))
+
+
+def test_the_trainer_takes_the_plan_file_as_growth_plan_and_the_old_plan_flag_still_works():
+    """`--growth-plan` does not read like the layer-plan grammar of `python -m anatomy plans --plan`."""
+    from growth_models.train import parse_args
+
+    base = ["--schedule", "growth", "--out", "ckpt"]
+    assert parse_args([*base, "--growth-plan", "g.json"]).growth_plan == "g.json"
+    assert parse_args([*base, "--plan", "g.json"]).growth_plan == "g.json"
+    assert parse_args(base).growth_plan is None

@@ -1,4 +1,4 @@
-"""The painters experiment: tiny-model table shape and the built-in tasks; one fast embedded run."""
+"""Layer plans (the painters variants): tiny-model table shape, the built-in tasks, one fast embedded run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anatomy.evaluate import perplexity
-from anatomy.experiments.painters import PaintersConfig, painters_report, run_painters
+from anatomy.experiments.plans import PlansConfig, plans_report, run_plans
 from anatomy.plans import apply_plan, parse_plan
 from anatomy.plots import painters_figures
 from anatomy.surgery import layer_stack
@@ -20,8 +20,9 @@ FAST = dict(latency_repeats=1, latency_tokens=2)
 
 def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_tokenizer):
     model = make_tiny_model("llama", layers=8)
-    config = PaintersConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], **FAST)
-    df = run_painters(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
+    config = PlansConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], **FAST)
+    result = run_plans(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
+    df = result.table
     assert len(df) == 1 + 6 + 1 and df.iloc[0].variant == "baseline"
     # PPLs against models built without plans: the untouched model, and layers 3-4 really removed
     rows = df.set_index("variant")
@@ -39,7 +40,7 @@ def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_to
     looped = df[df.variant == "looped-parallel"]
     assert (looped.layer_calls == 8 + looped.block_size).all()  # the block runs twice
     assert df[["ppl", "decode_ms_per_token", "baseline_decode_ms_per_token", "acc_facts"]].notna().all().all()
-    assert "| skip" in painters_report(df, "# t", config)
+    assert "| skip" in plans_report(result, "# t", config)
     assert set(painters_figures(df)) == {"painters_ppl", "painters_latency"}
 
 
@@ -78,8 +79,37 @@ def test_tasks_are_scored_on_every_answer_token(tiny_tokenizer):
 
 @pytest.mark.embedded
 def test_embedded_parallel_beats_skip_on_ppl_and_tasks_work(embedded, embedded_eval_set):
-    config = PaintersConfig(variants=("skip", "parallel"), block_sizes=(4,), **FAST)
-    df = run_painters(embedded.model, embedded_eval_set, config, tokenizer=embedded.tokenizer).set_index("variant")
+    config = PlansConfig(variants=("skip", "parallel"), block_sizes=(4,), **FAST)
+    df = run_plans(embedded.model, embedded_eval_set, config, tokenizer=embedded.tokenizer).table.set_index("variant")
     assert df.loc["baseline", "acc_facts"] >= 0.5  # the built-in facts are answerable by the model
     assert df.loc["skip", "ppl"] > df.loc["baseline", "ppl"]
     assert df.loc["parallel", "parallel_execution"] == "batched"
+
+
+def test_cli_keeps_the_painters_command_and_repeated_plans_and_checks_them_before_loading():
+    from anatomy.cli import build_parser, config_from_args
+    from anatomy.errors import AnatomyError
+    from anatomy.experiment import registry
+
+    parser, plans = build_parser(), registry()["plans"]
+    args = parser.parse_args(["painters", "--plan", "0-3", "--plan", "[4-5]x2", "--sequential-parallel", "--no-tasks"])
+    assert args.experiment == "plans" and args.out == "runs/plans"
+    config = config_from_args(plans, args)
+    assert config.plans == ("0-3", "[4-5]x2") and not config.batched and not config.tasks
+    assert config.block_sizes == (2, 4, 8) and config.latency_repeats == 5
+    with pytest.raises(AnatomyError, match="exactly one --plan"):
+        config_from_args(plans, parser.parse_args(["plans", "--plan", "0-3", "--plan", "4", "--save", "out"]))
+    with pytest.raises(AnatomyError, match="Bad plan at position 3"):
+        config_from_args(plans, parser.parse_args(["plans", "--plan", "0-3]"]))
+    with pytest.raises(AnatomyError, match="Nothing to run"):
+        config_from_args(plans, parser.parse_args(["plans", "--block-sizes", ""]))
+
+
+def test_save_writes_the_one_plan_as_a_model_folder(tiny_eval_set, tiny_tokenizer, tmp_path):
+    model = make_tiny_model("llama", layers=4)
+    config = PlansConfig(variants=(), block_sizes=(), plans=["0,2x2,3"], save=str(tmp_path / "saved"), tasks=False,
+                         **FAST)
+    result = run_plans(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
+    assert result["saved"] == str(tmp_path / "saved") and list(result.table["variant"]) == ["baseline", "custom"]
+    assert "saved as a model folder" in plans_report(result, "# t", config)
+    assert (tmp_path / "saved" / "model.safetensors").is_file() and (tmp_path / "saved" / "tokenizer.json").is_file()

@@ -38,7 +38,8 @@ def test_rows_functional_test_and_restore(arch, tiny_eval_set):
     adapter = LayerAdapter(model)
     fp = fingerprint(model)
     config = PredictabilityConfig(positions=300, multi_count=3)
-    df = run_predictability(model, tiny_eval_set, config)
+    result = run_predictability(model, tiny_eval_set, config)
+    df = result.table
     assert fingerprint(model) == fp
     assert len(df) == len(adapter.components) * 4 and set(df["layer"]) == {2, 3, 4, 5}
     assert df["cosine"].between(-1, 1).all()
@@ -56,12 +57,12 @@ def test_rows_functional_test_and_restore(arch, tiny_eval_set):
     assert row["r2_distribution"] != pytest.approx(row["r2"], rel=1e-3)
     full = stack[3] @ stack[4] / np.linalg.norm(stack[3]) / np.linalg.norm(stack[4])
     assert row["adjacent_cosine"] == pytest.approx(full, rel=1e-6)
-    functional = df.attrs["functional"]
+    functional = result["functional"]
     assert list(functional["replaced"]) == ["1 layer", "3 layers"]
-    assert (functional["ppl"] > 0).all() and len(df.attrs["summary"]) == len(adapter.components)
-    text = predictability_report(df, "# t", config)
+    assert (functional["ppl"] > 0).all() and len(result["summary"]) == len(adapter.components)
+    text = predictability_report(result, "# t", config)
     assert "paradox" in text and "Functional test" in text and "R^2 of the weight distribution" in text
-    assert {"mean_r2_distribution", "mean_adjacent_cosine"} <= set(df.attrs["summary"].columns)
+    assert {"mean_r2_distribution", "mean_adjacent_cosine"} <= set(result["summary"].columns)
 
 
 def test_distribution_r2_equals_sklearn_and_separates_scale_from_weights():
@@ -113,8 +114,29 @@ def test_bad_config_is_refused(tiny_eval_set):
         run_predictability(model, tiny_eval_set, PredictabilityConfig(positions=0))
 
 
+def test_layer_flags_are_read_as_the_cli_reads_them_and_checked_before_the_fits(tiny_eval_set):
+    from anatomy.cli import build_parser, config_from_args
+    from anatomy.experiments.predictability import EXPERIMENT
+
+    def parsed(*flags: str) -> PredictabilityConfig:
+        return config_from_args(EXPERIMENT, build_parser().parse_args(["predictability", *flags]))
+
+    config = parsed("--single-layer", "3", "--multi-layers", "2-3", "--positions", "100")
+    assert (config.single_layer, config.multi_layers, config.seed) == (3, "2-3", 0)
+    assert parsed().single_layer is None and parsed().multi_layers is None
+    with pytest.raises(AnatomyError, match="one 0-based layer"):
+        parsed("--single-layer", "3,4")
+    model = make_tiny_model("llama")
+    result = run_predictability(model, tiny_eval_set, config)
+    assert list(result["functional"]["layers"]) == ["3", "2,3"]
+    assert "- replacing 2 layers (2,3)" in EXPERIMENT.headline(result)
+    for selection in ("1-2", "all"):  # "all" is every layer, as typed, not the default choice
+        with pytest.raises(AnatomyError, match="Layer 0 cannot|Layer 1 cannot"):
+            run_predictability(model, tiny_eval_set, parsed("--multi-layers", selection))
+
+
 @pytest.mark.embedded
-def test_predictability_cli_on_the_embedded_model(tmp_path):
+def test_predictability_cli_on_the_embedded_model(tmp_path, capsys):
     from anatomy.cli import main
 
     texts = tmp_path / "texts.txt"
@@ -134,6 +156,8 @@ def test_predictability_cli_on_the_embedded_model(tmp_path):
         verdict = "no paradox: R^2 is high and the model survives"
     [line] = [line for line in text.splitlines() if line.startswith("- replacing 9 layers")]
     assert verdict in line and f"{row.ppl:.4g}" in line
+    printed = capsys.readouterr().out  # the R^2 summary per component, then the paradox statement
+    assert "mean_r2_distribution" in printed and line in printed
 
 
 

@@ -7,7 +7,7 @@ from sklearn.decomposition import PCA
 
 from anatomy.errors import AnatomyError
 from anatomy.experiments.structure import (WHOLE_LAYER, StructureConfig, delta_correlations, pca_of_layers,
-                                           run_structure, structure_report)
+                                           run_structure, similarity_by_component, structure_report)
 from anatomy.layer_weights import centered_gram, flat_stack, gram_stats
 from anatomy.layers import LayerAdapter
 from tests.conftest import make_tiny_model
@@ -22,7 +22,8 @@ def direct_delta_corr(w: np.ndarray) -> float:
 def test_gram_statistics_equal_direct_computation(arch):
     model = make_tiny_model(arch, layers=7)
     adapter = LayerAdapter(model)
-    df = run_structure(model, None, StructureConfig(shuffles=5))
+    result = run_structure(model, None, StructureConfig(shuffles=5))
+    df = result.table
     assert list(df["component"]) == [*adapter.components, WHOLE_LAYER]
     for component in ("self_attn.v_proj", "mlp.down_proj"):  # v_proj: a slice of GPT-2's fused c_attn
         w = flat_stack(adapter, component).double().numpy()
@@ -32,7 +33,7 @@ def test_gram_statistics_equal_direct_computation(arch):
         reference = PCA(n_components=3).fit(w)
         np.testing.assert_allclose(ratios[:3], reference.explained_variance_ratio_, atol=1e-9)
         np.testing.assert_allclose(np.abs(coords), np.abs(reference.transform(w)[:, :2]), atol=1e-6)
-        cos = df.attrs["similarity"][component]
+        cos = similarity_by_component(result)[component]
         assert cos[1, 4] == pytest.approx(w[1] @ w[4] / np.linalg.norm(w[1]) / np.linalg.norm(w[4]))
     whole = np.concatenate([flat_stack(adapter, c).double().numpy() for c in adapter.components], axis=1)
     assert df.set_index("component").loc[WHOLE_LAYER, "delta_corr"] == pytest.approx(direct_delta_corr(whole))
@@ -52,10 +53,30 @@ def test_independent_layers_give_the_null_and_smooth_layers_do_not():
 
 def test_report_and_validation():
     model = make_tiny_model("llama")
-    df = run_structure(model, None, StructureConfig(shuffles=4))
-    assert len(df.attrs["pca"]) == 6 * len(df) and "null for independent" in structure_report(df, "#").lower()
+    result = run_structure(model, None, StructureConfig(shuffles=4))
+    df = result.table
+    assert len(result["pca"]) == 6 * len(df) and "null for independent" in structure_report(result, "#").lower()
     with pytest.raises(AnatomyError):
         run_structure(model, None, StructureConfig(shuffles=1))
+
+
+def test_run_folder_keeps_the_cosine_matrices(tmp_path, tiny_tokenizer):
+    """results.json holds each component's cosine matrix, and the result read back draws the same figure."""
+    from anatomy.experiment import Result
+    from anatomy.experiments.structure import EXPERIMENT
+    from anatomy.load import LoadedModel
+    from anatomy.report import RunFolder
+    from anatomy.run import artefacts
+
+    loaded = LoadedModel(make_tiny_model("llama"), tiny_tokenizer, "tiny", "test")
+    config = StructureConfig(shuffles=4)
+    result = run_structure(loaded.model, None, config)
+    RunFolder(tmp_path, "structure").write(result, artefacts(EXPERIMENT, result, loaded, None, config), loaded, None,
+                                           config)
+    back = Result.load(tmp_path, "structure")
+    assert list(similarity_by_component(back)) == [*LayerAdapter(loaded.model).components, WHOLE_LAYER]
+    np.testing.assert_allclose(back["similarity"], result["similarity"])
+    assert "control" in EXPERIMENT.headline(back)
 
 
 @pytest.mark.embedded

@@ -85,3 +85,12 @@ def test_bad_orders_are_refused():
         check_order([], 6)
     with pytest.raises(AnatomyError, match="leaves none"):
         kept_layers(3, [0, 1, 2])
+
+
+def test_a_repeated_layer_in_place_has_its_own_cache_slot():
+    """A reorder is a plan: a layer that runs twice gets a KV-cache slot per position, so the cache works."""
+    model = make_tiny_model("llama")
+    with layer_stack(model, [0, 1, 1, 2]):
+        assert model.config.num_hidden_layers == 4
+        assert torch.equal(greedy(model, True), greedy(model, False))
+    assert [layer.self_attn.layer_idx for layer in LayerAdapter(model).layers] == list(range(6))

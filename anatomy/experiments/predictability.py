@@ -21,10 +21,9 @@ one matrix-vector product; it equals scikit-learn's `Ridge(alpha, fit_intercept=
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -33,16 +32,39 @@ from transformers import PreTrainedModel
 
 from .. import plots, report
 from ..claims import Claim, bootstrap_mean, claims_markdown
-from ..errors import AnatomyError
+from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
+from ..experiment import Artefacts, Experiment, Result
 from ..interventions import assign
 from ..layer_weights import flat_stack
 from ..layers import LayerAdapter
 from ..load import LoadedModel
+from ..options import LAYERS, Codec, option
 from ..progress import ProgressCallback, track
 
 COLUMNS = ["component", "layer", "r2", "cosine", "r2_previous_layer", "r2_distribution", "adjacent_cosine"]
 STUDY_MEAN_R2 = {"mlp.gate_proj": 0.909}  # SPEC section 10, Table 2: the headline number
+
+
+def _one_layer(text: str, where: str) -> int | None:
+    text = text.strip()
+    if text and not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise AnatomyError(f"{where} takes one 0-based layer number like 5, got {shown(text)}.")
+    return int(text) if text else None
+
+
+ONE_LAYER = Codec(_one_layer, lambda v: "" if v is None else str(v))
+"""One layer number; empty: chosen by the run."""
+
+
+def _layer_selection(text: str, where: str) -> str | None:
+    if not text.strip():
+        return None
+    return LAYERS.parse(text, where) or "all"  # every layer, as typed: refused below layer 2 when it runs
+
+
+SOME_LAYERS = Codec(_layer_selection, lambda v: "" if v is None else LAYERS.format(v))
+"""A layer selection such as 20-28, checked against the model's depth when it runs; empty: chosen by the run."""
 
 
 @dataclass
@@ -50,15 +72,20 @@ class PredictabilityConfig:
     """The study's defaults: 10,000 sampled positions, scikit-learn's default ridge alpha (1.0).
 
     The functional test replaces `single_layer` (default: the target layer with the highest mean R^2)
-    and then `multi_layers` (default: the `multi_count` layers with the highest mean R^2).
+    and then `multi_layers` (default: the `multi_count` layers with the highest mean R^2). The paradox
+    thresholds (library only) decide what the report calls a high R^2 and a destroyed model.
     """
 
-    positions: int = 10_000
-    ridge_alpha: float = 1.0
-    seed: int = 0
-    single_layer: int | None = None
-    multi_layers: list[int] | None = None
-    multi_count: int = 9
+    positions: int = option(10_000, "sampled weight positions", label="Sampled positions")
+    ridge_alpha: float = option(1.0, "ridge penalty (sklearn's default)", label="Ridge alpha")
+    seed: int = option(0, "seed of the sampled positions", ui=False)
+    single_layer: int | None = option(None, "layer replaced alone; none: the one with the highest mean R^2",
+                                      codec=ONE_LAYER, ui=False)
+    multi_layers: str | list[int] | None = option(
+        None, "layers replaced together, e.g. 20-28; none: the --multi-count layers with the highest mean R^2",
+        codec=SOME_LAYERS, ui=False)
+    multi_count: int = option(9, "how many layers to replace together",
+                              label="Layers replaced at once (multi-layer test)")
     paradox_r2: float = 0.5  # mean R^2 of the replaced layers at or above this counts as "high"
     paradox_degradation: float = 100.0  # D in % at or above this counts as "destroyed"
 
@@ -114,14 +141,17 @@ def distribution_r2(sorted_stack: torch.Tensor, target: int, num_layers: int, al
 
 
 def run_predictability(model: PreTrainedModel, eval_set: EvalSet, config: PredictabilityConfig | None = None,
-                       progress: ProgressCallback | None = None) -> pd.DataFrame:
-    """One row per (component, target layer); `df.attrs`: summary per component, functional test, baseline."""
+                       progress: ProgressCallback | None = None) -> Result:
+    """One row per (component, target layer); extra tables `summary` (per component) and `functional` (the
+    replaced layers' PPL); scalars: the baseline PPL, the claims and the paradox thresholds used."""
     config = config or PredictabilityConfig()
     config.validate()
     adapter = LayerAdapter(model)
     n = adapter.num_layers
     if n < 3:
         raise AnatomyError(f"Predicting layer t from layers 0..t-1 needs t >= 2: this model has {n} layers.")
+    # a typed selection such as 20-28 becomes its layers, checked against this model's depth
+    config = replace(config, multi_layers=adapter.resolve_layers(config.multi_layers) if config.multi_layers else None)
     for layer in [config.single_layer, *(config.multi_layers or [])]:
         if layer is not None and not 2 <= adapter.check_layer(layer):
             raise AnatomyError(f"Layer {layer} cannot be predicted: targets are layers 2..{n - 1}.")
@@ -144,10 +174,11 @@ def run_predictability(model: PreTrainedModel, eval_set: EvalSet, config: Predic
     df = pd.DataFrame(rows, columns=COLUMNS)
     t_fit = time.perf_counter() - t0
     functional, baseline = functional_test(model, eval_set, adapter, stacks, df, config, progress)
-    df.attrs.update(summary=summarize(df), functional=functional, baseline=baseline.as_dict(),
-                    positions=config.positions, ridge_alpha=config.ridge_alpha,
-                    timings={"fits_s": t_fit, "functional_s": time.perf_counter() - t0 - t_fit})
-    return df
+    return Result("predictability", df,
+                  scalars={"baseline": baseline.as_dict(), "claims": [c.as_dict() for c in predictability_claims(df)],
+                           "paradox": {"r2": config.paradox_r2, "degradation_pct": config.paradox_degradation}},
+                  tables={"summary": summarize(df), "functional": functional},
+                  timings={"fits_s": t_fit, "functional_s": time.perf_counter() - t0 - t_fit})
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -261,66 +292,49 @@ def predictability_claims(df: pd.DataFrame) -> list[Claim]:
     return claims
 
 
-def predictability_report(df: pd.DataFrame, header: str, config: PredictabilityConfig) -> str:
-    base = df.attrs["baseline"]
+def predictability_report(result: Result, header: str, config: PredictabilityConfig) -> str:
+    df, base, functional = result.table, result["baseline"], result["functional"]
     lines = [header, "## Weight predictability",
-             f"- Ridge (alpha {df.attrs['ridge_alpha']:g}, intercept, unscaled features [l, l^2, sin(l pi/N), "
-             f"cos(l pi/N)]) from layers 0..t-1 to {df.attrs['positions']:,} sampled positions (the same positions "
+             f"- Ridge (alpha {config.ridge_alpha:g}, intercept, unscaled features [l, l^2, sin(l pi/N), "
+             f"cos(l pi/N)]) from layers 0..t-1 to {config.positions:,} sampled positions (the same positions "
              "for every target of a component), target layers t = 2..N-1. `mean_r2_previous_layer`: R^2 of simply "
              "copying layer t-1, for scale. `mean_r2_distribution`: the R^2 of the weight distribution (the same fit "
              "on each layer's weights sorted). `mean_adjacent_cosine`: cosine of layers t-1 and t at fixed "
              "positions.",
              f"- Baseline PPL {base['ppl']:.3f} (95% CI {base['ppl_low']:.3f}-{base['ppl_high']:.3f}).", "",
-             "### R^2 per component", report.markdown_table(df.attrs["summary"].round(4)), "", why_paragraph(df), "",
+             "### R^2 per component", report.markdown_table(result["summary"].round(4)), "", why_paragraph(df), "",
              claims_markdown(predictability_claims(df)),
              "### Functional test (weights replaced by predictions fit on all positions; biases kept)",
-             paradox_statement(df.attrs["functional"], base, config), "",
-             report.markdown_table(df.attrs["functional"].round(4)), "",
+             paradox_statement(functional, base, config), "",
+             report.markdown_table(functional.round(4)), "",
              "### Every target", report.markdown_table(df.round(4)), ""]
     return "\n".join(lines)
 
 
-def predictability_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet,
-                             config: PredictabilityConfig) -> report.Artefacts:
-    """Tables, figures, report and results of a predictability run (the CLI's run folder and the app's)."""
-    base, summary, functional = df.attrs["baseline"], df.attrs["summary"], df.attrs["functional"]
-    return report.Artefacts(
-        tables={"predictability": df, "summary": summary, "functional": functional},
-        figures={"r2_by_layer": plots.predictability_figure(df, f"Weight predictability: {loaded.name}"),
-                 "functional": plots.ppl_rows_figure(functional, "replaced", "Layers replaced by predictions",
-                                                     base["ppl"])},
-        markdown=predictability_report(df, report.header("Weight predictability", loaded, eval_set), config),
-        results={"baseline": base, "summary": summary, "functional": functional,
-                 "claims": [c.as_dict() for c in predictability_claims(df)]})
+def predictability_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet,
+                             config: PredictabilityConfig) -> Artefacts:
+    """Figures and report of a predictability run (the CLI's run folder and the app's)."""
+    return Artefacts(
+        figures={"r2_by_layer": plots.predictability_figure(result.table, f"Weight predictability: {loaded.name}"),
+                 "functional": plots.ppl_rows_figure(result["functional"], "replaced", "Layers replaced by predictions",
+                                                     result["baseline"]["ppl"])},
+        markdown=predictability_report(result, report.header("Weight predictability", loaded, eval_set), config))
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from .. import cli
-
-    parser = subparsers.add_parser("predictability", help="ridge prediction of weights from depth, R^2 and the "
-                                   "functional test (SPEC 2)", description=__doc__)
-    cli.add_common_args(parser, out="runs/predictability")
-    parser.add_argument("--positions", type=int, default=10_000, help="sampled weight positions (default 10000)")
-    parser.add_argument("--ridge-alpha", type=float, default=1.0, help="ridge penalty (default 1.0, sklearn's)")
-    parser.add_argument("--single-layer", type=int, help="layer replaced alone (default: highest mean R^2)")
-    parser.add_argument("--multi-layers", help="layers replaced together, e.g. 20-28 (default: the --multi-count "
-                                               "layers with the highest mean R^2)")
-    parser.add_argument("--multi-count", type=int, default=9, help="how many layers to replace together (default 9)")
-    parser.set_defaults(func=main)
+def rounded_summary(result: Result) -> pd.DataFrame:
+    """The R^2 per component as the CLI prints it."""
+    return result["summary"].round(4)
 
 
-def main(args: argparse.Namespace) -> None:
-    from .. import cli
-    from ..layers import parse_layers
+def headline(result: Result) -> str:
+    """Whether the paradox occurs, one line per replaced set, with the thresholds the run used."""
+    thresholds = result["paradox"]
+    config = PredictabilityConfig(paradox_r2=thresholds["r2"], paradox_degradation=thresholds["degradation_pct"])
+    return paradox_statement(result["functional"], result["baseline"], config)
 
-    loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = LayerAdapter(loaded.model).num_layers
-    config = PredictabilityConfig(positions=args.positions, ridge_alpha=args.ridge_alpha, seed=args.seed,
-                                  single_layer=args.single_layer, multi_count=args.multi_count,
-                                  multi_layers=parse_layers(args.multi_layers, n) if args.multi_layers else None)
-    df = run_predictability(loaded.model, eval_set, config)
-    run = report.RunFolder(args.out, "predictability")
-    run.write(predictability_artefacts(df, loaded, eval_set, config), loaded, eval_set, config, df.attrs["timings"])
-    cli.print_summary(run, df.attrs["summary"].round(4))
-    print(paradox_statement(df.attrs["functional"], df.attrs["baseline"], config))
-    print(why_paragraph(df))
+
+EXPERIMENT = Experiment(
+    name="predictability", title="Weight predictability",
+    summary="ridge prediction of weights from depth, R^2 and the functional test (SPEC 2)", description=__doc__,
+    config=PredictabilityConfig, run=run_predictability, artefacts=predictability_artefacts, printed=rounded_summary,
+    headline=headline)

@@ -56,7 +56,7 @@ def layer_scores(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig,
     scores = pd.DataFrame({"layer": range(n)})
     if "alpha" in config.criteria:
         scores["alpha"] = -layer_alpha(run_spectral(model, None, SpectralConfig(keep_singular_values=False),
-                                                    progress)).to_numpy()
+                                                    progress).table).to_numpy()
     if {"block_influence", "ablation"} & set(config.criteria):
         if importance is None:
             importance = run_importance(model, eval_set, config.importance, progress)

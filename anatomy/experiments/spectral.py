@@ -12,7 +12,6 @@ Kolmogorov-Smirnov criterion of Clauset, Shalizi & Newman (2009) among candidate
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -22,8 +21,10 @@ from transformers import PreTrainedModel
 from .. import plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
+from ..experiment import Artefacts, Experiment, Result
 from ..layers import ATTENTION, MLP, LayerAdapter
 from ..load import LoadedModel
+from ..options import option
 from ..progress import ProgressCallback, track
 from ..spectra import DEFAULT_MIN_TAIL, analyze_singular_values, singular_values
 
@@ -37,9 +38,11 @@ OTHER = "other"  # any matrix outside the seven canonical components (experts, r
 
 @dataclass
 class SpectralConfig:
-    """`min_tail`: the fewest eigenvalues a power-law tail may have (stops xmin drifting to the last few)."""
+    """`min_tail` stops xmin drifting to the last few eigenvalues; `keep_singular_values` (library only) can be
+    turned off by a caller that needs only the fits (pruning by alpha)."""
 
-    min_tail: int = DEFAULT_MIN_TAIL
+    min_tail: int = option(DEFAULT_MIN_TAIL, "fewest eigenvalues in a fitted tail",
+                           label="Fewest eigenvalues in a power-law tail")
     keep_singular_values: bool = True
 
     def validate(self) -> None:
@@ -48,8 +51,9 @@ class SpectralConfig:
 
 
 def run_spectral(model: PreTrainedModel, eval_set: EvalSet | None = None, config: SpectralConfig | None = None,
-                 progress: ProgressCallback | None = None) -> pd.DataFrame:
-    """One row per (layer, component) matrix; `df.attrs['singular_values']` holds the long table of spectra.
+                 progress: ProgressCallback | None = None) -> Result:
+    """One row per (layer, component) matrix; extra tables `groups` (the contrast of component groups),
+    `components` (`component_summary`) and, kept by default, `singular_values` (the long table of spectra).
 
     The eval set is not used (weights only); it is accepted so every experiment has the same signature.
     Matrices of one shape share one batched SVD and one batched fit; the progress steps are components.
@@ -70,10 +74,11 @@ def run_spectral(model: PreTrainedModel, eval_set: EvalSet | None = None, config
             spectra += [pd.DataFrame({"layer": ref.layer, "component": component, "index": range(len(s)),
                                       "singular_value": s.float().numpy()}) for ref, s in zip(refs, svals)]
     df = pd.DataFrame(rows)[COLUMNS].sort_values(["layer", "component"], kind="stable", ignore_index=True)
-    df.attrs.update(groups=group_contrast(df), min_tail=config.min_tail,
-                    timings={"spectra_s": time.perf_counter() - t0},
-                    singular_values=pd.concat(spectra, ignore_index=True) if spectra else None)
-    return df
+    tables = {"groups": group_contrast(df), "components": component_summary(df)}
+    if spectra:
+        tables["singular_values"] = pd.concat(spectra, ignore_index=True)
+    return Result("spectral", df, scalars={"min_tail": config.min_tail}, tables=tables,
+                  timings={"spectra_s": time.perf_counter() - t0})
 
 
 def group_contrast(df: pd.DataFrame) -> pd.DataFrame:
@@ -111,54 +116,52 @@ def layer_alpha(df: pd.DataFrame) -> pd.Series:
     return df.groupby("layer")["alpha"].mean()
 
 
-def spectral_report(df: pd.DataFrame, header: str) -> str:
-    groups = df.attrs["groups"]
+def alpha_extremes(df: pd.DataFrame) -> str:
+    """The layers with the lowest and highest mean alpha, with their values."""
     by_layer = layer_alpha(df)
+    return (f"lowest layers.{_layer_of(by_layer, by_layer.index, True)} ({by_layer.min():.2f}), "
+            f"highest layers.{_layer_of(by_layer, by_layer.index, False)} ({by_layer.max():.2f})")
+
+
+def spectral_report(result: Result, header: str) -> str:
+    df, groups = result.table, result["groups"]
     qk = groups.set_index("group")["alpha_mean"]
     lines = [header, "## Spectral anatomy",
              "- alpha: maximum-likelihood power-law exponent of the upper tail of the eigenvalues of W^T W "
              "(squared singular values); xmin chosen by the smallest Kolmogorov-Smirnov distance (Clauset et al. "
-             f"2009) among tails of at least {df.attrs['min_tail']} eigenvalues.",
+             f"2009) among tails of at least {result['min_tail']} eigenvalues.",
              "- stable rank: ||W||_F^2 / ||W||_2^2.",
-             f"- {len(df)} matrices in {df.attrs['timings']['spectra_s']:.1f} s.",
-             f"- Layer mean alpha: lowest layers.{_layer_of(by_layer, by_layer.index, True)} ({by_layer.min():.2f}), "
-             f"highest layers.{_layer_of(by_layer, by_layer.index, False)} ({by_layer.max():.2f})."]
+             f"- {len(df)} matrices in {result.timings['spectra_s']:.1f} s.",
+             f"- Layer mean alpha: {alpha_extremes(df)}."]
     if {"query/key", "value/output"} <= set(qk.index):
         lines.append(f"- Query/key vs value/output: mean alpha {qk['query/key']:.2f} vs {qk['value/output']:.2f} "
                      f"({'heavier' if qk['query/key'] < qk['value/output'] else 'lighter'} tails in query/key).")
     lines += ["", "### Groups", report.markdown_table(groups.round(3)), "",
-              "### Components", report.markdown_table(component_summary(df).round(3)), "",
+              "### Components", report.markdown_table(result["components"].round(3)), "",
               "### Every matrix", report.markdown_table(df.round(4)), ""]
     return "\n".join(lines)
 
 
-def spectral_artefacts(df: pd.DataFrame, loaded: LoadedModel) -> report.Artefacts:
-    """Tables, figures, report and results of a spectral run (the CLI's run folder and the app's)."""
-    return report.Artefacts(
-        tables={"spectral": df, "groups": df.attrs["groups"], "singular_values": df.attrs["singular_values"]},
-        figures={"depth_profiles": plots.spectral_depth_figure(df, f"Spectral depth profiles: {loaded.name}"),
-                 "singular_values": plots.singular_values_figure(df.attrs["singular_values"])},
-        markdown=spectral_report(df, report.header("Spectral anatomy", loaded, None)),
-        results={"groups": df.attrs["groups"], "components": component_summary(df)})
+def spectral_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet | None,
+                       config: SpectralConfig) -> Artefacts:
+    """Figures and report of a spectral run (the CLI's run folder and the app's)."""
+    figures = {"depth_profiles": plots.spectral_depth_figure(result.table, f"Spectral depth profiles: {loaded.name}")}
+    if "singular_values" in result.tables:
+        figures["singular_values"] = plots.singular_values_figure(result["singular_values"])
+    return Artefacts(figures=figures, markdown=spectral_report(result, report.header("Spectral anatomy", loaded, None)))
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from .. import cli
-
-    parser = subparsers.add_parser("spectral", help="singular values, stable rank, power-law alpha (SPEC 9)",
-                                   description=__doc__)
-    cli.add_common_args(parser, out="runs/spectral")
-    parser.add_argument("--min-tail", type=int, default=DEFAULT_MIN_TAIL,
-                        help=f"fewest eigenvalues in a fitted tail (default {DEFAULT_MIN_TAIL})")
-    parser.set_defaults(func=main)
+def rounded_components(result: Result) -> pd.DataFrame:
+    """The per-component summary as the CLI prints it and the app shows it."""
+    return result["components"].round(3)
 
 
-def main(args: argparse.Namespace) -> None:
-    from .. import cli
+def headline(result: Result) -> str:
+    """The depth extremes of alpha, in one line."""
+    return f"{len(result.table)} matrices; layer mean alpha: {alpha_extremes(result.table)}."
 
-    loaded = cli.load_from_args(args)
-    config = SpectralConfig(min_tail=args.min_tail)
-    df = run_spectral(loaded.model, None, config)
-    run = report.RunFolder(args.out, "spectral")
-    run.write(spectral_artefacts(df, loaded), loaded, None, config, df.attrs["timings"])
-    cli.print_summary(run, component_summary(df).round(3))
+
+EXPERIMENT = Experiment(
+    name="spectral", title="Spectral anatomy", summary="singular values, stable rank, power-law alpha (SPEC 9)",
+    description=__doc__, config=SpectralConfig, run=run_spectral, artefacts=spectral_artefacts, uses_eval=False,
+    printed=rounded_components, headline=headline)

@@ -10,7 +10,6 @@ evidence of structure across depth.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -22,9 +21,11 @@ from transformers import PreTrainedModel
 from .. import plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
+from ..experiment import Artefacts, Experiment, Result
 from ..layer_weights import add_gram_stats, centered_gram, cosine_matrix, flat_stack, gram_stats
 from ..layers import LayerAdapter
 from ..load import LoadedModel
+from ..options import option
 from ..progress import ProgressCallback, track
 
 NULL_CORRELATION = -0.5
@@ -37,8 +38,8 @@ COLUMNS = ["component", "delta_corr", "delta_corr_std", "null_corr", "shuffled_m
 class StructureConfig:
     """`shuffles`: seeded random layer orders for the control (they cost nothing: the Gram matrix is reused)."""
 
-    shuffles: int = 200
-    seed: int = 0
+    shuffles: int = option(200, "layer-shuffled control orders", label="Shuffled orders (control)")
+    seed: int = option(0, "seed of the shuffled layer orders", label="Seed")
 
     def validate(self) -> None:
         if self.shuffles < 2:
@@ -76,8 +77,9 @@ def pca_of_layers(gram: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_structure(model: PreTrainedModel, eval_set: EvalSet | None = None, config: StructureConfig | None = None,
-                  progress: ProgressCallback | None = None) -> pd.DataFrame:
-    """One row per component plus the whole layer; `df.attrs`: pca, explained, similarity (per component)."""
+                  progress: ProgressCallback | None = None) -> Result:
+    """One row per component plus the whole layer; extra tables `pca` and `explained_variance`, and the array
+    `similarity` ([row, layer, layer]: the cosine matrix of each row's component, in the table's order)."""
     config = config or StructureConfig()
     config.validate()
     adapter = LayerAdapter(model)
@@ -92,14 +94,14 @@ def run_structure(model: PreTrainedModel, eval_set: EvalSet | None = None, confi
     for component in track(adapter.stacked_components("structure"), "structure (per component)", progress):
         stats[component] = gram_stats(flat_stack(adapter, component))
     stats[WHOLE_LAYER] = add_gram_stats(list(stats.values()))
-    rows, pca_rows, explained_rows, similarity = [], [], [], {}
+    rows, pca_rows, explained_rows, similarity = [], [], [], []
     for component, st in stats.items():
         cgram = centered_gram(st)
         per_l = delta_correlations(cgram, identity)[0]
         control = delta_correlations(cgram, shuffled).mean(dim=1)
         ratios, coords = pca_of_layers(st["gram"])
         cos = cosine_matrix(st).numpy()
-        similarity[component] = cos
+        similarity.append(cos)
         measured = float(per_l.mean())
         rows.append({"component": component, "delta_corr": measured, "delta_corr_std": float(per_l.std()),
                      "null_corr": NULL_CORRELATION, "shuffled_mean": float(control.mean()),
@@ -111,18 +113,31 @@ def run_structure(model: PreTrainedModel, eval_set: EvalSet | None = None, confi
         pca_rows += [{"component": component, "layer": i, "pc1": coords[i, 0], "pc2": coords[i, 1]} for i in range(n)]
         explained_rows += [{"component": component, "pc": k + 1, "explained_variance_ratio": float(r)}
                            for k, r in enumerate(ratios)]
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs.update(pca=pd.DataFrame(pca_rows), explained=pd.DataFrame(explained_rows), similarity=similarity,
-                    shuffles=config.shuffles, timings={"structure_s": time.perf_counter() - t0})
-    return df
+    return Result("structure", pd.DataFrame(rows, columns=COLUMNS),
+                  scalars={"shuffles": config.shuffles},
+                  tables={"pca": pd.DataFrame(pca_rows), "explained_variance": pd.DataFrame(explained_rows)},
+                  arrays={"similarity": np.stack(similarity)},
+                  timings={"structure_s": time.perf_counter() - t0})
 
 
-def structure_report(df: pd.DataFrame, header: str) -> str:
+def similarity_by_component(result: Result) -> dict[str, np.ndarray]:
+    """The layer-by-layer cosine matrix of each component (and of the whole layer), by name."""
+    return dict(zip(result.table["component"], result["similarity"]))
+
+
+def ordered_components(df: pd.DataFrame) -> pd.DataFrame:
+    """The components whose layer order matters: the measured correlation more than 3 control sds away."""
     components = df[df["component"] != WHOLE_LAYER]
-    ordered = components[components["order_z"].abs() > 3]
+    return components[components["order_z"].abs() > 3]
+
+
+def structure_report(result: Result, header: str) -> str:
+    df = result.table
+    components = df[df["component"] != WHOLE_LAYER]
+    ordered = ordered_components(df)
     lines = [header, "## Weight structure",
              f"- Delta correlation: mean over l of Pearson corr(W_l+1 - W_l, W_l+2 - W_l+1). Null for independent "
-             f"equal-variance layers: {NULL_CORRELATION}. Control: the same weights in {df.attrs['shuffles']} "
+             f"equal-variance layers: {NULL_CORRELATION}. Control: the same weights in {result['shuffles']} "
              "seeded random layer orders (mean, sd); `order_z` = (measured - control mean) / control sd.",
              f"- Measured range over components: {components['delta_corr'].min():.3f} to "
              f"{components['delta_corr'].max():.3f}; shuffled controls {components['shuffled_mean'].min():.3f} to "
@@ -137,33 +152,28 @@ def structure_report(df: pd.DataFrame, header: str) -> str:
     return "\n".join(lines)
 
 
-def structure_artefacts(df: pd.DataFrame, loaded: LoadedModel) -> report.Artefacts:
-    """Tables, figures, report and results of a structure run (the CLI's run folder and the app's)."""
-    return report.Artefacts(
-        tables={"structure": df, "pca": df.attrs["pca"], "explained_variance": df.attrs["explained"]},
-        figures={"delta_correlation": plots.delta_correlation_figure(df),
-                 "pca_path": plots.pca_path_figure(df.attrs["pca"]),
-                 "cosine_similarity": plots.similarity_grid_figure(df.attrs["similarity"])},
-        markdown=structure_report(df, report.header("Weight structure", loaded, None)),
-        results={"structure": df})
+def structure_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet | None,
+                        config: StructureConfig) -> Artefacts:
+    """Figures and report of a structure run (the CLI's run folder and the app's)."""
+    return Artefacts(
+        figures={"delta_correlation": plots.delta_correlation_figure(result.table),
+                 "pca_path": plots.pca_path_figure(result["pca"]),
+                 "cosine_similarity": plots.similarity_grid_figure(similarity_by_component(result))},
+        markdown=structure_report(result, report.header("Weight structure", loaded, None)))
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from .. import cli
+def headline(result: Result) -> str:
+    """Which components' delta correlation departs from the shuffled control, in one line."""
+    ordered = ordered_components(result.table)
+    if len(ordered):
+        return ("Layer order departs from the layer-shuffled control (|order_z| > 3) for: "
+                + ", ".join(ordered["component"]))
+    return "No component's delta correlation departs from the layer-shuffled control (|order_z| <= 3)."
 
-    parser = subparsers.add_parser("structure", help="delta correlation vs null and shuffled control, PCA, "
-                                   "cosine similarity (SPEC 3)", description=__doc__)
-    cli.add_common_args(parser, out="runs/structure")
-    parser.add_argument("--shuffles", type=int, default=200, help="layer-shuffled control orders (default 200)")
-    parser.set_defaults(func=main)
 
-
-def main(args: argparse.Namespace) -> None:
-    from .. import cli
-
-    loaded = cli.load_from_args(args)
-    config = StructureConfig(shuffles=args.shuffles, seed=args.seed)
-    df = run_structure(loaded.model, None, config)
-    run = report.RunFolder(args.out, "structure")
-    run.write(structure_artefacts(df, loaded), loaded, None, config, df.attrs["timings"])
-    cli.print_summary(run, df[["component", "delta_corr", "null_corr", "shuffled_mean", "shuffled_std", "order_z"]])
+EXPERIMENT = Experiment(
+    name="structure", title="Weight structure",
+    summary="delta correlation vs null and shuffled control, PCA, cosine similarity (SPEC 3)",
+    description=__doc__, config=StructureConfig, run=run_structure, artefacts=structure_artefacts,
+    uses_eval=False, columns=("component", "delta_corr", "null_corr", "shuffled_mean", "shuffled_std", "order_z"),
+    headline=headline)

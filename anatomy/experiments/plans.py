@@ -1,5 +1,6 @@
-"""Layers as painters (SPEC section 8, Sun et al. 2024): skip, reverse, shuffle, repeat or parallelise a
-block of middle layers of a frozen model; PPL with its interval, task accuracy and latency per variant.
+"""Layer plans (SPEC section 8, "Transformer Layers as Painters", Sun et al. 2024): skip, reverse, shuffle,
+repeat or parallelise a block of middle layers of a frozen model, or run any plan of the grammar below;
+PPL with its interval, task accuracy and latency per plan.
 
 Latency is decoding time in ms per generated token (greedy `generate` with the KV cache, batch 1,
 median of repeated runs) and prefill time in ms per token (one forward over the first evaluation batch),
@@ -10,9 +11,8 @@ robust to a busy machine. Parallel groups run as one batched call for Llama-fami
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,8 +22,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .. import plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
+from ..experiment import Artefacts, Experiment, Result
 from ..layers import LayerAdapter
 from ..load import LoadedModel
+from ..options import INTS, LINES, OPTIONAL_TEXT, option
 from ..plans import (GRAMMAR, VARIANTS, Plan, apply_plan, can_batch, export_plan, middle_block, parse_plan,
                      plan_refusal, variant_plan)
 from ..progress import ProgressCallback, track
@@ -36,18 +38,25 @@ COLUMNS = ["variant", "block_size", "block", "plan", "layer_calls", "parallel_ex
 
 
 @dataclass
-class PaintersConfig:
-    """Variants over centred middle blocks of each size, plus any user plans (the `--plan` grammar)."""
+class PlansConfig:
+    """Variants over centred middle blocks of each size, plus any user plans (the plan grammar)."""
 
-    variants: tuple[str, ...] = VARIANTS
-    block_sizes: tuple[int, ...] = (2, 4, 8)
-    loops: int = 2
-    seed: int = 0
-    plans: list[str] = field(default_factory=list)
-    latency_repeats: int = 5
-    latency_tokens: int = 16
-    batched: bool = True
-    tasks: bool = True
+    variants: tuple[str, ...] = option(VARIANTS, f"comma-separated, from {', '.join(VARIANTS)}", label="Variants",
+                                       choices=VARIANTS, multiple=True)
+    block_sizes: tuple[int, ...] = option((2, 4, 8), "middle-block sizes, centred",
+                                          label="Middle-block sizes (empty: only your plans)", codec=INTS)
+    plans: tuple[str, ...] = option((), "a user plan such as 0-3,[4-7]x2,8-29 (grammar in --help; may repeat)",
+                                    label="Your plans, one a line, e.g. 0-12,[13-16]x2,17-29", flag="--plan",
+                                    codec=LINES, repeat=True)
+    loops: int = option(2, "iterations of looped parallel", label="Loops of looped-parallel", minimum=1)
+    seed: int = option(0, "seed of the shuffle variant", label="Shuffle seed")
+    latency_repeats: int = option(5, "timed runs per row", label="Timed runs per row (CLI: 5)", minimum=1)
+    latency_tokens: int = option(16, "generated tokens per decode run", label="Tokens per decode run", minimum=1)
+    batched: bool = option(True, "run parallel groups member by member instead of one batched call",
+                           label="Parallel groups as one batched call (Llama family)", flag="--sequential-parallel")
+    tasks: bool = option(True, "skip the built-in fact/arithmetic tasks", label="Fact and arithmetic tasks")
+    save: str | None = option(None, "write the single --plan (no parallel groups) as a Hugging Face model folder",
+                              codec=OPTIONAL_TEXT, ui=False)
 
     def validate(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -55,6 +64,12 @@ class PaintersConfig:
             raise AnatomyError(f"Unknown variants {unknown}: use some of {', '.join(VARIANTS)}.")
         if self.latency_repeats < 1 or self.latency_tokens < 1 or self.loops < 1:
             raise AnatomyError("latency_repeats, latency_tokens and loops must be >= 1.")
+        if not self.plans and not (self.variants and self.block_sizes):
+            raise AnatomyError("Nothing to run: choose variants and block sizes, or type a plan.")
+        if self.save and len(self.plans) != 1:
+            raise AnatomyError("--save writes one plan: give exactly one --plan.")
+        for text in self.plans:  # the grammar now; the layers against the model once it is loaded
+            parse_plan(text, 10**6)
 
 
 def _timed(fn) -> float:
@@ -64,7 +79,7 @@ def _timed(fn) -> float:
 
 
 @torch.no_grad()
-def measure_latency(model: PreTrainedModel, plan: Plan, eval_set: EvalSet, config: PaintersConfig,
+def measure_latency(model: PreTrainedModel, plan: Plan, eval_set: EvalSet, config: PlansConfig,
                     pad_id: int) -> dict[str, float]:
     """Median decode and prefill ms per token under `plan`, interleaved with the unchanged model."""
     batch = eval_set.batches[0]
@@ -97,7 +112,7 @@ def measure_latency(model: PreTrainedModel, plan: Plan, eval_set: EvalSet, confi
             "prefill_speedup": med["baseline_prefill"] / med["prefill"]}
 
 
-def painters_plans(num_layers: int, config: PaintersConfig) -> list[tuple[str, int, str, Plan]]:
+def plan_rows(num_layers: int, config: PlansConfig) -> list[tuple[str, int, str, Plan]]:
     """(variant, block size, block text, plan) for every row, the unchanged model first."""
     rows = [("baseline", 0, "", Plan.identity(num_layers))]
     for size in config.block_sizes:
@@ -110,21 +125,23 @@ def painters_plans(num_layers: int, config: PaintersConfig) -> list[tuple[str, i
     return rows
 
 
-def run_painters(model: PreTrainedModel, eval_set: EvalSet, config: PaintersConfig | None = None,
-                 progress: ProgressCallback | None = None,
-                 tokenizer: PreTrainedTokenizerBase | None = None) -> pd.DataFrame:
-    """One row per (variant, block size) and per user plan; task accuracies need the `tokenizer`."""
-    config = config or PaintersConfig()
+def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | None = None,
+              progress: ProgressCallback | None = None, tokenizer: PreTrainedTokenizerBase | None = None) -> Result:
+    """One row per (variant, block size) and per user plan; task accuracies need the `tokenizer`. With
+    `save`, the one user plan is first written as a model folder (`saved` in the scalars)."""
+    config = config or PlansConfig()
     config.validate()
     adapter = LayerAdapter(model)
     layers = list(adapter.layers)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     tasks = load_tasks(tokenizer) if config.tasks and tokenizer is not None else []
-    specs = painters_plans(adapter.num_layers, config)
+    specs = plan_rows(adapter.num_layers, config)
+    saved = ({"saved": str(export_plan(model, tokenizer, parse_plan(config.plans[0], adapter.num_layers), config.save))}
+             if config.save else {})
     t0 = time.perf_counter()
     base = None
     rows, refused = [], []
-    for variant, size, block, plan in track(specs, "painters", progress):
+    for variant, size, block, plan in track(specs, "plans", progress):
         if refusal := plan_refusal(adapter, plan):
             refused.append(f"{variant} {size}: {refusal}")
             continue
@@ -144,14 +161,15 @@ def run_painters(model: PreTrainedModel, eval_set: EvalSet, config: PaintersConf
                      **measure_latency(model, plan, eval_set, config, pad_id)})
     df = pd.DataFrame(rows)
     df = df[COLUMNS[:12] + [c for c in df.columns if c.startswith("acc_")] + COLUMNS[12:]]
-    df.attrs.update(baseline=base.as_dict(), refused=refused, timings={"painters_s": time.perf_counter() - t0})
-    return df
+    return Result("plans", df, scalars={"baseline": base.as_dict(), "refused": refused, **saved},
+                  timings={"plans_s": time.perf_counter() - t0})
 
 
-def painters_report(df: pd.DataFrame, header: str, config: PaintersConfig) -> str:
+def plans_report(result: Result, header: str, config: PlansConfig) -> str:
+    df = result.table
     base = df.iloc[0]
     acc = [c for c in df.columns if c.startswith("acc_")]
-    lines = [header, "## Layers as painters",
+    lines = [header, "## Layers as painters: middle blocks and your plans",
              f"- Baseline PPL {base.ppl:.3f} (95% CI {base.ppl_low:.3f}-{base.ppl_high:.3f}); decode "
              f"{base.baseline_decode_ms_per_token:.2f} ms/token, prefill {base.baseline_prefill_ms_per_token:.3f} "
              "ms/token" + (", task accuracy " + ", ".join(f"{c[4:]} {base[c]:.0%}" for c in acc) if acc else ""),
@@ -163,7 +181,9 @@ def painters_report(df: pd.DataFrame, header: str, config: PaintersConfig) -> st
              "evaluation batch. Every step of a plan has its own KV-cache slot.",
              "- Parallel groups: " + ("one batched call per group where the layers are Llama-family, else member by "
                                       "member (see `parallel_execution`)." if config.batched else
-                                      "run member by member (--sequential-parallel)."), ""]
+                                      "run member by member (--sequential-parallel)."),
+             *([f"- Plan `{config.plans[0]}` saved as a model folder: `{result['saved']}`"] if "saved" in result.scalars
+               else []), ""]
     if acc:
         lines.append("### Which task degrades first")
         for size, part in df[df.block_size > 0].groupby("block_size"):
@@ -175,58 +195,31 @@ def painters_report(df: pd.DataFrame, header: str, config: PaintersConfig) -> st
             *acc, "decode_ms_per_token", "decode_speedup", "prefill_ms_per_token", "prefill_speedup"]
     lines += [report.markdown_table(df[show]), "", "Plans (`--plan` grammar):", ""]
     lines += [f"- {r.variant} {r.block_size}: `{r.plan}`" for r in df.itertuples() if r.variant != "baseline"]
-    lines += ["", "Not run on this model:", ""] + [f"- {line}" for line in df.attrs["refused"]] \
-        if df.attrs.get("refused") else []
+    refused = result.scalars.get("refused")
+    lines += ["", "Not run on this model:", ""] + [f"- {line}" for line in refused] if refused else []
     return "\n".join(lines) + "\n"
 
 
-def painters_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet,
-                       config: PaintersConfig) -> report.Artefacts:
-    """Table, figures, report and results of a painters run (the CLI's run folder and the app's)."""
-    return report.Artefacts(
-        tables={"painters": df}, figures=plots.painters_figures(df, loaded.name),
-        markdown=painters_report(df, report.header("Layers as painters", loaded, eval_set), config),
-        results={"baseline": df.attrs["baseline"]})
+def plans_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: PlansConfig) -> Artefacts:
+    """Figures and report of a layer-plans run (the CLI's run folder and the app's)."""
+    return Artefacts(figures=plots.painters_figures(result.table, loaded.name),
+                     markdown=plans_report(result, report.header("Layer plans", loaded, eval_set), config))
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from .. import cli
-
-    parser = subparsers.add_parser("painters", help="skip/reorder/repeat/parallelise middle layers (SPEC section 8)",
-                                   description=__doc__, epilog=GRAMMAR,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common_args(parser, out="runs/painters")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
-    parser.add_argument("--block-sizes", default="2,4,8", help="middle-block sizes, centred (default 2,4,8)")
-    parser.add_argument("--loops", type=int, default=2, help="iterations of looped parallel (default 2)")
-    parser.add_argument("--plan", action="append", default=[],
-                        help="a user plan such as 0-3,[4-7]x2,8-29 (grammar below; may repeat)")
-    parser.add_argument("--save", help="write the single --plan (no parallel groups) as a Hugging Face model folder")
-    parser.add_argument("--latency-repeats", type=int, default=5, help="timed runs per row (default 5)")
-    parser.add_argument("--latency-tokens", type=int, default=16, help="generated tokens per decode run (default 16)")
-    parser.add_argument("--sequential-parallel", action="store_true",
-                        help="run parallel groups member by member instead of one batched call")
-    parser.add_argument("--no-tasks", action="store_true", help="skip the built-in fact/arithmetic tasks")
-    parser.set_defaults(func=main)
+def headline(result: Result) -> str:
+    """The baseline PPL, the plan that degrades it least, and where a saved plan went."""
+    base, rows = result["baseline"], result.table.iloc[1:]
+    line = f"Baseline PPL {base['ppl']:.3f} ({base['ppl_low']:.3f}-{base['ppl_high']:.3f})"
+    if len(rows):
+        best = rows.loc[rows["degradation_pct"].idxmin()]
+        line += f"; least degraded: {best['variant']} `{best['plan']}`, D {best['degradation_pct']:+.1f}%"
+    saved = f" Plan saved as a model folder: {result['saved']}." if "saved" in result.scalars else ""
+    return line + "." + saved
 
 
-def main(args: argparse.Namespace) -> None:
-    from .. import cli
-
-    if args.save and len(args.plan) != 1:
-        raise AnatomyError("--save writes one plan: give exactly one --plan.")
-    loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = LayerAdapter(loaded.model).num_layers
-    config = PaintersConfig(variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-                            block_sizes=cli.parse_ints(args.block_sizes, "--block-sizes"),
-                            loops=args.loops, seed=args.seed, plans=list(args.plan),
-                            latency_repeats=args.latency_repeats, latency_tokens=args.latency_tokens,
-                            batched=not args.sequential_parallel, tasks=not args.no_tasks)
-    if args.save:
-        path = export_plan(loaded.model, loaded.tokenizer, parse_plan(args.plan[0], n), args.save)
-        print(f"saved plan '{args.plan[0]}' as a model folder: {path}")
-    df = run_painters(loaded.model, eval_set, config, tokenizer=loaded.tokenizer)
-    run = report.RunFolder(args.out, "painters")
-    run.write(painters_artefacts(df, loaded, eval_set, config), loaded, eval_set, config, df.attrs["timings"])
-    cli.print_summary(run, df[["variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token",
-                               "decode_speedup"]])
+EXPERIMENT = Experiment(
+    name="plans", aliases=("painters",), title="Layer plans",
+    summary="skip/reorder/repeat/parallelise middle layers, or run your own plans (SPEC section 8)",
+    description=f"{__doc__}\n{GRAMMAR}", config=PlansConfig, run=run_plans, artefacts=plans_artefacts,
+    uses_tokenizer=True, headline=headline,
+    columns=("variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token", "decode_speedup"))
