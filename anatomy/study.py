@@ -161,7 +161,7 @@ def write_step(folder: Path, step: Step, result: Result, loaded: LoadedModel | N
 
 
 STUDY = ("importance", "predictability", "structure", "manipulate", "spectral", "prune", "recovery", "budget",
-         "painters")
+         "plans")
 """The experiments of the study (Wietrzykowski 2026), run in dependency order."""
 
 
