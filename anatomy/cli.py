@@ -119,7 +119,8 @@ def config_from_args(experiment: Experiment, args: argparse.Namespace) -> object
             continue
         if isinstance(value, list):  # a repeated flag: one item of the codec's text each
             value = "\n".join(value)
-        values[param.name] = (not param.default) if param.is_switch else value
+        default = param.default if param.option.cli_default is None else param.option.cli_default
+        values[param.name] = (not default) if param.is_switch else value
     return build_config(experiment.config, values, where=lambda p: p.flag)
 
 
@@ -138,8 +139,9 @@ from .options import parse_floats, parse_ints  # noqa: E402  MIGRATION
 
 
 def print_summary(experiment: Experiment, result: Result, out: Path, files: list[str]) -> None:
+    columns = experiment.columns(result) if callable(experiment.columns) else experiment.columns
     table = (experiment.printed(result) if experiment.printed else
-             result.table[list(experiment.columns)] if experiment.columns else result.table)
+             result.table[list(columns)] if columns else result.table)
     with pd.option_context("display.max_rows", 200, "display.width", 160):
         print(table.to_string(index=False))
     if experiment.headline is not None:

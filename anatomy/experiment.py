@@ -151,7 +151,8 @@ class Experiment:
     uses_eval: bool = True
     uses_tokenizer: bool = False
     description: str = ""  # the --help text (the module docstring)
-    columns: tuple[str, ...] = ()  # the main table's columns the CLI prints (all when empty)
+    columns: tuple[str, ...] | Callable[[Result], list[str]] = ()  # the main table's columns the CLI prints
+    # (all when empty); a function of the result where they depend on the run (recovery's thresholds)
     printed: Callable[[Result], pd.DataFrame] | None = None  # what the CLI prints instead, where that is a summary
     headline: Callable[[Result], str] | None = None  # one line under the table (CLI) and above it (app)
     aliases: tuple[str, ...] = ()  # further CLI command names (an earlier name that documented commands use)

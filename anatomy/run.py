@@ -9,7 +9,7 @@ computed now with the needed experiment's defaults.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from .errors import AnatomyError
@@ -24,12 +24,14 @@ Source = str | Path | Result | None
 
 def resolve_needs(experiment: Experiment, given: Mapping[str, Source], *,
                   compute: Callable[[Experiment], Result] | None = None,
-                  missing: Callable[[Need], str] | None = None) -> dict[str, Result | None]:
+                  missing: Callable[[Need], str] | None = None,
+                  require: Collection[str] = ()) -> dict[str, Result | None]:
     """One result (or None for an optional need nobody gave) per need of `experiment`.
 
     `given` maps a need's name to a run folder or a `Result`; a need not given is computed with `compute`
     when the need allows it and the caller can (it has a model), else refused with `missing(need)` as the
-    way out (the CLI names its flag, the app its tab).
+    way out (the CLI names its flag, the app its tab). `require` names optional needs the caller wants
+    refused when missing all the same (the app, unless the user chose to do without them).
     """
     out: dict[str, Result | None] = {}
     for need in experiment.needs:
@@ -40,7 +42,7 @@ def resolve_needs(experiment: Experiment, given: Mapping[str, Source], *,
             out[need.experiment] = Result.load(source, need.experiment)
         elif need.computable and compute is not None:
             out[need.experiment] = compute(registry()[need.experiment])
-        elif need.required:
+        elif need.required or need.experiment in require:
             hint = missing(need) if missing else f"give a {need.experiment} run"
             raise AnatomyError(f"{experiment.title} needs a {need.experiment} result: {hint}.")
         else:

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anatomy.evaluate import EvalSet  # noqa: E402
-from anatomy.experiments.recovery import STUDY_LAYERS, RecoveryConfig, recovery_curves, run_recovery  # noqa: E402
+from anatomy.experiments.recovery import STUDY_LAYERS, RecoveryConfig, run_recovery  # noqa: E402
 from anatomy.layers import LayerAdapter  # noqa: E402
 from anatomy.load import load_model  # noqa: E402
 from anatomy.texts import default_eval_texts  # noqa: E402
@@ -79,10 +79,10 @@ def main() -> None:
             config = RecoveryConfig(layers=[layer], steps=args.steps, eval_every=args.eval_every,
                                     cached=name == "cached", train_batch_size=args.train_batch_size,
                                     train_seq_len=args.train_seq_len)
-            df = run_recovery(loaded.model, eval_set, config, train_rows=rows)
-            times[name][layer] = df.attrs["timings"]["layers_s"][layer]
-            shared[name] = max(shared[name], df.attrs["timings"]["baseline_s"])
-            curves[name].append(recovery_curves(df))
+            result = run_recovery(loaded.model, eval_set, config, train_rows=rows)
+            times[name][layer] = result.timings["layers_s"][layer]
+            shared[name] = max(shared[name], result.timings["baseline_s"])
+            curves[name].append(result["recovery_curves"])
     batches = batch_schedule(rows, args.train_batch_size, args.steps)
     t0 = time.perf_counter()
     training_cache(loaded.model, batches, layers)

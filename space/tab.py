@@ -14,7 +14,7 @@ runs (or computes them), and writes the CLI's run folder.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -46,6 +46,9 @@ class Tab:
     before_run: Callable[[object], None] | None = None  # a check of the config before any work (ZeroGPU limits)
     notes: dict[str, str] = field(default_factory=dict)  # closed accordions under the inputs: title -> markdown
     api_name: str = ""  # the endpoint (and stop_<api_name>) when clients know it by another name
+    # optional need -> label of a checkbox to run without it (budget by class only); unticked, the session's
+    # latest run of it is required, so a missing run is said rather than silently done without
+    without: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -61,7 +64,8 @@ class Tab:
     def build(self, shared: Shared) -> None:
         exp = self.experiment
         gr.Markdown(self.intro)
-        inputs = [*self.shared_inputs(shared), *self.field_inputs()]
+        inputs = [*self.shared_inputs(shared), *[gr.Checkbox(False, label=label) for label in self.without.values()],
+                  *self.field_inputs()]
         for title, text in self.notes.items():
             with gr.Accordion(title, open=False):
                 gr.Markdown(text)
@@ -69,7 +73,7 @@ class Tab:
             gr.Markdown(needs_note(exp.needs))
         with gr.Row():
             go = gr.Button(self.go_label or f"Run {exp.title.lower()}", variant="primary")
-            stop = stop_button()
+            stop = stop_button() if exp.uses_model else None  # work without a model takes milliseconds
         headline = gr.Markdown(elem_id=f"{self.name}-headline")  # empty until a run; progress and errors show here
         plots = [gr.Plot(label=label, visible=False, elem_id=f"{self.name}-plot" + (f"-{i}" if i else ""))
                  for i, label in enumerate(self.plots.values())]
@@ -86,7 +90,8 @@ class Tab:
         hidden = [*plots, table, report_box, download, *files]
         event.success(lambda: [gr.update(visible=True)] * len(hidden), None, hidden, queue=False,
                       api_visibility="private")
-        wire_stop(stop, [event], self.endpoint_name)
+        if stop is not None:
+            wire_stop(stop, [event], self.endpoint_name)
 
     def shared_inputs(self, shared: Shared) -> list:
         if not self.experiment.uses_model:
@@ -102,25 +107,28 @@ class Tab:
         return components
 
     def endpoint(self, n_inputs: int) -> Callable:
-        """The event handler: positional inputs in layout order, then the session state; gradio reads the
-        request, the visitor's token and the progress tracker from the signature built here."""
+        """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields),
+        then the session state; gradio reads the request, the visitor's token and the progress tracker from
+        the signature built here."""
         names = [p.name for p in self.fields()]
-        shared_n = n_inputs - len(names)
+        skips = list(self.without)
+        shared_n = n_inputs - len(skips) - len(names)
         tab = self
 
         @gpu(duration=self.gpu_s)
         @jobs.user_errors
         def handler(*args):
             *values, state, request, oauth_token, progress = args
-            config = build_config(tab.experiment.config, dict(zip(names, values[shared_n:])),
+            ticked = {need for need, tick in zip(skips, values[shared_n:]) if tick}
+            config = build_config(tab.experiment.config, dict(zip(names, values[shared_n + len(skips):])),
                                   where=lambda p: repr(p.label))
             if tab.before_run is not None:
                 tab.before_run(config)
-            return tab.run(values[:shared_n], config, state, request, oauth_token, progress)
+            return tab.run(values[:shared_n], config, state, request, oauth_token, progress, ticked)
 
         shared_names = ["model", "n_sentences", "custom_text", "max_length"][:shared_n]
-        positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in [*shared_names, *names,
-                                                                                              "state"]]
+        positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                      for n in [*shared_names, *[f"without_{need}" for need in skips], *names, "state"]]
         handler.__signature__ = inspect.Signature([
             *positional,
             inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
@@ -132,21 +140,26 @@ class Tab:
         return handler
 
     def run(self, shared_values: list, config: object, state: dict | None, request: gr.Request | None,
-            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None) -> tuple:
+            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = ()) -> tuple:
+        """`ticked`: the optional needs the user chose to do without (their `without` checkboxes)."""
         exp = self.experiment
         given = {need.experiment: previous.run_folder(state, need.experiment, need_tab(need))
-                 for need in exp.needs if previous.has_run(state, need.experiment)}
-        missing = lambda need: f"run the {need_tab(need)} tab first (the app uses your latest run of it)"  # noqa: E731
+                 for need in exp.needs if previous.has_run(state, need.experiment) and need.experiment not in ticked}
+        require = set(self.without) - ticked
+
+        def missing(need: Need) -> str:
+            hint = f"run the {need_tab(need)} tab first (the app uses your latest run of it)"
+            return hint + (f", or tick '{self.without[need.experiment]}'" if need.experiment in self.without else "")
         if exp.uses_model:
             spec, *eval_args = shared_values
             with model_job(spec, request, progress, tuple(eval_args) if exp.uses_eval else None,
                            token=oauth_token) as job:
                 inputs = resolve_needs(exp, given, compute=compute_with(job.loaded, job.eval_set, job.progress),
-                                       missing=missing)
+                                       missing=missing, require=require)
                 result = execute(exp, job.loaded, job.eval_set, config, job.progress, inputs)
             loaded, eval_set = job.loaded, job.eval_set
         else:
-            inputs = resolve_needs(exp, given, missing=missing)
+            inputs = resolve_needs(exp, given, missing=missing, require=require)
             result = execute(exp, None, None, config, None, inputs)
             loaded = eval_set = None
         made = artefacts(exp, result, loaded, eval_set, config)

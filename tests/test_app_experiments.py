@@ -10,16 +10,19 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
+from anatomy.experiments.budget import RANGES as RANGE_FIELDS, BudgetConfig
 from anatomy.interventions import fingerprint
 from anatomy.layers import LayerAdapter
 from anatomy.load import LoadedModel
+from anatomy.options import params
 from anatomy.plans import VARIANTS
 from space import build_demo
 from space import tab_manipulate as manipulate
 from space import tab_prune as prune
-from space.tab_budget import RANGES
 from space.models import CACHE
 from tests.conftest import make_tiny_model
+
+RANGES = {p.name: p.text(p.default) for p in params(BudgetConfig) if p.name in RANGE_FIELDS}  # as typed
 
 ENDPOINTS = {"/structure", "/spectral", "/predictability", "/recovery",
              "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery",
@@ -61,7 +64,8 @@ def test_weight_space_tabs_give_plots_tables_and_a_run_zip(client):
 
 def test_recovery_runs_here_restores_the_weights_and_is_refused_on_zero_gpu(client, monkeypatch, shakespeare):
     before = tiny_fingerprint()
-    figure, table, markdown, archive = client.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
+    headline, figure, table, markdown, archive = client.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0,
+                                                                api_name="/recovery")
     assert figure and [row[0] for row in table["data"]] == [1] and archive.endswith(".zip")
     assert tiny_fingerprint() == before
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
@@ -126,14 +130,16 @@ def test_budget_reads_the_sessions_importance_and_recovery_runs(client, shakespe
     user.predict(*TINY_EVAL, "skip", "one-neighbour", "all", api_name="/importance")
     with pytest.raises(Exception, match="run the Recovery tab first.*Class-only"):
         budget(False)
-    figure, table, markdown, archive, schedule = budget(True)
+    headline, figure, table, markdown, archive, schedule = budget(True)
     assert {row[3] for row in table["data"]} == {"not measured"} and figure and "recovery run: `none`" in markdown
     user.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
-    figure, table, markdown, archive, schedule = budget(False)
+    headline, figure, table, markdown, archive, schedule = budget(False)
     measured = [row[0] for row in table["data"] if row[3] != "not measured"]
     layers = json.loads(Path(schedule).read_text())["layers"]
     assert measured == [1] and [entry["layer"] for entry in layers] == list(range(6))
     assert "budget.json" in zipfile.ZipFile(archive).namelist()
+    table = budget(True)[2]  # a session with a recovery run may still budget by class only
+    assert {row[3] for row in table["data"]} == {"not measured"}
 
 
 def stopped(client: Client, api_name: str, *args) -> None:

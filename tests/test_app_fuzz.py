@@ -10,18 +10,21 @@ from gradio_client import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from anatomy.experiments.budget import RANGES as RANGE_FIELDS, BudgetConfig
 from anatomy.interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, INTERVENTION_KINDS, fingerprint
 from anatomy.layers import COMPONENTS
 from anatomy.load import LoadedModel
+from anatomy.options import params
 from anatomy.plans import VARIANTS
 from anatomy.public import REFUSED
 from space import build_demo
 from space import tab_manipulate as manipulate
 from space import tab_prune as prune
 from space.models import CACHE
-from space.tab_budget import RANGES
 from tests.conftest import make_tiny_model
 from tests.hub_fake import FakeHub
+
+RANGES = {p.name: p.text(p.default) for p in params(BudgetConfig) if p.name in RANGE_FIELDS}  # as typed
 
 SPEC = "fuzz-tiny"
 FUZZ = settings(max_examples=8, deadline=None, derandomize=True,

@@ -249,7 +249,7 @@ def test_downstream_experiments_run_and_leave_the_model_unchanged(family, eval_s
     assert LayerAdapter(AutoModelForCausalLM.from_pretrained(folder)).num_layers == 3
     rec = recovery.run_recovery(model, eval_set, recovery.RecoveryConfig(
         layers=[1], steps=2, eval_every=1, train_batch_size=2, train_seq_len=8),
-        train_rows=torch.randint(3, 300, (8, 8), generator=torch.Generator().manual_seed(0)))
+        train_rows=torch.randint(3, 300, (8, 8), generator=torch.Generator().manual_seed(0))).table
     assert np.isfinite(rec["noise_ppl"]).all() and (rec["noise_ppl"] != rec["baseline_ppl"]).all()
     outputs = side_by_side(model, tiny_tokenizer, "The river",
                            lambda: intervention(adapter, "zero", [LAYER]), max_new_tokens=4)

