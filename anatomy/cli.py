@@ -156,9 +156,11 @@ def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
              if (path := getattr(args, need.experiment, None))}
     loaded = load_from_args(args) if experiment.uses_model else None
     eval_set = eval_set_from_args(args, loaded) if experiment.uses_eval and loaded is not None else None
+    if experiment.check is not None and loaded is not None:
+        experiment.check(config, loaded.model)
     inputs = resolve_needs(experiment, given, compute=compute_with(loaded, eval_set, None),
                            missing=lambda need: f"pass --{need.experiment} RUN, the folder written by "
-                                                f"`python -m anatomy {need.experiment}`")
+                                                f"`python -m anatomy {need.experiment}`", config=config)
     result = execute(experiment, loaded, eval_set, config, None, inputs)
     made = artefacts(experiment, result, loaded, eval_set, config)
     folder = RunFolder(args.out, experiment.name)

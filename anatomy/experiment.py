@@ -69,8 +69,8 @@ class Result:
             name = experiment or p.stem
             csv = p if p.suffix == ".csv" else folder / f"{name}.csv"
             if not csv.is_file():
-                raise AnatomyError(f"{shown(str(path))} is not a finished run folder (no results.json): pass the "
-                                   f"folder written by `python -m anatomy {name}`.")
+                raise AnatomyError(f"{shown(str(path))} is not a finished run folder (no results.json, no "
+                                   f"{csv.name}): pass the folder written by `python -m anatomy {name}`.")
             return cls(name, pd.read_csv(csv), source={"run": str(folder)})
         payload = json.loads(results_json.read_text(encoding="utf-8"))
         name = payload.get("experiment", "")
@@ -123,12 +123,16 @@ class Artefacts:
 class Need:
     """An experiment whose result another one reads. `required`: refuse without it; otherwise the reader
     runs without it (budget without recovery: class-only rules). `computable`: when no run folder or
-    session result is given, run it now with its defaults (importance for manipulation)."""
+    session result is given, run it now with its defaults (importance for manipulation). `configure`: the
+    needed experiment's config for the reader's config, or None where that config does not read the need
+    at all (manipulation of typed layers), so nothing is loaded or computed in vain; absent: always read,
+    computed with the needed experiment's defaults (pruning computes importance with its own ablation)."""
 
     experiment: str
     help: str
     required: bool = True
     computable: bool = True
+    configure: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,8 @@ class Experiment:
     printed: Callable[[Result], pd.DataFrame] | None = None  # what the CLI prints instead, where that is a summary
     headline: Callable[[Result], str] | None = None  # one line under the table (CLI) and above it (app)
     aliases: tuple[str, ...] = ()  # further CLI command names (an earlier name that documented commands use)
+    check: Callable[[Any, Any], None] | None = None  # (config, model): refuse what this model cannot run (a K
+    # above its depth) once it is loaded, before any need is computed
 
     @property
     def default_out(self) -> str:

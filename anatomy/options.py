@@ -147,8 +147,10 @@ def build_config(config_class: type, values: dict[str, Any], where: Callable[[Pa
 
 
 def parameter_table(config: object) -> list[tuple[str, str, str, str]]:
-    """(field, CLI flag, value, meaning) for every declared field: the report's parameter table."""
-    return [(p.name, p.flag, p.text(getattr(config, p.name)), p.option.help) for p in params(type(config))]
+    """(field, CLI flag, value, meaning) for every declared field: the report's parameter table (an app-only
+    field has no flag)."""
+    return [(p.name, p.flag if p.option.cli else "", p.text(getattr(config, p.name)), p.option.help)
+            for p in params(type(config))]
 
 
 # ---- codecs shared by several experiments ----

@@ -23,25 +23,34 @@ Source = str | Path | Result | None
 
 
 def resolve_needs(experiment: Experiment, given: Mapping[str, Source], *,
-                  compute: Callable[[Experiment], Result] | None = None,
+                  compute: Callable[..., Result] | None = None,
                   missing: Callable[[Need], str] | None = None,
-                  require: Collection[str] = ()) -> dict[str, Result | None]:
+                  require: Collection[str] = (), config: object = None) -> dict[str, Result | None]:
     """One result (or None for an optional need nobody gave) per need of `experiment`.
 
     `given` maps a need's name to a run folder or a `Result`; a need not given is computed with `compute`
     when the need allows it and the caller can (it has a model), else refused with `missing(need)` as the
     way out (the CLI names its flag, the app its tab). `require` names optional needs the caller wants
-    refused when missing all the same (the app, unless the user chose to do without them).
+    refused when missing all the same (the app, unless the user chose to do without them). With `config`
+    (the reader's), a need whose `configure` says this config does not read it is None, and one computed
+    gets the config it names.
     """
     out: dict[str, Result | None] = {}
     for need in experiment.needs:
+        needed_config = None
+        if need.configure is not None and config is not None:
+            needed_config = need.configure(config)
+            if needed_config is None:
+                out[need.experiment] = None
+                continue
         source = given.get(need.experiment)
         if isinstance(source, Result):
             out[need.experiment] = source
         elif source is not None and str(source).strip():
             out[need.experiment] = Result.load(source, need.experiment)
         elif need.computable and compute is not None:
-            out[need.experiment] = compute(registry()[need.experiment])
+            needed = registry()[need.experiment]
+            out[need.experiment] = compute(needed) if needed_config is None else compute(needed, needed_config)
         elif need.required or need.experiment in require:
             hint = missing(need) if missing else f"give a {need.experiment} run"
             raise AnatomyError(f"{experiment.title} needs a {need.experiment} result: {hint}.")
@@ -66,11 +75,13 @@ def execute(experiment: Experiment, loaded: LoadedModel | None, eval_set: EvalSe
 
 
 def compute_with(loaded: LoadedModel | None, eval_set: EvalSet | None,
-                 progress: ProgressCallback | None) -> Callable[[Experiment], Result] | None:
-    """How a needed experiment is computed on the spot: its defaults, the same model and text."""
+                 progress: ProgressCallback | None) -> Callable[..., Result] | None:
+    """How a needed experiment is computed on the spot: its defaults (or the config its reader names), the
+    same model and text."""
     if loaded is None:
         return None
-    return lambda needed: execute(needed, loaded, eval_set, needed.config(), progress)
+    return lambda needed, config=None: execute(needed, loaded, eval_set,
+                                               needed.config() if config is None else config, progress)
 
 
 def artefacts(experiment: Experiment, result: Result, loaded: LoadedModel | None, eval_set: EvalSet | None,

@@ -49,6 +49,13 @@ class Tab:
     # optional need -> label of a checkbox to run without it (budget by class only); unticked, the session's
     # latest run of it is required, so a missing run is said rather than silently done without
     without: dict[str, str] = field(default_factory=dict)
+    config: type | None = None  # the app's config: a subclass of the experiment's adding UI-only choices
+    from_session: Callable[[object], bool] | None = None  # True: the needs are the session's runs (refused when
+    # there is none), False: computed now; absent: the session's runs where it has them
+
+    @property
+    def config_class(self) -> type:
+        return self.config or self.experiment.config
 
     @property
     def name(self) -> str:
@@ -59,7 +66,7 @@ class Tab:
         return self.api_name or self.name
 
     def fields(self) -> list[Param]:
-        return [p for p in params(self.experiment.config) if p.option.ui]
+        return [p for p in params(self.config_class) if p.option.ui]
 
     def build(self, shared: Shared) -> None:
         exp = self.experiment
@@ -69,7 +76,7 @@ class Tab:
         for title, text in self.notes.items():
             with gr.Accordion(title, open=False):
                 gr.Markdown(text)
-        if exp.needs:
+        if exp.needs and self.from_session is None:
             gr.Markdown(needs_note(exp.needs))
         with gr.Row():
             go = gr.Button(self.go_label or f"Run {exp.title.lower()}", variant="primary")
@@ -120,7 +127,7 @@ class Tab:
         def handler(*args):
             *values, state, request, oauth_token, progress = args
             ticked = {need for need, tick in zip(skips, values[shared_n:]) if tick}
-            config = build_config(tab.experiment.config, dict(zip(names, values[shared_n + len(skips):])),
+            config = build_config(tab.config_class, dict(zip(names, values[shared_n + len(skips):])),
                                   where=lambda p: repr(p.label))
             if tab.before_run is not None:
                 tab.before_run(config)
@@ -143,8 +150,10 @@ class Tab:
             oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = ()) -> tuple:
         """`ticked`: the optional needs the user chose to do without (their `without` checkboxes)."""
         exp = self.experiment
+        chosen = None if self.from_session is None else self.from_session(config)
         given = {need.experiment: previous.run_folder(state, need.experiment, need_tab(need))
-                 for need in exp.needs if previous.has_run(state, need.experiment) and need.experiment not in ticked}
+                 for need in exp.needs if need.experiment not in ticked
+                 and (chosen or (chosen is None and previous.has_run(state, need.experiment)))}
         require = set(self.without) - ticked
 
         def missing(need: Need) -> str:
@@ -154,12 +163,14 @@ class Tab:
             spec, *eval_args = shared_values
             with model_job(spec, request, progress, tuple(eval_args) if exp.uses_eval else None,
                            token=oauth_token) as job:
+                if exp.check is not None:
+                    exp.check(config, job.loaded.model)
                 inputs = resolve_needs(exp, given, compute=compute_with(job.loaded, job.eval_set, job.progress),
-                                       missing=missing, require=require)
+                                       missing=missing, require=require, config=config)
                 result = execute(exp, job.loaded, job.eval_set, config, job.progress, inputs)
             loaded, eval_set = job.loaded, job.eval_set
         else:
-            inputs = resolve_needs(exp, given, missing=missing, require=require)
+            inputs = resolve_needs(exp, given, missing=missing, require=require, config=config)
             result = execute(exp, None, None, config, None, inputs)
             loaded = eval_set = None
         made = artefacts(exp, result, loaded, eval_set, config)

@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anatomy.experiments.budget import RANGES as RANGE_FIELDS, BudgetConfig
+from anatomy.experiments.manipulate import STRATEGIES
+from anatomy.experiments.prune import CRITERIA
 from anatomy.interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, INTERVENTION_KINDS, fingerprint
 from anatomy.layers import COMPONENTS
 from anatomy.load import LoadedModel
@@ -125,13 +127,13 @@ ENDPOINTS = {
                    "seed": 0, "new_tokens": 4},
                   {"prompt": hostile_text, "kind": choice((*INTERVENTION_KINDS, "plan")), "layers": textish,
                    "value": numbers, "seed": numbers, "new_tokens": st.one_of(small, st.sampled_from([513, 10**9]))}),
-    "/manipulate": ({**EVAL, "source": manipulate.GIVEN, "layers": "1", "threshold": 10, "strategies": ["scale"],
-                     "alphas": "0.5", "rank": 0},
+    "/manipulate": ({**EVAL, "layers": "1", "threshold": 10, "strategies": ["scale"], "alphas": "0.5", "rank": 0,
+                     "source": manipulate.GIVEN},
                     {**HOSTILE_EVAL, "source": choice(manipulate.SOURCES), "layers": textish, "threshold": numbers,
-                     "strategies": st.lists(choice(manipulate.STRATEGIES), max_size=3), "alphas": textish,
+                     "strategies": st.lists(choice(STRATEGIES), max_size=3), "alphas": textish,
                      "rank": small}),
     "/prune": ({**EVAL, "ks": "1", "criteria": ["last"], "ablation": "skip", "source": prune.COMPUTE},
-               {**HOSTILE_EVAL, "ks": textish, "criteria": st.lists(choice(prune.CRITERIA), max_size=3),
+               {**HOSTILE_EVAL, "ks": textish, "criteria": st.lists(choice(CRITERIA), max_size=3),
                 "ablation": choice(ABLATION_MODES), "source": choice(prune.SOURCES)}),
     "/painters": ({**EVAL, "variants": ["repeat"], "sizes": "2", "plans": "", "loops": 2, "seed": 0, "repeats": 1,
                    "tokens": 2, "batched": False, "tasks": False},

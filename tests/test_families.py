@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from anatomy.evaluate import EvalSet, PrefixCache, perplexity
-from anatomy.experiments.importance import run_importance
+from anatomy.experiments.importance import ImportanceConfig, run_importance
 from anatomy.interventions import INTERVENTION_KINDS, fingerprint, intervention, skip, zero
 from anatomy.layers import LayerAdapter
 from anatomy.surgery import build_layer_stack, kept_layers, save_model
@@ -239,12 +239,13 @@ def test_downstream_experiments_run_and_leave_the_model_unchanged(family, eval_s
     pred = predictability.run_predictability(model, eval_set, predictability.PredictabilityConfig(
         positions=200, single_layer=2, multi_layers=[2, 3]))
     assert np.isfinite(pred["functional"]["ppl"]).all()
-    manip = manipulate.run_manipulate(model, eval_set, manipulate.ManipulateConfig(layers=[1, 2], alphas=(0.5,)))
+    manip = manipulate.run_manipulate(model, eval_set, manipulate.ManipulateConfig(layers=[1, 2], alphas=(0.5,))).table
     assert set(manip["strategy"]) >= {"zero", "clone", "blend", "lowrank"} and np.isfinite(manip["ppl"]).all()
     paint = plans.run_plans(model, eval_set, plans.PlansConfig(block_sizes=(2,), latency_repeats=1, latency_tokens=2,
                                                                tasks=False))
     assert np.isfinite(paint.table["ppl"]).all() and len(paint.table) + len(paint["refused"]) == 7
-    pruned = prune.run_prune(model, eval_set, prune.PruneConfig(ks=(1,), criteria=("block_influence",)))
+    pruned = prune.run_prune(model, eval_set, prune.PruneConfig(ks=(1,), criteria=("block_influence",)),
+                             importance=run_importance(model, eval_set, ImportanceConfig(mode="skip"))).table
     folder, = prune.save_pruned(model, tiny_tokenizer, pruned, tmp_path)
     assert LayerAdapter(AutoModelForCausalLM.from_pretrained(folder)).num_layers == 3
     rec = recovery.run_recovery(model, eval_set, recovery.RecoveryConfig(

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from anatomy.errors import AnatomyError
-from anatomy.experiments.importance import ImportanceConfig
-from anatomy.experiments.manipulate import (ManipulateConfig, manipulate_report, non_redundant_neighbours,
-                                            read_importance, redundant_layers, run_manipulate, strategy_context)
+from anatomy.experiment import Result
+from anatomy.experiments.importance import ImportanceConfig, run_importance
+from anatomy.experiments.manipulate import (EXPERIMENT, ManipulateConfig, manipulate_report, non_redundant_neighbours,
+                                            redundant_layers, run_manipulate, strategy_context)
 from anatomy.interventions import fingerprint
 from anatomy.layers import LayerAdapter
+from anatomy.run import resolve_needs
 from anatomy.texts import default_eval_texts
 from tests.conftest import make_tiny_model
 
@@ -57,10 +59,11 @@ def test_each_strategy_writes_the_expected_weights_and_restores(arch):
 def test_run_gives_one_row_per_strategy_and_restores(tiny_eval_set, tmp_path):
     model = make_tiny_model("gpt2")
     fp = fingerprint(model)
-    df = run_manipulate(model, tiny_eval_set, ManipulateConfig(layers=[1, 4], alphas=(0.5, 0.9)))
+    result = run_manipulate(model, tiny_eval_set, ManipulateConfig(layers=[1, 4], alphas=(0.5, 0.9)))
+    df = result.table
     assert list(df["strategy"]) == ["baseline (none)", "zero", "clone", "blend", "lowrank", "scale 0.5", "scale 0.9"]
-    assert fingerprint(model) == fp and df.attrs["source"] == "given explicitly"
-    assert df["ppl"].gt(0).all() and "layers.1, layers.4" in manipulate_report(df, "#")
+    assert fingerprint(model) == fp and result["source"] == "given explicitly"
+    assert df["ppl"].gt(0).all() and "layers.1, layers.4" in manipulate_report(result, "#")
 
 
 def test_layer_set_from_an_importance_map(tiny_eval_set, tmp_path):
@@ -69,15 +72,39 @@ def test_layer_set_from_an_importance_map(tiny_eval_set, tmp_path):
     assert redundant_layers(table, 10) == [1, 3] and redundant_layers(table, 15) == [1, 2, 3]
     table.to_csv(tmp_path / "importance.csv", index=False)
     model = make_tiny_model("llama")
-    df = run_manipulate(model, tiny_eval_set, ManipulateConfig(strategies=("zero",)), read_importance(tmp_path))
-    assert df.attrs["layers"] == [1, 3] and str(tmp_path) in df.attrs["source"]
-    computed = run_manipulate(model, tiny_eval_set, ManipulateConfig(strategies=("zero",), redundant_threshold=1e9,
-                                                                    importance=ImportanceConfig(mode="skip")))
-    assert computed.attrs["layers"] == list(range(6)) and "computed now" in computed.attrs["source"]
+    result = run_manipulate(model, tiny_eval_set, ManipulateConfig(strategies=("zero",)),
+                            importance=Result.load(tmp_path, "importance"))
+    assert result["layers"] == [1, 3] and str(tmp_path) in result["source"]
+    config = ManipulateConfig(strategies=("zero",), redundant_threshold=1e9, importance=ImportanceConfig(mode="skip"))
+    computed = run_manipulate(model, tiny_eval_set, config, importance=run_importance(model, tiny_eval_set,
+                                                                                      config.importance))
+    assert computed["layers"] == list(range(6)) and "computed now" in computed["source"]
     with pytest.raises(AnatomyError, match="redundant-threshold"):
-        run_manipulate(model, tiny_eval_set, ManipulateConfig(redundant_threshold=-1e9), table)
+        run_manipulate(model, tiny_eval_set, ManipulateConfig(redundant_threshold=-1e9),
+                       importance=Result("importance", table))
     with pytest.raises(AnatomyError, match="importance.csv"):
-        read_importance(tmp_path / "missing")
+        Result.load(tmp_path / "missing", "importance")
+
+
+def test_the_importance_map_is_read_only_without_typed_layers(tmp_path):
+    computed = []
+    compute = lambda needed, config=None: computed.append(config) or Result("importance", pd.DataFrame())  # noqa: E731
+    typed = resolve_needs(EXPERIMENT, {"importance": tmp_path / "missing"}, compute=compute,
+                          config=ManipulateConfig(layers="1,4"))
+    assert typed == {"importance": None} and computed == []  # neither read nor computed
+    config = ManipulateConfig(importance=ImportanceConfig(mode="zero"))
+    resolve_needs(EXPERIMENT, {}, compute=compute, config=config)
+    assert computed == [config.importance]
+
+
+def test_the_apps_layer_set_reads_the_typed_layers_only_when_chosen():
+    from anatomy.options import build_config
+    from space.tab_manipulate import COMPUTE, GIVEN, ManipulateInputs
+
+    assert build_config(ManipulateInputs, {"layers": "1,4", "source": COMPUTE}).layers is None
+    assert build_config(ManipulateInputs, {"layers": "1,4", "source": GIVEN}).layers == "1,4"
+    with pytest.raises(AnatomyError, match="Type the layers"):
+        build_config(ManipulateInputs, {"layers": " ", "source": GIVEN})
 
 
 @pytest.mark.embedded

@@ -6,8 +6,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from anatomy.errors import AnatomyError
-from anatomy.experiments.prune import PruneConfig, choose, comparison_table, prune_report, run_prune, save_pruned
+from anatomy.experiment import Result
+from anatomy.experiments.importance import ImportanceConfig, run_importance
+from anatomy.experiments.prune import (EXPERIMENT, PruneConfig, choose, comparison_table, prune_report, run_prune,
+                                       save_pruned)
 from anatomy.interventions import fingerprint
+from anatomy.run import resolve_needs
 from anatomy.surgery import kept_layers, layer_stack
 from anatomy.texts import default_eval_texts
 from tests.conftest import make_tiny_model
@@ -23,10 +27,12 @@ def test_choose_takes_the_lowest_scores():
 def test_run_prune_rows_and_restore(arch, tiny_eval_set):
     model = make_tiny_model(arch, layers=6)
     fp = fingerprint(model)
-    df = run_prune(model, tiny_eval_set, PruneConfig(ks=(1, 2)))
+    result = run_prune(model, tiny_eval_set, PruneConfig(ks=(1, 2)),
+                       importance=run_importance(model, tiny_eval_set, ImportanceConfig(mode="skip")))
+    df = result.table
     assert fingerprint(model) == fp and model.config.num_hidden_layers == 6
     assert len(df) == 1 + 2 * 4 and df.loc[df.criterion == "last", "removed"].tolist() == ["5", "4,5"]
-    scores = df.attrs["scores"]
+    scores = result["scores"]
     ablation_pick = int(scores.sort_values(["ablation", "layer"]).iloc[0]["layer"])
     assert df[(df.criterion == "ablation") & (df.k == 1)]["removed"].iloc[0] == str(ablation_pick)
     # skip-mode ablation of one layer is its removal: the ablation D and the pruned PPL agree
@@ -38,12 +44,12 @@ def test_run_prune_rows_and_restore(arch, tiny_eval_set):
     for criterion, row in table.set_index("criterion").iterrows():
         for k in (1, 2):  # > 1 where the criterion prunes better than dropping the last layers
             assert row[f"last_over_k{k}"] == pytest.approx(ppl["last", k] / ppl[criterion, k])
-    assert "Comparison" in prune_report(df, "#")
+    assert "Comparison" in prune_report(result, "#")
 
 
 def test_saved_pruned_model_matches_the_in_memory_one(tiny_eval_set, tiny_tokenizer, tmp_path):
     model = make_tiny_model("gpt2", layers=6)
-    df = run_prune(model, tiny_eval_set, PruneConfig(ks=(2,), criteria=("alpha",)))
+    df = run_prune(model, tiny_eval_set, PruneConfig(ks=(2,), criteria=("alpha",))).table
     [folder] = save_pruned(model, tiny_tokenizer, df, tmp_path / "pruned")
     removed = [int(i) for i in df.iloc[1]["removed"].split(",")]
     ids = tiny_tokenizer("The river flows to the sea", return_tensors="pt")["input_ids"]
@@ -64,6 +70,17 @@ def test_bad_k_and_criteria(tiny_eval_set):
         run_prune(model, tiny_eval_set, PruneConfig(ks=(6,)))
     with pytest.raises(AnatomyError, match="Unknown criteria"):
         run_prune(model, tiny_eval_set, PruneConfig(criteria=("random",)))
+    with pytest.raises(AnatomyError, match="K must be"):  # the CLI and the app, before the importance map
+        EXPERIMENT.check(PruneConfig(ks=(6,)), model)
+
+
+def test_the_importance_map_is_computed_with_the_ablation_mode_and_only_when_a_criterion_reads_it():
+    computed = []
+    compute = lambda needed, config=None: computed.append(config) or Result("importance", pd.DataFrame())  # noqa: E731
+    assert resolve_needs(EXPERIMENT, {}, compute=compute, config=PruneConfig(criteria=("alpha", "last"))) == \
+        {"importance": None} and computed == []
+    resolve_needs(EXPERIMENT, {}, compute=compute, config=PruneConfig(ablation_mode="zero"))
+    assert computed == [ImportanceConfig(mode="zero")]
 
 
 @pytest.mark.embedded

@@ -14,12 +14,10 @@ or is given explicitly.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -28,51 +26,62 @@ from transformers import PreTrainedModel
 from .. import plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
+from ..experiment import Artefacts, Experiment, Need, Result
 from ..interventions import preserve, scale, zero
-from ..layers import ComponentRef, LayerAdapter, parse_layers
+from ..layers import ComponentRef, LayerAdapter
 from ..load import LoadedModel
+from ..options import LAYERS, Codec, floats, option
 from ..progress import ProgressCallback, track
 from ..spectra import SVD_THREADS, torch_threads
-from .importance import ImportanceConfig, run_importance
+from .importance import ImportanceConfig
 
 STRATEGIES = ("zero", "clone", "blend", "lowrank", "scale")
 COLUMNS = ["strategy", "layers", "ppl", "ppl_low", "ppl_high", "degradation_pct", "degradation_low",
            "degradation_high"]
 
 
+def _typed_layers(text: str, where: str) -> str | None:
+    """Layers typed as 0,3,5-8 (or all), checked now for their syntax; empty: none typed, so the layer set
+    comes from the importance map."""
+    LAYERS.parse(text, where)
+    return text.strip() or None
+
+
+TYPED_LAYERS = Codec(_typed_layers, lambda v: "" if v is None else LAYERS.format(v))
+
+
 @dataclass
 class ManipulateConfig:
-    """`layers` overrides the importance map; otherwise layers with D < `redundant_threshold` % are used."""
+    """`layers` overrides the importance map; otherwise layers with D < `redundant_threshold` % are used,
+    read from the importance map given, or from one computed with `importance`."""
 
-    layers: list[int] | None = None
-    redundant_threshold: float = 10.0
-    alphas: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
-    strategies: tuple[str, ...] = STRATEGIES
-    rank: int | None = None  # low-rank blend: keep the top `rank` directions (None: all)
-    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    layers: str | list[int] | None = option(
+        None, "0-based layers to change, e.g. 3,5,17 (overrides the importance map)",
+        label="Layers (0-based; used with 'typed here')", codec=TYPED_LAYERS)
+    redundant_threshold: float = option(10.0, "layers with ablation D below this % are changed (10 = class "
+                                        "Redundant)", label="Redundant below D (%)")
+    strategies: tuple[str, ...] = option(STRATEGIES, "strategies, each applied to all the layers at once",
+                                         label="Strategies", choices=STRATEGIES, multiple=True)
+    alphas: tuple[float, ...] = option((0.0, 0.1, 0.3, 0.5, 0.7, 0.9), "scale sweep (the study's)",
+                                       label="Scale factors", codec=floats())
+    rank: int = option(0, "low-rank blend: keep the top RANK directions (0: all)",
+                       label="Low-rank: top directions kept (0: all)", minimum=0)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)  # the map computed when none is given
 
     def validate(self) -> None:
+        if not self.strategies:
+            raise AnatomyError("Choose at least one strategy.")
         unknown = set(self.strategies) - set(STRATEGIES)
         if unknown:
             raise AnatomyError(f"Unknown strategies {sorted(unknown)}: use some of {', '.join(STRATEGIES)}.")
-        if self.rank is not None and self.rank < 1:
-            raise AnatomyError(f"rank must be >= 1, got {self.rank}.")
+        if self.rank is not None and self.rank < 0:
+            raise AnatomyError(f"rank must be >= 1, or 0 for all directions, got {self.rank}.")
 
 
 def redundant_layers(importance: pd.DataFrame, threshold: float) -> list[int]:
     """Layers whose measured ablation D is below `threshold` % (untouched boundary layers never count)."""
     measured = importance[importance["class"] != "Untouched"]
     return sorted(int(layer) for layer in measured.loc[measured["degradation_pct"] < threshold, "layer"])
-
-
-def read_importance(run: str | Path) -> pd.DataFrame:
-    """The importance table of a run folder written by `python -m anatomy importance`."""
-    path = Path(run) / "importance.csv"
-    if not path.is_file():
-        raise AnatomyError(f"No importance.csv in '{run}': give a folder written by `python -m anatomy importance`.")
-    table = pd.read_csv(path)
-    table.attrs["run"] = str(run)
-    return table
 
 
 def non_redundant_neighbours(layer: int, chosen: set[int], kinds: Sequence[Hashable]) -> list[tuple[int, int]]:
@@ -146,34 +155,41 @@ def strategy_context(adapter: LayerAdapter, layers: list[int], strategy: str, al
         yield
 
 
-def choose_layers(model: PreTrainedModel, eval_set: EvalSet, config: ManipulateConfig,
-                  importance: pd.DataFrame | None, progress: ProgressCallback | None) -> tuple[list[int], str]:
+def choose_layers(model: PreTrainedModel, config: ManipulateConfig,
+                  importance: Result | None) -> tuple[list[int], str]:
     """The layer set and a sentence saying where it came from."""
-    n = LayerAdapter(model).num_layers
+    adapter = LayerAdapter(model)
+    n = adapter.num_layers
     if config.layers:
-        return sorted(config.layers), "given explicitly"
+        return sorted(adapter.resolve_layers(config.layers)), "given explicitly"
     if importance is None:
-        importance = run_importance(model, eval_set, config.importance, progress)
-        source = f"from an importance map computed now ({config.importance.mode}, {config.importance.boundary})"
+        raise AnatomyError("Manipulation needs an importance map to find the redundant layers: give an importance "
+                           "result (importance=, --importance RUN) or name the layers (--layers).")
+    table = importance.table
+    run = importance.source.get("run")
+    if run:
+        source = f"from the importance run {run}"
     else:
-        source = f"from the importance run {importance.attrs.get('run', '(given as a table)')}"
-    if len(importance) != n:
-        raise AnatomyError(f"The importance map has {len(importance)} rows but the model has {n} layers.")
-    layers = redundant_layers(importance, config.redundant_threshold)
+        mode = table["mode"].iloc[0] if len(table) and "mode" in table else "?"
+        source = f"from an importance map computed now ({mode}, {importance.scalars.get('boundary', '?')})"
+    if len(table) != n:
+        raise AnatomyError(f"The importance map has {len(table)} rows but the model has {n} layers.")
+    layers = redundant_layers(table, config.redundant_threshold)
     if not layers:
         raise AnatomyError(f"No layer has D < {config.redundant_threshold:g}%: raise the redundant threshold "
-                           f"(--redundant-threshold; the lowest D is {importance['degradation_pct'].min():.1f}%) "
+                           f"(--redundant-threshold; the lowest D is {table['degradation_pct'].min():.1f}%) "
                            "or name the layers (--layers).")
     return layers, f"{source}: layers with D < {config.redundant_threshold:g}%"
 
 
 def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: ManipulateConfig | None = None,
-                   importance: pd.DataFrame | None = None, progress: ProgressCallback | None = None) -> pd.DataFrame:
-    """One row per strategy (baseline first); `df.attrs`: layers, how they were chosen, baseline, timings."""
+                   progress: ProgressCallback | None = None, importance: Result | None = None) -> Result:
+    """One row per strategy (baseline first); the scalars say which layers, how they were chosen, the
+    baseline. `importance` (read only when no layers are named) gives the redundant layers."""
     config = config or ManipulateConfig()
     config.validate()
     t0 = time.perf_counter()
-    layers, source = choose_layers(model, eval_set, config, importance, progress)
+    layers, source = choose_layers(model, config, importance)
     adapter = LayerAdapter(model)
     for layer in layers:
         adapter.check_layer(layer)
@@ -186,67 +202,50 @@ def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: Manipulate
     rows = [{"strategy": "baseline (none)", "layers": "", **base.as_dict(), "degradation_pct": 0.0,
              "degradation_low": 0.0, "degradation_high": 0.0}]
     for strategy, alpha in track(runs, "manipulate (strategies)", progress):
-        with strategy_context(adapter, layers, strategy, alpha, config.rank):
+        with strategy_context(adapter, layers, strategy, alpha, config.rank or None):
             result = perplexity(model, eval_set, cache, min(layers))
         d, d_low, d_high = degradation(result, base, eval_set)
         name = f"scale {alpha:g}" if strategy == "scale" else strategy
         rows.append({"strategy": name, "layers": label, **result.as_dict(), "degradation_pct": d,
                      "degradation_low": d_low, "degradation_high": d_high})
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs.update(layers=layers, source=source, baseline=base.as_dict(), rank=config.rank,
-                    timings={"choose_layers_s": t_choose, "strategies_s": time.perf_counter() - t0 - t_choose})
-    return df
+    return Result("manipulate", df,
+                  scalars={"layers": layers, "source": source, "baseline": base.as_dict(), "rank": config.rank},
+                  timings={"choose_layers_s": t_choose, "strategies_s": time.perf_counter() - t0 - t_choose})
 
 
-def manipulate_report(df: pd.DataFrame, header: str) -> str:
+def manipulate_report(result: Result, header: str) -> str:
+    df = result.table
     usable = df[(df["strategy"] != "baseline (none)") & (df["degradation_pct"] < 30)]
+    layers = result["layers"]
     lines = [header, "## Manipulation of redundant layers",
-             f"- Layers changed together: {', '.join(f'layers.{i}' for i in df.attrs['layers'])} "
-             f"({len(df.attrs['layers'])}; {df.attrs['source']}).",
+             f"- Layers changed together: {', '.join(f'layers.{i}' for i in layers)} "
+             f"({len(layers)}; {result['source']}).",
              "- clone/blend/lowrank use the nearest layers outside the set; low-rank keeps "
-             + ("all directions" if df.attrs["rank"] is None else f"the top {df.attrs['rank']} directions") + ".",
+             + ("all directions" if not result["rank"] else f"the top {result['rank']} directions") + ".",
              "- Strategies that keep D below 30%: " + (", ".join(usable["strategy"]) if len(usable) else "none") + ".",
              "", report.markdown_table(df.round(4)), ""]
     return "\n".join(lines)
 
 
-def manipulate_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet) -> report.Artefacts:
-    """Table, figure, report and results of a manipulation run (the CLI's run folder and the app's)."""
-    base = df.attrs["baseline"]
-    return report.Artefacts(
-        tables={"manipulate": df},
-        figures={"manipulate": plots.ppl_rows_figure(df, "strategy", "Redundant layers changed at once", base["ppl"])},
-        markdown=manipulate_report(df, report.header("Manipulation of redundant layers", loaded, eval_set)),
-        results={"layers": df.attrs["layers"], "source": df.attrs["source"], "baseline": base})
+def manipulate_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet,
+                         config: ManipulateConfig) -> Artefacts:
+    """Figure and report of a manipulation run (the CLI's run folder and the app's)."""
+    return Artefacts(
+        figures={"manipulate": plots.ppl_rows_figure(result.table, "strategy", "Redundant layers changed at once",
+                                                     result["baseline"]["ppl"])},
+        markdown=manipulate_report(result, report.header("Manipulation of redundant layers", loaded, eval_set)))
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from .. import cli
-
-    parser = subparsers.add_parser("manipulate", help="zero / clone / blend / low-rank / scale the redundant "
-                                   "layers all at once (SPEC 4)", description=__doc__)
-    cli.add_common_args(parser, out="runs/manipulate")
-    parser.add_argument("--importance", help="an importance run folder to read the Redundant layers from "
-                                             "(default: compute the importance map now)")
-    parser.add_argument("--redundant-threshold", type=float, default=10.0,
-                        help="layers with ablation D below this %% are changed (default 10 = class Redundant)")
-    parser.add_argument("--layers", help="0-based layers to change, e.g. 3,5,17 (overrides the importance map)")
-    parser.add_argument("--alphas", default="0,0.1,0.3,0.5,0.7,0.9", help="scale sweep (default the study's)")
-    parser.add_argument("--rank", type=int, help="low-rank blend: keep the top RANK directions (default all)")
-    parser.set_defaults(func=main)
+def headline(result: Result) -> str:
+    """Which layers were changed and where the set came from."""
+    return f"layers: {result['layers']} ({result['source']})"
 
 
-def main(args: argparse.Namespace) -> None:
-    from .. import cli
-
-    loaded, eval_set = cli.load_model_and_eval_set(args)
-    n = LayerAdapter(loaded.model).num_layers
-    config = ManipulateConfig(layers=parse_layers(args.layers, n) if args.layers else None,
-                              redundant_threshold=args.redundant_threshold, rank=args.rank,
-                              alphas=cli.parse_floats(args.alphas, None, "--alphas"))
-    importance = read_importance(args.importance) if args.importance and not args.layers else None
-    df = run_manipulate(loaded.model, eval_set, config, importance)
-    run = report.RunFolder(args.out, "manipulate")
-    run.write(manipulate_artefacts(df, loaded, eval_set), loaded, eval_set, config, df.attrs["timings"])
-    cli.print_summary(run, df[["strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"]])
-    print(f"layers: {df.attrs['layers']} ({df.attrs['source']})")
+EXPERIMENT = Experiment(
+    name="manipulate", title="Manipulation of redundant layers",
+    summary="zero / clone / blend / low-rank / scale the redundant layers all at once (SPEC 4)",
+    description=__doc__, config=ManipulateConfig, run=run_manipulate, artefacts=manipulate_artefacts,
+    needs=(Need("importance", "an importance run folder to read the Redundant layers from (default: compute the "
+                "importance map now)", configure=lambda config: None if config.layers else config.importance),),
+    columns=("strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"), headline=headline)

@@ -11,9 +11,8 @@ Removal is real: the layers leave the ModuleList (anatomy.surgery), `layer_idx` 
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,47 +21,74 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .. import plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
+from ..experiment import Artefacts, Experiment, Need, Result
+from ..interventions import ABLATION_MODES
 from ..layers import LayerAdapter
 from ..load import LoadedModel
+from ..options import INTS, OPTIONAL_TEXT, option
 from ..progress import ProgressCallback, track
 from ..surgery import build_layer_stack, kept_layers, layer_stack, save_model
-from .importance import ImportanceConfig, run_importance
+from .importance import ImportanceConfig
 from .spectral import SpectralConfig, layer_alpha, run_spectral
 
 CRITERIA = ("alpha", "block_influence", "ablation", "last")
+READ_IMPORTANCE = {"block_influence", "ablation"}  # the criteria ranked by an importance map
 COLUMNS = ["criterion", "k", "removed", "ppl", "ppl_low", "ppl_high", "degradation_pct", "degradation_low",
            "degradation_high", "params_removed_pct"]
 
 
 @dataclass
 class PruneConfig:
-    ks: tuple[int, ...] = (3, 6)
-    criteria: tuple[str, ...] = CRITERIA
-    importance: ImportanceConfig = field(default_factory=lambda: ImportanceConfig(mode="skip"))
+    """`ablation_mode` is how the importance map is computed when none is given (skip: a layer's D is the
+    cost of its removal); a map given was measured with its own mode, which the result records."""
 
-    def validate(self, num_layers: int) -> None:
+    ks: tuple[int, ...] = option((3, 6), "layers to remove, one or a list", label="Layers removed (K, one or a list)",
+                                 flag="-k", codec=INTS)
+    criteria: tuple[str, ...] = option(CRITERIA, "criteria, comma-separated", label="Criteria",
+                                       flag="--by", choices=CRITERIA, multiple=True)
+    ablation_mode: str = option("skip", "single-layer ablation for the ablation criterion (with --importance: that "
+                                "run's mode)", label="Ablation for the ablation criterion (computed now)",
+                                choices=ABLATION_MODES)
+    save: str | None = option(None, "write the pruned model(s) as Hugging Face folder(s) here", codec=OPTIONAL_TEXT,
+                              ui=False)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        if not self.criteria:
+            raise AnatomyError("Choose at least one criterion.")
         unknown = set(self.criteria) - set(CRITERIA)
         if unknown:
             raise AnatomyError(f"Unknown criteria {sorted(unknown)}: use some of {', '.join(CRITERIA)}.")
+        if not self.ks:
+            raise AnatomyError("Give at least one K (layers to remove), e.g. 3,6.")
+        if num_layers is None:
+            if min(self.ks) < 1:
+                raise AnatomyError(f"K must be at least 1, got {list(self.ks)}.")
+            return
         bad = [k for k in self.ks if not 1 <= k < num_layers]
         if bad:
             raise AnatomyError(f"K must be between 1 and {num_layers - 1} for this {num_layers}-layer model, got {bad}.")
 
+    def importance_config(self) -> ImportanceConfig | None:
+        """The importance map this config ranks layers by, computed when none is given (None: not read)."""
+        return ImportanceConfig(mode=self.ablation_mode) if READ_IMPORTANCE & set(self.criteria) else None
 
-def layer_scores(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig,
-                 importance: pd.DataFrame | None = None, progress: ProgressCallback | None = None) -> pd.DataFrame:
+
+def layer_scores(model: PreTrainedModel, config: PruneConfig, importance: Result | None = None,
+                 progress: ProgressCallback | None = None) -> pd.DataFrame:
     """Per layer, the score of every requested criterion; lower = removed first (alpha is negated)."""
     n = LayerAdapter(model).num_layers
     scores = pd.DataFrame({"layer": range(n)})
     if "alpha" in config.criteria:
         scores["alpha"] = -layer_alpha(run_spectral(model, None, SpectralConfig(keep_singular_values=False),
                                                     progress).table).to_numpy()
-    if {"block_influence", "ablation"} & set(config.criteria):
+    if READ_IMPORTANCE & set(config.criteria):
         if importance is None:
-            importance = run_importance(model, eval_set, config.importance, progress)
-        if sorted(importance["layer"]) != list(range(n)):
+            raise AnatomyError("block_influence and ablation rank layers by an importance map: give an importance "
+                               "result (importance=, --importance RUN).")
+        table = importance.table
+        if sorted(table["layer"]) != list(range(n)):
             raise AnatomyError(f"The importance map must cover every layer 0..{n - 1} to rank them for pruning.")
-        ordered = importance.sort_values("layer")
+        ordered = table.sort_values("layer")
         scores["block_influence"] = ordered["block_influence"].to_numpy()
         # a layer left untouched by the study's boundary convention has no measured D: never pick it
         scores["ablation"] = ordered["degradation_pct"].where(ordered["class"] != "Untouched", float("inf")).to_numpy()
@@ -76,14 +102,16 @@ def choose(scores: pd.DataFrame, criterion: str, k: int) -> list[int]:
 
 
 def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | None = None,
-              importance: pd.DataFrame | None = None, progress: ProgressCallback | None = None) -> pd.DataFrame:
-    """One row per (criterion, K) plus the baseline; `df.attrs`: scores per layer, baseline, timings."""
+              progress: ProgressCallback | None = None, tokenizer: PreTrainedTokenizerBase | None = None,
+              importance: Result | None = None) -> Result:
+    """One row per (criterion, K) plus the baseline; extra tables: the comparison and the scores per layer.
+    With `config.save`, the pruned models are written there too (`tokenizer` saved beside them)."""
     config = config or PruneConfig()
     adapter = LayerAdapter(model)
     n = adapter.num_layers
     config.validate(n)
     t0 = time.perf_counter()
-    scores = layer_scores(model, eval_set, config, importance, progress)
+    scores = layer_scores(model, config, importance, progress)
     t_scores = time.perf_counter() - t0
     base = perplexity(model, eval_set)
     layer_params = sum(p.numel() for p in adapter.layers[0].parameters())
@@ -100,9 +128,14 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
                      "degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high,
                      "params_removed_pct": 100 * k * layer_params / total})
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs.update(scores=scores, baseline=base.as_dict(), ablation_mode=config.importance.mode,
-                    timings={"scores_s": t_scores, "pruned_evals_s": time.perf_counter() - t0 - t_scores})
-    return df
+    t_evals = time.perf_counter() - t0 - t_scores
+    saved = [str(p) for p in save_pruned(model, tokenizer, df, config.save)] if config.save else []
+    mode = config.ablation_mode
+    if importance is not None and "mode" in importance.table:  # D of a given map was measured with its own mode
+        mode = str(importance.table["mode"].iloc[0])
+    return Result("prune", df, scalars={"baseline": base.as_dict(), "ablation_mode": mode, "saved": saved},
+                  tables={"comparison": comparison_table(df), "scores": scores},
+                  timings={"scores_s": t_scores, "pruned_evals_s": t_evals})
 
 
 def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -116,9 +149,10 @@ def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, df: pd.DataFrame,
+def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, df: pd.DataFrame,
                 directory: str | Path) -> list[Path]:
-    """A standard HF folder per pruned model: `directory` itself for one row, `directory/<criterion>-k<K>` else."""
+    """A standard HF folder per pruned model of the main table `df`: `directory` itself for one row,
+    `directory/<criterion>-k<K>` else."""
     n = LayerAdapter(model).num_layers
     pruned = df[df["k"] > 0]
     folders = []
@@ -130,66 +164,48 @@ def save_pruned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, df: 
     return folders
 
 
-def prune_report(df: pd.DataFrame, header: str) -> str:
+def prune_report(result: Result, header: str) -> str:
+    df = result.table
     lines = [header, "## Layer pruning",
              "- Criteria: alpha = highest mean power-law alpha first; block_influence = lowest 1 - cos(in, out) "
-             f"first; ablation = lowest single-layer D first ({df.attrs['ablation_mode']} ablation); last = layers "
+             f"first; ablation = lowest single-layer D first ({result['ablation_mode']} ablation); last = layers "
              "N-K..N-1. Layers are removed from the stack (layer_idx renumbered), chosen in one shot.",
-             f"- Baseline PPL {df.attrs['baseline']['ppl']:.3f}.", "",
+             f"- Baseline PPL {result['baseline']['ppl']:.3f}.", "",
              "### Comparison (PPL; last_over_kK = PPL of `last` / PPL of the criterion: > 1 means better than last)",
-             report.markdown_table(comparison_table(df).round(3)), "",
+             report.markdown_table(result["comparison"].round(3)), "",
              "### Every run", report.markdown_table(df.round(4)), "",
              "### Layer scores (lower = removed first; alpha and last negated)",
-             report.markdown_table(df.attrs["scores"].round(4)), ""]
+             report.markdown_table(result["scores"].round(4)), "",
+             *([f"- Pruned models saved: {', '.join(f'`{p}`' for p in result['saved'])}", ""] if result["saved"]
+               else [])]
     return "\n".join(lines)
 
 
-def prune_artefacts(df: pd.DataFrame, loaded: LoadedModel, eval_set: EvalSet,
-                    saved: list[Path] = ()) -> report.Artefacts:
-    """Tables, figure, report and results of a pruning run (the CLI's run folder and the app's); `saved`: the
-    pruned model folders written, if any."""
-    comparison = comparison_table(df)
+def prune_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: PruneConfig) -> Artefacts:
+    """Figure and report of a pruning run (the CLI's run folder and the app's)."""
+    df = result.table
     labels = df.assign(run=[f"{c} k={k}" if k else c for c, k in zip(df["criterion"], df["k"])])
-    return report.Artefacts(
-        tables={"prune": df, "comparison": comparison, "scores": df.attrs["scores"]},
+    return Artefacts(
         figures={"prune": plots.ppl_rows_figure(labels, "run", f"Pruned models: {loaded.name}",
-                                                df.attrs["baseline"]["ppl"])},
-        markdown=prune_report(df, report.header("Layer pruning", loaded, eval_set)),
-        results={"baseline": df.attrs["baseline"], "comparison": comparison, "saved": [str(p) for p in saved]})
+                                                result["baseline"]["ppl"])},
+        markdown=prune_report(result, report.header("Layer pruning", loaded, eval_set)))
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from .. import cli
-
-    parser = subparsers.add_parser("prune", help="remove K layers chosen by alpha, block influence, ablation or "
-                                   "last; compare PPL; save the pruned model (SPEC 9)", description=__doc__)
-    cli.add_common_args(parser, out="runs/prune")
-    parser.add_argument("-k", default="3,6", help="layers to remove, one or a list (default 3,6)")
-    parser.add_argument("--by", default=",".join(CRITERIA),
-                        help=f"criteria, comma-separated (default all: {','.join(CRITERIA)})")
-    parser.add_argument("--ablation-mode", default="skip", choices=("skip", "neighbour-mean", "zero"),
-                        help="single-layer ablation for the ablation criterion (default skip; with --importance: "
-                             "that run's mode)")
-    parser.add_argument("--importance", help="read block influence and ablation D from this importance run folder")
-    parser.add_argument("--save", help="write the pruned model(s) as Hugging Face folder(s) here")
-    parser.set_defaults(func=main)
+def headline(result: Result) -> str:
+    """The baseline, the best criterion at each K, and the model folders saved."""
+    pruned = result.table[result.table["k"] > 0]
+    best = pruned.sort_values(["k", "ppl"], kind="stable").drop_duplicates("k")  # a NaN PPL sorts last
+    return (f"Baseline PPL {result['baseline']['ppl']:.3f}; lowest PPL: "
+            + ", ".join(f"K={r.k} {r.criterion} {r.ppl:.3f}" for r in best.itertuples())
+            + "".join(f"; saved pruned model: {p}" for p in result["saved"]) + ".")
 
 
-def main(args: argparse.Namespace) -> None:
-    from .. import cli
-    from .manipulate import read_importance
-
-    loaded, eval_set = cli.load_model_and_eval_set(args)
-    importance = read_importance(args.importance) if args.importance else None
-    # D read from a run was measured with that run's ablation mode: record that one, not the flag's default
-    mode = str(importance["mode"].iloc[0]) if importance is not None and "mode" in importance else args.ablation_mode
-    config = PruneConfig(ks=cli.parse_ints(args.k, "-k"),
-                         criteria=tuple(c.strip() for c in args.by.split(",")),
-                         importance=ImportanceConfig(mode=mode))
-    df = run_prune(loaded.model, eval_set, config, importance)
-    saved = save_pruned(loaded.model, loaded.tokenizer, df, args.save) if args.save else []
-    run = report.RunFolder(args.out, "prune")
-    run.write(prune_artefacts(df, loaded, eval_set, saved), loaded, eval_set, config, df.attrs["timings"])
-    cli.print_summary(run, comparison_table(df).round(3))
-    for path in saved:
-        print(f"saved pruned model: {path}")
+EXPERIMENT = Experiment(
+    name="prune", title="Layer pruning",
+    summary="remove K layers chosen by alpha, block influence, ablation or last; compare PPL; save the pruned model "
+            "(SPEC 9)",
+    description=__doc__, config=PruneConfig, run=run_prune, artefacts=prune_artefacts, uses_tokenizer=True,
+    needs=(Need("importance", "read block influence and ablation D from this importance run folder (default: "
+                "compute the importance map now with --ablation-mode)", configure=PruneConfig.importance_config),),
+    columns=("criterion", "k", "removed", "ppl", "degradation_pct"), headline=headline,
+    check=lambda config, model: config.validate(LayerAdapter(model).num_layers))
