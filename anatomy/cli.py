@@ -20,6 +20,7 @@ from . import study, study_report
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
+from .layers import LayerAdapter
 from .load import DTYPES, EMBEDDED, LoadedModel, Placement, load_model
 from .offload import input_device
 from .options import build_config, params
@@ -79,8 +80,11 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision, placement=placement)
 
 
-def eval_set_from_args(args: argparse.Namespace, loaded: LoadedModel) -> EvalSet:
+def eval_set_from_args(args: argparse.Namespace, loaded: LoadedModel, limit: int | None = None) -> EvalSet:
+    """The evaluation set the flags name; `limit` keeps its first texts (a quick study)."""
     texts, name = resolve_eval_texts(args.text_file, args.dataset)
+    if limit is not None and len(texts) > limit:
+        texts, name = texts[:limit], f"{name}, first {limit}"
     return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=args.batch_size,
                               max_length=args.max_length, device=input_device(loaded.model), seed=args.seed)
 
@@ -186,17 +190,20 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_study_command(args: argparse.Namespace) -> None:
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else {}).items() if name in names}
-    if args.layers and "recovery" in names:
-        overrides.setdefault("recovery", {})["layers"] = args.layers
-    steps = study.plan(names, overrides)  # every flag checked before the model loads
-    loaded = load_from_args(args)
-    eval_set = eval_set_from_args(args, loaded)
+    steps = study.plan(names, {**overrides, **({"recovery": {**overrides.get("recovery", {}), "layers": args.layers}}
+                                               if args.layers and "recovery" in names else {})})
+    loaded = load_from_args(args)  # every flag above was checked before this
+    steps = study.with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, args.layers, args.quick)
+    eval_set = eval_set_from_args(args, loaded, study.QUICK_TEXTS if args.quick else None)
+    recovery = next((s.config for s in steps if s.name == "recovery"), None)
+    if recovery is not None:
+        overrides["recovery"] = {**overrides.get("recovery", {}), "layers": recovery.layers or "all"}
     with tqdm(total=len(steps), desc="study", unit="experiment", position=0) as bar:
         def on_step(done: int, total: int, name: str, eta_s: float) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{name} done" + (f", about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""))
         done = study.run_study(steps, loaded, eval_set, args.out, on_step=on_step)
-    print(study.write_report(done, loaded, eval_set, args.out, overrides))
+    print(study.write_report(done, loaded, eval_set, args.out, overrides, quick=args.quick))
 
 
 def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:

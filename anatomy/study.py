@@ -10,6 +10,7 @@ affects and what depends on it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -86,8 +87,30 @@ def plan(names: Sequence[str], overrides: Mapping[str, Mapping[str, object]] | N
         unknown = sorted(set(values) - known)
         if unknown:
             raise AnatomyError(f"The study sets {', '.join(unknown)} of {name}, which it does not have.")
-    return [Step(experiments[n], build_config(experiments[n].config, dict(overrides.get(n, {}))))
+    return [Step(experiments[n], build_config(experiments[n].config, {**cli_defaults(experiments[n]),
+                                                                      **overrides.get(n, {})}))
             for n in in_dependency_order(names, experiments)]
+
+
+def cli_defaults(experiment: Experiment) -> dict[str, object]:
+    """The fields whose command-line default differs from the library's (recovery runs its sigma-0 control):
+    the study is a command, so it runs each experiment as its command would."""
+    return {p.name: p.option.cli_default for p in params(experiment.config) if p.option.cli_default is not None}
+
+
+def study_layers(num_layers: int, layers: Sequence[int]) -> str:
+    """The study's layers of its 30-layer model at the same relative depth in a model of `num_layers`."""
+    mapped = sorted({round(layer / (STUDY_DEPTH - 1) * (num_layers - 1)) for layer in layers})
+    return ",".join(map(str, mapped))
+
+
+def with_recovery_layers(steps: list[Step], num_layers: int, choice: str | None, quick: bool) -> list[Step]:
+    """Recovery's layers once the model's depth is known: the study's 13 (3 with --quick) at their relative
+    depth by default, `all` for every layer, or the layers given."""
+    layers = (study_layers(num_layers, QUICK_RECOVERY_LAYERS if quick else STUDY_RECOVERY_LAYERS) if choice is None
+              else None if choice.strip().lower() == "all" else choice)
+    return [Step(s.experiment, dataclasses.replace(s.config, layers=layers)) if s.name == "recovery" else s
+            for s in steps]
 
 
 def step_key(step: Step, loaded: LoadedModel | None, eval_set: EvalSet | None, need_keys: Mapping[str, str]) -> dict:
@@ -166,13 +189,14 @@ STUDY = ("importance", "predictability", "structure", "manipulate", "spectral", 
 
 
 def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: str | Path,
-                 quick: Mapping[str, Mapping[str, object]]) -> str:
+                 settings: Mapping[str, Mapping[str, object]], quick: bool = False) -> str:
     """study.md, study.html, glance.png and claims.csv in the study folder; returns the markdown."""
     out = Path(out)
     title = f"Study of {loaded.name}" + (f" @ {loaded.revision}" if loaded.revision else "")
     lines = [f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
-             "- Settings: " + ("the study's defaults" if not quick else "QUICK (reduced): " + "; ".join(
-                 f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in quick.items())),
+             "- Settings: " + ("QUICK (reduced) " if quick else "") + ("; ".join(
+                 f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in settings.items())
+                 or "the study's defaults") + " (every other setting: the experiment's command default)",
              "- Experiments: " + ", ".join(f"{name} (`{folder.name}/`)" for name, folder in study.folders.items()),
              "- Reused from an earlier run of the same command: " + (", ".join(study.reused) or "none")]
     for name, result in study.results.items():
@@ -193,5 +217,17 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
     return markdown
 
 
-QUICK: dict[str, dict[str, object]] = {}
-"""--quick: the reduced settings of each experiment (field name -> value), stated in study.md."""
+STUDY_DEPTH = 30  # SmolLM2-135M's layers, in which the study's layer numbers are written
+STUDY_RECOVERY_LAYERS = (0, 1, 3, 5, 8, 10, 11, 14, 17, 23, 24, 27, 29)  # its Table 5
+QUICK_RECOVERY_LAYERS = (11, 14, 17)  # the hardest layer and the two anti-layers
+QUICK_TEXTS = 16  # evaluation texts of a quick study (the default set has 48)
+QUICK: dict[str, dict[str, object]] = {
+    "predictability": {"positions": 2000},
+    "structure": {"shuffles": 50},
+    "manipulate": {"alphas": "0.7,0.9"},
+    "prune": {"ks": "3"},
+    "recovery": {"steps": 20, "eval_every": 10},
+    "plans": {"block_sizes": "4", "latency_repeats": 1, "latency_tokens": 4},
+}
+"""--quick: the reduced settings of each experiment (field name -> value), stated in study.md, beside
+QUICK_TEXTS evaluation texts and QUICK_RECOVERY_LAYERS."""

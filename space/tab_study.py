@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 import anatomy
 from anatomy import study, study_report
+from anatomy.layers import LayerAdapter
 
 from . import jobs, runs
 from .common import Shared, model_job, stop_button, wire_stop
@@ -43,6 +44,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, requ
     refuse_on_zero_gpu("The study (it fine-tunes layers for recovery)")
     steps = study.plan(study.STUDY, study.QUICK)
     with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
+        steps = study.with_recovery_layers(steps, LayerAdapter(job.loaded.model).num_layers, None, quick=True)
         with runs.new_run(jobs.session_id(request), "study") as folder:
             position = {"i": 0}
 
@@ -53,7 +55,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, requ
                 position["i"] = done
 
             result = study.run_study(steps, job.loaded, job.eval_set, folder.path, step_progress, on_step)
-            markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK)
+            markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK, quick=True)
     final = folder.path  # renamed from .partial once the study was written whole
     results, claims = study_report.load_study(final)
     figure = study_report.glance_figure(study_report.layer_views(results), f"The anatomy of {job.loaded.name}")

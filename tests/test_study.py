@@ -70,7 +70,7 @@ def test_report_is_self_contained_and_two_studies_compare(tmp_path, tiny_tokeniz
     for name in ("a", "b"):
         done = study.run_study(steps, loaded, tiny_eval_set, tmp_path / name)
         markdown = study.write_report(done, loaded, tiny_eval_set, tmp_path / name, {"importance": {"mode": "zero"}})
-        assert "QUICK (reduced): importance mode=zero" in markdown and "## Claims of the study" in markdown
+        assert "importance mode=zero" in markdown and "## Claims of the study" in markdown
     page = (tmp_path / "a" / "study.html").read_text()
     assert "data:image/png;base64," in page  # the figure inside the file: it opens offline
     assert "<script" not in page and "src='http" not in page and "href=" not in page
@@ -80,3 +80,14 @@ def test_report_is_self_contained_and_two_studies_compare(tmp_path, tiny_tokeniz
     assert "a verdict" in compared and "b verdict" in compared and "importance range" in compared
     assert (tmp_path / "c" / "maps.png").stat().st_size > 1000
     assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
+
+
+def test_the_studys_recovery_layers_follow_relative_depth():
+    assert study.study_layers(30, study.STUDY_RECOVERY_LAYERS) == "0,1,3,5,8,10,11,14,17,23,24,27,29"
+    assert study.study_layers(12, study.QUICK_RECOVERY_LAYERS) == "4,5,6"
+    steps = study.plan(["recovery"], {"recovery": {"steps": 3}})
+    assert steps[0].config.control is True  # the command's default, not the library's
+    assert study.with_recovery_layers(steps, 30, None, quick=False)[0].config.layers == \
+        "0,1,3,5,8,10,11,14,17,23,24,27,29"
+    assert study.with_recovery_layers(steps, 30, "all", quick=True)[0].config.layers is None
+    assert study.with_recovery_layers(steps, 30, "2,4", quick=True)[0].config.layers == "2,4"
