@@ -128,18 +128,6 @@ def config_from_args(experiment: Experiment, args: argparse.Namespace) -> object
     return build_config(experiment.config, values, where=lambda p: p.flag)
 
 
-def add_common_args(parser, out):  # MIGRATION
-    add_model_args(parser)
-    add_eval_args(parser)
-    parser.add_argument("--out", default=out)
-
-
-def load_model_and_eval_set(args):  # MIGRATION
-    loaded = load_from_args(args)
-    return loaded, eval_set_from_args(args, loaded)
-
-
-from .options import parse_floats, parse_ints  # noqa: E402  MIGRATION
 
 
 def print_summary(experiment: Experiment, result: Result, out: Path, files: list[str]) -> None:
@@ -244,12 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_args(sub, experiment)
     add_study_parser(subparsers)
     add_compare_parser(subparsers)
-    from . import experiments  # MIGRATION: modules not yet declared keep their own add_cli
-    import importlib, pkgutil
-    for info in pkgutil.iter_modules(experiments.__path__):
-        module = importlib.import_module(f"{experiments.__name__}.{info.name}")
-        if hasattr(module, "add_cli"):
-            module.add_cli(subparsers)
     return parser
 
 
@@ -260,8 +242,6 @@ def main(argv: list[str] | None = None) -> int:
             run_study_command(args)
         elif args.experiment == "compare-studies":
             run_compare_command(args)
-        elif hasattr(args, "func"):  # MIGRATION
-            args.func(args)
         else:
             run_command(registry()[args.experiment], args)
     except AnatomyError as err:

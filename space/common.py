@@ -12,7 +12,6 @@ import pandas as pd
 from anatomy.evaluate import EvalSet
 from anatomy.load import LoadedModel
 from anatomy.progress import ProgressCallback
-from anatomy.report import Artefacts
 
 from . import jobs
 from .access import visitor
@@ -73,28 +72,3 @@ def stop_button() -> gr.Button:
 def wire_stop(button: gr.Button, events: list, name: str) -> None:
     """Stop sets the session's flag (the job unwinds and restores) and drops the event from the queue."""
     button.click(jobs.stop, None, None, api_name=f"stop_{name}", cancels=events, queue=False)
-
-
-def run_outputs(request: gr.Request | None, name: str, job: Job, config: object, df: pd.DataFrame,
-                table: pd.DataFrame, artefacts: Artefacts, state: dict | None) -> tuple:
-    """Plots, the table shown, the report, the run zip and the session state: what every experiment tab
-    returns, in the order `result_components` lays them out; the run folder is the CLI's."""
-    archive = jobs.save_run(request, name, job.loaded, job.eval_set, config, artefacts, df.attrs.get("timings"))
-    return (*artefacts.figures.values(), shown(table), artefacts.markdown, str(archive),
-            jobs.remember(state, name, df, archive))
-
-
-def result_components(name: str, plot_labels: list[str]) -> list:
-    """One plot per label, the table, the report and the zip download, below an experiment's inputs."""
-    plots_ = [gr.Plot(label=label, elem_id=f"{name}-plot-{i}") for i, label in enumerate(plot_labels)]
-    table = gr.Dataframe(label="Table", interactive=False)
-    with gr.Accordion("Report (report.md of the run folder)", open=False):
-        markdown = gr.Markdown()
-    download = gr.DownloadButton("Download the run folder (.zip)")
-    return [*plots_, table, markdown, download]
-
-
-def wire_job(name: str, fn, inputs: list, outputs: list, shared: Shared, go: gr.Button, stop: gr.Button) -> None:
-    """Run `fn` on Go (endpoint `/name`, sharing the model's concurrency slot) and cancel it on Stop."""
-    event = go.click(fn, [*inputs, shared.state], [*outputs, shared.state], api_name=name, concurrency_id="model")
-    wire_stop(stop, [event], name)

@@ -1,121 +1,69 @@
-"""Generate tab: the original and the altered model side by side, same prompt and seed, differing tokens marked."""
+"""Generate tab: the original and the altered model side by side, same prompt and seed, differing tokens marked.
+
+It runs the library's `generate` experiment (`anatomy.experiments.generate.side_by_side_of`, what
+`python -m anatomy generate` runs) and keeps its own layout: the two sides next to each other per decoding
+mode, not the plots-and-table layout of the other tabs. One dropdown chooses an intervention or a layer plan;
+with "plan", the layers box holds the plan.
+"""
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-
 import gradio as gr
-import pandas as pd
-import torch
 
 from anatomy.errors import AnatomyError
-from anatomy.interventions import INTERVENTION_KINDS, intervention
-from anatomy.layers import LayerAdapter, parse_layers
-from anatomy.plans import apply_plan, parse_plan
+from anatomy.experiments.generate import GenerateConfig, side_by_side_of
+from anatomy.generate import DIFFERS, MODES, SIDES
+from anatomy.interventions import INTERVENTION_KINDS
+from anatomy.options import build_config, params
 
 from . import jobs
 from .common import Shared, model_job, stop_button, wire_stop
 from .gpu import gpu
+from .tab import input_for
 
-MODES = {"greedy": {"do_sample": False},
-         "sampled": {"do_sample": True, "temperature": 0.8, "top_p": 0.95}}
-DIFFERS = "differs"
-ALTERATIONS = (*INTERVENTION_KINDS, "plan")
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompt: str, *, max_new_tokens: int, seed: int, mode: str,
-             use_cache: bool = True) -> list[int]:
-    """New token ids for `prompt`; the global torch seed is set first, so equal seeds give equal samples."""
-    if not prompt or not prompt.strip():
-        raise AnatomyError("The prompt is empty: type a few words for the models to continue.")
-    if not 1 <= max_new_tokens <= 512:
-        raise AnatomyError(f"New tokens must be between 1 and 512, got {max_new_tokens}.")
-    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-    torch.manual_seed(seed)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, use_cache=use_cache,
-                         pad_token_id=tokenizer.pad_token_id, **MODES[mode])
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
+PLAN = "plan"
+ALTERATIONS = (*INTERVENTION_KINDS, PLAN)
+FIELDS = {p.name: p for p in params(GenerateConfig)}
 
 
-def side_by_side(model, tokenizer, prompt: str, alter: Callable[[], AbstractContextManager], *,
-                 max_new_tokens: int = 40, seed: int = 0, use_cache_altered: bool = True,
-                 progress: Callable[[int, int, str], None] | None = None) -> dict[str, dict[str, list[int]]]:
-    """{mode: {"original": ids, "altered": ids}} for greedy and sampled decoding, same prompt and seed.
-
-    `alter()` is entered only around the altered generations, so the weights are the original ones for
-    the rest; skip and plan changes should pass `use_cache_altered=False` (the KV cache is indexed by layer).
-    """
-    result: dict[str, dict[str, list[int]]] = {}
-    steps = [(mode, which) for mode in MODES for which in ("original", "altered")]
-    for done, (mode, which) in enumerate(steps):
-        if progress is not None:
-            progress(done, len(steps), f"generating ({mode}, {which})")
-        kwargs = dict(max_new_tokens=max_new_tokens, seed=seed, mode=mode)
-        if which == "original":
-            ids = generate(model, tokenizer, prompt, **kwargs)
-        else:
-            with alter():
-                ids = generate(model, tokenizer, prompt, use_cache=use_cache_altered, **kwargs)
-        result.setdefault(mode, {})[which] = ids
-    return result
-
-
-def highlight(tokenizer, original: list[int], altered: list[int]) -> tuple[list, list]:
-    """HighlightedText values for both sides: tokens outside the longest common blocks are marked."""
-    sides: tuple[list, list] = ([], [])
-    matcher = difflib.SequenceMatcher(a=original, b=altered, autojunk=False)
-    for tag, a0, a1, b0, b1 in matcher.get_opcodes():
-        label = None if tag == "equal" else DIFFERS
-        for side, ids in ((0, original[a0:a1]), (1, altered[b0:b1])):
-            for token in ids:
-                sides[side].append((tokenizer.decode([token]), label))
-    return sides
-
-
-def difference_table(tokenizer, outputs: dict[str, dict[str, list[int]]]) -> pd.DataFrame:
-    rows = []
-    for mode, pair in outputs.items():
-        a, b = pair["original"], pair["altered"]
-        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
-        rows.append({"mode": mode, "tokens_original": len(a), "tokens_altered": len(b),
-                     "tokens_differing": sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b)),
-                     "first_difference_at": first})
-    return pd.DataFrame(rows)
+def config_of(prompt: str, kind: str, layers: str, value: float, seed: float, new_tokens: float,
+              chat_template: bool) -> GenerateConfig:
+    """The library config from the tab's inputs: with "plan", the layers box holds the plan."""
+    values = {"prompt": prompt, "value": value, "seed": seed, "new_tokens": new_tokens,
+              "chat_template": chat_template}
+    if kind == PLAN:
+        if not str(layers or "").strip():
+            raise AnatomyError("The plan is empty: type one such as 0-9,[10-13]x2,14-29 in the layers box.")
+        values.update(intervention="none", plan=layers)
+    else:
+        values.update(intervention=kind, layers=layers)
+    return build_config(GenerateConfig, values, where=lambda p: repr(p.label))
 
 
 @gpu(duration=60)
 @jobs.user_errors
 def run(spec: str, prompt: str, kind: str, layers: str, value: float, seed: float, max_new_tokens: float,
-        request: gr.Request, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
+        chat_template: bool, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
+        progress=gr.Progress()) -> tuple:
+    config = config_of(prompt, kind, layers, value, seed, max_new_tokens, chat_template)
     with model_job(spec, request, progress, token=oauth_token) as job:
-        model, tokenizer = job.loaded.model, job.loaded.tokenizer
-        adapter = LayerAdapter(model)
-        if kind == "plan":  # apply_plan gives every step its own KV-cache slot, so the cache stays on
-            plan = parse_plan(layers, adapter.num_layers)
-            alter = lambda: apply_plan(model, plan)  # noqa: E731
-        else:
-            chosen = parse_layers(layers, adapter.num_layers) if kind != "none" else []
-            alter = lambda: intervention(adapter, kind, chosen, alpha=value, sigma=value, seed=int(seed))  # noqa: E731
-        outputs = side_by_side(model, tokenizer, prompt, alter, max_new_tokens=int(max_new_tokens), seed=int(seed),
-                               use_cache_altered=kind != "skip", progress=job.progress)
-    greedy = highlight(tokenizer, **outputs["greedy"])
-    sampled = highlight(tokenizer, **outputs["sampled"])
-    return (*greedy, *sampled, difference_table(tokenizer, outputs))
+        out = side_by_side_of(job.loaded.model, job.loaded.tokenizer, config, job.progress)
+    marked = [side for mode in MODES for side in out.marked(mode)]
+    return (*marked, out.differences())
 
 
 def build(shared: Shared) -> None:
     gr.Markdown("The same prompt and seed through the original and the altered model; tokens that differ are "
-                "marked. The weights are altered only while the altered side generates, then restored.")
-    prompt = gr.Textbox("The capital of France is", label="Prompt", lines=2)
+                "marked. The weights are altered only while the altered side generates, then restored. The "
+                "prompt goes through the model's chat template when its tokenizer has one (untick to send it raw).")
+    prompt = gr.Textbox(FIELDS["prompt"].default, label=FIELDS["prompt"].label, lines=2)
     with gr.Row():
-        kind = gr.Dropdown(list(ALTERATIONS), value="scale", label="Alteration (an intervention or a layer plan)")
-        layers = gr.Textbox("10-12", label="Layers (0-based), or a plan such as 0-9,[10-13]x2,14-29")
-        value = gr.Number(0.5, label="Value (alpha for scale, sigma for noise)")
-        seed = gr.Number(0, precision=0, label="Seed")
-        max_new = gr.Slider(1, 128, value=30, step=1, label="New tokens")
+        kind = gr.Dropdown(list(ALTERATIONS), value=FIELDS["intervention"].default,
+                           label="Alteration (an intervention or a layer plan)")
+        layers = gr.Textbox(FIELDS["layers"].default, label="Layers (0-based), or a plan such as 0-9,[10-13]x2,14-29")
+        value, seed = (input_for(FIELDS[name], FIELDS[name].default) for name in ("value", "seed"))
+        max_new = gr.Slider(1, 128, value=FIELDS["new_tokens"].default, step=1, label=FIELDS["new_tokens"].label)
+        chat = input_for(FIELDS["chat_template"], FIELDS["chat_template"].default)
     with gr.Row():
         go = gr.Button("Generate side by side", variant="primary")
         stop = stop_button()
@@ -123,12 +71,12 @@ def build(shared: Shared) -> None:
     outputs = []
     for mode in MODES:
         with gr.Row():
-            for which in ("original", "altered"):
-                outputs.append(gr.HighlightedText(label=f"{which.capitalize()} ({mode})", color_map=colours,
+            for side in SIDES:
+                outputs.append(gr.HighlightedText(label=f"{side.capitalize()} ({mode})", color_map=colours,
                                                   combine_adjacent=True, show_legend=False,
-                                                  show_inline_category=False,
-                                                  elem_id=f"gen-{mode}-{which}"))
-    table = gr.Dataframe(label="Differences", interactive=False)
-    event = go.click(run, [shared.model, prompt, kind, layers, value, seed, max_new], [*outputs, table],
+                                                  show_inline_category=False, elem_id=f"gen-{mode}-{side}"))
+    table = gr.Dataframe(label="Differences", interactive=False, visible=False)  # hidden until it holds a result
+    event = go.click(run, [shared.model, prompt, kind, layers, value, seed, max_new, chat], [*outputs, table],
                      api_name="generate", concurrency_id="model")
+    event.success(lambda: gr.update(visible=True), None, table, queue=False, api_visibility="private")
     wire_stop(stop, [event], "generate")

@@ -57,8 +57,8 @@ def test_every_endpoint_answers(client):
     calls["/importance"] = headline
     assert plot is not None and [row[0] for row in table["data"]] == [0, 1, 2, 3]
     assert "Baseline PPL" in headline and archive.endswith(".zip")
-    plot, table, headline, archive = client.predict(*FAST_EVAL, "scale", "10-12", "1.0,0.5", [], 0,
-                                                    "one-neighbour", api_name="/interventions")
+    headline, plot, table, report, archive = client.predict(*FAST_EVAL, "scale", "10-12", "1.0,0.5", [], 0,
+                                                            "one-neighbour", api_name="/interventions")
     calls["/interventions"] = headline
     assert [row[2] for row in table["data"]] == [1.0, 0.5] and abs(table["data"][0][6]) < 1e-6
     greedy_original, greedy_altered, sampled_original, sampled_altered, diff = generate(client, "scale", "10-12")

@@ -9,11 +9,13 @@ import gradio as gr
 import pytest
 
 from anatomy.errors import AnatomyError
+from anatomy.experiments.interventions import InterventionsConfig, run_interventions
+from anatomy.generate import SideBySide, difference_table, side_by_side
 from anatomy.interventions import fingerprint, intervention
 from anatomy.layers import LayerAdapter
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT, LoadedModel
 from anatomy.progress import Cancelled
-from space import gpu, jobs, models, tab_generate, tab_interventions
+from space import gpu, jobs, models
 from tests.conftest import make_tiny_model
 
 
@@ -136,34 +138,34 @@ def test_eval_set_uses_the_first_n_sentences_or_the_users_lines(tiny_tokenizer):
 def test_intervention_sweep_gives_one_row_per_value_and_restores(tiny_tokenizer, tiny_eval_set):
     model = make_tiny_model("llama", layers=4)
     before = fingerprint(model)
-    df = tab_interventions.sweep(model, tiny_eval_set, "scale", [1, 2], (1.0, 0.5, 0.0))
+    df = run_interventions(model, tiny_eval_set, InterventionsConfig("scale", [1, 2], (1.0, 0.5, 0.0))).table
     assert list(df["value"]) == [1.0, 0.5, 0.0]
     assert df["degradation_pct"].iloc[0] == pytest.approx(0.0, abs=1e-6)  # alpha 1 changes nothing
     assert df["degradation_pct"].iloc[2] != pytest.approx(0.0)
-    assert len(tab_interventions.sweep(model, tiny_eval_set, "skip", [1])) == 1
+    assert len(run_interventions(model, tiny_eval_set, InterventionsConfig("skip", [1])).table) == 1
     assert fingerprint(model) == before
     with pytest.raises(AnatomyError):
-        tab_interventions.sweep(model, tiny_eval_set, "melt", [1])
+        run_interventions(model, tiny_eval_set, InterventionsConfig("melt", [1]))
 
 
 def test_side_by_side_uses_one_seed_and_marks_differing_tokens(tiny_tokenizer):
     model = make_tiny_model("llama", layers=4)
     adapter = LayerAdapter(model)
     before = fingerprint(model)
-    same = tab_generate.side_by_side(model, tiny_tokenizer, "The river", lambda: intervention(adapter, "none", []),
-                                     max_new_tokens=8, seed=3)
+    same = side_by_side(model, tiny_tokenizer, "The river", lambda: intervention(adapter, "none", []),
+                        max_new_tokens=8, seed=3).ids
     for pair in same.values():
         assert pair["original"] == pair["altered"]  # same model, same seed: same tokens, sampled too
-    changed = tab_generate.side_by_side(model, tiny_tokenizer, "The river",
-                                        lambda: intervention(adapter, "skip", [0, 1, 2]), max_new_tokens=8,
-                                        seed=3, use_cache_altered=False)
+    changed = side_by_side(model, tiny_tokenizer, "The river", lambda: intervention(adapter, "skip", [0, 1, 2]),
+                           max_new_tokens=8, seed=3, use_cache_altered=False).ids
     assert changed["greedy"]["original"] == same["greedy"]["original"]
     assert changed["greedy"]["original"] != changed["greedy"]["altered"]
     assert fingerprint(model) == before
-    left, right = tab_generate.highlight(tiny_tokenizer, [5, 6, 7, 8], [5, 6, 9, 8])
+    left, right = SideBySide.of(tiny_tokenizer, "The river", False, [],
+                                {"greedy": {"original": [5, 6, 7, 8], "altered": [5, 6, 9, 8]}}).marked("greedy")
     assert [label for _, label in left] == [None, None, "differs", None]
     assert [label for _, label in right] == [None, None, "differs", None]
-    table = tab_generate.difference_table(tiny_tokenizer, {"greedy": {"original": [5, 6, 7], "altered": [5, 9]}})
+    table = difference_table({"greedy": {"original": [5, 6, 7], "altered": [5, 9]}})
     assert table.loc[0, "first_difference_at"] == 1 and table.loc[0, "tokens_differing"] == 2
 
 

@@ -34,7 +34,8 @@ def subparser(name: str) -> argparse.ArgumentParser:
 
 
 @pytest.mark.parametrize("name", sorted(registry()))
-def test_every_field_is_a_flag_with_its_default_in_help(name):
+def test_every_field_is_a_flag_with_its_default_in_help(name, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # argparse wraps help at hyphens otherwise ("one- neighbour")
     experiment = registry()[name]
     sub = subparser(name)
     flags = {s for a in sub._actions for s in a.option_strings}

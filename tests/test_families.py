@@ -230,7 +230,7 @@ def test_downstream_experiments_run_and_leave_the_model_unchanged(family, eval_s
     model experiment: structure, predictability, manipulation, layer plans, pruning with export, recovery and
     side-by-side generation."""
     from anatomy.experiments import manipulate, plans, predictability, prune, recovery, structure
-    from space.tab_generate import side_by_side
+    from anatomy.generate import side_by_side
 
     model = make_family_model(family)
     adapter = LayerAdapter(model)
@@ -253,7 +253,7 @@ def test_downstream_experiments_run_and_leave_the_model_unchanged(family, eval_s
         train_rows=torch.randint(3, 300, (8, 8), generator=torch.Generator().manual_seed(0))).table
     assert np.isfinite(rec["noise_ppl"]).all() and (rec["noise_ppl"] != rec["baseline_ppl"]).all()
     outputs = side_by_side(model, tiny_tokenizer, "The river",
-                           lambda: intervention(adapter, "zero", [LAYER]), max_new_tokens=4)
+                           lambda: intervention(adapter, "zero", [LAYER]), max_new_tokens=4).ids
     assert all(len(pair["original"]) == 4 for pair in outputs.values())
     assert fingerprint(model) == before
 

@@ -4,7 +4,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from anatomy.claims import VERDICTS
 from growth_models import compare
