@@ -183,14 +183,18 @@ def manipulation(results: Mapping[str, Result]) -> Finding:
     study = "of the redundant layers changed at once, only scale 0.9 survives (+19%); scale 0.7 +5,035%"
     if "manipulate" not in results:
         return missing("manipulation survivors", study, "manipulate")
-    t = results["manipulate"].table
+    result = results["manipulate"]
+    t = result.table[~result.table["strategy"].astype(str).str.startswith("baseline")]
+    changed = result.scalars.get("layers") or []
     survive = t.loc[t["degradation_high"] < 100, "strategy"].astype(str).tolist()
     maybe = t.loc[(t["degradation_low"] < 100) & (t["degradation_high"] >= 100), "strategy"].astype(str).tolist()
-    scale09 = [s for s in t["strategy"].astype(str) if s.replace(" ", "") in ("scale0.9", "scale(0.9)", "scale_0.9")]
-    ours = f"D interval under 100%: {survive or 'none'}; straddling: {maybe or 'none'}"
+    scale09 = [s for s in t["strategy"].astype(str) if s.replace(" ", "") == "scale0.9"]
+    ours = (f"{len(changed)} layer{'s' if len(changed) != 1 else ''} changed ({', '.join(map(str, changed))}); "
+            f"D interval under 100%: {', '.join(survive) or 'none'}; straddling: {', '.join(maybe) or 'none'}")
     only = bool(scale09) and survive == scale09 and not maybe
     verdict = HOLDS if only else INCONCLUSIVE if maybe else FAILS
-    reason = "Rule: survives = whole D interval under 100%; holds when scale 0.9 is the only survivor."
+    reason = ("Rule: survives = whole D interval under 100%; holds when scale 0.9 is the only survivor (the study "
+              "changed 9 layers: fewer redundant layers make every change milder).")
     return Finding("manipulation survivors", study, ours, verdict, reason)
 
 
@@ -314,10 +318,11 @@ def arithmetic_fragile(results: Mapping[str, Result]) -> Finding:
     drop_facts = float(base[facts].iloc[0]) - altered[facts]
     drop_sums = float(base[sums].iloc[0]) - altered[sums]
     diff = (drop_sums - drop_facts).to_numpy()
-    mean, low, high = diff.mean(), *np.percentile(
-        [np.random.default_rng(0).choice(diff, len(diff)).mean() for _ in range(2000)], [2.5, 97.5])
+    rng = np.random.default_rng(0)
+    mean, (low, high) = diff.mean(), np.percentile(rng.choice(diff, (2000, len(diff))).mean(axis=1), [2.5, 97.5])
     return Finding("arithmetic most fragile", study,
-                   f"arithmetic loses {mean * 100:+.0f} points more than facts [{low * 100:+.0f}, {high * 100:+.0f}]",
+                   f"arithmetic loses {mean * 100:+.0f} points more than facts [{low * 100:+.0f}, {high * 100:+.0f}] "
+                   f"over {len(diff)} altered plans (bootstrap over plans)",
                    above(mean, low, high, 0.0), "Rule: the mean extra loss of arithmetic over facts above 0 holds.")
 
 

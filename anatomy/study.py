@@ -226,8 +226,8 @@ QUICK: dict[str, dict[str, object]] = {
     "structure": {"shuffles": 50},
     "manipulate": {"alphas": "0.7,0.9"},
     "prune": {"ks": "3"},
-    "recovery": {"steps": 20, "eval_every": 10},
-    "plans": {"block_sizes": "4", "latency_repeats": 1, "latency_tokens": 4},
+    "recovery": {"steps": 10, "eval_every": 5},
+    "plans": {"variants": "skip,reverse,parallel", "block_sizes": "4", "latency_repeats": 1, "latency_tokens": 4},
 }
 """--quick: the reduced settings of each experiment (field name -> value), stated in study.md, beside
 QUICK_TEXTS evaluation texts and QUICK_RECOVERY_LAYERS."""

@@ -78,3 +78,19 @@ def test_every_finding_answers_on_an_empty_study():
     rows = f.findings({}, "gpt2")
     assert len(rows) == len(f.FINDINGS) + 1 and {r.verdict for r in rows} == {f.NOT_COMPARABLE}
     assert list(f.findings_table(rows).columns) == ["finding", "study", "ours", "verdict", "reason"]
+
+
+def test_arithmetic_fragility_has_a_real_bootstrap_interval():
+    table = pd.DataFrame({"variant": ["baseline", "skip", "reverse", "parallel", "repeat"],
+                          "acc_facts": [0.7, 0.5, 0.4, 0.6, 0.1], "acc_arithmetic": [0.3, 0.0, 0.0, 0.05, 0.0]})
+    row = f.arithmetic_fragile({"plans": Result("plans", table)})
+    low, high = (float(x) for x in row.ours.split("[")[1].split("]")[0].split(","))
+    assert low < high  # resampled, not one draw repeated
+    assert row.verdict == f.INCONCLUSIVE  # facts lose more on 'repeat', arithmetic on the rest
+
+
+def test_manipulation_ignores_the_unchanged_row_and_names_the_layers():
+    table = pd.DataFrame({"strategy": ["baseline (none)", "zero", "scale 0.9"], "degradation_pct": [0, 500, 19],
+                          "degradation_low": [0, 400, 15], "degradation_high": [0, 600, 23]})
+    row = f.manipulation({"manipulate": Result("manipulate", table, scalars={"layers": [3, 5]})})
+    assert row.verdict == f.HOLDS and "2 layers changed (3, 5)" in row.ours and "baseline" not in row.ours
