@@ -13,11 +13,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 from accelerate.utils import convert_file_size_to_int
 
+from . import study, study_report
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
+from .layers import LayerAdapter
 from .load import DTYPES, EMBEDDED, LoadedModel, Placement, load_model
 from .offload import input_device
 from .options import build_config, params
@@ -77,8 +80,11 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision, placement=placement)
 
 
-def eval_set_from_args(args: argparse.Namespace, loaded: LoadedModel) -> EvalSet:
+def eval_set_from_args(args: argparse.Namespace, loaded: LoadedModel, limit: int | None = None) -> EvalSet:
+    """The evaluation set the flags name; `limit` keeps its first texts (a quick study)."""
     texts, name = resolve_eval_texts(args.text_file, args.dataset)
+    if limit is not None and len(texts) > limit:
+        texts, name = texts[:limit], f"{name}, first {limit}"
     return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=args.batch_size,
                               max_length=args.max_length, device=input_device(loaded.model), seed=args.seed)
 
@@ -157,6 +163,59 @@ def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
 SPEC_NOTE = "\"SPEC section N\" is section N of docs/SPEC.md, the protocol reference in the repository."
 
 
+def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser("study", help="every experiment of the study in dependency order, one folder "
+                                "each, resumable; study.md at the end", description=study.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(sub)
+    add_eval_args(sub)
+    sub.add_argument("--out", default="runs/study", help="study folder (default runs/study); the same command "
+                                                         "again continues where a killed run stopped")
+    sub.add_argument("--experiments", default=",".join(study.STUDY),
+                     help=f"comma-separated experiments (default: {','.join(study.STUDY)})")
+    sub.add_argument("--quick", action="store_true", help="reduced settings (stated in study.md) for a few minutes "
+                                                          "on a CPU")
+    sub.add_argument("--layers", help="recovery layers (default: the study's 13; 'all' for every layer)")
+
+
+def run_study_command(args: argparse.Namespace) -> None:
+    names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else {}).items() if name in names}
+    steps = study.plan(names, {**overrides, **({"recovery": {**overrides.get("recovery", {}), "layers": args.layers}}
+                                               if args.layers and "recovery" in names else {})})
+    loaded = load_from_args(args)  # every flag above was checked before this
+    steps = study.with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, args.layers, args.quick)
+    eval_set = eval_set_from_args(args, loaded, study.QUICK_TEXTS if args.quick else None)
+    recovery = next((s.config for s in steps if s.name == "recovery"), None)
+    if recovery is not None:
+        overrides["recovery"] = {**overrides.get("recovery", {}), "layers": recovery.layers or "all"}
+    with tqdm(total=len(steps), desc="study", unit="experiment", position=0) as bar:
+        def on_step(done: int, total: int, name: str, eta_s: float) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{name} done" + (f", about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""))
+        done = study.run_study(steps, loaded, eval_set, args.out, on_step=on_step)
+    print(study.write_report(done, loaded, eval_set, args.out, overrides, quick=args.quick))
+
+
+def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser("compare-studies", help="two or more finished studies side by side (claims, maps "
+                                "aligned by relative depth)")
+    sub.add_argument("studies", nargs="+", metavar="STUDY", help="study folders written by `python -m anatomy study`")
+    sub.add_argument("--out", default="runs/compare", help="folder for compare.md and maps.png (default runs/compare)")
+
+
+def run_compare_command(args: argparse.Namespace) -> None:
+    if len(args.studies) < 2:
+        raise AnatomyError("compare-studies takes two or more study folders.")
+    names = [Path(s).name or s for s in args.studies]
+    markdown, figure = study_report.compare_studies(args.studies, names)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out / "maps.png", dpi=120, bbox_inches="tight")
+    (out / "compare.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anatomy",
                                      description="Measure the layer anatomy of a Hugging Face causal LM. "
@@ -174,13 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", default=experiment.default_out,
                          help=f"run folder to write (default {experiment.default_out})")
         add_config_args(sub, experiment)
+    add_study_parser(subparsers)
+    add_compare_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run_command(registry()[args.experiment], args)
+        if args.experiment == "study":
+            run_study_command(args)
+        elif args.experiment == "compare-studies":
+            run_compare_command(args)
+        else:
+            run_command(registry()[args.experiment], args)
     except AnatomyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,233 @@
+"""The whole study of a model in one command: every declared experiment in dependency order, each into its
+own run folder inside the study folder, resumable after a kill.
+
+A run folder counts as finished only when it was written completely (under `<name>.partial`, renamed when
+whole) and its `study-key.json` matches what the experiment would run now: the model and its revision,
+the evaluation text (its hash), the experiment's config and the keys of the runs it needs. So the same
+command started again continues at the first unfinished experiment, and a changed flag reruns what it
+affects and what depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import findings, study_report
+from .errors import AnatomyError
+from .evaluate import EvalSet
+from .experiment import Experiment, Result, registry
+from .load import LoadedModel
+from .options import build_config, params
+from .progress import ProgressCallback
+from .report import RunFolder, text_hash, to_jsonable
+from .run import artefacts, execute
+
+KEY_FILE = "study-key.json"
+PARTIAL = ".partial"
+
+
+@dataclass
+class Step:
+    """One experiment of a study with the config it runs under."""
+
+    experiment: Experiment
+    config: object
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+
+@dataclass
+class StudyRun:
+    """What a study produced: each experiment's result, its folder, whether it was reused, and its wall time."""
+
+    results: dict[str, Result] = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+
+def in_dependency_order(names: Sequence[str], experiments: Mapping[str, Experiment]) -> list[str]:
+    """The experiments to run, each after the ones it needs (a need not in the study is not run for it)."""
+    chosen, order, visiting = set(names), [], set()
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            raise AnatomyError(f"The experiments' needs form a cycle through {name}.")
+        visiting.add(name)
+        for need in experiments[name].needs:
+            if need.experiment in chosen:
+                visit(need.experiment)
+        order.append(name)
+
+    for name in names:
+        if name not in experiments:
+            raise AnatomyError(f"Unknown experiment '{name}' in the study: use {', '.join(experiments)}.")
+        visit(name)
+    return order
+
+
+def plan(names: Sequence[str], overrides: Mapping[str, Mapping[str, object]] | None = None) -> list[Step]:
+    """Steps in dependency order, each config built from its defaults and `overrides` (raw values by field
+    name, parsed and checked like CLI flags), so a bad override fails before any model is loaded."""
+    experiments = registry()
+    overrides = overrides or {}
+    for name, values in overrides.items():
+        known = {p.name for p in params(experiments[name].config)} if name in experiments else set()
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise AnatomyError(f"The study sets {', '.join(unknown)} of {name}, which it does not have.")
+    return [Step(experiments[n], build_config(experiments[n].config, {**cli_defaults(experiments[n]),
+                                                                      **overrides.get(n, {})}))
+            for n in in_dependency_order(names, experiments)]
+
+
+def cli_defaults(experiment: Experiment) -> dict[str, object]:
+    """The fields whose command-line default differs from the library's (recovery runs its sigma-0 control):
+    the study is a command, so it runs each experiment as its command would."""
+    return {p.name: p.option.cli_default for p in params(experiment.config) if p.option.cli_default is not None}
+
+
+def study_layers(num_layers: int, layers: Sequence[int]) -> str:
+    """The study's layers of its 30-layer model at the same relative depth in a model of `num_layers`."""
+    mapped = sorted({round(layer / (STUDY_DEPTH - 1) * (num_layers - 1)) for layer in layers})
+    return ",".join(map(str, mapped))
+
+
+def with_recovery_layers(steps: list[Step], num_layers: int, choice: str | None, quick: bool) -> list[Step]:
+    """Recovery's layers once the model's depth is known: the study's 13 (3 with --quick) at their relative
+    depth by default, `all` for every layer, or the layers given."""
+    layers = (study_layers(num_layers, QUICK_RECOVERY_LAYERS if quick else STUDY_RECOVERY_LAYERS) if choice is None
+              else None if choice.strip().lower() == "all" else choice)
+    return [Step(s.experiment, dataclasses.replace(s.config, layers=layers)) if s.name == "recovery" else s
+            for s in steps]
+
+
+def step_key(step: Step, loaded: LoadedModel | None, eval_set: EvalSet | None, need_keys: Mapping[str, str]) -> dict:
+    """Everything that decides a step's numbers; equal keys mean the finished run can be reused."""
+    return {"experiment": step.name, "config": to_jsonable(step.config),
+            "model": None if loaded is None else {"name": loaded.name, "revision": loaded.revision,
+                                                  "dtype": str(next(loaded.model.parameters()).dtype)},
+            "eval_set": None if eval_set is None or not step.experiment.uses_eval else
+            {"sha256": text_hash(eval_set.texts), "num_tokens": eval_set.num_tokens},
+            "needs": {n.experiment: need_keys.get(n.experiment) for n in step.experiment.needs}}
+
+
+def digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finished(folder: Path, key: dict) -> bool:
+    """A complete run folder (renamed from .partial, results.json present) made under the same key."""
+    marker = folder / KEY_FILE
+    return (folder / "results.json").is_file() and marker.is_file() and \
+        json.loads(marker.read_text(encoding="utf-8")) == json.loads(json.dumps(key, sort_keys=True))
+
+
+def run_study(steps: Sequence[Step], loaded: LoadedModel, eval_set: EvalSet, out: str | Path,
+              progress: ProgressCallback | None = None,
+              on_step: Callable[[int, int, str, float], None] | None = None) -> StudyRun:
+    """Run (or reuse) every step into `out/<experiment>`; `on_step(done, total, name, eta_s)` after each."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    study, keys = StudyRun(), {}
+    started = time.perf_counter()
+    ran_s = 0.0
+    for index, step in enumerate(steps):
+        folder = out / step.name
+        key = step_key(step, loaded, eval_set, keys)
+        keys[step.name] = digest(key)
+        if finished(folder, key):
+            study.results[step.name] = Result.load(folder, step.name)
+            study.reused.append(step.name)
+            study.wall_s[step.name] = float(study.results[step.name].timings.get("run_s", 0.0))
+        else:
+            t0 = time.perf_counter()
+            inputs = {n.experiment: study.results.get(n.experiment) for n in step.experiment.needs}
+            missing = [n.experiment for n in step.experiment.needs if n.required and inputs[n.experiment] is None]
+            if missing:
+                raise AnatomyError(f"{step.name} needs {', '.join(missing)}: add it to the study.")
+            result = execute(step.experiment, loaded, eval_set, step.config, progress, inputs)
+            write_step(folder, step, result, loaded, eval_set, key)
+            study.results[step.name] = result
+            study.wall_s[step.name] = time.perf_counter() - t0
+            ran_s += study.wall_s[step.name]
+        study.folders[step.name] = folder
+        if on_step is not None:
+            left = len(steps) - index - 1
+            ran = index + 1 - len(study.reused)
+            on_step(index + 1, len(steps), step.name, ran_s / ran * left if ran else float("nan"))
+    study.wall_s["study"] = time.perf_counter() - started
+    return study
+
+
+def write_step(folder: Path, step: Step, result: Result, loaded: LoadedModel | None, eval_set: EvalSet | None,
+               key: dict) -> None:
+    """Write under `<name>.partial`, the key file inside it, then swap it in for any older run of the step."""
+    partial = folder.with_name(folder.name + PARTIAL)
+    shutil.rmtree(partial, ignore_errors=True)
+    made = artefacts(step.experiment, result, loaded, eval_set, step.config)
+    RunFolder(partial, step.name).write(result, made, loaded, eval_set, step.config)
+    (partial / KEY_FILE).write_text(json.dumps(key, sort_keys=True, indent=1), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+STUDY = ("importance", "predictability", "structure", "manipulate", "spectral", "prune", "recovery", "budget",
+         "plans")
+"""The experiments of the study (Wietrzykowski 2026), run in dependency order."""
+
+
+def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: str | Path,
+                 settings: Mapping[str, Mapping[str, object]], quick: bool = False) -> str:
+    """study.md, study.html, glance.png and claims.csv in the study folder; returns the markdown."""
+    out = Path(out)
+    title = f"Study of {loaded.name}" + (f" @ {loaded.revision}" if loaded.revision else "")
+    lines = [f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
+             "- Settings: " + ("QUICK (reduced) " if quick else "") + ("; ".join(
+                 f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in settings.items())
+                 or "the study's defaults") + " (every other setting: the experiment's command default)",
+             "- Experiments: " + ", ".join(f"{name} (`{folder.name}/`)" for name, folder in study.folders.items()),
+             "- Reused from an earlier run of the same command: " + (", ".join(study.reused) or "none")]
+    for name, result in study.results.items():
+        experiment = registry()[name]
+        if experiment.headline is not None:
+            lines.append(f"- {experiment.title}: {experiment.headline(result)}")
+    views = study_report.layer_views(study.results)
+    glance = study_report.glance_figure(views, f"The anatomy of {loaded.name} at a glance")
+    glance.savefig(out / "glance.png", dpi=120, bbox_inches="tight")
+    claims = findings.findings(study.results, loaded.name)
+    findings.findings_table(claims).to_csv(out / "claims.csv", index=False)
+    agreement = study_report.agreement_table(views)
+    times = study_report.wall_times(study.wall_s, study.reused)
+    markdown = study_report.study_markdown(title, lines, claims, agreement, times, study.wall_s["study"])
+    (out / "study.md").write_text(markdown, encoding="utf-8")
+    (out / "study.html").write_text(study_report.study_html(title, lines, glance, claims, agreement, times),
+                                    encoding="utf-8")
+    return markdown
+
+
+STUDY_DEPTH = 30  # SmolLM2-135M's layers, in which the study's layer numbers are written
+STUDY_RECOVERY_LAYERS = (0, 1, 3, 5, 8, 10, 11, 14, 17, 23, 24, 27, 29)  # its Table 5
+QUICK_RECOVERY_LAYERS = (11, 14, 17)  # the hardest layer and the two anti-layers
+QUICK_TEXTS = 16  # evaluation texts of a quick study (the default set has 48)
+QUICK: dict[str, dict[str, object]] = {
+    "predictability": {"positions": 2000},
+    "structure": {"shuffles": 50},
+    "manipulate": {"alphas": "0.7,0.9"},
+    "prune": {"ks": "3"},
+    "recovery": {"steps": 10, "eval_every": 5},
+    "plans": {"variants": "skip,reverse,parallel", "block_sizes": "4", "latency_repeats": 1, "latency_tokens": 4},
+}
+"""--quick: the reduced settings of each experiment (field name -> value), stated in study.md, beside
+QUICK_TEXTS evaluation texts and QUICK_RECOVERY_LAYERS."""

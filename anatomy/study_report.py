@@ -1,0 +1,192 @@
+"""The study's one report: the anatomy at a glance, the claims table, the agreement between the anatomy's
+views, and the wall times; as `study.md` and as one self-contained `study.html` (figures embedded, opens
+offline). Built from the run folders' results only, so a finished study can be redrawn without the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import plots
+from .errors import AnatomyError
+from .experiment import Result
+from .findings import Finding, findings_table, spearman_interval
+
+CLASS_ORDER = ("Redundant", "Minor", "Important", "Critical", "Untouched", "Anti-layer")
+
+
+def layer_views(results: Mapping[str, Result]) -> pd.DataFrame:
+    """One row per layer, one column per view of the anatomy that has a value per layer."""
+    views: dict[str, pd.Series] = {}
+    if "importance" in results:
+        t = results["importance"].table.set_index("layer")
+        views |= {"ablation D (%)": t["degradation_pct"], "D low": t["degradation_low"], "D high": t["degradation_high"],
+                  "Block Influence": t["block_influence"], "angular distance": t["angular_distance"],
+                  "class": t["class"]}
+    if "spectral" in results:
+        t = results["spectral"].table
+        views |= {"alpha": t.groupby("layer")["alpha"].mean(), "stable rank": t.groupby("layer")["stable_rank"].mean()}
+    if "recovery" in results:
+        t = results["recovery"].table.set_index("layer")
+        reach = sorted((c for c in t.columns if c.startswith("steps_to_")), key=lambda c: float(c[9:-1]))
+        views["recovery final / baseline"] = t["final_ratio"]
+        if reach:  # the slowest threshold: steps to get under it, the steps trained when never reached
+            views[f"recovery {reach[0][9:]} steps"] = t[reach[0]].fillna(t["steps"])
+    if "budget" in results:
+        t = results["budget"].table.set_index("layer")
+        views |= {"budget R(l)": t["ratio"], "budget class": t["class"]}
+    return pd.DataFrame(views).rename_axis("layer").reset_index() if views else pd.DataFrame({"layer": []})
+
+
+def glance_figure(views: pd.DataFrame, title: str) -> Figure:
+    """Layers on the x axis, one aligned row per view: ablation D with its interval, Block Influence and angular
+    distance, alpha and stable rank, recovery, the budget ratio with its class."""
+    rows = [r for r in (("ablation D (%)",), ("Block Influence", "angular distance"), ("alpha", "stable rank"),
+                        tuple(c for c in views.columns if c.startswith("recovery ")), ("budget R(l)",))
+            if r and all(c in views for c in r)]
+    fig = plots.figure(figsize=(max(7.0, 0.3 * len(views) + 2), 1.7 * max(1, len(rows)) + 0.6))
+    axes = fig.subplots(max(1, len(rows)), 1, sharex=True, squeeze=False)[:, 0]
+    x = views["layer"].to_numpy()
+    for ax, row in zip(axes, rows):
+        if row == ("ablation D (%)",):
+            d = views[row[0]].to_numpy(dtype=float)
+            err = np.vstack([d - views["D low"], views["D high"] - d]).clip(min=0)
+            colours = [plots.CLASS_COLOURS.get(c, "#777777") for c in views.get("class", [""] * len(x))]
+            ax.bar(x, d, color=colours, yerr=err, capsize=1.5, ecolor="#333333", linewidth=0)
+            ax.set_yscale("symlog", linthresh=10)
+        elif row == ("budget R(l)",):
+            colours = [plots.CLASS_COLOURS.get(c, "#777777") for c in views.get("budget class", [""] * len(x))]
+            ax.bar(x, views[row[0]], color=colours, linewidth=0)
+            ax.set_ylim(0, 1.05)
+        else:
+            for i, column in enumerate(row):
+                target = ax if i == 0 else ax.twinx()
+                target.plot(x, views[column], marker="o", markersize=2.5, linewidth=1,
+                            color=("#1f77b4", "#d62728")[i % 2], label=column)
+                target.set_ylabel(column, fontsize=7, color=("#1f77b4", "#d62728")[i % 2])
+                target.tick_params(labelsize=6)
+            ax.set_ylabel(row[0], fontsize=7)
+        if len(row) == 1:
+            ax.set_ylabel(row[0], fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(axis="x", color="#eeeeee", linewidth=0.5)
+    axes[-1].set_xticks(x)
+    axes[-1].set_xlabel("layer (0-based)")
+    axes[0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def agreement_table(views: pd.DataFrame) -> pd.DataFrame:
+    """Spearman's rho with a 95% bootstrap interval over layers between every two per-layer views."""
+    names = [c for c in ("ablation D (%)", "Block Influence", "angular distance", "alpha", "stable rank",
+                         "recovery final / baseline") if c in views]
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = views[[a, b]].dropna()
+            rho, low, high = spearman_interval(both[a].to_numpy(), both[b].to_numpy())
+            rows.append({"view": a, "against": b, "layers": len(both), "spearman": rho, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["view", "against", "layers", "spearman", "low", "high"])
+
+
+def wall_times(wall_s: Mapping[str, float], reused: list[str]) -> pd.DataFrame:
+    rows = [{"experiment": name, "wall_s": round(float(s), 1), "reused": name in reused}
+            for name, s in wall_s.items() if name != "study"]
+    return pd.DataFrame(rows, columns=["experiment", "wall_s", "reused"])
+
+
+def study_markdown(title: str, lines: list[str], claims: list[Finding], agreement: pd.DataFrame,
+                   times: pd.DataFrame, total_s: float) -> str:
+    """study.md: the header lines, the claims table, the agreement, the wall times; the figure beside it."""
+    fmt = agreement.copy()
+    for c in ("spearman", "low", "high"):
+        fmt[c] = fmt[c].map(lambda v: "n/a" if not math.isfinite(v) else f"{v:.2f}")
+    return "\n".join([f"# {title}", "", *lines, "", "![The anatomy at a glance](glance.png)", "",
+                      "## Claims of the study", "", findings_table(claims).to_markdown(index=False), "",
+                      "## Agreement between the anatomy's views (Spearman over layers, 95% bootstrap interval)", "",
+                      fmt.to_markdown(index=False) if len(fmt) else "Fewer than two per-layer views were run.", "",
+                      "## Wall time", "", times.to_markdown(index=False), "",
+                      f"Whole study in this invocation: {total_s:.1f} s (reused experiments cost their loading only).",
+                      ""])
+
+
+def png_data_uri(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def study_html(title: str, lines: list[str], glance: Figure, claims: list[Finding], agreement: pd.DataFrame,
+               times: pd.DataFrame) -> str:
+    """One HTML file with everything inside it (the figure as a data URI, no script, no external link)."""
+    def bullet(line: str) -> str:
+        return f"<li>{html.escape(line.removeprefix('- '))}</li>"
+
+    claims_df = findings_table(claims)
+    rows = "".join(
+        f"<tr class='{html.escape(r.verdict.replace(' ', '-'))}'>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r)
+        + "</tr>" for r in claims_df.itertuples(index=False))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in claims_df.columns)
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "vertical-align:top}th{background:#f3f3f3}tr.holds td:nth-child(4){background:#e3f5e1}"
+             "tr.does-not-hold td:nth-child(4){background:#fbe3e1}tr.inconclusive td:nth-child(4){background:#fff5d6}"
+             "img{max-width:100%}")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><ul>"
+            + "".join(bullet(line) for line in lines if line.strip())
+            + f"</ul><h2>The anatomy at a glance</h2><img alt='anatomy at a glance' src='{png_data_uri(glance)}'>"
+            + f"<h2>Claims of the study</h2><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            + "<h2>Agreement between the anatomy's views</h2>"
+            + agreement.round(3).to_html(index=False, na_rep="n/a", border=0)
+            + "<h2>Wall time</h2>" + times.to_html(index=False, border=0) + "</body></html>")
+
+
+def compare_studies(folders: list[str], names: list[str]) -> tuple[str, Figure]:
+    """Two or more finished studies side by side: the claims with each study's number and verdict, and the
+    importance maps on one axis of relative depth (layer / (layers - 1)), so models of different depth align."""
+    claims, maps = [], {}
+    for folder, name in zip(folders, names):
+        path = Path(folder) / "claims.csv"
+        if not path.is_file():
+            raise AnatomyError(f"{folder} is not a finished study (no claims.csv): run `python -m anatomy study` "
+                               "into it first.")
+        table = pd.read_csv(path, keep_default_na=False).set_index("finding")
+        claims.append(table[["ours", "verdict"]].rename(columns={"ours": f"{name}", "verdict": f"{name} verdict"}))
+        if (Path(folder) / "importance" / "results.json").is_file():
+            maps[name] = Result.load(Path(folder) / "importance", "importance").table
+    joined = pd.concat(claims, axis=1).reset_index()
+    fig = plots.figure(figsize=(8, 3.8))
+    ax = fig.add_subplot()
+    for name, table in maps.items():
+        depth = table["layer"] / max(1, table["layer"].max())
+        ax.plot(depth, table["degradation_pct"], marker="o", markersize=3, label=name)
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_xlabel("relative depth (layer / last layer)")
+    ax.set_ylabel("ablation D (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("Importance maps aligned by relative depth")
+    fig.tight_layout()
+    markdown = "\n".join(["# Studies compared", "", *[f"- {n}: `{f}`" for n, f in zip(names, folders)], "",
+                          "![maps](maps.png)", "", "## Claims", "", joined.to_markdown(index=False), ""])
+    return markdown, fig
+
+
+def load_study(folder: str | Path) -> tuple[dict[str, Result], pd.DataFrame]:
+    """A finished study's results (each experiment's run folder) and its claims table, read back from disk."""
+    folder = Path(folder)
+    results = {p.name: Result.load(p, p.name) for p in sorted(folder.iterdir())
+               if p.is_dir() and (p / "results.json").is_file() and not p.name.endswith(".partial")}
+    claims = pd.read_csv(folder / "claims.csv", keep_default_na=False) if (folder / "claims.csv").is_file() else \
+        pd.DataFrame(columns=["finding", "study", "ours", "verdict", "reason"])
+    return results, claims

@@ -1,0 +1,86 @@
+"""Study tab, the landing tab: the anatomy of the default model at once (a finished study ships with the
+package), and the quick study of any model with progress and Stop.
+
+The shipped study holds tables and results only; its figure is drawn from them when the app starts, so a
+visitor sees the anatomy before clicking anything, offline too. The button runs `anatomy.study` exactly as
+`python -m anatomy study --quick` does, into this session's run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+from matplotlib.figure import Figure
+
+import anatomy
+from anatomy import study, study_report
+from anatomy.layers import LayerAdapter
+
+from . import jobs, runs
+from .common import Shared, model_job, stop_button, wire_stop
+from .gpu import gpu, refuse_on_zero_gpu
+
+SHIPPED = Path(anatomy.__file__).parent / "data" / "study-embedded"
+
+
+def shipped() -> tuple[Figure | None, pd.DataFrame | None, str]:
+    """The shipped study's figure, claims and one line saying what it is (nothing when it is absent)."""
+    if not (SHIPPED / "claims.csv").is_file():
+        return None, None, ""
+    results, claims = study_report.load_study(SHIPPED)
+    views = study_report.layer_views(results)
+    note = (SHIPPED / "README.md").read_text(encoding="utf-8") if (SHIPPED / "README.md").is_file() else ""
+    figure = study_report.glance_figure(views, "The anatomy of the embedded SmolLM2-135M-Instruct")
+    return figure, claims[["finding", "study", "ours", "verdict"]], note
+
+
+@gpu(duration=600)
+@jobs.user_errors
+def run(spec: str, n_sentences: float, custom_text: str, max_length: float, request: gr.Request,
+        oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
+    """The quick study of the chosen model: every experiment in turn, one run folder each, one report."""
+    refuse_on_zero_gpu("The study (it fine-tunes layers for recovery)")
+    steps = study.plan(study.STUDY, study.QUICK)
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
+        steps = study.with_recovery_layers(steps, LayerAdapter(job.loaded.model).num_layers, None, quick=True)
+        with runs.new_run(jobs.session_id(request), "study") as folder:
+            position = {"i": 0}
+
+            def step_progress(done: int, total: int, description: str) -> None:
+                job.progress(done, total, f"[{position['i'] + 1}/{len(steps)}] {description}")
+
+            def on_step(done: int, total: int, name: str, eta_s: float) -> None:
+                position["i"] = done
+
+            result = study.run_study(steps, job.loaded, job.eval_set, folder.path, step_progress, on_step)
+            markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK, quick=True)
+    final = folder.path  # renamed from .partial once the study was written whole
+    results, claims = study_report.load_study(final)
+    figure = study_report.glance_figure(study_report.layer_views(results), f"The anatomy of {job.loaded.name}")
+    return figure, claims[["finding", "study", "ours", "verdict"]], markdown, str(final / "study.html"), \
+        str(runs.archive_of(final))
+
+
+def build(shared: Shared) -> None:
+    figure, claims, note = shipped()
+    gr.Markdown("Which layers matter, what their weights look like, what survives being changed, and whether the "
+                "picture of the study (Wietrzykowski 2026) holds. " + (note or ""))
+    glance = gr.Plot(figure, label="The anatomy at a glance", visible=figure is not None, elem_id="study-glance")
+    table = gr.Dataframe(claims, label="Claims of the study: ours beside the study's", interactive=False,
+                         visible=claims is not None, elem_id="study-claims", wrap=True)
+    with gr.Row():
+        go = gr.Button("Run the quick study on the chosen model (minutes on a CPU)", variant="primary")
+        stop = stop_button()
+    status = gr.Markdown(elem_id="study-status")
+    with gr.Accordion("Report (study.md)", open=False, visible=False) as report_box:
+        report = gr.Markdown()
+    with gr.Row():
+        page = gr.DownloadButton("Download the report (study.html, opens offline)", visible=False)
+        archive = gr.DownloadButton("Download the study folder (.zip)", visible=False)
+    event = go.click(run, shared.eval_inputs, [glance, table, report, page, archive], api_name="study",
+                     concurrency_id="model", show_progress_on=[status])
+    shown = [glance, table, report_box, page, archive]
+    event.success(lambda: [gr.update(visible=True)] * len(shown), None, shown, queue=False, api_visibility="private")
+    wire_stop(stop, [event], "study")

@@ -1,0 +1,93 @@
+"""The study engine: dependency order, one folder per experiment, reuse of finished runs, rerun on change."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from anatomy import study
+from anatomy.errors import AnatomyError
+from anatomy.experiment import Artefacts, Experiment, Need, Result
+from anatomy.experiments.importance import ImportanceConfig
+from anatomy.load import LoadedModel
+from tests.conftest import make_tiny_model
+
+
+def fake(name: str, *needs: str) -> Experiment:
+    return Experiment(name=name, title=name, summary=name, config=ImportanceConfig,
+                      run=lambda *a, **k: Result(name, pd.DataFrame()), artefacts=lambda *a: Artefacts({}, ""),
+                      needs=tuple(Need(n, n) for n in needs))
+
+
+def test_dependency_order_puts_every_need_first_and_refuses_cycles():
+    experiments = {e.name: e for e in (fake("budget", "importance", "recovery"), fake("importance"),
+                                       fake("recovery"), fake("manipulate", "importance"))}
+    assert study.in_dependency_order(["budget", "manipulate", "recovery", "importance"], experiments) == \
+        ["importance", "recovery", "budget", "manipulate"]
+    assert study.in_dependency_order(["manipulate"], experiments) == ["manipulate"]  # a need outside the study
+    cyclic = {"a": fake("a", "b"), "b": fake("b", "a")}
+    with pytest.raises(AnatomyError, match="cycle"):
+        study.in_dependency_order(["a", "b"], cyclic)
+    with pytest.raises(AnatomyError, match="Unknown experiment 'melt'"):
+        study.in_dependency_order(["melt"], experiments)
+
+
+def test_bad_overrides_fail_before_any_model_is_loaded():
+    with pytest.raises(AnatomyError, match="sets bogus of importance"):
+        study.plan(["importance"], {"importance": {"bogus": 1}})
+    with pytest.raises(AnatomyError, match="one of"):
+        study.plan(["importance"], {"importance": {"mode": "melt"}})
+
+
+def test_a_finished_run_is_reused_and_a_changed_flag_reruns_it(tmp_path, tiny_tokenizer, tiny_eval_set):
+    loaded = LoadedModel(make_tiny_model("llama", layers=3), tiny_tokenizer, "tiny", "test")
+    steps = study.plan(["importance"], {"importance": {"mode": "zero"}})
+    first = study.run_study(steps, loaded, tiny_eval_set, tmp_path)
+    made = (tmp_path / "importance" / "results.json").stat().st_mtime_ns
+    again = study.run_study(steps, loaded, tiny_eval_set, tmp_path)
+    assert again.reused == ["importance"] and first.reused == []
+    assert (tmp_path / "importance" / "results.json").stat().st_mtime_ns == made
+    pd.testing.assert_frame_equal(again.results["importance"].table, first.results["importance"].table)
+    changed = study.run_study(study.plan(["importance"], {"importance": {"mode": "skip"}}), loaded, tiny_eval_set,
+                              tmp_path)
+    assert changed.reused == [] and (changed.results["importance"].table["mode"] == "skip").all()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_folder_without_its_key_or_results_is_not_finished(tmp_path, tiny_tokenizer, tiny_eval_set):
+    loaded = LoadedModel(make_tiny_model("llama", layers=3), tiny_tokenizer, "tiny", "test")
+    steps = study.plan(["importance"], {"importance": {"mode": "zero"}})
+    study.run_study(steps, loaded, tiny_eval_set, tmp_path)
+    (tmp_path / "importance" / study.KEY_FILE).unlink()  # as if written by hand or by another tool
+    assert study.run_study(steps, loaded, tiny_eval_set, tmp_path).reused == []
+    (tmp_path / "importance" / "results.json").unlink()  # as if killed before results.json
+    assert study.run_study(steps, loaded, tiny_eval_set, tmp_path).reused == []
+
+
+def test_report_is_self_contained_and_two_studies_compare(tmp_path, tiny_tokenizer, tiny_eval_set):
+    loaded = LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test")
+    steps = study.plan(["importance"], {"importance": {"mode": "zero"}})
+    for name in ("a", "b"):
+        done = study.run_study(steps, loaded, tiny_eval_set, tmp_path / name)
+        markdown = study.write_report(done, loaded, tiny_eval_set, tmp_path / name, {"importance": {"mode": "zero"}})
+        assert "importance mode=zero" in markdown and "## Claims of the study" in markdown
+    page = (tmp_path / "a" / "study.html").read_text()
+    assert "data:image/png;base64," in page  # the figure inside the file: it opens offline
+    assert "<script" not in page and "src='http" not in page and "href=" not in page
+    from anatomy import cli
+    assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    compared = (tmp_path / "c" / "compare.md").read_text()
+    assert "a verdict" in compared and "b verdict" in compared and "importance range" in compared
+    assert (tmp_path / "c" / "maps.png").stat().st_size > 1000
+    assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
+
+
+def test_the_studys_recovery_layers_follow_relative_depth():
+    assert study.study_layers(30, study.STUDY_RECOVERY_LAYERS) == "0,1,3,5,8,10,11,14,17,23,24,27,29"
+    assert study.study_layers(12, study.QUICK_RECOVERY_LAYERS) == "4,5,6"
+    steps = study.plan(["recovery"], {"recovery": {"steps": 3}})
+    assert steps[0].config.control is True  # the command's default, not the library's
+    assert study.with_recovery_layers(steps, 30, None, quick=False)[0].config.layers == \
+        "0,1,3,5,8,10,11,14,17,23,24,27,29"
+    assert study.with_recovery_layers(steps, 30, "all", quick=True)[0].config.layers is None
+    assert study.with_recovery_layers(steps, 30, "2,4", quick=True)[0].config.layers == "2,4"
