@@ -9,6 +9,7 @@ so a reader can disagree with a threshold and see what it changes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Finding:
     ours: str  # our number with its interval
     verdict: str
     reason: str  # one sentence
+    missing: str = ""  # the experiment whose absence made it not comparable
 
 
 def above(value: float, low: float, high: float, threshold: float) -> str:
@@ -68,7 +70,8 @@ def spearman_interval(x: np.ndarray, y: np.ndarray, seed: int = 0, resamples: in
 
 
 def missing(name: str, study: str, experiment: str) -> Finding:
-    return Finding(name, study, "n/a", NOT_COMPARABLE, f"The {experiment} experiment was not part of this study.")
+    return Finding(name, study, "n/a", NOT_COMPARABLE, f"The {experiment} experiment was not part of this study.",
+                   missing=experiment)
 
 
 def importance_range(results: Mapping[str, Result]) -> Finding:
@@ -288,7 +291,7 @@ def painters_middle(results: Mapping[str, Result]) -> Finding:
     study = "middle layers can be skipped or run in parallel with graceful loss"
     name = next((n for n in ("plans", "painters") if n in results), None)
     if name is None:
-        return missing("middle layers skippable", study, "layer plans")
+        return missing("middle layers skippable", study, "plans")
     t = results[name].table
     rows = t[t["variant"].isin(["skip", "parallel"])]
     if rows.empty:
@@ -305,7 +308,7 @@ def arithmetic_fragile(results: Mapping[str, Result]) -> Finding:
     study = "arithmetic is the most fragile ability"
     name = next((n for n in ("plans", "painters") if n in results), None)
     if name is None:
-        return missing("arithmetic most fragile", study, "layer plans")
+        return missing("arithmetic most fragile", study, "plans")
     t = results[name].table
     facts, sums = "acc_facts", "acc_arithmetic"
     if not {facts, sums} <= set(t.columns) or t[[facts, sums]].isna().all().any():
@@ -331,9 +334,13 @@ FINDINGS: tuple[Callable[[Mapping[str, Result]], Finding], ...] = (
     hardest_layer, budget_saving, painters_middle, arithmetic_fragile, alpha_depth, qk_vs_vo, alpha_pruning)
 
 
-def findings(results: Mapping[str, Result], model_name: str) -> list[Finding]:
-    """Every finding of the study against these results, in the report's order."""
-    return [*(f(results) for f in FINDINGS), table_1(results, model_name)]
+def findings(results: Mapping[str, Result], model_name: str, refused: Mapping[str, str] | None = None) -> list[Finding]:
+    """Every finding of the study against these results, in the report's order; `refused` gives, for an
+    experiment that could not run on this model, its one-line reason, which its findings then state."""
+    rows = [*(f(results) for f in FINDINGS), table_1(results, model_name)]
+    refused = refused or {}
+    return [dataclasses.replace(r, reason=f"{r.missing} could not run on this model: {refused[r.missing]}")
+            if r.missing in refused else r for r in rows]
 
 
 def findings_table(rows: list[Finding]) -> pd.DataFrame:

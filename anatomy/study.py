@@ -53,6 +53,7 @@ class StudyRun:
     folders: dict[str, Path] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # experiment -> why it could not run on this model
 
 
 def in_dependency_order(names: Sequence[str], experiments: Mapping[str, Experiment]) -> list[str]:
@@ -151,24 +152,48 @@ def run_study(steps: Sequence[Step], loaded: LoadedModel, eval_set: EvalSet, out
             study.results[step.name] = Result.load(folder, step.name)
             study.reused.append(step.name)
             study.wall_s[step.name] = float(study.results[step.name].timings.get("run_s", 0.0))
+            study.folders[step.name] = folder
         else:
             t0 = time.perf_counter()
-            inputs = {n.experiment: study.results.get(n.experiment) for n in step.experiment.needs}
-            missing = [n.experiment for n in step.experiment.needs if n.required and inputs[n.experiment] is None]
-            if missing:
-                raise AnatomyError(f"{step.name} needs {', '.join(missing)}: add it to the study.")
-            result = execute(step.experiment, loaded, eval_set, step.config, progress, inputs)
-            write_step(folder, step, result, loaded, eval_set, key)
-            study.results[step.name] = result
-            study.wall_s[step.name] = time.perf_counter() - t0
-            ran_s += study.wall_s[step.name]
-        study.folders[step.name] = folder
+            try:
+                inputs = step_inputs(step, study, {s.name: s.config for s in steps}, loaded, eval_set, progress)
+                result = execute(step.experiment, loaded, eval_set, step.config, progress, inputs)
+            except AnatomyError as err:  # this model cannot run it (all layers redundant, say): go on without it
+                study.refused[step.name] = str(err)
+                shutil.rmtree(folder, ignore_errors=True)  # an older run of it no longer belongs to this study
+            else:
+                write_step(folder, step, result, loaded, eval_set, key)
+                study.results[step.name] = result
+                study.wall_s[step.name] = time.perf_counter() - t0
+                study.folders[step.name] = folder
+                ran_s += study.wall_s[step.name]
         if on_step is not None:
             left = len(steps) - index - 1
             ran = index + 1 - len(study.reused)
             on_step(index + 1, len(steps), step.name, ran_s / ran * left if ran else float("nan"))
     study.wall_s["study"] = time.perf_counter() - started
     return study
+
+
+def step_inputs(step: Step, study: StudyRun, configs: Mapping[str, object], loaded: LoadedModel,
+                eval_set: EvalSet, progress: ProgressCallback | None) -> dict[str, Result | None]:
+    """The results a step reads: the study's own run of each need when the step reads it under the study's
+    config; a need the step wants under another config (prune's ablation criterion reads a skip-mode map) is
+    computed for it, as the experiment's command would; a need it does not read under its config is None."""
+    inputs: dict[str, Result | None] = {}
+    for need in step.experiment.needs:
+        wanted = need.configure(step.config) if need.configure is not None else configs.get(need.experiment)
+        if need.configure is not None and wanted is None:
+            inputs[need.experiment] = None
+        elif need.experiment in study.results and (wanted is None or wanted == configs.get(need.experiment)):
+            inputs[need.experiment] = study.results[need.experiment]
+        elif need.computable and wanted is not None:
+            inputs[need.experiment] = execute(registry()[need.experiment], loaded, eval_set, wanted, progress)
+        elif need.required:
+            raise AnatomyError(f"it needs {need.experiment}, which did not run in this study")
+        else:
+            inputs[need.experiment] = None
+    return inputs
 
 
 def write_step(folder: Path, step: Step, result: Result, loaded: LoadedModel | None, eval_set: EvalSet | None,
@@ -198,7 +223,8 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
                  f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in settings.items())
                  or "the study's defaults") + " (every other setting: the experiment's command default)",
              "- Experiments: " + ", ".join(f"{name} (`{folder.name}/`)" for name, folder in study.folders.items()),
-             "- Reused from an earlier run of the same command: " + (", ".join(study.reused) or "none")]
+             "- Reused from an earlier run of the same command: " + (", ".join(study.reused) or "none"),
+             *(f"- Could not run on this model: {name}: {why}" for name, why in study.refused.items())]
     for name, result in study.results.items():
         experiment = registry()[name]
         if experiment.headline is not None:
@@ -206,7 +232,7 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
     views = study_report.layer_views(study.results)
     glance = study_report.glance_figure(views, f"The anatomy of {loaded.name} at a glance")
     glance.savefig(out / "glance.png", dpi=120, bbox_inches="tight")
-    claims = findings.findings(study.results, loaded.name)
+    claims = findings.findings(study.results, loaded.name, study.refused)
     findings.findings_table(claims).to_csv(out / "claims.csv", index=False)
     agreement = study_report.agreement_table(views)
     times = study_report.wall_times(study.wall_s, study.reused)

@@ -9,7 +9,7 @@ import gradio as gr
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT
 
 from . import (jobs, runs, tab_budget, tab_generate, tab_importance, tab_interventions, tab_manipulate, tab_model,
-               tab_plans, tab_prune, tab_recovery, tab_weights)
+               tab_plans, tab_prune, tab_recovery, tab_study, tab_weights)
 from .access import public_mode, refuse_implicit_tokens, sign_in_offered
 from .common import Shared
 from .models import default_model_spec
@@ -51,6 +51,8 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
                                      lines=3)
         shared = Shared(model, n_sentences, custom_text, max_length, gr.State({}))
         with gr.Tabs():
+            with gr.Tab("Study"):  # the landing tab: the default model's anatomy before any click
+                tab_study.build(shared)
             with gr.Tab("Model"):
                 tab_model.build(shared, load, status)
             for label, tab in TABS:

@@ -27,7 +27,7 @@ RANGES = {p.name: p.text(p.default) for p in params(BudgetConfig) if p.name in R
 ENDPOINTS = {"/structure", "/spectral", "/predictability", "/recovery",
              "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery",
              "/manipulate", "/stop_manipulate", "/prune", "/stop_prune",
-             "/painters", "/stop_painters", "/budget"}
+             "/painters", "/stop_painters", "/budget", "/study", "/stop_study"}
 TINY_EVAL = ("tiny", 6, "", 32)
 
 
@@ -169,3 +169,12 @@ def test_every_endpoint_is_covered_by_a_test(client):
     from tests.test_app_server import ENDPOINTS as SERVER_ENDPOINTS
     named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert named == ENDPOINTS | SERVER_ENDPOINTS
+
+
+def test_the_quick_study_runs_from_the_study_tab(client):
+    glance, claims, markdown, page, archive = client.predict(*TINY_EVAL, api_name="/study")
+    assert glance is not None and archive.endswith(".zip")
+    findings = [row[0] for row in claims["data"]]
+    assert "importance range" in findings and "Table 1 rank agreement" in findings
+    assert "QUICK (reduced)" in markdown and "## Claims of the study" in markdown
+    assert open(page, encoding="utf-8").read().startswith("<!doctype html>")

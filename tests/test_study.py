@@ -91,3 +91,16 @@ def test_the_studys_recovery_layers_follow_relative_depth():
         "0,1,3,5,8,10,11,14,17,23,24,27,29"
     assert study.with_recovery_layers(steps, 30, "all", quick=True)[0].config.layers is None
     assert study.with_recovery_layers(steps, 30, "2,4", quick=True)[0].config.layers == "2,4"
+
+
+def test_an_experiment_this_model_cannot_run_is_stated_and_the_study_goes_on(tmp_path, tiny_tokenizer, tiny_eval_set):
+    loaded = LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test")
+    # a random tiny model has no layer outside the redundant set, so manipulation refuses; budget still runs
+    steps = study.plan(["importance", "manipulate", "budget"], {"importance": {"thresholds": "1000,2000,3000"}})
+    done = study.run_study(steps, loaded, tiny_eval_set, tmp_path)
+    assert set(done.refused) == {"manipulate"} and "budget" in done.results
+    assert not (tmp_path / "manipulate").exists()
+    markdown = study.write_report(done, loaded, tiny_eval_set, tmp_path, {})
+    assert "Could not run on this model: manipulate" in markdown
+    claims = pd.read_csv(tmp_path / "claims.csv", keep_default_na=False).set_index("finding")
+    assert claims.loc["manipulation survivors", "reason"].startswith("manipulate could not run on this model")
