@@ -190,3 +190,39 @@ def load_study(folder: str | Path) -> tuple[dict[str, Result], pd.DataFrame]:
     claims = pd.read_csv(folder / "claims.csv", keep_default_na=False) if (folder / "claims.csv").is_file() else \
         pd.DataFrame(columns=["finding", "study", "ours", "verdict", "reason"])
     return results, claims
+
+
+SHIPPED_DROPS = ("singular_values",)  # the long spectra table (megabytes); the landing page needs none of it
+
+
+def slim_copy(source: str | Path, dest: str | Path, note: str) -> Path:
+    """A finished study as the package ships it: tables, results.json, claims.csv and study.md, without
+    figures (drawn from the tables when shown) or the long spectra table; `note` becomes its README.md."""
+    import json
+    import shutil
+
+    source, dest = Path(source), Path(dest)
+    if not (source / "claims.csv").is_file():
+        raise AnatomyError(f"{source} is not a finished study (no claims.csv).")
+    shutil.rmtree(dest, ignore_errors=True)
+    for path in source.rglob("*"):
+        if path.is_dir() or path.suffix in (".png", ".html", ".zip") or path.stem in SHIPPED_DROPS:
+            continue
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.name == "results.json":
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            for name in SHIPPED_DROPS:
+                payload.get("tables", {}).pop(name, None)
+                payload.get("dtypes", {}).pop(name, None)
+            target.write_text(json.dumps(payload, indent=1, allow_nan=True), encoding="utf-8")
+        else:
+            shutil.copyfile(path, target)
+    (dest / "README.md").write_text(note, encoding="utf-8")
+    return dest
+
+
+if __name__ == "__main__":  # python -m anatomy.study_report STUDY_FOLDER DEST "note": refresh the shipped study
+    import sys
+
+    print(slim_copy(sys.argv[1], sys.argv[2], sys.argv[3]))

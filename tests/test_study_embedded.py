@@ -1,0 +1,101 @@
+"""The quick study end to end on the embedded model, as a user runs it: uninterrupted, then killed during
+its third experiment and started again; and its HTML report in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from anatomy import study
+from conftest import require
+
+pytestmark = pytest.mark.embedded
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+TIMING_COLUMNS = ("ms_per_token", "speedup")  # latency columns differ between any two runs
+
+
+def command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "anatomy", "study", "--model", "embedded", "--quick", "--out", str(out)]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study") / "a"
+    done = subprocess.run(command(out), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def test_the_quick_study_writes_every_experiment_and_one_report(uninterrupted):
+    for name in study.STUDY:
+        assert (uninterrupted / name / "results.json").is_file(), name
+    claims = pd.read_csv(uninterrupted / "claims.csv", keep_default_na=False)
+    assert len(claims) == 15 and set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive", "not comparable"}
+    assert (claims.set_index("finding").loc["Table 1 rank agreement", "verdict"]) == "holds"
+    markdown = (uninterrupted / "study.md").read_text()
+    assert "QUICK (reduced)" in markdown and "## Wall time" in markdown
+    assert not list(uninterrupted.glob("*.partial"))
+
+
+def test_a_killed_study_resumes_without_recomputing_what_finished(uninterrupted, tmp_path):
+    out = tmp_path / "b"
+    process = subprocess.Popen(command(out), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    second = out / study.STUDY[1] / study.KEY_FILE  # written last, just before the third experiment starts
+    deadline = time.monotonic() + 600
+    while not second.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    finished = {p.name: (p / "results.json").stat().st_mtime_ns for p in out.iterdir()
+                if p.is_dir() and (p / study.KEY_FILE).is_file()}
+    assert set(study.STUDY[:2]) <= set(finished) and set(finished) != set(study.STUDY)
+    assert not (out / "study.md").exists()  # the report is written only when every experiment is done
+    done = subprocess.run(command(out), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, stamp in finished.items():
+        assert (out / name / "results.json").stat().st_mtime_ns == stamp, f"{name} was recomputed"
+    assert f"Reused from an earlier run of the same command: {', '.join(n for n in study.STUDY if n in finished)}" \
+        in (out / "study.md").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "claims.csv", keep_default_na=False),
+                                  pd.read_csv(uninterrupted / "claims.csv", keep_default_na=False))
+    for name in study.STUDY:
+        ours, theirs = pd.read_csv(out / name / f"{name}.csv"), pd.read_csv(uninterrupted / name / f"{name}.csv")
+        keep = [c for c in ours.columns if not c.endswith(TIMING_COLUMNS)]
+        pd.testing.assert_frame_equal(ours[keep], theirs[keep], obj=name)
+
+
+def test_the_html_report_opens_offline_in_chromium(uninterrupted):
+    require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (setup.sh does)")
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = ROOT / "tests" / "artefacts"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((uninterrupted / "study.html").as_uri())
+        expect(page.get_by_role("heading", name="Claims of the study")).to_be_visible()
+        image = page.locator("img").first
+        expect(image).to_be_visible()
+        assert page.evaluate("img => img.naturalWidth", image.element_handle()) > 500
+        assert page.locator("tr.holds").count() >= 1
+        page.screenshot(path=str(shots / "study.png"), full_page=True)
+        browser.close()
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests  # nothing fetched from outside
+    assert (shots / "study.png").stat().st_size > 20_000
