@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from accelerate.utils import convert_file_size_to_int
 
 from . import study, study_report
+from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
@@ -176,10 +177,14 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("--quick", action="store_true", help="reduced settings (stated in study.md) for a few minutes "
                                                           "on a CPU")
     sub.add_argument("--layers", help="recovery layers (default: the study's 13; 'all' for every layer)")
+    sub.add_argument("--growth", metavar="RUN", help="a growth comparison run (python -m growth_models.compare "
+                                                     "--regime study): its growth-vs-uniform claim joins the table")
 
 
 def run_study_command(args: argparse.Namespace) -> None:
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    if args.growth:
+        load_claims(args.growth)  # a wrong folder fails now, not after the study
     overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else {}).items() if name in names}
     steps = study.plan(names, {**overrides, **({"recovery": {**overrides.get("recovery", {}), "layers": args.layers}}
                                                if args.layers and "recovery" in names else {})})
@@ -194,7 +199,7 @@ def run_study_command(args: argparse.Namespace) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{name} done" + (f", about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""))
         done = study.run_study(steps, loaded, eval_set, args.out, on_step=on_step)
-    print(study.write_report(done, loaded, eval_set, args.out, overrides, quick=args.quick))
+    print(study.write_report(done, loaded, eval_set, args.out, overrides, quick=args.quick, growth=args.growth))
 
 
 def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:

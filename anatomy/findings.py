@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from .claims import Claim
 from .experiment import Result
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_COMPARABLE = "holds", "does not hold", "inconclusive", "not comparable"
@@ -334,10 +335,28 @@ FINDINGS: tuple[Callable[[Mapping[str, Result]], Finding], ...] = (
     hardest_layer, budget_saving, painters_middle, arithmetic_fragile, alpha_depth, qk_vs_vo, alpha_pruning)
 
 
-def findings(results: Mapping[str, Result], model_name: str, refused: Mapping[str, str] | None = None) -> list[Finding]:
+def growth_vs_uniform(growth: Sequence[Claim] | None) -> Finding:
+    """From a growth comparison run (`python -m growth_models.compare --regime study`): its claim on the ratio
+    of validation losses, with the control that gives uniform training the same passes over the data."""
+    study = "growth reaches 4.7x lower validation loss than uniform (0.127 vs 0.599)"
+    claim = next((c for c in growth or () if c.finding == "growth.val_loss_ratio"), None)
+    if claim is None:
+        return Finding("growth vs uniform", study, "n/a", NOT_COMPARABLE,
+                       "No growth comparison run was given (--growth RUN, written by growth_models.compare "
+                       "--regime study).")
+    verdict = {"reproduced": HOLDS, "not reproduced": FAILS}.get(claim.verdict, FAILS)
+    ours = (f"uniform / growth validation loss {claim.ours:.3f} [{claim.ours_low:.3f}, {claim.ours_high:.3f}]; "
+            f"control {claim.control_value:.3f} [{claim.control_low:.3f}, {claim.control_high:.3f}]")
+    return Finding("growth vs uniform", study, ours, verdict,
+                   f"Its comparison run says '{claim.verdict}': {claim.explanation}")
+
+
+def findings(results: Mapping[str, Result], model_name: str, refused: Mapping[str, str] | None = None,
+             growth: Sequence[Claim] | None = None) -> list[Finding]:
     """Every finding of the study against these results, in the report's order; `refused` gives, for an
-    experiment that could not run on this model, its one-line reason, which its findings then state."""
-    rows = [*(f(results) for f in FINDINGS), table_1(results, model_name)]
+    experiment that could not run on this model, its one-line reason, which its findings then state;
+    `growth` holds the claims of a growth comparison run when one was given."""
+    rows = [*(f(results) for f in FINDINGS), table_1(results, model_name), growth_vs_uniform(growth)]
     refused = refused or {}
     return [dataclasses.replace(r, reason=f"{r.missing} could not run on this model: {refused[r.missing]}")
             if r.missing in refused else r for r in rows]

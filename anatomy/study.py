@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import findings, study_report
+from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
@@ -214,8 +215,10 @@ STUDY = ("importance", "predictability", "structure", "manipulate", "spectral", 
 
 
 def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: str | Path,
-                 settings: Mapping[str, Mapping[str, object]], quick: bool = False) -> str:
-    """study.md, study.html, glance.png and claims.csv in the study folder; returns the markdown."""
+                 settings: Mapping[str, Mapping[str, object]], quick: bool = False,
+                 growth: str | Path | None = None) -> str:
+    """study.md, study.html, glance.png and claims.csv in the study folder; returns the markdown. `growth`: a
+    growth comparison run folder whose claims join the table."""
     out = Path(out)
     title = f"Study of {loaded.name}" + (f" @ {loaded.revision}" if loaded.revision else "")
     lines = [f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
@@ -232,7 +235,8 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
     views = study_report.layer_views(study.results)
     glance = study_report.glance_figure(views, f"The anatomy of {loaded.name} at a glance")
     glance.savefig(out / "glance.png", dpi=120, bbox_inches="tight")
-    claims = findings.findings(study.results, loaded.name, study.refused)
+    claims = findings.findings(study.results, loaded.name, study.refused,
+                               load_claims(growth) if growth is not None else None)
     findings.findings_table(claims).to_csv(out / "claims.csv", index=False)
     agreement = study_report.agreement_table(views)
     times = study_report.wall_times(study.wall_s, study.reused)

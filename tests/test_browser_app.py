@@ -1,4 +1,5 @@
-"""End to end in headless Debian Chromium: `python app.py` as a user starts it, an importance map, a generation."""
+"""End to end in headless Debian Chromium: `python app.py` as a user starts it, the landing tab's shipped study,
+an importance map, a generation."""
 
 from __future__ import annotations
 
@@ -62,6 +63,10 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
             expect(page.get_by_text("Transformer Anatomy").first).to_be_visible(timeout=60_000)
+            expect(page.locator("#study-glance img, #study-glance canvas, #study-glance svg").first).to_be_visible(
+                timeout=60_000)  # the shipped study's anatomy, before any click
+            expect(page.locator("#study-claims")).to_contain_text("Table 1 rank agreement")
+            page.screenshot(path=str(ARTEFACTS / "landing.png"), full_page=True)
             page.locator("#eval-accordion").get_by_text("Evaluation text").click()
             sentences = page.locator("#n-sentences input[type=number]")
             sentences.fill(str(n_sentences))
@@ -90,6 +95,7 @@ def test_importance_map_and_side_by_side_generation_in_chromium():
     require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (setup.sh does)")
     timings = run_session()
     assert timings["first_plot_s"] > timings["serving_s"]
+    assert (ARTEFACTS / "landing.png").stat().st_size > 10_000
     assert (ARTEFACTS / "importance.png").stat().st_size > 10_000
     assert (ARTEFACTS / "generate.png").stat().st_size > 10_000
 

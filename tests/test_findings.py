@@ -76,7 +76,7 @@ def test_delta_correlation_against_the_shuffled_control():
 
 def test_every_finding_answers_on_an_empty_study():
     rows = f.findings({}, "gpt2")
-    assert len(rows) == len(f.FINDINGS) + 1 and {r.verdict for r in rows} == {f.NOT_COMPARABLE}
+    assert len(rows) == len(f.FINDINGS) + 2 and {r.verdict for r in rows} == {f.NOT_COMPARABLE}
     assert list(f.findings_table(rows).columns) == ["finding", "study", "ours", "verdict", "reason"]
 
 
@@ -94,3 +94,14 @@ def test_manipulation_ignores_the_unchanged_row_and_names_the_layers():
                           "degradation_low": [0, 400, 15], "degradation_high": [0, 600, 23]})
     row = f.manipulation({"manipulate": Result("manipulate", table, scalars={"layers": [3, 5]})})
     assert row.verdict == f.HOLDS and "2 layers changed (3, 5)" in row.ours and "baseline" not in row.ours
+
+
+def test_growth_vs_uniform_reads_the_comparison_runs_claim():
+    from anatomy.claims import Claim
+    claim = Claim("growth.val_loss_ratio", "growth 4.7x", 4.72, 1.416, 1.381, 1.451, "t over 3 seeds",
+                  "uniform given the same passes", 0.904, 0.857, 0.950, "explained by the control",
+                  "uniform given growth's passes beats growth.")
+    row = f.growth_vs_uniform([claim])
+    assert row.verdict == f.FAILS and "1.416 [1.381, 1.451]" in row.ours and "explained by the control" in row.reason
+    assert f.growth_vs_uniform(None).verdict == f.NOT_COMPARABLE
+    assert len(f.findings({}, "gpt2", growth=[claim])) == len(f.FINDINGS) + 2

@@ -42,7 +42,7 @@ def test_the_quick_study_writes_every_experiment_and_one_report(uninterrupted):
     for name in study.STUDY:
         assert (uninterrupted / name / "results.json").is_file(), name
     claims = pd.read_csv(uninterrupted / "claims.csv", keep_default_na=False)
-    assert len(claims) == 15 and set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive", "not comparable"}
+    assert len(claims) == 16 and set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive", "not comparable"}
     assert (claims.set_index("finding").loc["Table 1 rank agreement", "verdict"]) == "holds"
     markdown = (uninterrupted / "study.md").read_text()
     assert "QUICK (reduced)" in markdown and "## Wall time" in markdown
