@@ -179,7 +179,8 @@ def delta_correlation(results: Mapping[str, Result]) -> Finding:
             f"{t['shuffled_mean'].mean():.3f}; |z| vs shuffled at most {z.max():.1f}")
     verdict = FAILS if (z < 2).all() else HOLDS if (z > 2).all() else INCONCLUSIVE
     reason = ("Rule: structure means the real order differs from the layer-shuffled control (|z| > 2) for every "
-              f"component; {int((z > 2).sum())} of {len(z)} do, so -0.5 is what independent layers give.")
+              f"component; {int((z > 2).sum())} of {len(z)} do" + (", so -0.5 is what independent layers give."
+                                                                    if verdict != HOLDS else "."))
     return Finding("delta correlation", study, ours, verdict, reason)
 
 
