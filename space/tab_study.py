@@ -33,7 +33,7 @@ def shipped() -> tuple[Figure | None, pd.DataFrame | None, str]:
     views = study_report.layer_views(results)
     note = (SHIPPED / "README.md").read_text(encoding="utf-8") if (SHIPPED / "README.md").is_file() else ""
     figure = study_report.glance_figure(views, "The anatomy of the embedded SmolLM2-135M-Instruct")
-    return figure, claims[["finding", "study", "ours", "verdict"]], note
+    return figure, claims[["finding", "verdict", "ours", "study"]], note
 
 
 @gpu(duration=600)
@@ -59,7 +59,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, requ
     final = folder.path  # renamed from .partial once the study was written whole
     results, claims = study_report.load_study(final)
     figure = study_report.glance_figure(study_report.layer_views(results), f"The anatomy of {job.loaded.name}")
-    return figure, claims[["finding", "study", "ours", "verdict"]], markdown, str(final / "study.html"), \
+    return figure, claims[["finding", "verdict", "ours", "study"]], markdown, str(final / "study.html"), \
         str(runs.archive_of(final))
 
 
@@ -69,7 +69,8 @@ def build(shared: Shared) -> None:
                 "picture of the study (Wietrzykowski 2026) holds. " + (note or ""))
     glance = gr.Plot(figure, label="The anatomy at a glance", visible=figure is not None, elem_id="study-glance")
     table = gr.Dataframe(claims, label="Claims of the study: ours beside the study's", interactive=False,
-                         visible=claims is not None, elem_id="study-claims", wrap=True)
+                         visible=claims is not None, elem_id="study-claims", wrap=True,
+                         column_widths=["16%", "12%", "40%", "32%"])  # the verdict beside its finding
     with gr.Row():
         go = gr.Button("Run the quick study on the chosen model (minutes on a CPU)", variant="primary")
         stop = stop_button()
