@@ -30,6 +30,7 @@ from importance import matmul_gflops  # noqa: E402
 
 from anatomy import study  # noqa: E402
 from anatomy.evaluate import EvalSet  # noqa: E402
+from anatomy.layers import LayerAdapter  # noqa: E402
 from anatomy.load import load_model  # noqa: E402
 from anatomy.run import execute  # noqa: E402
 from anatomy.texts import default_eval_texts  # noqa: E402
@@ -45,7 +46,9 @@ def main() -> None:
     overrides = {} if args.full else {n: v for n, v in study.QUICK.items() if n in names}
     steps = study.plan(names, overrides)
     loaded = load_model(args.model)
-    eval_set = EvalSet.from_texts(default_eval_texts(), loaded.tokenizer, name="default")
+    steps = study.with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, None, quick=not args.full)
+    texts = default_eval_texts()[:None if args.full else study.QUICK_TEXTS]  # the study command's texts
+    eval_set = EvalSet.from_texts(texts, loaded.tokenizer, name="default")
     rate = matmul_gflops() * 1e9
     print(f"2048^3 float32 matmul: {rate / 1e9:.1f} GFLOP/s; {torch.get_num_threads()} threads; "
           f"{'full' if args.full else 'quick'} study of {loaded.name}")
