@@ -115,6 +115,7 @@ class RunFolder:
         payload = {
             "experiment": self.experiment,
             "table": self.experiment,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the date a results repo lists
             "model": None if loaded is None else {
                 "name": loaded.name, "source": loaded.source, "revision": loaded.revision,
                 "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
