@@ -1,0 +1,158 @@
+"""Results on the Hub: a run folder pushed as a dataset repo with its card, a second push beside the first, the
+atlas of a repo, a stored run reused by `--from-hub`, and one line for every bad input. Only the HTTP hop is
+replaced (tests/hub_fake.py); the runs are real, on a tiny random model saved as a local folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from huggingface_hub import DatasetCard, constants
+
+from anatomy import cli
+from anatomy.hub_card import LICENSE, results_card
+from anatomy.texts import default_eval_texts
+from tests.conftest import make_tiny_model
+from tests.hub_fake import FakeHub, FakeRepo, config_json
+
+TOKEN, READER = "hf_writer_secret", "hf_reader_only"
+REPO = "alice/anatomy-results"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_tiny_model("llama", layers=3).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("texts") / "texts.txt"
+    path.write_text("\n".join(default_eval_texts()[:4]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    fake = FakeHub({"alice/tiny": FakeRepo({"config.json": config_json()})}, writers={TOKEN})
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    fake.install(monkeypatch)
+    yield fake
+    fake.uninstall()
+
+
+def importance(model_dir: Path, texts: Path, out: Path, *extra: str) -> list[str]:
+    return ["importance", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24",
+            "--batch-size", "4", "--out", str(out), *extra]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_run_is_pushed_with_its_files_and_a_card_the_hub_classes_parse(hub, model_dir, texts, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(importance(model_dir, texts, run, "--push-to-hub", REPO)) == 0
+    assert [body["repoType"] for body in hub.validated] == ["dataset"]  # the Hub's own check of the card's YAML
+    stored = hub.datasets[REPO].files
+    assert {k: v for k, v in stored.items() if k != "README.md"} == {
+        f"tiny-llama/importance/{name}": data for name, data in files_of(run).items()}
+    card = DatasetCard.load(Path(tmp_path / "README.md").write_bytes(stored["README.md"]) and tmp_path / "README.md")
+    payload = json.loads((run / "results.json").read_text())
+    assert card.data.license == LICENSE and "transformer-anatomy" in card.data.tags
+    assert card.data.analysed_model == str(model_dir) and card.data.eval_set["sha256"] == payload["eval_set"]["sha256"]
+    assert card.data.anatomy_version == payload["environment"]["anatomy"]
+    assert "## Headline" in card.text and "tiny-llama/importance/importance.png" in card.text
+    out = capsys.readouterr()
+    assert TOKEN not in out.out + out.err and f"datasets/{REPO}/commit" in out.out
+
+
+def test_the_card_round_trips_through_datasetcarddata(model_dir, texts, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(importance(model_dir, texts, run)) == 0
+    payload = json.loads((run / "results.json").read_text())
+    card = results_card(run, payload, "tiny-llama/importance", ["tiny-llama/importance"])
+    card.save(tmp_path / "README.md")
+    back = DatasetCard.load(tmp_path / "README.md")
+    assert back.data.to_dict() == card.data.to_dict()
+    assert back.data.analysed_model_source == "folder" and back.data.latest == "tiny-llama/importance"
+
+
+def test_a_second_push_keeps_the_first_and_the_atlas_lists_both(hub, model_dir, texts, tmp_path, capsys):
+    assert cli.main(importance(model_dir, texts, tmp_path / "a", "--push-to-hub", REPO)) == 0
+    assert cli.main(["spectral", "--model", str(model_dir), "--out", str(tmp_path / "b")]) == 0
+    assert cli.main(["push", str(tmp_path / "b"), REPO]) == 0
+    names = set(hub.datasets[REPO].files)
+    assert {"tiny-llama/importance/results.json", "tiny-llama/spectral/results.json"} <= names
+    assert "- `tiny-llama/importance/`" in hub.datasets[REPO].files["README.md"].decode()
+    capsys.readouterr()
+    assert cli.main(["atlas", REPO]) == 0
+    listed = capsys.readouterr().out
+    assert "tiny-llama/importance" in listed and "tiny-llama/spectral" in listed and "spectral" in listed
+
+
+def test_from_hub_shows_the_stored_tables_and_refuses_other_settings(hub, model_dir, texts, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(importance(model_dir, texts, run, "--push-to-hub", REPO)) == 0
+    requests = len(hub.requests)
+    again = tmp_path / "again"
+    assert cli.main(importance(model_dir, texts, again, "--from-hub", REPO)) == 0
+    for name in ("importance.csv", "results.json"):
+        assert (again / name).read_bytes() == (run / name).read_bytes()
+    pd.testing.assert_frame_equal(pd.read_csv(again / "importance.csv"), pd.read_csv(run / "importance.csv"))
+    assert "stored result from" in capsys.readouterr().out and len(hub.requests) > requests
+    assert cli.main(importance(model_dir, texts, tmp_path / "other", "--from-hub", REPO, "--mode", "zero")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the download's progress bar
+    assert 'config mode: stored "neighbour-mean", asked "zero"' in err and "drop --from-hub" in err
+    assert not (tmp_path / "other").exists()
+    assert cli.main(["spectral", "--model", str(model_dir), "--out", str(tmp_path / "s"), "--from-hub", REPO]) == 2
+    assert "holds no tiny-llama/spectral/" in capsys.readouterr().err
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and TOKEN not in err, err
+    return err
+
+
+@pytest.mark.parametrize("repo, why", [("not-a-repo", "not a Hub repo id"), ("https://hf.co/datasets/a/b", "OWNER/NAME"),
+                                       ("datasets/alice/x", "not a Hub repo id"), ("alice/../x", "not a Hub repo id"),
+                                       ("alice/tiny", "is a model repo")])
+def test_bad_repo_ids_are_refused_before_the_model_loads(hub, texts, tmp_path, capsys, repo, why):
+    never = tmp_path / "never-loaded"
+    assert cli.main(importance(never, texts, tmp_path / "run", "--push-to-hub", repo)) == 2
+    err = one_line(capsys)
+    assert why in err and "python -m anatomy push" in err
+
+
+def test_no_token_unreachable_hub_and_read_only_token_each_get_one_line(hub, monkeypatch, model_dir, texts, tmp_path,
+                                                                       capsys):
+    monkeypatch.delenv("HF_TOKEN")
+    assert cli.main(importance(tmp_path / "never", texts, tmp_path / "run", "--push-to-hub", REPO)) == 2
+    assert "No Hugging Face token" in one_line(capsys)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub.unreachable = True
+    assert cli.main(importance(tmp_path / "never", texts, tmp_path / "run", "--push-to-hub", REPO)) == 2
+    assert "unreachable" in one_line(capsys)
+    hub.unreachable = False
+    monkeypatch.setenv("HF_TOKEN", READER)
+    run = tmp_path / "kept"
+    assert cli.main(importance(model_dir, texts, run, "--push-to-hub", REPO)) == 2  # the push at the end fails
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "may not write" in err and f"python -m anatomy push {run} {REPO}" in err and READER not in err
+    assert (run / "results.json").is_file()
+
+
+def test_atlas_and_push_refuse_what_they_cannot_read(hub, tmp_path, capsys):
+    assert cli.main(["atlas", "alice/tiny"]) == 2
+    assert "a model repo, not a results (dataset) repo" in one_line(capsys)
+    assert cli.main(["atlas", "alice/none"]) == 2
+    one_line(capsys)
+    assert cli.main(["push", str(tmp_path), REPO]) == 2
+    assert "not a finished run or study folder" in one_line(capsys)
