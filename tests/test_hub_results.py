@@ -156,3 +156,22 @@ def test_atlas_and_push_refuse_what_they_cannot_read(hub, tmp_path, capsys):
     one_line(capsys)
     assert cli.main(["push", str(tmp_path), REPO]) == 2
     assert "not a finished run or study folder" in one_line(capsys)
+
+
+def test_a_study_is_pushed_whole_and_reused_by_study_from_hub(hub, model_dir, texts, tmp_path, capsys):
+    study = ["study", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24",
+             "--experiments", "importance,spectral"]
+    assert cli.main([*study, "--out", str(tmp_path / "s"), "--push-to-hub", REPO]) == 0
+    pushed = {k.removeprefix("tiny-llama/study/") for k in hub.datasets[REPO].files if k.startswith("tiny-llama/study/")}
+    assert pushed == set(files_of(tmp_path / "s"))
+    assert "## Headline" in hub.datasets[REPO].files["README.md"].decode() and "| finding" in \
+        hub.datasets[REPO].files["README.md"].decode()  # the claims table
+    capsys.readouterr()
+    assert cli.main([*study, "--out", str(tmp_path / "again"), "--from-hub", REPO]) == 0
+    assert (tmp_path / "again" / "study.md").read_bytes() == (tmp_path / "s" / "study.md").read_bytes()
+    assert "stored study from" in capsys.readouterr().out
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(default_eval_texts()[4:6]), encoding="utf-8")
+    assert cli.main([*study, "--out", str(tmp_path / "o"), "--from-hub", REPO, "--text-file", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "study's importance" in err and "eval_sha256: stored" in err and not (tmp_path / "o").exists()
