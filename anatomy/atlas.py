@@ -98,6 +98,7 @@ def differences(stored: dict, expected: dict) -> list[str]:
 def stored_key(payload: dict) -> dict:
     """The parts of a results.json that decide its numbers, as `differences` compares them."""
     model, eval_set = payload.get("model") or {}, payload.get("eval_set") or {}
-    return {"model": model_slug(model), "revision": model.get("revision"), "eval_sha256": eval_set.get("sha256"),
+    return {"model": model_slug(model), "revision": model.get("revision"), "dtype": model.get("dtype"),
+            "eval_sha256": eval_set.get("sha256"),
             "config": payload.get("config")}
 

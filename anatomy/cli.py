@@ -167,7 +167,8 @@ def model_slug_of(args: argparse.Namespace) -> str:
 def expected_key(args: argparse.Namespace, config: object | None, uses_eval: bool = True,
                  limit: int | None = None) -> dict:
     """What a stored run must have measured to stand for this command: its model (and the commit a Hub id
-    resolves to now), the evaluation text's sha256 (`limit`: its first texts) and, when given, the config."""
+    resolves to now), the weights' dtype unless `auto` (its choice depends on the machine), the evaluation
+    text's sha256 (`limit`: its first texts) and, when given, the config."""
     spec = parse_model_spec(args.model)
     revision = None
     if spec.kind == "hub":
@@ -178,6 +179,7 @@ def expected_key(args: argparse.Namespace, config: object | None, uses_eval: boo
     texts = resolve_eval_texts(args.text_file, args.dataset)[0] if uses_eval else []
     texts = [t for t in texts[:limit] if t and t.strip()]  # as eval_set_from_args, then EvalSet.from_texts
     return {"model": model_slug_of(args), "revision": revision,
+            "dtype": None if args.dtype == "auto" else f"torch.{args.dtype}",
             "eval_sha256": text_hash(texts) if uses_eval else None,
             "config": None if config is None else to_jsonable(config)}
 
@@ -384,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.experiment == "compare-studies":
             run_compare_command(args)
         elif args.experiment == "push":
+            hub.target_path(Path(args.run))  # a folder that is no run fails before the Hub is asked
             print(f"pushed to {hub.push(args.run, hub.check_target(args.repo_id, args.run))}")
         elif args.experiment == "atlas":
             with pd.option_context("display.max_rows", 500, "display.width", 200):

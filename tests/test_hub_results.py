@@ -111,6 +111,8 @@ def test_from_hub_shows_the_stored_tables_and_refuses_other_settings(hub, model_
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the download's progress bar
     assert 'config mode: stored "neighbour-mean", asked "zero"' in err and "drop --from-hub" in err
     assert not (tmp_path / "other").exists()
+    assert cli.main(importance(model_dir, texts, tmp_path / "other", "--from-hub", REPO, "--dtype", "bfloat16")) == 2
+    assert 'dtype: stored "torch.float32", asked "torch.bfloat16"' in capsys.readouterr().err
     assert cli.main(["spectral", "--model", str(model_dir), "--out", str(tmp_path / "s"), "--from-hub", REPO]) == 2
     assert "holds no tiny-llama/spectral/" in capsys.readouterr().err
 
@@ -154,8 +156,9 @@ def test_atlas_and_push_refuse_what_they_cannot_read(hub, tmp_path, capsys):
     assert "a model repo, not a results (dataset) repo" in one_line(capsys)
     assert cli.main(["atlas", "alice/none"]) == 2
     one_line(capsys)
+    asked = len(hub.requests)
     assert cli.main(["push", str(tmp_path), REPO]) == 2
-    assert "not a finished run or study folder" in one_line(capsys)
+    assert "not a finished run or study folder" in one_line(capsys) and len(hub.requests) == asked
 
 
 def test_a_study_is_pushed_whole_and_reused_by_study_from_hub(hub, model_dir, texts, tmp_path, capsys):
