@@ -21,11 +21,11 @@ TAGS = ["transformer-anatomy", "interpretability", "layer-analysis"]
 
 
 def card_data(payload: dict, path_in_repo: str) -> DatasetCardData:
-    """The YAML metadata of one run (for a study: of one of its steps; they share model and text)."""
+    """The YAML metadata of one run (for a study: of one of its steps; they share model and text), tagged with
+    the experiment's name or `study`, the last part of `path_in_repo`."""
     model, eval_set = payload.get("model") or {}, payload.get("eval_set") or {}
-    experiment = payload.get("experiment", "")
     return DatasetCardData(
-        license=LICENSE, tags=[*TAGS, experiment] if experiment else list(TAGS),
+        license=LICENSE, tags=[*TAGS, path_in_repo.rsplit("/", 1)[-1]],
         pretty_name=f"Transformer Anatomy: {model.get('name', 'no model')}",
         analysed_model=model.get("name"), analysed_model_revision=model.get("revision"),
         analysed_model_source=model.get("source"),

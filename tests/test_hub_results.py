@@ -167,8 +167,8 @@ def test_a_study_is_pushed_whole_and_reused_by_study_from_hub(hub, model_dir, te
     assert cli.main([*study, "--out", str(tmp_path / "s"), "--push-to-hub", REPO]) == 0
     pushed = {k.removeprefix("tiny-llama/study/") for k in hub.datasets[REPO].files if k.startswith("tiny-llama/study/")}
     assert pushed == set(files_of(tmp_path / "s"))
-    assert "## Headline" in hub.datasets[REPO].files["README.md"].decode() and "| finding" in \
-        hub.datasets[REPO].files["README.md"].decode()  # the claims table
+    card = hub.datasets[REPO].files["README.md"].decode()
+    assert "## Headline" in card and "| finding" in card and "- study" in card  # the claims table; the tag
     capsys.readouterr()
     assert cli.main([*study, "--out", str(tmp_path / "again"), "--from-hub", REPO]) == 0
     assert (tmp_path / "again" / "study.md").read_bytes() == (tmp_path / "s" / "study.md").read_bytes()
