@@ -28,39 +28,41 @@ HUB_ERRORS = (HfHubHTTPError, httpx.TransportError, OSError)  # what a Hub call 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
 
-def later(folder: str | Path | None, repo_id: str) -> str:
-    """The way out every refusal ends with: the folder stays, and this command pushes it."""
+def later(folder: str | Path | None, repo_id: str, command: str = "push") -> str:
+    """The way out every refusal ends with: the folder stays, and this command (`push`, `push-model`) pushes it."""
     run = "RUN" if folder is None else str(folder)
-    return f"the results stay on disk; push them later with `python -m anatomy push {run} {repo_id}`"
+    return f"the results stay on disk; push them later with `python -m anatomy {command} {run} {repo_id}`"
 
 
-def check_repo_id(repo_id: str, folder: str | Path | None = None) -> str:
+def check_repo_id(repo_id: str, folder: str | Path | None = None, command: str = "push") -> str:
     """`repo_id` if it is OWNER/NAME as the Hub spells repo ids (no URL, no `datasets/` prefix, no `..`)."""
     text = (repo_id or "").strip()
     if not REPO_ID.fullmatch(text) or ".." in text or text.endswith(".git"):
         raise AnatomyError(f"{shown(repo_id)} is not a Hub repo id: give OWNER/NAME, e.g. alice/anatomy-results "
-                           f"(no URL, no 'datasets/' prefix); {later(folder, 'OWNER/NAME')}.")
+                           f"(no URL, no 'datasets/' prefix); {later(folder, 'OWNER/NAME', command)}.")
     return text
 
 
-def token_or_refuse(repo_id: str, folder: str | Path | None = None) -> str:
+def token_or_refuse(repo_id: str, folder: str | Path | None = None, command: str = "push") -> str:
     """The write token: `HF_TOKEN`, else the stored login (`hf auth login`). Never printed or logged."""
     token = get_token()
     if not token:
         raise AnatomyError(f"No Hugging Face token: set HF_TOKEN to a write token or run `hf auth login`; "
-                           f"{later(folder, repo_id)}.")
+                           f"{later(folder, repo_id, command)}.")
     return token
 
 
-def hub_failure(err: Exception, repo_id: str, folder: str | Path | None, doing: str) -> AnatomyError:
+def hub_failure(err: Exception, repo_id: str, folder: str | Path | None, doing: str,
+                command: str = "push") -> AnatomyError:
     """One line for a Hub error, built from its kind and status only (an error's text may quote headers)."""
+    way_out = later(folder, repo_id, command)
     if not isinstance(err, HfHubHTTPError):
-        return AnatomyError(f"The Hub is unreachable ({type(err).__name__}) while {doing}; {later(folder, repo_id)}.")
+        return AnatomyError(f"The Hub is unreachable ({type(err).__name__}) while {doing}; {way_out}.")
     status = getattr(getattr(err, "response", None), "status_code", None)
     if status in (401, 403):
         return AnatomyError(f"The token may not write to {repo_id} (HTTP {status}) while {doing}: use a write token "
-                            f"of its owner; {later(folder, repo_id)}.")
-    return AnatomyError(f"The Hub refused {doing} ({type(err).__name__}, HTTP {status}); {later(folder, repo_id)}.")
+                            f"of its owner; {way_out}.")
+    return AnatomyError(f"The Hub refused {doing} ({type(err).__name__}, HTTP {status}); {way_out}.")
 
 
 def check_target(repo_id: str, folder: str | Path | None = None) -> str:
@@ -125,16 +127,29 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
     try:
         api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True, private=private)
         held = api.list_repo_files(repo_id, repo_type=REPO_TYPE)
-        card = results_card(folder, run_results(folder)[0], path_in_repo, sorted({*folders_in(held), path_in_repo}))
-        with tempfile.TemporaryDirectory() as tmp:
-            staged = Path(tmp) / path_in_repo
-            shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("*.partial", "*.zip"))  # unfinished
-            # study steps and the app's downloads are not results
-            card.save(Path(tmp) / "README.md")
-            info = api.upload_folder(folder_path=tmp, repo_id=repo_id, repo_type=REPO_TYPE,
-                                     commit_message=f"Add {path_in_repo}")
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, folder, f"pushing to {repo_id}") from None
+        raise hub_failure(err, repo_id, folder, f"creating {repo_id}") from None
+    card = results_card(folder, run_results(folder)[0], path_in_repo, sorted({*folders_in(held), path_in_repo}))
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / path_in_repo
+        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("*.partial", "*.zip"))  # unfinished
+        # study steps and the app's downloads are not results
+        card.save(Path(tmp) / "README.md")
+        return upload(api, tmp, repo_id, REPO_TYPE, f"Add {path_in_repo}", folder)
+
+
+def upload(api: HfApi, staged: str | Path, repo_id: str, repo_type: str, message: str, folder: str | Path,
+           command: str = "push") -> str:
+    """One commit of the `staged` folder; returns its URL. The Hub's refusal of a card's YAML (a ValueError
+    quoting the Hub's own reasons) is one line like any other refusal."""
+    try:
+        info = api.upload_folder(folder_path=str(staged), repo_id=repo_id, repo_type=repo_type, commit_message=message)
+    except ValueError as err:
+        reasons = "; ".join(line.strip("- ") for line in str(err).splitlines()[1:]) or str(err)
+        raise AnatomyError(f"The Hub refused the card of {repo_id}: {reasons}; {later(folder, repo_id, command)}.") \
+            from None
+    except HUB_ERRORS as err:
+        raise hub_failure(err, repo_id, folder, f"pushing to {repo_id}", command) from None
     return str(getattr(info, "commit_url", info))
 
 
