@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from accelerate.utils import convert_file_size_to_int
 from huggingface_hub import HfApi, get_token
 
-from . import atlas, hub, study, study_report
+from . import atlas, hub, hub_model, study, study_report
 from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
@@ -342,6 +342,15 @@ def add_push_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("repo_id", metavar="OWNER/NAME", help="the dataset repo (created if missing)")
 
 
+def add_push_model_parser(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser(hub_model.PUSH_MODEL, help="publish a model a prune or plans run saved (--save) to "
+                                "a Hub model repo with its card", description=hub_model.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("run", metavar="RUN", help="the prune or plans run folder that saved the model")
+    sub.add_argument("repo_id", metavar="OWNER/NAME", help="the model repo (created if missing)")
+    sub.add_argument("--folder", help="which saved model, where the run saved several (prune with several K)")
+
+
 def add_atlas_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = subparsers.add_parser("atlas", help="list what a results repo on the Hub holds", description=atlas.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -374,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_parser(subparsers)
     add_compare_parser(subparsers)
     add_push_parser(subparsers)
+    add_push_model_parser(subparsers)
     add_atlas_parser(subparsers)
     return parser
 
@@ -388,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.experiment == "push":
             hub.target_path(Path(args.run))  # a folder that is no run fails before the Hub is asked
             print(f"pushed to {hub.push(args.run, hub.check_target(args.repo_id, args.run))}")
+        elif args.experiment == hub_model.PUSH_MODEL:
+            print(f"pushed to {hub_model.push_model(args.run, args.repo_id, args.folder)}")
         elif args.experiment == "atlas":
             with pd.option_context("display.max_rows", 500, "display.width", 200):
                 print(atlas.atlas(args.repo_id).to_string(index=False))

@@ -62,11 +62,13 @@ class FakeHub:
         if parts[:2] == ["api", "validate-yaml"]:
             return self.validate_yaml(json.loads(request.content))
         if parts[:3] == ["api", "repos", "create"] or parts[:2] == ["api", "datasets"] or parts[:1] == ["datasets"]:
-            return self.handle_dataset(request, parts, auth, not_found)
+            return self.handle_repo(request, parts, auth, not_found, self.datasets)
         if parts[:2] == ["api", "models"]:
             repo = self.repos.get("/".join(parts[2:4]))
             if repo is None:
                 return not_found
+            if parts[4:5] in (["preupload"], ["commit"], ["tree"]):
+                return self.handle_repo(request, parts, auth, not_found, self.repos)
             if parts[4:5] == ["auth-check"]:
                 return self._denied(repo, auth) or httpx.Response(200, json={})
             if parts[4:5] not in ([], ["revision"]):  # trees, templates: nothing beyond the files
@@ -90,36 +92,37 @@ class FakeHub:
         return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else data)
 
     def validate_yaml(self, body: dict) -> httpx.Response:
-        """The Hub's check of a card's YAML before a commit: it must parse to a mapping, with a known license."""
+        """The Hub's check of a card's YAML before a commit: it must parse to a mapping; a license, where given,
+        must be a Hub license id."""
         self.validated.append(body)
         try:
             data = yaml.safe_load(body["content"].split("---\n")[1])
         except (IndexError, yaml.YAMLError) as err:
             return httpx.Response(400, json={"errors": [{"message": f"no YAML front matter: {err}"}]})
-        if not isinstance(data, dict) or data.get("license") not in HUB_LICENSES:
+        if not isinstance(data, dict) or data.get("license", "other") not in HUB_LICENSES:
             return httpx.Response(400, json={"errors": [{"message": "license: not a Hub license id"}]})
         return httpx.Response(200, json={"warnings": [], "errors": []})
 
-    def handle_dataset(self, request: httpx.Request, parts: list[str], auth: str | None,
-                       not_found: httpx.Response) -> httpx.Response:
-        """Dataset repos: create, info, preupload, commit, tree, and file downloads."""
+    def handle_repo(self, request: httpx.Request, parts: list[str], auth: str | None, not_found: httpx.Response,
+                    store: dict[str, FakeRepo]) -> httpx.Response:
+        """Creating any repo; for the repos of `store` (datasets, or models being uploaded to): info, preupload,
+        commit, tree, and file downloads."""
         token = (auth or "").removeprefix("Bearer ")
         may_write = self.writers is None or token in self.writers
         forbidden = httpx.Response(403, json={"error": "no write access"})
         if parts[:3] == ["api", "repos", "create"]:
             body = json.loads(request.content)
             repo_id = f"{body.get('organization')}/{body['name']}"
-            if body.get("type") != "dataset":
-                return httpx.Response(400, json={"error": "this fake creates datasets only"})
+            store = self.datasets if body.get("type") == "dataset" else self.repos
             if not may_write:
                 return forbidden
-            if repo_id in self.datasets:
-                return httpx.Response(409, json={"error": "You already created this dataset repo", "url": repo_id})
-            self.datasets[repo_id] = FakeRepo({})
+            if repo_id in store:
+                return httpx.Response(409, json={"error": "You already created this repo", "url": repo_id})
+            store[repo_id] = FakeRepo({})
             return httpx.Response(200, json={"url": f"https://huggingface.co/datasets/{repo_id}", "name": repo_id})
         api = parts[0] == "api"
         repo_id = "/".join(parts[2:4] if api else parts[1:3])
-        repo = self.datasets.get(repo_id)
+        repo = store.get(repo_id)
         if repo is None:
             return not_found
         if not api:  # /datasets/OWNER/NAME/resolve/REVISION/PATH
@@ -155,7 +158,8 @@ class FakeHub:
                     repo.files[value["path"]] = base64.b64decode(value["content"])
                     added.append(value["path"])
             self.commits.append((repo_id, added))
-            return httpx.Response(200, json={"commitUrl": f"https://huggingface.co/datasets/{repo_id}/commit/{SHA}",
+            kind = "datasets/" if store is self.datasets else ""
+            return httpx.Response(200, json={"commitUrl": f"https://huggingface.co/{kind}{repo_id}/commit/{SHA}",
                                              "commitOid": SHA})
         return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "none"})
 

@@ -178,3 +178,68 @@ def test_a_study_is_pushed_whole_and_reused_by_study_from_hub(hub, model_dir, te
     assert cli.main([*study, "--out", str(tmp_path / "o"), "--from-hub", REPO, "--text-file", str(other)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "study's importance" in err and "eval_sha256: stored" in err and not (tmp_path / "o").exists()
+
+
+LOAD_BACK = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+assert not any(p.endswith('{repo}') for p in sys.path), sys.path
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+ids = tokenizer("The river", return_tensors="pt").input_ids
+out = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True)
+print(model.config.num_hidden_layers, out.shape[1] - ids.shape[1])
+"""
+
+
+def test_a_pruned_model_is_pushed_with_a_model_card_and_loads_back_alone(hub, model_dir, texts, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    run, saved = tmp_path / "prune", tmp_path / "pruned"
+    assert cli.main(["prune", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24", "-k", "1",
+                     "--by", "last", "--save", str(saved), "--out", str(run)]) == 0
+    assert cli.main(["push-model", str(run), "alice/tiny-pruned"]) == 0
+    files = hub.repos["alice/tiny-pruned"].files
+    assert set(files) == {"README.md", *files_of(saved)}
+    assert [body["repoType"] for body in hub.validated] == ["model"]
+    (tmp_path / "card.md").write_bytes(files["README.md"])
+    card = ModelCard.load(tmp_path / "card.md")
+    baseline = json.loads((run / "results.json").read_text())["results"]["baseline"]
+    row = pd.read_csv(run / "prune.csv").query("k == 1").iloc[0]
+    assert card.data.eval_results[0].metric_type == "perplexity"
+    assert card.data.eval_results[0].metric_value == pytest.approx(row.ppl)
+    assert f"| before | {baseline['ppl']:.3f} [{baseline['ppl_low']:.3f}, {baseline['ppl_high']:.3f}] |" in card.text
+    assert "removed layers 2" in card.text and "layer_range: [0, 2]" in card.text and "merge_method: passthrough" in card.text
+    loaded = tmp_path / "downloaded"
+    for name, data in files.items():
+        (loaded / name).parent.mkdir(parents=True, exist_ok=True)
+        (loaded / name).write_bytes(data)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-I", "-c", LOAD_BACK.replace("{repo}", root.name), str(loaded)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2", "4"]
+
+
+def test_push_model_refuses_a_run_that_saved_no_model(hub, model_dir, texts, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(importance(model_dir, texts, run)) == 0
+    capsys.readouterr()
+    assert cli.main(["push-model", str(run), "alice/x"]) == 2
+    assert "saved these models: none" in one_line(capsys)
+
+
+def test_a_card_the_hub_refuses_is_one_line_and_the_run_stays(hub, model_dir, texts, tmp_path, capsys, monkeypatch):
+    from anatomy import hub_card
+
+    run = tmp_path / "run"
+    assert cli.main(importance(model_dir, texts, run)) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(hub_card, "LICENSE", "no-such-license")
+    assert cli.main(["push", str(run), REPO]) == 2
+    err = one_line(capsys)
+    assert "refused the card" in err and "license" in err and f"python -m anatomy push {run} {REPO}" in err
+    assert (run / "results.json").is_file() and "tiny-llama/importance/results.json" not in hub.datasets[REPO].files
