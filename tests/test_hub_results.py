@@ -243,3 +243,18 @@ def test_a_card_the_hub_refuses_is_one_line_and_the_run_stays(hub, model_dir, te
     err = one_line(capsys)
     assert "refused the card" in err and "license" in err and f"python -m anatomy push {run} {REPO}" in err
     assert (run / "results.json").is_file() and "tiny-llama/importance/results.json" not in hub.datasets[REPO].files
+
+
+def test_a_saved_layer_plan_is_pushed_with_its_plan_and_ppl(hub, model_dir, texts, tmp_path, capsys):
+    from huggingface_hub import ModelCard
+
+    run, saved = tmp_path / "plans", tmp_path / "planned"
+    assert cli.main(["plans", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24",
+                     "--variants", "skip", "--block-sizes", "1", "--plan", "0,2,1", "--no-tasks", "--latency-repeats",
+                     "1", "--latency-tokens", "2", "--save", str(saved), "--out", str(run)]) == 0
+    assert cli.main(["push-model", str(run), "alice/tiny-plan"]) == 0
+    (tmp_path / "card.md").write_bytes(hub.repos["alice/tiny-plan"].files["README.md"])
+    card = ModelCard.load(tmp_path / "card.md")
+    row = pd.read_csv(run / "plans.csv").query("variant == 'custom'").iloc[0]
+    assert "layer plan 0,2-1" in card.text and "mergekit" not in card.text
+    assert card.data.eval_results[0].metric_value == pytest.approx(row.ppl)
