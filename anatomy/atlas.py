@@ -19,6 +19,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from .errors import AnatomyError
 from .hub import HUB_ERRORS, REPO_TYPE, check_repo_id, folders_in, hub_failure, model_slug
 
+READ_LATER = "try again when the Hub answers, or drop --from-hub to compute the result here"
 ATLAS_COLUMNS = ["folder", "model", "experiment", "revision", "date"]
 
 
@@ -37,7 +38,7 @@ def repo_files(repo_id: str) -> list[str]:
         what = f"a {kind} repo, not a results (dataset) repo" if kind else "not a dataset repo on the Hub (or private)"
         raise AnatomyError(f"{repo_id} is {what}: give the repo `--push-to-hub` wrote.") from None
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, None, f"listing {repo_id}") from None
+        raise hub_failure(err, repo_id, f"listing {repo_id}", READ_LATER) from None
 
 
 def atlas(repo_id: str) -> pd.DataFrame:
@@ -49,7 +50,7 @@ def atlas(repo_id: str) -> pd.DataFrame:
             payload = json.loads(Path(hf_hub_download(repo_id, name, repo_type=REPO_TYPE, token=get_token() or None))
                                  .read_text(encoding="utf-8"))
         except HUB_ERRORS as err:
-            raise hub_failure(err, repo_id, None, f"reading {name}") from None
+            raise hub_failure(err, repo_id, f"reading {name}", READ_LATER) from None
         model = payload.get("model") or {}
         rows.append({"folder": name.removesuffix("/results.json"), "model": model.get("name"),
                      "experiment": payload.get("experiment"), "revision": model.get("revision"),
@@ -68,7 +69,7 @@ def download(repo_id: str, path_in_repo: str, into: str | Path) -> Path:
         snapshot_download(repo_id, repo_type=REPO_TYPE, allow_patterns=[f"{path_in_repo}/*"], local_dir=into,
                           token=get_token() or None)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, None, f"downloading {path_in_repo}") from None
+        raise hub_failure(err, repo_id, f"downloading {path_in_repo}", READ_LATER) from None
     return Path(into) / path_in_repo
 
 

@@ -133,11 +133,15 @@ def config_from_args(experiment: Experiment, args: argparse.Namespace) -> object
     return build_config(experiment.config, values, where=lambda p: p.flag)
 
 
-def add_hub_args(parser: argparse.ArgumentParser) -> None:
+def add_hub_args(parser: argparse.ArgumentParser, reuse: bool = True) -> None:
+    """--push-to-hub, and --from-hub where a stored run can stand for this one (`reuse`: it names a model)."""
     group = parser.add_argument_group("results on the Hub")
     group.add_argument("--push-to-hub", metavar="OWNER/NAME",
                        help="publish the finished run folder to this Hub dataset repo (created if missing; other "
                             "runs in it are kept). Token: HF_TOKEN or `hf auth login`")
+    if not reuse:
+        parser.set_defaults(from_hub=None)
+        return
     group.add_argument("--from-hub", metavar="OWNER/NAME",
                        help="show this model's stored run from a results repo instead of computing it, if it was "
                             "measured with the same model revision, text and settings; refused otherwise")
@@ -175,7 +179,8 @@ def expected_key(args: argparse.Namespace, config: object | None, uses_eval: boo
         try:
             revision = HfApi(token=get_token() or None).model_info(args.model, revision=args.revision).sha
         except hub.HUB_ERRORS as err:
-            raise hub.hub_failure(err, args.model, None, f"resolving the revision of {args.model}") from None
+            raise hub.hub_failure(err, args.model, f"resolving the revision of {args.model}",
+                                  atlas.READ_LATER) from None
     texts = resolve_eval_texts(args.text_file, args.dataset)[0] if uses_eval else []
     texts = [t for t in texts[:limit] if t and t.strip()]  # as eval_set_from_args, then EvalSet.from_texts
     return {"model": model_slug_of(args), "revision": revision,
@@ -374,12 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", default=experiment.default_out,
                          help=f"run folder to write (default {experiment.default_out})")
         add_config_args(sub, experiment)
-        if experiment.uses_model:
-            add_hub_args(sub)
-        else:
-            sub.add_argument("--push-to-hub", metavar="OWNER/NAME",
-                             help="publish the finished run folder to this Hub dataset repo")
-            sub.set_defaults(from_hub=None)
+        add_hub_args(sub, reuse=experiment.uses_model)
     add_study_parser(subparsers)
     add_compare_parser(subparsers)
     add_push_parser(subparsers)

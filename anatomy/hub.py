@@ -52,16 +52,17 @@ def token_or_refuse(repo_id: str, folder: str | Path | None = None, command: str
     return token
 
 
-def hub_failure(err: Exception, repo_id: str, folder: str | Path | None, doing: str,
-                command: str = "push") -> AnatomyError:
-    """One line for a Hub error, built from its kind and status only (an error's text may quote headers)."""
-    way_out = later(folder, repo_id, command)
-    if not isinstance(err, HfHubHTTPError):
+def hub_failure(err: Exception, repo_id: str, doing: str, way_out: str) -> AnatomyError:
+    """One line for a Hub error, built from its kind and status only (an error's text may quote headers);
+    `way_out` ends it: how to push later (`later`), or what to do instead of reading."""
+    if isinstance(err, httpx.TransportError):
         return AnatomyError(f"The Hub is unreachable ({type(err).__name__}) while {doing}; {way_out}.")
+    if not isinstance(err, HfHubHTTPError):  # the local disk: its own words name the path, not the token
+        return AnatomyError(f"{type(err).__name__} while {doing}: {getattr(err, 'strerror', None) or err}; {way_out}.")
     status = getattr(getattr(err, "response", None), "status_code", None)
     if status in (401, 403):
-        return AnatomyError(f"The token may not write to {repo_id} (HTTP {status}) while {doing}: use a write token "
-                            f"of its owner; {way_out}.")
+        return AnatomyError(f"The Hub refused the token for {repo_id} (HTTP {status}) while {doing}: use a token of "
+                            f"its owner, with write access to push; {way_out}.")
     return AnatomyError(f"The Hub refused {doing} ({type(err).__name__}, HTTP {status}); {way_out}.")
 
 
@@ -79,7 +80,7 @@ def check_target(repo_id: str, folder: str | Path | None = None) -> str:
             return repo_id
         other = next((kind for kind in ("model", "space") if api.repo_exists(repo_id, repo_type=kind)), None)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, folder, f"looking up {repo_id}") from None
+        raise hub_failure(err, repo_id, f"looking up {repo_id}", later(folder, repo_id)) from None
     if other is not None:
         raise AnatomyError(f"{repo_id} is a {other} repo; results go to a dataset repo: give another name, e.g. "
                            f"{repo_id}-anatomy; {later(folder, repo_id)}.")
@@ -128,7 +129,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
         api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True, private=private)
         held = api.list_repo_files(repo_id, repo_type=REPO_TYPE)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, folder, f"creating {repo_id}") from None
+        raise hub_failure(err, repo_id, f"creating {repo_id}", later(folder, repo_id)) from None
     card = results_card(folder, run_results(folder)[0], path_in_repo, sorted({*folders_in(held), path_in_repo}))
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / path_in_repo
@@ -149,7 +150,7 @@ def upload(api: HfApi, staged: str | Path, repo_id: str, repo_type: str, message
         raise AnatomyError(f"The Hub refused the card of {repo_id}: {reasons}; {later(folder, repo_id, command)}.") \
             from None
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, folder, f"pushing to {repo_id}", command) from None
+        raise hub_failure(err, repo_id, f"pushing to {repo_id}", later(folder, repo_id, command)) from None
     return str(getattr(info, "commit_url", info))
 
 

@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .errors import AnatomyError, shown
 from .experiment import Result
-from .hub import HUB_ERRORS, check_repo_id, hub_failure, token_or_refuse, upload
+from .hub import HUB_ERRORS, check_repo_id, hub_failure, later, token_or_refuse, upload
 
 PUSH_MODEL = "push-model"
 
@@ -125,7 +125,7 @@ def push_model(run: str | Path, repo_id: str, folder: str | None = None, private
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, run, f"creating {repo_id}", PUSH_MODEL) from None
+        raise hub_failure(err, repo_id, f"creating {repo_id}", later(run, repo_id, PUSH_MODEL)) from None
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(export.folder, tmp, dirs_exist_ok=True)
         model_card(result, export, repo_id).save(Path(tmp) / "README.md")

@@ -147,7 +147,7 @@ def test_no_token_unreachable_hub_and_read_only_token_each_get_one_line(hub, mon
     run = tmp_path / "kept"
     assert cli.main(importance(model_dir, texts, run, "--push-to-hub", REPO)) == 2  # the push at the end fails
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "may not write" in err and f"python -m anatomy push {run} {REPO}" in err and READER not in err
+    assert "refused the token" in err and f"python -m anatomy push {run} {REPO}" in err and READER not in err
     assert (run / "results.json").is_file()
 
 
