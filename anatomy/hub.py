@@ -119,14 +119,14 @@ def target_path(folder: Path) -> str:
     return f"{model_slug(payloads[0].get('model'))}/{name}"
 
 
-def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
+def push(folder: str | Path, repo_id: str) -> str:
     """Upload the run or study `folder` and the repo's card in one commit; returns the commit URL."""
     folder = Path(folder)
     path_in_repo = target_path(folder)
     repo_id = check_repo_id(repo_id, folder)
     api = HfApi(token=token_or_refuse(repo_id, folder))
     try:
-        api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True, private=private)
+        api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True)
         held = api.list_repo_files(repo_id, repo_type=REPO_TYPE)
     except HUB_ERRORS as err:
         raise hub_failure(err, repo_id, f"creating {repo_id}", later(folder, repo_id)) from None
@@ -146,6 +146,8 @@ def upload(api: HfApi, staged: str | Path, repo_id: str, repo_type: str, message
     try:
         info = api.upload_folder(folder_path=str(staged), repo_id=repo_id, repo_type=repo_type, commit_message=message)
     except ValueError as err:
+        if not str(err).startswith("Invalid metadata"):
+            raise
         reasons = "; ".join(line.strip("- ") for line in str(err).splitlines()[1:]) or str(err)
         raise AnatomyError(f"The Hub refused the card of {repo_id}: {reasons}; {later(folder, repo_id, command)}.") \
             from None

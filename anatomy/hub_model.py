@@ -116,14 +116,14 @@ def model_card(result: Result, export: Export, repo_id: str) -> ModelCard:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 
-def push_model(run: str | Path, repo_id: str, folder: str | None = None, private: bool = False) -> str:
+def push_model(run: str | Path, repo_id: str, folder: str | None = None) -> str:
     """Upload the model `run` saved (or its `folder`) to the model repo `repo_id` with its card."""
     result = Result.load(run)
     export = choose(result, folder)
     repo_id = check_repo_id(repo_id, run, PUSH_MODEL)
     api = HfApi(token=token_or_refuse(repo_id, run, PUSH_MODEL))
     try:
-        api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
     except HUB_ERRORS as err:
         raise hub_failure(err, repo_id, f"creating {repo_id}", later(run, repo_id, PUSH_MODEL)) from None
     with tempfile.TemporaryDirectory() as tmp:
