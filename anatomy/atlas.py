@@ -17,28 +17,25 @@ from huggingface_hub import HfApi, get_token, hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from .errors import AnatomyError
-from .hub import HUB_ERRORS, REPO_TYPE, check_repo_id, folders_in, hub_failure, model_slug
+from .hub import HUB_ERRORS, REPO_TYPE, check_repo_id, folders_in, hub_failure, model_slug, other_kind
 
 READ_LATER = "try again when the Hub answers, or drop --from-hub to compute the result here"
 ATLAS_COLUMNS = ["folder", "model", "experiment", "revision", "date"]
 
 
-def _api() -> HfApi:
-    return HfApi(token=get_token() or None)
-
-
 def repo_files(repo_id: str) -> list[str]:
     """The repo's file list; a missing repo, or a model repo named instead of a results repo, in one line."""
     repo_id = check_repo_id(repo_id)
-    api = _api()
+    api = HfApi(token=get_token() or None)
     try:
-        return api.list_repo_files(repo_id, repo_type=REPO_TYPE)
-    except RepositoryNotFoundError:
-        kind = next((k for k in ("model", "space") if api.repo_exists(repo_id, repo_type=k)), None)
-        what = f"a {kind} repo, not a results (dataset) repo" if kind else "not a dataset repo on the Hub (or private)"
-        raise AnatomyError(f"{repo_id} is {what}: give the repo `--push-to-hub` wrote.") from None
+        try:
+            return api.list_repo_files(repo_id, repo_type=REPO_TYPE)
+        except RepositoryNotFoundError:
+            kind = other_kind(api, repo_id)
     except HUB_ERRORS as err:
         raise hub_failure(err, repo_id, f"listing {repo_id}", READ_LATER) from None
+    what = f"a {kind} repo, not a results (dataset) repo" if kind else "not a dataset repo on the Hub (or private)"
+    raise AnatomyError(f"{repo_id} is {what}: give the repo `--push-to-hub` wrote.")
 
 
 def atlas(repo_id: str) -> pd.DataFrame:

@@ -66,6 +66,11 @@ def hub_failure(err: Exception, repo_id: str, doing: str, way_out: str) -> Anato
     return AnatomyError(f"The Hub refused {doing} ({type(err).__name__}, HTTP {status}); {way_out}.")
 
 
+def other_kind(api: HfApi, repo_id: str) -> str | None:
+    """What `repo_id` is where it is no dataset: `model`, `space`, or None where nothing has that id."""
+    return next((kind for kind in ("model", "space") if api.repo_exists(repo_id, repo_type=kind)), None)
+
+
 def check_target(repo_id: str, folder: str | Path | None = None) -> str:
     """Everything about a push that can be refused before a model is loaded; returns the checked repo id.
 
@@ -78,7 +83,7 @@ def check_target(repo_id: str, folder: str | Path | None = None) -> str:
     try:
         if api.repo_exists(repo_id, repo_type=REPO_TYPE):
             return repo_id
-        other = next((kind for kind in ("model", "space") if api.repo_exists(repo_id, repo_type=kind)), None)
+        other = other_kind(api, repo_id)
     except HUB_ERRORS as err:
         raise hub_failure(err, repo_id, f"looking up {repo_id}", later(folder, repo_id)) from None
     if other is not None:
