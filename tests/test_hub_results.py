@@ -15,7 +15,7 @@ from anatomy import cli
 from anatomy.hub_card import LICENSE, results_card
 from anatomy.texts import default_eval_texts
 from tests.conftest import make_tiny_model
-from tests.hub_fake import FakeHub, FakeRepo, config_json
+from tests.hub_fake import SHA, FakeHub, FakeRepo, config_json
 
 TOKEN, READER = "hf_writer_secret", "hf_reader_only"
 REPO = "alice/anatomy-results"
@@ -258,3 +258,23 @@ def test_a_saved_layer_plan_is_pushed_with_its_plan_and_ppl(hub, model_dir, text
     row = pd.read_csv(run / "plans.csv").query("variant == 'custom'").iloc[0]
     assert "layer plan 0,2-1" in card.text and "mergekit" not in card.text
     assert card.data.eval_results[0].metric_value == pytest.approx(row.ppl)
+
+
+def test_a_hub_models_run_is_filed_under_its_id_with_its_commit_and_reused_at_that_commit(hub, model_dir, texts,
+                                                                                          tmp_path, capsys):
+    hub.repos["alice/tiny-full"] = FakeRepo({p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()})
+    run = tmp_path / "run"
+    assert cli.main(importance("alice/tiny-full", texts, run, "--push-to-hub", REPO)) == 0
+    files = hub.datasets[REPO].files
+    assert "alice--tiny-full/importance/results.json" in files
+    (tmp_path / "README.md").write_bytes(files["README.md"])
+    card = DatasetCard.load(tmp_path / "README.md")
+    assert card.data.analysed_model == "alice/tiny-full" and card.data.analysed_model_revision == SHA
+    assert cli.main(importance("alice/tiny-full", texts, tmp_path / "again", "--from-hub", REPO)) == 0
+    assert (tmp_path / "again" / "importance.csv").read_bytes() == (run / "importance.csv").read_bytes()
+    stored = json.loads(files["alice--tiny-full/importance/results.json"])
+    stored["model"]["revision"] = "f" * 40  # measured at another commit than the one the id resolves to now
+    files["alice--tiny-full/importance/results.json"] = json.dumps(stored).encode()
+    capsys.readouterr()
+    assert cli.main(importance("alice/tiny-full", texts, tmp_path / "old", "--from-hub", REPO)) == 2
+    assert f'revision: stored "{"f" * 40}", asked "{SHA}"' in capsys.readouterr().err
