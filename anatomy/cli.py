@@ -308,8 +308,12 @@ def show_stored_study(args: argparse.Namespace, steps: list[study.Step]) -> None
 
 
 def check_stored_study(args: argparse.Namespace, steps: list[study.Step], folder: Path, base: dict) -> None:
-    """Refuse a stored study one of whose steps is missing or measured with other settings, naming them."""
+    """Refuse a stored study one of whose steps is missing or measured with other settings, naming them; a step
+    the study could not run on its model (study.md says so) stands as it is."""
+    refused = study.refused_in(folder)
     for step in steps:
+        if step.name in refused:
+            continue
         if not (folder / step.name / "results.json").is_file():
             raise AnatomyError(f"The stored study in {args.from_hub} has no {step.name} step: drop --from-hub to "
                                "compute the study.")
