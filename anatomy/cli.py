@@ -172,7 +172,7 @@ def expected_key(args: argparse.Namespace, config: object | None, uses_eval: boo
                  limit: int | None = None) -> dict:
     """What a stored run must have measured to stand for this command: its model (and the commit a Hub id
     resolves to now), the weights' dtype unless `auto` (its choice depends on the machine), the evaluation
-    text's sha256 (`limit`: its first texts) and, when given, the config."""
+    text's sha256 (`limit`: its first texts), its --max-length and --seed and, when given, the config."""
     spec = parse_model_spec(args.model)
     revision = None
     if spec.kind == "hub":
@@ -186,6 +186,7 @@ def expected_key(args: argparse.Namespace, config: object | None, uses_eval: boo
     return {"model": model_slug_of(args), "revision": revision,
             "dtype": None if args.dtype == "auto" else f"torch.{args.dtype}",
             "eval_sha256": text_hash(texts) if uses_eval else None,
+            "eval_max_length": args.max_length if uses_eval else None, "eval_seed": args.seed if uses_eval else None,
             "config": None if config is None else to_jsonable(config)}
 
 

@@ -125,7 +125,8 @@ class RunFolder:
                 "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation},
             "eval_set": None if eval_set is None else {
                 "name": eval_set.name, "num_texts": len(eval_set.texts), "num_tokens": eval_set.num_tokens,
-                "sha256": text_hash(eval_set.texts), "ppl_convention": PPL_CONVENTION},
+                "sha256": text_hash(eval_set.texts), "max_length": eval_set.max_length, "seed": eval_set.seed,
+                "ppl_convention": PPL_CONVENTION},
             "config": to_jsonable(config),
             "environment": environment(),
             "timings": {**timings, "write_s": write_s,

@@ -279,3 +279,12 @@ def test_a_hub_models_run_is_filed_under_its_id_with_its_commit_and_reused_at_th
     capsys.readouterr()
     assert cli.main(importance("alice/tiny-full", texts, tmp_path / "old", "--from-hub", REPO)) == 2
     assert f'revision: stored "{"f" * 40}", asked "{SHA}"' in capsys.readouterr().err
+
+
+def test_from_hub_refuses_a_run_measured_on_other_max_length_or_seed(hub, model_dir, texts, tmp_path, capsys):
+    assert cli.main(importance(model_dir, texts, tmp_path / "run", "--push-to-hub", REPO)) == 0
+    for flag, value, stored in (("--max-length", "16", "24"), ("--seed", "3", "0")):
+        capsys.readouterr()
+        assert cli.main(importance(model_dir, texts, tmp_path / "x", "--from-hub", REPO, flag, value)) == 2
+        name = flag.removeprefix("--").replace("-", "_")
+        assert f"eval_{name}: stored {stored}, asked {value}" in capsys.readouterr().err
