@@ -29,9 +29,13 @@ REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
 
 def later(folder: str | Path | None, repo_id: str, command: str = "push") -> str:
-    """The way out every refusal ends with: the folder stays, and this command (`push`, `push-model`) pushes it."""
+    """The way out every refusal ends with: the folder stays, and this command (`push`, `push-model`) pushes it;
+    before a run (its folder not written yet) nothing is lost, and the run can go ahead without the push."""
     run = "RUN" if folder is None else str(folder)
-    return f"the results stay on disk; push them later with `python -m anatomy {command} {run} {repo_id}`"
+    push_later = f"`python -m anatomy {command} {run} {repo_id}`"
+    if folder is not None and not (Path(folder) / "results.json").is_file() and not is_study(Path(folder)):
+        return f"nothing was computed; run without --push-to-hub and publish the folder later with {push_later}"
+    return f"the results stay on disk; push them later with {push_later}"
 
 
 def check_repo_id(repo_id: str, folder: str | Path | None = None, command: str = "push") -> str:
