@@ -49,7 +49,8 @@ def results_card(folder: Path, payload: dict, path_in_repo: str, held: list[str]
     `path_in_repo`; `held`: every folder the repo then holds."""
     model = payload.get("model") or {}
     revision = f" @ `{model['revision']}`" if model.get("revision") else ""
-    figures = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    figures = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")
+                     if not any(part.endswith(".partial") for part in p.parts))  # unfinished steps are not pushed
     body = ["# Transformer Anatomy results", "",
             f"Latest push: `{path_in_repo}/`, model `{model.get('name', 'none')}`{revision}, evaluation text "
             f"{(payload.get('eval_set') or {}).get('name', 'none')}.", "",
