@@ -39,7 +39,7 @@ class FakeHub:
         self.writers = writers  # tokens that may create and commit; None: any token
         self.unreachable = False
         self.validated: list[dict] = []  # bodies sent to validate-yaml (a card's content and repo type)
-        self.commits: list[tuple[str, list[str]]] = []  # (repo, paths added) per commit
+        self.commits: list[tuple[str, list[str], list[str]]] = []  # (repo, paths added, paths deleted) per commit
         self.requests: list[tuple[str, str | None]] = []  # (method and URL, Authorization header)
 
     def model_requests(self) -> list[tuple[str, str | None]]:
@@ -87,9 +87,7 @@ class FakeHub:
         data = repo.files.get("/".join(parts[4:]))
         if data is None:
             return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "no file"})
-        etag = hashlib.sha256(data).hexdigest()
-        headers = {"X-Repo-Commit": SHA, "ETag": f'"{etag}"', "Content-Length": str(len(data))}
-        return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else data)
+        return file_response(request, data)
 
     def validate_yaml(self, body: dict) -> httpx.Response:
         """The Hub's check of a card's YAML before a commit: it must parse to a mapping; a license, where given,
@@ -119,7 +117,8 @@ class FakeHub:
             if repo_id in store:
                 return httpx.Response(409, json={"error": "You already created this repo", "url": repo_id})
             store[repo_id] = FakeRepo({})
-            return httpx.Response(200, json={"url": f"https://huggingface.co/datasets/{repo_id}", "name": repo_id})
+            kind = "datasets/" if store is self.datasets else ""
+            return httpx.Response(200, json={"url": f"https://huggingface.co/{kind}{repo_id}", "name": repo_id})
         api = parts[0] == "api"
         repo_id = "/".join(parts[2:4] if api else parts[1:3])
         repo = store.get(repo_id)
@@ -129,9 +128,7 @@ class FakeHub:
             data = repo.files.get("/".join(parts[5:])) if parts[3:4] == ["resolve"] else None
             if data is None:
                 return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "no file"})
-            headers = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                       "Content-Length": str(len(data))}
-            return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else data)
+            return file_response(request, data)
         action = parts[4:5]
         if action in ([], ["revision"]):
             siblings = [{"rfilename": name} for name in repo.files]
@@ -150,14 +147,18 @@ class FakeHub:
         if action == ["commit"]:
             if not may_write:
                 return forbidden
-            added = []
+            added, deleted = [], []
             for line in request.content.splitlines():
-                item = json.loads(line)
-                if item["key"] == "file":
-                    value = item["value"]
+                key, value = json.loads(line)["key"], json.loads(line)["value"]
+                if key == "file":
                     repo.files[value["path"]] = base64.b64decode(value["content"])
                     added.append(value["path"])
-            self.commits.append((repo_id, added))
+                elif key in ("deletedFile", "deletedFolder"):
+                    gone = [p for p in repo.files if p == value["path"] or p.startswith(value["path"].rstrip("/") + "/")]
+                    for path in gone:
+                        del repo.files[path]
+                    deleted += gone
+            self.commits.append((repo_id, added, deleted))
             kind = "datasets/" if store is self.datasets else ""
             return httpx.Response(200, json={"commitUrl": f"https://huggingface.co/{kind}{repo_id}/commit/{SHA}",
                                              "commitOid": SHA})
@@ -174,6 +175,12 @@ class FakeHub:
     @staticmethod
     def uninstall() -> None:
         huggingface_hub.set_client_factory(_http.default_client_factory)
+
+
+def file_response(request: httpx.Request, data: bytes) -> httpx.Response:
+    """A file download (or its HEAD) as the Hub answers it: the commit, the content's hash and its length."""
+    headers = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Content-Length": str(len(data))}
+    return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else data)
 
 
 def config_json(**extra) -> bytes:

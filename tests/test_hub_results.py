@@ -90,6 +90,8 @@ def test_a_second_push_keeps_the_first_and_the_atlas_lists_both(hub, model_dir, 
     assert cli.main(["push", str(tmp_path / "b"), REPO]) == 0
     names = set(hub.datasets[REPO].files)
     assert {"tiny-llama/importance/results.json", "tiny-llama/spectral/results.json"} <= names
+    (_, added, deleted), = hub.commits[1:]  # the second commit adds its folder and the card, deletes nothing
+    assert deleted == [] and all(p.startswith("tiny-llama/spectral/") or p == "README.md" for p in added)
     assert "- `tiny-llama/importance/`" in hub.datasets[REPO].files["README.md"].decode()
     capsys.readouterr()
     assert cli.main(["atlas", REPO]) == 0
