@@ -73,13 +73,13 @@ def exports(result: Result) -> list[Export]:
 
 def choose(result: Result, folder: str | None) -> Export:
     """The export to push: the only one, or the one whose folder is `folder`."""
-    found = exports(result)
-    if folder is not None:
-        found = [e for e in found if e.folder.resolve() == Path(folder).resolve()]
+    saved = exports(result)
+    run = shown(result.source.get("run"))
+    if not saved:
+        raise AnatomyError(f"The run in {run} saved no model: run prune or plans with --save DIR, then push that run.")
+    found = [e for e in saved if folder is None or e.folder.resolve() == Path(folder).resolve()]
     if len(found) != 1:
-        listed = ", ".join(str(e.folder) for e in exports(result)) or "none (run it with --save DIR)"
-        raise AnatomyError(f"The run in {shown(result.source.get('run'))} saved these models: {listed}: "
-                           + ("name one with --folder." if len(found) > 1 else "give one of them with --folder."))
+        raise AnatomyError(f"The run in {run} saved {', '.join(str(e.folder) for e in saved)}: name one with --folder.")
     if not (found[0].folder / "config.json").is_file():
         raise AnatomyError(f"The saved model {shown(str(found[0].folder))} is gone (no config.json): run the "
                            "experiment again with --save.")

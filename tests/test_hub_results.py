@@ -232,7 +232,7 @@ def test_push_model_refuses_a_run_that_saved_no_model(hub, model_dir, texts, tmp
     assert cli.main(importance(model_dir, texts, run)) == 0
     capsys.readouterr()
     assert cli.main(["push-model", str(run), "alice/x"]) == 2
-    assert "saved these models: none" in one_line(capsys)
+    assert "saved no model" in one_line(capsys)
 
 
 def test_a_card_the_hub_refuses_is_one_line_and_the_run_stays(hub, model_dir, texts, tmp_path, capsys, monkeypatch):
