@@ -290,3 +290,15 @@ def test_from_hub_refuses_a_run_measured_on_other_max_length_or_seed(hub, model_
         assert cli.main(importance(model_dir, texts, tmp_path / "x", "--from-hub", REPO, flag, value)) == 2
         name = flag.removeprefix("--").replace("-", "_")
         assert f"eval_{name}: stored {stored}, asked {value}" in capsys.readouterr().err
+
+
+def test_push_model_picks_one_of_several_saved_models_by_folder(hub, model_dir, texts, tmp_path, capsys):
+    run, saved = tmp_path / "prune", tmp_path / "pruned"
+    assert cli.main(["prune", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24", "-k", "1,2",
+                     "--by", "last", "--save", str(saved), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["push-model", str(run), "alice/tiny-pruned"]) == 2
+    assert "name one with --folder" in one_line(capsys)
+    assert cli.main(["push-model", str(run), "alice/tiny-pruned", "--folder", str(saved / "last-k2")]) == 0
+    card = hub.repos["alice/tiny-pruned"].files["README.md"].decode()
+    assert "removed layers 1,2 (criterion last, K=2)" in card and "layer_range: [0, 1]" in card
