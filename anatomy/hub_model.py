@@ -86,16 +86,17 @@ def choose(result: Result, folder: str | None) -> Export:
     return found[0]
 
 
-def model_card(result: Result, export: Export, repo_id: str) -> ModelCard:
-    """The card of an exported model: metadata the Hub links and ranks on, then what changed and what it cost."""
+def model_card(result: Result, export: Export, repo_id: str, base_license: str | None = None) -> ModelCard:
+    """The card of an exported model: metadata the Hub links and ranks on, then what changed and what it cost.
+    `base_license`: the base model's, which an edited copy of its weights keeps."""
     model, eval_set = result.source.get("model") or {}, result.source.get("eval_set") or {}
     before, after = result.scalars["baseline"], export.after
     base = model.get("name") if model.get("source") == "hub" else None
     metric = [EvalResult(task_type="text-generation", dataset_type="text", dataset_name=str(eval_set.get("name")),
                          dataset_revision=eval_set.get("sha256"), metric_type="perplexity", metric_name="PPL",
                          metric_value=float(after["ppl"]))]
-    data = ModelCardData(base_model=base, base_model_revision=model.get("revision"), library_name="transformers",
-                         pipeline_tag="text-generation", tags=["transformer-anatomy", result.experiment],
+    data = ModelCardData(license=base_license, base_model=base, base_model_revision=model.get("revision"),
+                         library_name="transformers", pipeline_tag="text-generation", tags=["transformer-anatomy", result.experiment],
                          model_name=repo_id.split("/")[1], eval_results=metric)
 
     def ppl(values: dict) -> str:
@@ -122,11 +123,15 @@ def push_model(run: str | Path, repo_id: str, folder: str | None = None) -> str:
     export = choose(result, folder)
     repo_id = check_repo_id(repo_id, run, PUSH_MODEL)
     api = HfApi(token=token_or_refuse(repo_id, run, PUSH_MODEL))
+    base = result.source.get("model") or {}
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        card_data = (api.model_info(base["name"], revision=base.get("revision")).card_data
+                     if base.get("source") == "hub" else None)
     except HUB_ERRORS as err:
         raise hub_failure(err, repo_id, f"creating {repo_id}", later(run, repo_id, PUSH_MODEL)) from None
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(export.folder, tmp, dirs_exist_ok=True)
-        model_card(result, export, repo_id).save(Path(tmp) / "README.md")
+        card = model_card(result, export, repo_id, getattr(card_data, "license", None))
+        card.save(Path(tmp) / "README.md")
         return upload(api, tmp, repo_id, "model", f"Upload {export.change.split(' (')[0]}", run, PUSH_MODEL)

@@ -29,6 +29,7 @@ class FakeRepo:
     sizes: dict[str, int] = field(default_factory=dict)  # reported sizes overriding len(content)
     parameters: int = 1000
     gated_for_all_but: set[str] | None = None  # tokens allowed; None: public
+    license: str | None = None  # its card's license, as model_info reports it
 
 
 class FakeHub:
@@ -77,7 +78,8 @@ class FakeHub:
                         for name, data in repo.files.items()]
             return httpx.Response(200, json={"id": "/".join(parts[2:4]), "sha": SHA, "siblings": siblings,
                                              "safetensors": {"total": repo.parameters, "parameters": {}},
-                                             "private": False, "gated": repo.gated_for_all_but is not None})
+                                             "private": False, "gated": repo.gated_for_all_but is not None,
+                                             **({"cardData": {"license": repo.license}} if repo.license else {})})
         repo = self.repos.get("/".join(parts[:2]))
         if repo is None or parts[2:3] != ["resolve"]:
             return not_found

@@ -302,3 +302,18 @@ def test_push_model_picks_one_of_several_saved_models_by_folder(hub, model_dir, 
     assert cli.main(["push-model", str(run), "alice/tiny-pruned", "--folder", str(saved / "last-k2")]) == 0
     card = hub.repos["alice/tiny-pruned"].files["README.md"].decode()
     assert "removed layers 1,2 (criterion last, K=2)" in card and "layer_range: [0, 1]" in card
+
+
+def test_a_hub_models_pruned_copy_links_its_base_and_keeps_its_license(hub, model_dir, texts, tmp_path):
+    from huggingface_hub import ModelCard
+
+    files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    hub.repos["alice/tiny-full"] = FakeRepo(files, license="apache-2.0")
+    run = tmp_path / "prune"
+    assert cli.main(["prune", "--model", "alice/tiny-full", "--text-file", str(texts), "--max-length", "24", "-k", "1",
+                     "--by", "last", "--save", str(tmp_path / "pruned"), "--out", str(run)]) == 0
+    assert cli.main(["push-model", str(run), "alice/tiny-pruned"]) == 0
+    (tmp_path / "card.md").write_bytes(hub.repos["alice/tiny-pruned"].files["README.md"])
+    card = ModelCard.load(tmp_path / "card.md")
+    assert card.data.base_model == "alice/tiny-full" and card.data.base_model_revision == SHA
+    assert card.data.license == "apache-2.0" and "model: alice/tiny-full" in card.text  # the mergekit source
