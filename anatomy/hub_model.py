@@ -96,8 +96,9 @@ def model_card(result: Result, export: Export, repo_id: str, base_license: str |
                          dataset_revision=eval_set.get("sha256"), metric_type="perplexity", metric_name="PPL",
                          metric_value=float(after["ppl"]))]
     data = ModelCardData(license=base_license, base_model=base, base_model_revision=model.get("revision"),
-                         library_name="transformers", pipeline_tag="text-generation", tags=["transformer-anatomy", result.experiment],
-                         model_name=repo_id.split("/")[1], eval_results=metric)
+                         library_name="transformers", pipeline_tag="text-generation",
+                         tags=["transformer-anatomy", result.experiment], model_name=repo_id.split("/")[1],
+                         eval_results=metric)
 
     def ppl(values: dict) -> str:
         return f"{values['ppl']:.3f} [{values['ppl_low']:.3f}, {values['ppl_high']:.3f}]"
