@@ -109,7 +109,8 @@ def model_card(result: Result, export: Export, repo_id: str, base_license: str |
             "## Perplexity", "",
             f"On the evaluation text {eval_set.get('name')} ({eval_set.get('num_texts')} texts, sha256 "
             f"`{eval_set.get('sha256')}`); 95% bootstrap intervals over the texts.", "",
-            "| model | PPL [95% interval] |", "|:--|:--|", f"| before | {ppl(before)} |", f"| after | {ppl(after)} |", ""]
+            "| model | PPL [95% interval] |", "|:--|:--|", f"| before | {ppl(before)} |",
+            f"| after | {ppl(after)} |", ""]
     if export.mergekit:
         body += ["## The same model with mergekit", "", "```yaml", export.mergekit.rstrip(), "```", ""]
     body += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",

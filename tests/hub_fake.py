@@ -156,7 +156,8 @@ class FakeHub:
                     repo.files[value["path"]] = base64.b64decode(value["content"])
                     added.append(value["path"])
                 elif key in ("deletedFile", "deletedFolder"):
-                    gone = [p for p in repo.files if p == value["path"] or p.startswith(value["path"].rstrip("/") + "/")]
+                    folder = value["path"].rstrip("/") + "/"
+                    gone = [p for p in repo.files if p == value["path"] or p.startswith(folder)]
                     for path in gone:
                         del repo.files[path]
                     deleted += gone

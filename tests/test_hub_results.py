@@ -125,7 +125,8 @@ def one_line(capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("repo, why", [("not-a-repo", "not a Hub repo id"), ("https://hf.co/datasets/a/b", "OWNER/NAME"),
+@pytest.mark.parametrize("repo, why", [("not-a-repo", "not a Hub repo id"),
+                                       ("https://hf.co/datasets/a/b", "OWNER/NAME"),
                                        ("datasets/alice/x", "not a Hub repo id"), ("alice/../x", "not a Hub repo id"),
                                        ("alice/tiny", "is a model repo")])
 def test_bad_repo_ids_are_refused_before_the_model_loads(hub, texts, tmp_path, capsys, repo, why):
@@ -167,7 +168,8 @@ def test_a_study_is_pushed_whole_and_reused_by_study_from_hub(hub, model_dir, te
     study = ["study", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24",
              "--experiments", "importance,spectral,prune"]  # prune's K=4 cannot run on 3 layers
     assert cli.main([*study, "--out", str(tmp_path / "s"), "--push-to-hub", REPO]) == 0
-    pushed = {k.removeprefix("tiny-llama/study/") for k in hub.datasets[REPO].files if k.startswith("tiny-llama/study/")}
+    prefix = "tiny-llama/study/"
+    pushed = {k.removeprefix(prefix) for k in hub.datasets[REPO].files if k.startswith(prefix)}
     assert pushed == set(files_of(tmp_path / "s"))
     card = hub.datasets[REPO].files["README.md"].decode()
     assert "## Headline" in card and "| finding" in card and "- study" in card  # the claims table; the tag
@@ -215,7 +217,8 @@ def test_a_pruned_model_is_pushed_with_a_model_card_and_loads_back_alone(hub, mo
     assert card.data.eval_results[0].metric_type == "perplexity"
     assert card.data.eval_results[0].metric_value == pytest.approx(row.ppl)
     assert f"| before | {baseline['ppl']:.3f} [{baseline['ppl_low']:.3f}, {baseline['ppl_high']:.3f}] |" in card.text
-    assert "removed layers 2" in card.text and "layer_range: [0, 2]" in card.text and "merge_method: passthrough" in card.text
+    assert "removed layers 2" in card.text and "layer_range: [0, 2]" in card.text
+    assert "merge_method: passthrough" in card.text
     loaded = tmp_path / "downloaded"
     for name, data in files.items():
         (loaded / name).parent.mkdir(parents=True, exist_ok=True)
