@@ -1,7 +1,8 @@
 """Reading a results repo: what it holds (`atlas`), and one stored run reused instead of recomputed (`--from-hub`).
 
 A stored run is reused only when it measured what the command would measure now: the same model (and, for a
-Hub model, the same commit), the same evaluation text (its sha256) and the same config. Otherwise the
+Hub model, the same commit) and dtype, the same evaluation text (its sha256, max_length and seed) and the same
+config. Otherwise the
 differences are listed and nothing is computed: `--from-hub` means "reuse or refuse", and the user drops the
 flag to compute anew.
 """
@@ -71,11 +72,9 @@ def download(repo_id: str, path_in_repo: str, into: str | Path) -> Path:
 
 
 def keep(stored: Path, out: str | Path) -> Path:
-    """The checked stored folder as the run folder `out`, replacing what was there."""
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(stored, out)
-    return out
+    """The checked stored folder as the run folder `out`: its files written over those of the same name, as a
+    run writes its folder; nothing else in `out` is removed (it may be any folder the user named)."""
+    return Path(shutil.copytree(stored, out, dirs_exist_ok=True))
 
 
 def differences(stored: dict, expected: dict) -> list[str]:

@@ -320,3 +320,12 @@ def test_a_hub_models_pruned_copy_links_its_base_and_keeps_its_license(hub, mode
     card = ModelCard.load(tmp_path / "card.md")
     assert card.data.base_model == "alice/tiny-full" and card.data.base_model_revision == SHA
     assert card.data.license == "apache-2.0" and "model: alice/tiny-full" in card.text  # the mergekit source
+
+
+def test_from_hub_writes_into_out_without_removing_what_else_is_there(hub, model_dir, texts, tmp_path):
+    assert cli.main(importance(model_dir, texts, tmp_path / "run", "--push-to-hub", REPO)) == 0
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(importance(model_dir, texts, out, "--from-hub", REPO)) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "importance.csv").is_file()
