@@ -9,23 +9,27 @@ argparse, so adding an experiment never touches it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 from accelerate.utils import convert_file_size_to_int
+from huggingface_hub import HfApi, get_token
 
-from . import study, study_report
+from . import atlas, hub, hub_model, study, study_report
 from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
 from .layers import LayerAdapter
 from .load import DTYPES, EMBEDDED, LoadedModel, Placement, load_model
+from .model_spec import parse_model_spec
 from .offload import input_device
 from .options import build_config, params
-from .report import RunFolder
+from .report import RunFolder, text_hash, to_jsonable
 from .run import artefacts, compute_with, execute, resolve_needs
 from .texts import resolve_eval_texts
 
@@ -129,6 +133,74 @@ def config_from_args(experiment: Experiment, args: argparse.Namespace) -> object
     return build_config(experiment.config, values, where=lambda p: p.flag)
 
 
+def add_hub_args(parser: argparse.ArgumentParser, reuse: bool = True) -> None:
+    """--push-to-hub, and --from-hub where a stored run can stand for this one (`reuse`: it names a model)."""
+    group = parser.add_argument_group("results on the Hub")
+    group.add_argument("--push-to-hub", metavar="OWNER/NAME",
+                       help="publish the finished run folder to this Hub dataset repo (created if missing; other "
+                            "runs in it are kept). Token: HF_TOKEN or `hf auth login`")
+    if not reuse:
+        parser.set_defaults(from_hub=None)
+        return
+    group.add_argument("--from-hub", metavar="OWNER/NAME",
+                       help="show this model's stored run from a results repo instead of computing it, if it was "
+                            "measured with the same model revision, text and settings; refused otherwise")
+
+
+def check_hub_flags(args: argparse.Namespace) -> None:
+    """--push-to-hub checked (id, token, repo type, Hub reachable) before any model is loaded."""
+    if args.push_to_hub and args.from_hub:
+        raise AnatomyError("--push-to-hub and --from-hub together would publish what is already published: "
+                           "give one.")
+    if args.push_to_hub:
+        args.push_to_hub = hub.check_target(args.push_to_hub, args.out)
+
+
+def push_after(args: argparse.Namespace, folder: Path) -> None:
+    """The push at the end of a run; a failure keeps the folder and says how to push it later."""
+    if args.push_to_hub:
+        print(f"pushed to {hub.push(folder, args.push_to_hub)}")
+
+
+def model_slug_of(args: argparse.Namespace) -> str:
+    """The repo folder of the model `--model` names, as a push of its runs spells it."""
+    spec = parse_model_spec(args.model)
+    return hub.model_slug({"source": spec.kind, "name": args.model if spec.kind == "hub" else str(spec.path)})
+
+
+def expected_key(args: argparse.Namespace, config: object | None, uses_eval: bool = True,
+                 limit: int | None = None) -> dict:
+    """What a stored run must have measured to stand for this command: its model (and the commit a Hub id
+    resolves to now), the weights' dtype unless `auto` (its choice depends on the machine), the evaluation
+    text's sha256 (`limit`: its first texts), its --max-length and --seed and, when given, the config."""
+    spec = parse_model_spec(args.model)
+    revision = None
+    if spec.kind == "hub":
+        try:
+            revision = HfApi(token=get_token() or None).model_info(args.model, revision=args.revision).sha
+        except hub.HUB_ERRORS as err:
+            raise hub.hub_failure(err, args.model, f"resolving the revision of {args.model}",
+                                  atlas.READ_LATER) from None
+    texts = resolve_eval_texts(args.text_file, args.dataset)[0] if uses_eval else []
+    texts = [t for t in texts[:limit] if t and t.strip()]  # as eval_set_from_args, then EvalSet.from_texts
+    return {"model": model_slug_of(args), "revision": revision,
+            "dtype": None if args.dtype == "auto" else f"torch.{args.dtype}",
+            "eval_sha256": text_hash(texts) if uses_eval else None,
+            "eval_max_length": args.max_length if uses_eval else None, "eval_seed": args.seed if uses_eval else None,
+            "config": None if config is None else to_jsonable(config)}
+
+
+def from_hub(args: argparse.Namespace, path_in_repo: str, expected: dict) -> Path:
+    """The stored folder as the run folder `--out`, once its key matches `expected`; refused otherwise, and
+    then --out is left as it was."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = atlas.download(args.from_hub, path_in_repo, tmp)
+        stored = atlas.stored_key(json.loads((folder / "results.json").read_text(encoding="utf-8")))
+        differ = atlas.differences(stored, expected)
+        if differ:
+            raise AnatomyError(f"The stored {path_in_repo} in {args.from_hub} measured something else ("
+                               + "; ".join(differ) + "): drop --from-hub to compute it with these settings.")
+        return atlas.keep(folder, args.out)
 
 
 def print_summary(experiment: Experiment, result: Result, out: Path, files: list[str]) -> None:
@@ -145,6 +217,10 @@ def print_summary(experiment: Experiment, result: Result, out: Path, files: list
 def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
     """Config and given run folders checked first, then the model loaded, needs resolved, run, written."""
     config = config_from_args(experiment, args)
+    check_hub_flags(args)
+    if args.from_hub:
+        show_stored(experiment, args, config)
+        return
     given = {need.experiment: Result.load(path, need.experiment) for need in experiment.needs
              if (path := getattr(args, need.experiment, None))}
     loaded = load_from_args(args) if experiment.uses_model else None
@@ -159,6 +235,18 @@ def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
     folder = RunFolder(args.out, experiment.name)
     folder.write(result, made, loaded, eval_set, config)
     print_summary(experiment, result, folder.path, folder.files)
+    push_after(args, folder.path)
+
+
+def show_stored(experiment: Experiment, args: argparse.Namespace, config: object) -> None:
+    """--from-hub: the stored run of this model and experiment, written to --out and printed like a new one."""
+    expected = expected_key(args, config, experiment.uses_eval)
+    folder = from_hub(args, f"{model_slug_of(args)}/{experiment.name}", expected)
+    result = Result.load(folder, experiment.name)
+    written = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("written") or "an unknown date"
+    print_summary(experiment, result, folder, sorted(p.name for p in folder.iterdir() if p.name != "results.json"))
+    print(f"stored result from {args.from_hub}, measured on {written} with the same model, text and settings "
+          "(drop --from-hub to compute it again)")
 
 
 SPEC_NOTE = "\"SPEC section N\" is section N of docs/SPEC.md, the protocol reference in the repository."
@@ -179,6 +267,7 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument("--layers", help="recovery layers (default: the study's 13; 'all' for every layer)")
     sub.add_argument("--growth", metavar="RUN", help="a growth comparison run (python -m growth_models.compare "
                                                      "--regime study): its growth-vs-uniform claim joins the table")
+    add_hub_args(sub)
 
 
 def run_study_command(args: argparse.Namespace) -> None:
@@ -188,6 +277,10 @@ def run_study_command(args: argparse.Namespace) -> None:
     overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else {}).items() if name in names}
     steps = study.plan(names, {**overrides, **({"recovery": {**overrides.get("recovery", {}), "layers": args.layers}}
                                                if args.layers and "recovery" in names else {})})
+    check_hub_flags(args)
+    if args.from_hub:
+        show_stored_study(args, steps)
+        return
     loaded = load_from_args(args)  # every flag above was checked before this
     steps = study.with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, args.layers, args.quick)
     eval_set = eval_set_from_args(args, loaded, study.QUICK_TEXTS if args.quick else None)
@@ -200,6 +293,37 @@ def run_study_command(args: argparse.Namespace) -> None:
             bar.set_postfix_str(f"{name} done" + (f", about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""))
         done = study.run_study(steps, loaded, eval_set, args.out, on_step=on_step)
     print(study.write_report(done, loaded, eval_set, args.out, overrides, quick=args.quick, growth=args.growth))
+    push_after(args, Path(args.out))
+
+
+def show_stored_study(args: argparse.Namespace, steps: list[study.Step]) -> None:
+    """--from-hub on a study: the stored study of this model, each step checked against the step it would run
+    (model, commit, text; the config of every step but recovery, whose layers follow the model's depth)."""
+    base = expected_key(args, None, limit=study.QUICK_TEXTS if args.quick else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = atlas.download(args.from_hub, f"{model_slug_of(args)}/{hub.STUDY}", tmp)
+        check_stored_study(args, steps, folder, base)
+        folder = atlas.keep(folder, args.out)
+    print((folder / "study.md").read_text(encoding="utf-8"))
+    print(f"stored study from {args.from_hub} (drop --from-hub to compute it again)")
+
+
+def check_stored_study(args: argparse.Namespace, steps: list[study.Step], folder: Path, base: dict) -> None:
+    """Refuse a stored study one of whose steps is missing or measured with other settings, naming them; a step
+    the study could not run on its model (study.md says so) stands as it is."""
+    refused = study.refused_in(folder)
+    for step in steps:
+        if step.name in refused:
+            continue
+        if not (folder / step.name / "results.json").is_file():
+            raise AnatomyError(f"The stored study in {args.from_hub} has no {step.name} step: drop --from-hub to "
+                               "compute the study.")
+        config = None if step.name == "recovery" else to_jsonable(step.config)
+        stored = atlas.stored_key(json.loads((folder / step.name / "results.json").read_text(encoding="utf-8")))
+        differ = atlas.differences(stored, {**base, "config": config})
+        if differ:
+            raise AnatomyError(f"The stored study's {step.name} in {args.from_hub} measured something else ("
+                               + "; ".join(differ) + "): drop --from-hub to compute the study with these settings.")
 
 
 def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -221,6 +345,28 @@ def run_compare_command(args: argparse.Namespace) -> None:
     print(markdown)
 
 
+def add_push_parser(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser("push", help="publish a finished run or study folder to a Hub dataset repo",
+                                description=hub.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("run", metavar="RUN", help="a run folder or a study folder")
+    sub.add_argument("repo_id", metavar="OWNER/NAME", help="the dataset repo (created if missing)")
+
+
+def add_push_model_parser(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser(hub_model.PUSH_MODEL, help="publish a model a prune or plans run saved (--save) to "
+                                "a Hub model repo with its card", description=hub_model.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("run", metavar="RUN", help="the prune or plans run folder that saved the model")
+    sub.add_argument("repo_id", metavar="OWNER/NAME", help="the model repo (created if missing)")
+    sub.add_argument("--folder", help="which saved model, where the run saved several (prune with several K)")
+
+
+def add_atlas_parser(subparsers: argparse._SubParsersAction) -> None:
+    sub = subparsers.add_parser("atlas", help="list what a results repo on the Hub holds", description=atlas.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("repo_id", metavar="OWNER/NAME", help="a dataset repo written by --push-to-hub")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anatomy",
                                      description="Measure the layer anatomy of a Hugging Face causal LM. "
@@ -238,8 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", default=experiment.default_out,
                          help=f"run folder to write (default {experiment.default_out})")
         add_config_args(sub, experiment)
+        add_hub_args(sub, reuse=experiment.uses_model)
     add_study_parser(subparsers)
     add_compare_parser(subparsers)
+    add_push_parser(subparsers)
+    add_push_model_parser(subparsers)
+    add_atlas_parser(subparsers)
     return parser
 
 
@@ -250,6 +400,14 @@ def main(argv: list[str] | None = None) -> int:
             run_study_command(args)
         elif args.experiment == "compare-studies":
             run_compare_command(args)
+        elif args.experiment == "push":
+            hub.target_path(Path(args.run))  # a folder that is no run fails before the Hub is asked
+            print(f"pushed to {hub.push(args.run, hub.check_target(args.repo_id, args.run))}")
+        elif args.experiment == hub_model.PUSH_MODEL:
+            print(f"pushed to {hub_model.push_model(args.run, args.repo_id, args.folder)}")
+        elif args.experiment == "atlas":
+            with pd.option_context("display.max_rows", 500, "display.width", 200):
+                print(atlas.atlas(args.repo_id).to_string(index=False))
         else:
             run_command(registry()[args.experiment], args)
     except AnatomyError as err:

@@ -117,6 +117,8 @@ class EvalSet:
     packed_batches: list[Batch]
     token_counts: np.ndarray  # predicted tokens per text
     bootstrap_indices: np.ndarray = field(repr=False)  # (N_BOOTSTRAP, n_texts)
+    max_length: int | None = None  # tokens kept per text, and the resampling seed: with the texts, what decides
+    seed: int | None = None  # the PPL and its interval (recorded in results.json; --from-hub compares them)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, *, name: str = "custom",
@@ -145,7 +147,7 @@ class EvalSet:
             packed = []
         rng = np.random.default_rng(seed)
         boot = rng.integers(0, len(texts), size=(N_BOOTSTRAP, len(texts)))
-        return cls(list(texts), name, batches, packed, counts, boot)
+        return cls(list(texts), name, batches, packed, counts, boot, max_length=max_length, seed=seed)
 
     @property
     def num_tokens(self) -> int:

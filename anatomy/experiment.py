@@ -93,14 +93,16 @@ class Result:
 def read_table(csv: Path, dtypes: dict[str, str]) -> pd.DataFrame:
     """A table from its CSV with the column types it was written with (results.json `dtypes`): a text column
     whose cells are all empty would otherwise come back as floats. CSV cannot tell an empty text from a
-    missing one, so text columns come back with empty strings for both."""
-    df = pd.read_csv(csv)
+    missing one, so text columns come back with empty strings for both. Text columns are read as text, so a
+    column of layer lists like "2" stays "2", not 2.0."""
+    text = {c for c, t in dtypes.items() if t in ("str", "string", "object")}
+    df = pd.read_csv(csv, dtype={c: str for c in text} or None)
     for column, dtype in dtypes.items():
-        if column not in df.columns or str(df[column].dtype) == dtype:
+        if column not in df.columns:
             continue
-        if dtype in ("str", "string", "object"):
+        if column in text:
             df[column] = df[column].fillna("").astype(str)
-        else:
+        elif str(df[column].dtype) != dtype:
             try:
                 df[column] = df[column].astype(dtype)
             except (TypeError, ValueError):

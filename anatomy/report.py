@@ -115,6 +115,7 @@ class RunFolder:
         payload = {
             "experiment": self.experiment,
             "table": self.experiment,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the date a results repo lists
             "model": None if loaded is None else {
                 "name": loaded.name, "source": loaded.source, "revision": loaded.revision,
                 "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
@@ -124,7 +125,8 @@ class RunFolder:
                 "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation},
             "eval_set": None if eval_set is None else {
                 "name": eval_set.name, "num_texts": len(eval_set.texts), "num_tokens": eval_set.num_tokens,
-                "sha256": text_hash(eval_set.texts), "ppl_convention": PPL_CONVENTION},
+                "sha256": text_hash(eval_set.texts), "max_length": eval_set.max_length, "seed": eval_set.seed,
+                "ppl_convention": PPL_CONVENTION},
             "config": to_jsonable(config),
             "environment": environment(),
             "timings": {**timings, "write_s": write_s,

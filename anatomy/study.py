@@ -31,6 +31,8 @@ from .report import RunFolder, text_hash, to_jsonable
 from .run import artefacts, execute
 
 KEY_FILE = "study-key.json"
+REFUSED_LINE = "- Could not run on this model: "  # study.md's line per refused experiment, read back by
+# `refused_in`, so a stored study is known whole without the folders of the steps it could not run
 PARTIAL = ".partial"
 
 
@@ -197,6 +199,13 @@ def step_inputs(step: Step, study: StudyRun, configs: Mapping[str, object], load
     return inputs
 
 
+def refused_in(folder: Path) -> set[str]:
+    """The experiments a finished study folder (its study.md) says could not run on its model."""
+    study_md = folder / "study.md"
+    lines = study_md.read_text(encoding="utf-8").splitlines() if study_md.is_file() else []
+    return {line.removeprefix(REFUSED_LINE).split(":", 1)[0] for line in lines if line.startswith(REFUSED_LINE)}
+
+
 def write_step(folder: Path, step: Step, result: Result, loaded: LoadedModel | None, eval_set: EvalSet | None,
                key: dict) -> None:
     """Write under `<name>.partial`, the key file inside it, then swap it in for any older run of the step."""
@@ -227,7 +236,7 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
                  or "the study's defaults") + " (every other setting: the experiment's command default)",
              "- Experiments: " + ", ".join(f"{name} (`{folder.name}/`)" for name, folder in study.folders.items()),
              "- Reused from an earlier run of the same command: " + (", ".join(study.reused) or "none"),
-             *(f"- Could not run on this model: {name}: {why}" for name, why in study.refused.items())]
+             *(f"{REFUSED_LINE}{name}: {why}" for name, why in study.refused.items())]
     for name, result in study.results.items():
         experiment = registry()[name]
         if experiment.headline is not None:

@@ -2,19 +2,24 @@
 
 `FakeHub` answers model_info, auth-check and file downloads for the repos it is given, records the
 Authorization header of every request (so a test can prove whose token was sent), and refuses gated repos
-to any token but the ones allowed.
+to any token but the ones allowed. Dataset repos (`datasets=`) also take uploads: create, preupload (every
+file "regular", so no LFS or Xet storage is needed), commit, and file lists; `writers` limits who may
+write, and `unreachable` makes every request fail as a dropped connection would.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
 
 import httpx2 as httpx
 import huggingface_hub
+import yaml
 from huggingface_hub.utils import _http
 
+HUB_LICENSES = {"apache-2.0", "mit", "cc-by-4.0", "cc-by-sa-4.0", "cc0-1.0", "openrail", "other"}  # a few of them
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -24,11 +29,18 @@ class FakeRepo:
     sizes: dict[str, int] = field(default_factory=dict)  # reported sizes overriding len(content)
     parameters: int = 1000
     gated_for_all_but: set[str] | None = None  # tokens allowed; None: public
+    license: str | None = None  # its card's license, as model_info reports it
 
 
 class FakeHub:
-    def __init__(self, repos: dict[str, FakeRepo]):
+    def __init__(self, repos: dict[str, FakeRepo], datasets: dict[str, FakeRepo] | None = None,
+                 writers: set[str] | None = None):
         self.repos = repos
+        self.datasets = {} if datasets is None else datasets
+        self.writers = writers  # tokens that may create and commit; None: any token
+        self.unreachable = False
+        self.validated: list[dict] = []  # bodies sent to validate-yaml (a card's content and repo type)
+        self.commits: list[tuple[str, list[str], list[str]]] = []  # (repo, paths added, paths deleted) per commit
         self.requests: list[tuple[str, str | None]] = []  # (method and URL, Authorization header)
 
     def model_requests(self) -> list[tuple[str, str | None]]:
@@ -44,12 +56,20 @@ class FakeHub:
     def handle(self, request: httpx.Request) -> httpx.Response:
         auth = request.headers.get("authorization")
         self.requests.append((f"{request.method} {request.url}", auth))
+        if self.unreachable:
+            raise httpx.ConnectError("connection refused", request=request)
         parts = request.url.path.strip("/").split("/")
         not_found = httpx.Response(404, headers={"X-Error-Code": "RepoNotFound"}, json={"error": "not found"})
+        if parts[:2] == ["api", "validate-yaml"]:
+            return self.validate_yaml(json.loads(request.content))
+        if parts[:3] == ["api", "repos", "create"] or parts[:2] == ["api", "datasets"] or parts[:1] == ["datasets"]:
+            return self.handle_repo(request, parts, auth, not_found, self.datasets)
         if parts[:2] == ["api", "models"]:
             repo = self.repos.get("/".join(parts[2:4]))
             if repo is None:
                 return not_found
+            if parts[4:5] in (["preupload"], ["commit"], ["tree"]):
+                return self.handle_repo(request, parts, auth, not_found, self.repos)
             if parts[4:5] == ["auth-check"]:
                 return self._denied(repo, auth) or httpx.Response(200, json={})
             if parts[4:5] not in ([], ["revision"]):  # trees, templates: nothing beyond the files
@@ -58,7 +78,8 @@ class FakeHub:
                         for name, data in repo.files.items()]
             return httpx.Response(200, json={"id": "/".join(parts[2:4]), "sha": SHA, "siblings": siblings,
                                              "safetensors": {"total": repo.parameters, "parameters": {}},
-                                             "private": False, "gated": repo.gated_for_all_but is not None})
+                                             "private": False, "gated": repo.gated_for_all_but is not None,
+                                             **({"cardData": {"license": repo.license}} if repo.license else {})})
         repo = self.repos.get("/".join(parts[:2]))
         if repo is None or parts[2:3] != ["resolve"]:
             return not_found
@@ -68,9 +89,83 @@ class FakeHub:
         data = repo.files.get("/".join(parts[4:]))
         if data is None:
             return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "no file"})
-        etag = hashlib.sha256(data).hexdigest()
-        headers = {"X-Repo-Commit": SHA, "ETag": f'"{etag}"', "Content-Length": str(len(data))}
-        return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else data)
+        return file_response(request, data)
+
+    def validate_yaml(self, body: dict) -> httpx.Response:
+        """The Hub's check of a card's YAML before a commit: it must parse to a mapping; a license, where given,
+        must be a Hub license id."""
+        self.validated.append(body)
+        try:
+            data = yaml.safe_load(body["content"].split("---\n")[1])
+        except (IndexError, yaml.YAMLError) as err:
+            return httpx.Response(400, json={"errors": [{"message": f"no YAML front matter: {err}"}]})
+        if not isinstance(data, dict) or data.get("license", "other") not in HUB_LICENSES:
+            return httpx.Response(400, json={"errors": [{"message": "license: not a Hub license id"}]})
+        return httpx.Response(200, json={"warnings": [], "errors": []})
+
+    def handle_repo(self, request: httpx.Request, parts: list[str], auth: str | None, not_found: httpx.Response,
+                    store: dict[str, FakeRepo]) -> httpx.Response:
+        """Creating any repo; for the repos of `store` (datasets, or models being uploaded to): info, preupload,
+        commit, tree, and file downloads."""
+        token = (auth or "").removeprefix("Bearer ")
+        may_write = self.writers is None or token in self.writers
+        forbidden = httpx.Response(403, json={"error": "no write access"})
+        if parts[:3] == ["api", "repos", "create"]:
+            body = json.loads(request.content)
+            repo_id = f"{body.get('organization')}/{body['name']}"
+            store = self.datasets if body.get("type") == "dataset" else self.repos
+            if not may_write:
+                return forbidden
+            if repo_id in store:
+                return httpx.Response(409, json={"error": "You already created this repo", "url": repo_id})
+            store[repo_id] = FakeRepo({})
+            kind = "datasets/" if store is self.datasets else ""
+            return httpx.Response(200, json={"url": f"https://huggingface.co/{kind}{repo_id}", "name": repo_id})
+        api = parts[0] == "api"
+        repo_id = "/".join(parts[2:4] if api else parts[1:3])
+        repo = store.get(repo_id)
+        if repo is None:
+            return not_found
+        if not api:  # /datasets/OWNER/NAME/resolve/REVISION/PATH
+            data = repo.files.get("/".join(parts[5:])) if parts[3:4] == ["resolve"] else None
+            if data is None:
+                return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "no file"})
+            return file_response(request, data)
+        action = parts[4:5]
+        if action in ([], ["revision"]):
+            siblings = [{"rfilename": name} for name in repo.files]
+            return httpx.Response(200, json={"id": repo_id, "sha": SHA, "siblings": siblings, "private": False})
+        if action == ["tree"]:
+            prefix = "/".join(parts[6:])
+            return httpx.Response(200, json=[{"type": "file", "path": name, "size": len(data), "oid": SHA}
+                                             for name, data in sorted(repo.files.items())
+                                             if not prefix or name.startswith(prefix + "/")])
+        if action == ["preupload"]:
+            if not may_write:
+                return forbidden
+            files = json.loads(request.content)["files"]
+            return httpx.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular",
+                                                        "shouldIgnore": False} for f in files]})
+        if action == ["commit"]:
+            if not may_write:
+                return forbidden
+            added, deleted = [], []
+            for line in request.content.splitlines():
+                key, value = json.loads(line)["key"], json.loads(line)["value"]
+                if key == "file":
+                    repo.files[value["path"]] = base64.b64decode(value["content"])
+                    added.append(value["path"])
+                elif key in ("deletedFile", "deletedFolder"):
+                    folder = value["path"].rstrip("/") + "/"
+                    gone = [p for p in repo.files if p == value["path"] or p.startswith(folder)]
+                    for path in gone:
+                        del repo.files[path]
+                    deleted += gone
+            self.commits.append((repo_id, added, deleted))
+            kind = "datasets/" if store is self.datasets else ""
+            return httpx.Response(200, json={"commitUrl": f"https://huggingface.co/{kind}{repo_id}/commit/{SHA}",
+                                             "commitOid": SHA})
+        return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "none"})
 
     def install(self, monkeypatch) -> FakeHub:
         """Route every huggingface_hub request (metadata and downloads) to this fake until `uninstall()`."""
@@ -83,6 +178,12 @@ class FakeHub:
     @staticmethod
     def uninstall() -> None:
         huggingface_hub.set_client_factory(_http.default_client_factory)
+
+
+def file_response(request: httpx.Request, data: bytes) -> httpx.Response:
+    """A file download (or its HEAD) as the Hub answers it: the commit, the content's hash and its length."""
+    headers = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Content-Length": str(len(data))}
+    return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else data)
 
 
 def config_json(**extra) -> bytes:

@@ -1,0 +1,102 @@
+"""Reading a results repo: what it holds (`atlas`), and one stored run reused instead of recomputed (`--from-hub`).
+
+A stored run is reused only when it measured what the command would measure now: the same model (and, for a
+Hub model, the same commit) and dtype, the same evaluation text (its sha256, max_length and seed) and the same
+config. Otherwise the
+differences are listed and nothing is computed: `--from-hub` means "reuse or refuse", and the user drops the
+flag to compute anew.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from huggingface_hub import HfApi, get_token, hf_hub_download, snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError
+
+from .errors import AnatomyError
+from .hub import HUB_ERRORS, REPO_TYPE, check_repo_id, folders_in, hub_failure, model_slug, other_kind
+
+READ_LATER = "try again when the Hub answers, or drop --from-hub to compute the result here"
+ATLAS_COLUMNS = ["folder", "model", "experiment", "revision", "date"]
+
+
+def repo_files(repo_id: str) -> list[str]:
+    """The repo's file list; a missing repo, or a model repo named instead of a results repo, in one line."""
+    repo_id = check_repo_id(repo_id)
+    api = HfApi(token=get_token() or None)
+    try:
+        try:
+            return api.list_repo_files(repo_id, repo_type=REPO_TYPE)
+        except RepositoryNotFoundError:
+            kind = other_kind(api, repo_id)
+    except HUB_ERRORS as err:
+        raise hub_failure(err, repo_id, f"listing {repo_id}", READ_LATER) from None
+    what = f"a {kind} repo, not a results (dataset) repo" if kind else "not a dataset repo on the Hub (or private)"
+    raise AnatomyError(f"{repo_id} is {what}: give the repo `--push-to-hub` wrote.")
+
+
+def atlas(repo_id: str) -> pd.DataFrame:
+    """One row per stored run (a study's steps each their own): model, experiment, revision, date written."""
+    files = repo_files(repo_id)
+    rows = []
+    for name in sorted(f for f in files if f.endswith("/results.json")):
+        try:
+            payload = json.loads(Path(hf_hub_download(repo_id, name, repo_type=REPO_TYPE, token=get_token() or None))
+                                 .read_text(encoding="utf-8"))
+        except HUB_ERRORS as err:
+            raise hub_failure(err, repo_id, f"reading {name}", READ_LATER) from None
+        model = payload.get("model") or {}
+        rows.append({"folder": name.removesuffix("/results.json"), "model": model.get("name"),
+                     "experiment": payload.get("experiment"), "revision": model.get("revision"),
+                     "date": payload.get("written", "")})
+    return pd.DataFrame(rows, columns=ATLAS_COLUMNS)
+
+
+def download(repo_id: str, path_in_repo: str, into: str | Path) -> Path:
+    """The stored folder `path_in_repo` downloaded under `into` (a scratch folder: it becomes a run folder
+    only once it is found to match); refused if the repo lacks it."""
+    files = repo_files(repo_id)
+    if path_in_repo not in folders_in(files):
+        held = ", ".join(folders_in(files)) or "nothing yet"
+        raise AnatomyError(f"{repo_id} holds no {path_in_repo}/ (it holds: {held}): drop --from-hub to compute it.")
+    try:
+        snapshot_download(repo_id, repo_type=REPO_TYPE, allow_patterns=[f"{path_in_repo}/*"], local_dir=into,
+                          token=get_token() or None)
+    except HUB_ERRORS as err:
+        raise hub_failure(err, repo_id, f"downloading {path_in_repo}", READ_LATER) from None
+    return Path(into) / path_in_repo
+
+
+def keep(stored: Path, out: str | Path) -> Path:
+    """The checked stored folder as the run folder `out`: its files written over those of the same name, as a
+    run writes its folder; nothing else in `out` is removed (it may be any folder the user named)."""
+    return Path(shutil.copytree(stored, out, dirs_exist_ok=True))
+
+
+def differences(stored: dict, expected: dict) -> list[str]:
+    """What differs between a stored results.json and what the command would run now (None: not checked)."""
+    out = []
+    for key, want in expected.items():
+        have = stored.get(key)
+        if want is None or have == want:
+            continue
+        if isinstance(want, dict) and isinstance(have, dict):  # a config: the fields that differ, by name
+            out += [f"{key} {k}: stored {json.dumps(have.get(k))}, asked {json.dumps(want.get(k))}"
+                    for k in sorted({*want, *have}) if have.get(k) != want.get(k)]
+        else:
+            out.append(f"{key}: stored {json.dumps(have)[:80]}, asked {json.dumps(want)[:80]}")
+    return out
+
+
+def stored_key(payload: dict) -> dict:
+    """The parts of a results.json that decide its numbers, as `differences` compares them."""
+    model, eval_set = payload.get("model") or {}, payload.get("eval_set") or {}
+    return {"model": model_slug(model), "revision": model.get("revision"), "dtype": model.get("dtype"),
+            "eval_sha256": eval_set.get("sha256"), "eval_max_length": eval_set.get("max_length"),
+            "eval_seed": eval_set.get("seed"),
+            "config": payload.get("config")}
+
