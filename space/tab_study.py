@@ -57,8 +57,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, requ
             result = study.run_study(steps, job.loaded, job.eval_set, folder.path, step_progress, on_step)
             markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK, quick=True)
     final = folder.path  # renamed from .partial once the study was written whole
-    results, claims = study_report.load_study(final)
-    figure = study_report.glance_figure(study_report.layer_views(results), f"The anatomy of {job.loaded.name}")
+    claims = pd.read_csv(final / "claims.csv", keep_default_na=False)  # as written, verdicts included
+    figure = study_report.glance_figure(study_report.layer_views(result.results), f"The anatomy of {job.loaded.name}")
     return figure, claims[["finding", "verdict", "ours", "study"]], markdown, str(final / "study.html"), \
         str(runs.archive_of(final))
 
