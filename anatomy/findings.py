@@ -10,6 +10,7 @@ so a reader can disagree with a threshold and see what it changes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,10 +76,28 @@ def missing(name: str, study: str, experiment: str) -> Finding:
                    missing=experiment)
 
 
-def importance_range(results: Mapping[str, Result]) -> Finding:
-    study = "D from -0.6% to +63,419%: a few catastrophic layers beside redundant ones"
-    if "importance" not in results:
-        return missing("importance range", study, "importance")
+Verdict = tuple[str, str, str]  # what a rule measures: (ours, verdict, reason)
+
+
+def finding(name: str, study: str, *reads: str) -> Callable[[Callable[..., Verdict]], Callable[..., Finding]]:
+    """Declares a finding: its row in the claims table, the study's statement, and the experiments its rule
+    reads. The rule runs only when all of them are in the results (otherwise the row is `not comparable` and
+    names the absent one), so each rule holds just its measurement and its threshold."""
+    def declare(rule: Callable[..., Verdict]) -> Callable[..., Finding]:
+        @functools.wraps(rule)
+        def check(results: Mapping[str, Result], *args: object) -> Finding:
+            absent = next((n for n in reads if n not in results), None)
+            return missing(name, study, absent) if absent else Finding(name, study, *rule(results, *args))
+        return check
+    return declare
+
+
+def not_comparable(why: str) -> Verdict:
+    return "n/a", NOT_COMPARABLE, why
+
+
+@finding("importance range", "D from -0.6% to +63,419%: a few catastrophic layers beside redundant ones", "importance")
+def importance_range(results: Mapping[str, Result]) -> Verdict:
     t = results["importance"].table
     t = t[t["class"] != "Untouched"]
     top, bottom = t.loc[t["degradation_pct"].idxmax()], t.loc[t["degradation_pct"].idxmin()]
@@ -92,13 +111,11 @@ def importance_range(results: Mapping[str, Result]) -> Finding:
                INCONCLUSIVE)
     reason = ("Rule: some layer's whole D interval above 1000% and some layer's below 10%; "
               f"{'both found' if verdict == HOLDS else 'catastrophic layer ' + ('found' if catastrophic else 'not found') + ', redundant layer ' + ('found' if redundant else 'not found')}.")
-    return Finding("importance range", study, ours, verdict, reason)
+    return ours, verdict, reason
 
 
-def critical_core(results: Mapping[str, Result]) -> Finding:
-    study = "critical core L8-L11 (27-37% of depth), the most important layer L11"
-    if "importance" not in results:
-        return missing("critical core", study, "importance")
+@finding("critical core", "critical core L8-L11 (27-37% of depth), the most important layer L11", "importance")
+def critical_core(results: Mapping[str, Result]) -> Verdict:
     t = results["importance"].table
     n = int(t["layer"].max()) + 1
     inner = t[(t["layer"] > 0) & (t["layer"] < n - 1) & (t["class"] != "Untouched")]
@@ -112,13 +129,13 @@ def critical_core(results: Mapping[str, Result]) -> Finding:
     ours = f"most important inner layer {int(top['layer'])} ({depth:.0%} of depth), D {top['degradation_pct']:,.0f}%"
     reason = (f"Rule: every inner layer whose D interval reaches the top one's lies at 27-37% of depth; "
               f"those layers: {', '.join(map(str, rivals['layer'].astype(int)))}.")
-    return Finding("critical core", study, ours, verdict, reason)
+    return ours, verdict, reason
 
 
-def anti_layers(results: Mapping[str, Result]) -> Finding:
-    study = "anti-layers L14, L17: removing them lowers PPL (L17 D -0.6%) and they recover below baseline"
-    if "importance" not in results:
-        return missing("anti-layers", study, "importance")
+@finding("anti-layers",
+         "anti-layers L14, L17: removing them lowers PPL (L17 D -0.6%) and they recover below baseline",
+         "importance")
+def anti_layers(results: Mapping[str, Result]) -> Verdict:
     t = results["importance"].table
     below = t.loc[t["degradation_high"] < 0, "layer"].astype(int).tolist()
     straddle = t.loc[(t["degradation_low"] < 0) & (t["degradation_high"] >= 0), "layer"].astype(int).tolist()
@@ -130,28 +147,25 @@ def anti_layers(results: Mapping[str, Result]) -> Finding:
             + ("" if rec is None else f"; below baseline after recovery and not in the sigma-0 control: "
                                       f"{rec_anti or 'none'}"))
     reason = "Rule: a layer whose whole D interval is below 0, or which recovers below baseline when its control does not."
-    return Finding("anti-layers", study, ours, verdict, reason)
+    return ours, verdict, reason
 
 
-def table_1(results: Mapping[str, Result], model_name: str) -> Finding:
-    study = "Table 1 (SmolLM2-135M base, boundary untouched)"
-    if "importance" not in results:
-        return missing("Table 1 rank agreement", study, "importance")
+@finding("Table 1 rank agreement", "Table 1 (SmolLM2-135M base, boundary untouched)", "importance")
+def table_1(results: Mapping[str, Result], model_name: str) -> Verdict:
     t = results["importance"].table.sort_values("layer")
     if not any(f in model_name for f in STUDY_FAMILY) or len(t) != len(STUDY_TABLE_1):
-        return Finding("Table 1 rank agreement", study, "n/a", NOT_COMPARABLE,
-                       f"{model_name} is not the study's model family (SmolLM2-135M, base or instruct).")
+        return not_comparable(f"{model_name} is not the study's model family (SmolLM2-135M, base or instruct).")
     inner = slice(1, len(t) - 1)  # the study left its boundary layers untouched
     rho, low, high = spearman_interval(np.array(STUDY_TABLE_1[inner]), t["degradation_pct"].to_numpy()[inner])
     verdict = above(rho, low, high, 0.5)
-    return Finding("Table 1 rank agreement", study, f"Spearman {rho:.2f} [{low:.2f}, {high:.2f}] over layers 1-28",
-                   verdict, "Rule: the rank correlation's interval above 0.5 holds, wholly at or below it does not.")
+    return (f"Spearman {rho:.2f} [{low:.2f}, {high:.2f}] over layers 1-28",
+            verdict, "Rule: the rank correlation's interval above 0.5 holds, wholly at or below it does not.")
 
 
-def predictability_paradox(results: Mapping[str, Result]) -> Finding:
-    study = "gate_proj R^2 0.909 from depth, yet 9 predicted layers give PPL > 100,000 (the R^2-perplexity paradox)"
-    if "predictability" not in results:
-        return missing("R^2 and the paradox", study, "predictability")
+@finding("R^2 and the paradox",
+         "gate_proj R^2 0.909 from depth, yet 9 predicted layers give PPL > 100,000 (the R^2-perplexity paradox)",
+         "predictability")
+def predictability_paradox(results: Mapping[str, Result]) -> Verdict:
     result = results["predictability"]
     t = result.table
     gate = t[t["component"].astype(str).str.endswith("gate_proj")]
@@ -164,15 +178,13 @@ def predictability_paradox(results: Mapping[str, Result]) -> Finding:
         f"; replacing {functional['layers'].iloc[-1].count(',') + 1} layers: PPL {functional['ppl'].iloc[-1]:,.0f}"
     ours = f"mean per-position R^2 of {part['component'].iloc[0]} {mean:.3f} [{low:.3f}, {high:.3f}]{broken}"
     verdict = above(mean, low, high, 0.5)
-    return Finding("R^2 and the paradox", study, ours, verdict,
-                   "Rule: depth predicting the weights themselves (mean R^2 interval above 0.5) holds; the weight "
-                   "distribution's R^2 (in the predictability report) is what stays high.")
+    return (ours, verdict,
+            "Rule: depth predicting the weights themselves (mean R^2 interval above 0.5) holds; the weight "
+            "distribution's R^2 (in the predictability report) is what stays high.")
 
 
-def delta_correlation(results: Mapping[str, Result]) -> Finding:
-    study = "consecutive weight deltas correlate at -0.50 (read as structure)"
-    if "structure" not in results:
-        return missing("delta correlation", study, "structure")
+@finding("delta correlation", "consecutive weight deltas correlate at -0.50 (read as structure)", "structure")
+def delta_correlation(results: Mapping[str, Result]) -> Verdict:
     t = results["structure"].table
     z = t["order_z"].abs()
     ours = (f"mean delta correlation {t['delta_corr'].mean():.3f}; null -0.5; shuffled control "
@@ -181,13 +193,13 @@ def delta_correlation(results: Mapping[str, Result]) -> Finding:
     reason = ("Rule: structure means the real order differs from the layer-shuffled control (|z| > 2) for every "
               f"component; {int((z > 2).sum())} of {len(z)} do" + (", so -0.5 is what independent layers give."
                                                                     if verdict != HOLDS else "."))
-    return Finding("delta correlation", study, ours, verdict, reason)
+    return ours, verdict, reason
 
 
-def manipulation(results: Mapping[str, Result]) -> Finding:
-    study = "of the redundant layers changed at once, only scale 0.9 survives (+19%); scale 0.7 +5,035%"
-    if "manipulate" not in results:
-        return missing("manipulation survivors", study, "manipulate")
+@finding("manipulation survivors",
+         "of the redundant layers changed at once, only scale 0.9 survives (+19%); scale 0.7 +5,035%",
+         "manipulate")
+def manipulation(results: Mapping[str, Result]) -> Verdict:
     result = results["manipulate"]
     t = result.table[~result.table["strategy"].astype(str).str.startswith("baseline")]
     changed = result.scalars.get("layers") or []
@@ -200,135 +212,114 @@ def manipulation(results: Mapping[str, Result]) -> Finding:
     verdict = HOLDS if only else INCONCLUSIVE if maybe else FAILS
     reason = ("Rule: survives = whole D interval under 100%; holds when scale 0.9 is the only survivor (the study "
               "changed 9 layers: fewer redundant layers make every change milder).")
-    return Finding("manipulation survivors", study, ours, verdict, reason)
+    return ours, verdict, reason
 
 
-def recovery_vs_importance(results: Mapping[str, Result]) -> Finding:
-    study = "recovery speed correlates with importance (Table 5)"
-    if "recovery" not in results or "importance" not in results:
-        return missing("recovery vs importance", study, "recovery" if "importance" in results else "importance")
+@finding("recovery vs importance", "recovery speed correlates with importance (Table 5)", "importance", "recovery")
+def recovery_vs_importance(results: Mapping[str, Result]) -> Verdict:
     rec, imp = results["recovery"].table, results["importance"].table.set_index("layer")
     d = imp.loc[rec["layer"].astype(int), "degradation_pct"].to_numpy()
     rho, low, high = spearman_interval(d, rec["final_ratio"].to_numpy())
     verdict = above(rho, low, high, 0.0)
-    return Finding("recovery vs importance", study,
-                   f"Spearman(D, final PPL / baseline) {rho:.2f} [{low:.2f}, {high:.2f}] over {len(rec)} layers",
-                   verdict, "Rule: the interval wholly above 0 holds, wholly at or below 0 does not.")
+    return (f"Spearman(D, final PPL / baseline) {rho:.2f} [{low:.2f}, {high:.2f}] over {len(rec)} layers",
+            verdict, "Rule: the interval wholly above 0 holds, wholly at or below 0 does not.")
 
 
-def hardest_layer(results: Mapping[str, Result]) -> Finding:
-    study = "L11 never recovers: 4,323 after noise, 175.9 after 200 steps (7.8x baseline)"
-    if "recovery" not in results:
-        return missing("hardest layer's recovery", study, "recovery")
+@finding("hardest layer's recovery",
+         "L11 never recovers: 4,323 after noise, 175.9 after 200 steps (7.8x baseline)",
+         "recovery")
+def hardest_layer(results: Mapping[str, Result]) -> Verdict:
     rec = results["recovery"].table
     worst = rec.loc[rec["final_ratio"].idxmax()]
     base = float(worst["baseline_ppl"])
     low = float(worst["final_ppl_low"]) / base
     high = float(worst["final_ppl_high"]) / base
     verdict = above(float(worst["final_ratio"]), low, high, 2.0)
-    return Finding("hardest layer's recovery", study,
-                   f"layer {int(worst['layer'])}: final {worst['final_ratio']:.2f}x baseline [{low:.2f}, {high:.2f}] "
-                   f"after {int(worst['steps'])} steps", verdict,
-                   "Rule: the hardest layer's final PPL interval wholly above 2x baseline holds.")
+    return (f"layer {int(worst['layer'])}: final {worst['final_ratio']:.2f}x baseline [{low:.2f}, {high:.2f}] "
+            f"after {int(worst['steps'])} steps", verdict,
+            "Rule: the hardest layer's final PPL interval wholly above 2x baseline holds.")
 
 
-def budget_saving(results: Mapping[str, Result]) -> Finding:
-    study = "2,760 of 6,000 uniform steps (54% saved)"
-    if "budget" not in results:
-        return missing("budget saving", study, "budget")
+@finding("budget saving", "2,760 of 6,000 uniform steps (54% saved)", "budget")
+def budget_saving(results: Mapping[str, Result]) -> Verdict:
     t = results["budget"].table
     total, saved = int(t["steps"].sum()), 100 * (1 - t["ratio"].sum() / len(t))  # steps = round(R x B_max)
     verdict = HOLDS if abs(saved - 54) <= 10 else FAILS
-    return Finding("budget saving", study, f"{total:,} steps, {saved:.0f}% saved against a uniform budget", verdict,
-                   "Rule: within 10 points of the study's 54% holds (the saving is a rule's output: no interval).")
+    return (f"{total:,} steps, {saved:.0f}% saved against a uniform budget", verdict,
+            "Rule: within 10 points of the study's 54% holds (the saving is a rule's output: no interval).")
 
 
-def alpha_pruning(results: Mapping[str, Result]) -> Finding:
-    study = "alpha-guided pruning beats dropping the last k layers by 1.1x to 3.6x"
-    if "prune" not in results:
-        return missing("alpha-guided pruning", study, "prune")
+@finding("alpha-guided pruning", "alpha-guided pruning beats dropping the last k layers by 1.1x to 3.6x", "prune")
+def alpha_pruning(results: Mapping[str, Result]) -> Verdict:
     t = results["prune"].table
     t = t[t["k"] > 0]
     if not {"alpha", "last"} <= set(t["criterion"]):
-        return Finding("alpha-guided pruning", study, "n/a", NOT_COMPARABLE, "The run compared neither alpha nor last.")
+        return not_comparable("The run compared neither alpha nor last.")
     pairs = t.pivot(index="k", columns="criterion", values=["ppl", "ppl_low", "ppl_high"])
     ratios = (pairs["ppl"]["last"] / pairs["ppl"]["alpha"]).round(2).tolist()
     better = (pairs["ppl_high"]["alpha"] < pairs["ppl_low"]["last"]).tolist()
     worse = (pairs["ppl_low"]["alpha"] > pairs["ppl_high"]["last"]).tolist()
     verdict = HOLDS if all(better) else FAILS if all(worse) else INCONCLUSIVE
-    return Finding("alpha-guided pruning", study, f"last/alpha PPL at k={list(pairs.index)}: {ratios}", verdict,
-                   "Rule: alpha's PPL interval wholly below last-k's at every k holds; wholly above does not.")
+    return (f"last/alpha PPL at k={list(pairs.index)}: {ratios}", verdict,
+            "Rule: alpha's PPL interval wholly below last-k's at every k holds; wholly above does not.")
 
 
-def alpha_depth(results: Mapping[str, Result]) -> Finding:
-    study = "alpha forms a persistent depth gradient"
-    if "spectral" not in results:
-        return missing("alpha depth gradient", study, "spectral")
+@finding("alpha depth gradient", "alpha forms a persistent depth gradient", "spectral")
+def alpha_depth(results: Mapping[str, Result]) -> Verdict:
     t = results["spectral"].table.dropna(subset=["alpha"])
     per_layer = t.groupby("layer")["alpha"].mean()
     rho, low, high = spearman_interval(per_layer.index.to_numpy(), per_layer.to_numpy())
     verdict = HOLDS if (math.isfinite(low) and (low > 0 or high < 0)) else INCONCLUSIVE if math.isfinite(low) else \
         NOT_COMPARABLE
-    return Finding("alpha depth gradient", study, f"Spearman(layer, mean alpha) {rho:.2f} [{low:.2f}, {high:.2f}]",
-                   verdict, "Rule: an interval that excludes 0 (either sign) holds; one that contains 0 is inconclusive.")
+    return (f"Spearman(layer, mean alpha) {rho:.2f} [{low:.2f}, {high:.2f}]",
+            verdict, "Rule: an interval that excludes 0 (either sign) holds; one that contains 0 is inconclusive.")
 
 
-def qk_vs_vo(results: Mapping[str, Result]) -> Finding:
-    study = "query/key carry the depth dynamics; value/output compress uniformly"
-    if "spectral" not in results:
-        return missing("query/key vs value/output", study, "spectral")
+@finding("query/key vs value/output", "query/key carry the depth dynamics; value/output compress uniformly", "spectral")
+def qk_vs_vo(results: Mapping[str, Result]) -> Verdict:
     t = results["spectral"].table.dropna(subset=["alpha"])
     spread = {g: t[t["group"] == g].groupby("layer")["alpha"].mean().std() for g in ("query/key", "value/output")}
     if any(not math.isfinite(v) for v in spread.values()):
-        return Finding("query/key vs value/output", study, "n/a", NOT_COMPARABLE, "No query/key or value/output group.")
+        return not_comparable("No query/key or value/output group.")
     ratio = spread["query/key"] / spread["value/output"]
     verdict = HOLDS if ratio > 1.5 else FAILS if ratio < 1 else INCONCLUSIVE
-    return Finding("query/key vs value/output", study,
-                   f"depth spread of alpha: query/key {spread['query/key']:.3f}, value/output "
-                   f"{spread['value/output']:.3f} ({ratio:.2f}x)", verdict,
-                   "Rule: query/key's spread over depth at least 1.5x value/output's holds, below 1x does not.")
+    return (f"depth spread of alpha: query/key {spread['query/key']:.3f}, value/output "
+            f"{spread['value/output']:.3f} ({ratio:.2f}x)", verdict,
+            "Rule: query/key's spread over depth at least 1.5x value/output's holds, below 1x does not.")
 
 
-def painters_middle(results: Mapping[str, Result]) -> Finding:
-    study = "middle layers can be skipped or run in parallel with graceful loss"
-    name = next((n for n in ("plans", "painters") if n in results), None)
-    if name is None:
-        return missing("middle layers skippable", study, "plans")
-    t = results[name].table
+@finding("middle layers skippable", "middle layers can be skipped or run in parallel with graceful loss", "plans")
+def painters_middle(results: Mapping[str, Result]) -> Verdict:
+    t = results["plans"].table
     rows = t[t["variant"].isin(["skip", "parallel"])]
     if rows.empty:
-        return Finding("middle layers skippable", study, "n/a", NOT_COMPARABLE, "Neither skip nor parallel was run.")
+        return not_comparable("Neither skip nor parallel was run.")
     smallest = rows[rows["block_size"] == rows["block_size"].min()]
     graceful = smallest["degradation_high"] < 100
     ours = ", ".join(f"{r.variant} {int(r.block_size)}: D {r.degradation_pct:+.0f}%" for r in smallest.itertuples())
     verdict = HOLDS if graceful.all() else FAILS if (smallest["degradation_low"] >= 100).all() else INCONCLUSIVE
-    return Finding("middle layers skippable", study, ours, verdict,
-                   "Rule: skip and parallel of the smallest middle block with D interval under 100% hold.")
+    return (ours, verdict,
+            "Rule: skip and parallel of the smallest middle block with D interval under 100% hold.")
 
 
-def arithmetic_fragile(results: Mapping[str, Result]) -> Finding:
-    study = "arithmetic is the most fragile ability"
-    name = next((n for n in ("plans", "painters") if n in results), None)
-    if name is None:
-        return missing("arithmetic most fragile", study, "plans")
-    t = results[name].table
+@finding("arithmetic most fragile", "arithmetic is the most fragile ability", "plans")
+def arithmetic_fragile(results: Mapping[str, Result]) -> Verdict:
+    t = results["plans"].table
     facts, sums = "acc_facts", "acc_arithmetic"
     if not {facts, sums} <= set(t.columns) or t[[facts, sums]].isna().all().any():
-        return Finding("arithmetic most fragile", study, "n/a", NOT_COMPARABLE, "The run had no task accuracies.")
+        return not_comparable("The run had no task accuracies.")
     base = t[t["variant"] == "baseline"] if (t["variant"] == "baseline").any() else t.iloc[:0]
     if base.empty or float(base[sums].iloc[0]) == 0:
-        return Finding("arithmetic most fragile", study, "n/a", NOT_COMPARABLE,
-                       "The unchanged model answers no arithmetic task, so nothing can be lost.")
+        return not_comparable("The unchanged model answers no arithmetic task, so nothing can be lost.")
     altered = t[t["variant"] != "baseline"]
     drop_facts = float(base[facts].iloc[0]) - altered[facts]
     drop_sums = float(base[sums].iloc[0]) - altered[sums]
     diff = (drop_sums - drop_facts).to_numpy()
     rng = np.random.default_rng(0)
     mean, (low, high) = diff.mean(), np.percentile(rng.choice(diff, (2000, len(diff))).mean(axis=1), [2.5, 97.5])
-    return Finding("arithmetic most fragile", study,
-                   f"arithmetic loses {mean * 100:+.0f} points more than facts [{low * 100:+.0f}, {high * 100:+.0f}] "
-                   f"over {len(diff)} altered plans (bootstrap over plans)",
-                   above(mean, low, high, 0.0), "Rule: the mean extra loss of arithmetic over facts above 0 holds.")
+    return (f"arithmetic loses {mean * 100:+.0f} points more than facts [{low * 100:+.0f}, {high * 100:+.0f}] "
+            f"over {len(diff)} altered plans (bootstrap over plans)",
+            above(mean, low, high, 0.0), "Rule: the mean extra loss of arithmetic over facts above 0 holds.")
 
 
 FINDINGS: tuple[Callable[[Mapping[str, Result]], Finding], ...] = (
