@@ -14,7 +14,6 @@ import json
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,8 @@ class Result:
                                f"folder written by `python -m anatomy {experiment}`.")
         dtypes = payload.get("dtypes", {})
         tables = {k: read_table(folder / f"{k}.csv", dtypes.get(k, {})) if (folder / f"{k}.csv").is_file()
-                  else pd.read_json(StringIO(json.dumps(v)), orient="records") if v else pd.DataFrame()
+                  else missing_table(folder, k) if isinstance(v, dict)
+                  else typed(pd.DataFrame.from_records(v), dtypes.get(k, {})) if v else pd.DataFrame()
                   for k, v in payload.get("tables", {}).items()}
         main = payload.get("table", name)
         table = tables.pop(main, pd.DataFrame())
@@ -90,13 +90,24 @@ class Result:
                            "eval_set": payload.get("eval_set")})
 
 
+def missing_table(folder: Path, name: str) -> pd.DataFrame:
+    """A large table lives in its CSV only (results.json names it): without the file the run is incomplete."""
+    raise AnatomyError(f"{shown(str(folder))} lacks {name}.csv, which its results.json names: the run folder is "
+                       "incomplete; copy the whole folder, or run the experiment again.")
+
+
 def read_table(csv: Path, dtypes: dict[str, str]) -> pd.DataFrame:
     """A table from its CSV with the column types it was written with (results.json `dtypes`): a text column
     whose cells are all empty would otherwise come back as floats. CSV cannot tell an empty text from a
     missing one, so text columns come back with empty strings for both. Text columns are read as text, so a
     column of layer lists like "2" stays "2", not 2.0."""
     text = {c for c, t in dtypes.items() if t in ("str", "string", "object")}
-    df = pd.read_csv(csv, dtype={c: str for c in text} or None)
+    return typed(pd.read_csv(csv, dtype={c: str for c in text} or None), dtypes)
+
+
+def typed(df: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
+    """`df` with the column types it was written with, where its values allow them."""
+    text = {c for c, t in dtypes.items() if t in ("str", "string", "object")}
     for column, dtype in dtypes.items():
         if column not in df.columns:
             continue

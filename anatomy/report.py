@@ -132,7 +132,7 @@ class RunFolder:
             "timings": {**timings, "write_s": write_s,
                         "total_s": round(float(timings.get("run_s", 0.0)) + write_s, 3)},
             "results": to_jsonable(results),
-            "tables": {name: to_jsonable(df) for name, df in self.tables.items()},
+            "tables": {name: inline_or_file(name, df) for name, df in self.tables.items()},
             "dtypes": {name: {str(c): str(t) for c, t in df.dtypes.items()} for name, df in self.tables.items()},
             "arrays": to_jsonable(arrays or {}),
             "files": self.files,
@@ -157,6 +157,16 @@ class RunFolder:
     def zip(self) -> Path:
         """The whole folder as one .zip next to it (the app's download button)."""
         return Path(shutil.make_archive(str(self.path), "zip", root_dir=self.path))
+
+
+INLINE_CELLS = 20_000
+"""Tables up to this many cells are also inlined in results.json (one file holds a small run whole); a larger
+one (spectral's singular values: 13 MB as JSON beside a 3 MB CSV) is named by its CSV file only."""
+
+
+def inline_or_file(name: str, df: pd.DataFrame) -> list | dict:
+    """results.json's entry for a table: its rows, or `{"csv": file, "rows": n}` when it is large."""
+    return to_jsonable(df) if df.size <= INLINE_CELLS else {"csv": f"{name}.csv", "rows": len(df)}
 
 
 def parameters_markdown(config: object) -> str:

@@ -125,6 +125,23 @@ def test_result_round_trips_through_the_run_folder_with_real_timings(tmp_path, t
         Result.load(tmp_path / "nothing-here", "importance")
 
 
+def test_large_tables_live_in_their_csv_and_small_ones_are_also_inlined(tmp_path):
+    big = pd.DataFrame({"layer": range(7_000), "component": ["q_proj"] * 7_000, "sv": [0.5] * 7_000})
+    small = pd.DataFrame({"layer": [0, 1], "ppl": [3.0, 4.0]})
+    result = Result("spectral", small, tables={"singular_values": big})
+    RunFolder(tmp_path / "run", "spectral").write(result, Artefacts({}, "# r"), None, None, ImportanceConfig())
+    payload = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert payload["tables"]["singular_values"] == {"csv": "singular_values.csv", "rows": 7_000}  # 21,000 cells
+    assert payload["tables"]["spectral"] == [{"layer": 0, "ppl": 3.0}, {"layer": 1, "ppl": 4.0}]
+    (tmp_path / "run" / "spectral.csv").unlink()  # a small table comes back from results.json alone
+    back = Result.load(tmp_path / "run", "spectral")
+    pd.testing.assert_frame_equal(back.tables["singular_values"], big)
+    pd.testing.assert_frame_equal(back.table, small)
+    (tmp_path / "run" / "singular_values.csv").unlink()
+    with pytest.raises(AnatomyError, match="lacks singular_values.csv, which its results.json names"):
+        Result.load(tmp_path / "run", "spectral")
+
+
 def _reader(calls: list) -> Experiment:
     def run(model, eval_set, config, progress, importance=None, recovery=None):
         calls.append((importance, recovery))
