@@ -119,21 +119,23 @@ def model_card(result: Result, export: Export, repo_id: str, base_license: str |
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 
-def push_model(run: str | Path, repo_id: str, folder: str | None = None) -> str:
-    """Upload the model `run` saved (or its `folder`) to the model repo `repo_id` with its card."""
+def push_model(run: str | Path, repo_id: str, folder: str | None = None, token: str | None = None) -> str:
+    """Upload the model `run` saved (or its `folder`) to the model repo `repo_id` with its card; `token` as in
+    `hub.token_or_refuse`."""
     result = Result.load(run)
     export = choose(result, folder)
     repo_id = check_repo_id(repo_id, run, PUSH_MODEL)
-    api = HfApi(token=token_or_refuse(repo_id, run, PUSH_MODEL))
+    way_out = later(run, repo_id, PUSH_MODEL)
+    api = HfApi(token=token_or_refuse(repo_id, run, PUSH_MODEL, token))
     base = result.source.get("model") or {}
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True)
         card_data = (api.model_info(base["name"], revision=base.get("revision")).card_data
                      if base.get("source") == "hub" else None)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"creating {repo_id}", later(run, repo_id, PUSH_MODEL)) from None
+        raise hub_failure(err, repo_id, f"creating {repo_id}", way_out) from None
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(export.folder, tmp, dirs_exist_ok=True)
         card = model_card(result, export, repo_id, getattr(card_data, "license", None))
         card.save(Path(tmp) / "README.md")
-        return upload(api, tmp, repo_id, "model", f"Upload {export.change.split(' (')[0]}", run, PUSH_MODEL)
+        return upload(api, tmp, repo_id, "model", f"Upload {export.change.split(' (')[0]}", way_out)

@@ -61,12 +61,18 @@ def test_a_run_is_pushed_with_its_files_and_a_card_the_hub_classes_parse(hub, mo
     assert cli.main(importance(model_dir, texts, run, "--push-to-hub", REPO)) == 0
     assert [body["repoType"] for body in hub.validated] == ["dataset"]  # the Hub's own check of the card's YAML
     stored = hub.datasets[REPO].files
-    assert {k: v for k, v in stored.items() if k != "README.md"} == {
-        f"tiny-llama/importance/{name}": data for name, data in files_of(run).items()}
+    local = files_of(run)
+    assert set(stored) - {"README.md"} == {f"tiny-llama/importance/{name}" for name in local}
+    for name, data in local.items():  # the same files, the publisher's paths named by their last part
+        named = data.replace(str(model_dir).encode(), b"tiny-llama").replace(str(texts).encode(), b"texts.txt")
+        assert stored[f"tiny-llama/importance/{name}"] == named, name
+    assert str(model_dir).encode() in local["report.md"]  # the run folder on disk keeps its paths
+    assert not [k for k, v in stored.items() if str(tmp_path.parent).encode() in v]
     card = DatasetCard.load(Path(tmp_path / "README.md").write_bytes(stored["README.md"]) and tmp_path / "README.md")
     payload = json.loads((run / "results.json").read_text())
     assert card.data.license == LICENSE and "transformer-anatomy" in card.data.tags
-    assert card.data.analysed_model == str(model_dir) and card.data.eval_set["sha256"] == payload["eval_set"]["sha256"]
+    assert card.data.analysed_model == "tiny-llama" and card.data.eval_set["sha256"] == payload["eval_set"]["sha256"]
+    assert card.data.eval_set["name"] == "file texts.txt"
     assert card.data.anatomy_version == payload["environment"]["anatomy"]
     assert "## Headline" in card.text and "tiny-llama/importance/importance.png" in card.text
     out = capsys.readouterr()
@@ -105,8 +111,9 @@ def test_from_hub_shows_the_stored_tables_and_refuses_other_settings(hub, model_
     requests = len(hub.requests)
     again = tmp_path / "again"
     assert cli.main(importance(model_dir, texts, again, "--from-hub", REPO)) == 0
-    for name in ("importance.csv", "results.json"):
-        assert (again / name).read_bytes() == (run / name).read_bytes()
+    assert (again / "importance.csv").read_bytes() == (run / "importance.csv").read_bytes()
+    assert json.loads((again / "results.json").read_text())["tables"] == json.loads((run / "results.json").read_text())[
+        "tables"]
     pd.testing.assert_frame_equal(pd.read_csv(again / "importance.csv"), pd.read_csv(run / "importance.csv"))
     assert "stored result from" in capsys.readouterr().out and len(hub.requests) > requests
     assert cli.main(importance(model_dir, texts, tmp_path / "other", "--from-hub", REPO, "--mode", "zero")) == 2
@@ -175,7 +182,9 @@ def test_a_study_is_pushed_whole_and_reused_by_study_from_hub(hub, model_dir, te
     assert "## Headline" in card and "| finding" in card and "- study" in card  # the claims table; the tag
     capsys.readouterr()
     assert cli.main([*study, "--out", str(tmp_path / "again"), "--from-hub", REPO]) == 0
-    assert (tmp_path / "again" / "study.md").read_bytes() == (tmp_path / "s" / "study.md").read_bytes()
+    local = (tmp_path / "s" / "study.md").read_text()
+    assert (tmp_path / "again" / "study.md").read_text() == local.replace(str(model_dir), "tiny-llama").replace(
+        str(texts), "texts.txt") and str(model_dir) in local
     assert "Could not run on this model: prune" in (tmp_path / "again" / "study.md").read_text()
     assert "stored study from" in capsys.readouterr().out
     other = tmp_path / "other.txt"
