@@ -27,17 +27,23 @@ READ_LATER = "try again when the Hub answers, or drop --from-hub to compute the 
 ATLAS_COLUMNS = ["folder", "model", "experiment", "revision", "date"]
 
 
-def repo_files(repo_id: str) -> list[str]:
+def reader(token: str | bool | None) -> str | bool | None:
+    """The token a read goes with: the one given (the app: its visitor's, or False for none), else the CLI's
+    login where there is one."""
+    return (get_token() or None) if token is None else token
+
+
+def repo_files(repo_id: str, token: str | bool | None = None, way_out: str = READ_LATER) -> list[str]:
     """The repo's file list; a missing repo, or a model repo named instead of a results repo, in one line."""
     repo_id = check_repo_id(repo_id)
-    api = HfApi(token=get_token() or None)
+    api = HfApi(token=reader(token))
     try:
         try:
             return api.list_repo_files(repo_id, repo_type=REPO_TYPE)
         except RepositoryNotFoundError:
             kind = other_kind(api, repo_id)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"listing {repo_id}", READ_LATER) from None
+        raise hub_failure(err, repo_id, f"listing {repo_id}", way_out) from None
     what = f"a {kind} repo, not a results (dataset) repo" if kind else "not a dataset repo on the Hub (or private)"
     raise AnatomyError(f"{repo_id} is {what}: give the repo `--push-to-hub` wrote.")
 
@@ -59,18 +65,19 @@ def atlas(repo_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ATLAS_COLUMNS)
 
 
-def download(repo_id: str, path_in_repo: str, into: str | Path) -> Path:
+def download(repo_id: str, path_in_repo: str, into: str | Path, token: str | bool | None = None,
+             way_out: str = READ_LATER) -> Path:
     """The stored folder `path_in_repo` downloaded under `into` (a scratch folder: it becomes a run folder
-    only once it is found to match); refused if the repo lacks it."""
-    files = repo_files(repo_id)
+    only once it is found to match); refused if the repo lacks it. `token` as in `reader`."""
+    files = repo_files(repo_id, token, way_out)
     if path_in_repo not in folders_in(files):
         held = ", ".join(folders_in(files)) or "nothing yet"
         raise AnatomyError(f"{repo_id} holds no {path_in_repo}/ (it holds: {held}): drop --from-hub to compute it.")
     try:
         snapshot_download(repo_id, repo_type=REPO_TYPE, allow_patterns=[f"{path_in_repo}/*"], local_dir=into,
-                          token=get_token() or None)
+                          token=reader(token))
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"downloading {path_in_repo}", READ_LATER) from None
+        raise hub_failure(err, repo_id, f"downloading {path_in_repo}", way_out) from None
     return Path(into) / path_in_repo
 
 

@@ -81,23 +81,26 @@ def other_kind(api: HfApi, repo_id: str) -> str | None:
     return next((kind for kind in ("model", "space") if api.repo_exists(repo_id, repo_type=kind)), None)
 
 
-def check_target(repo_id: str, folder: str | Path | None = None, token: str | None = None) -> str:
+def check_target(repo_id: str, folder: str | Path | None = None, token: str | None = None,
+                 way_out: str | None = None) -> str:
     """Everything about a push that can be refused before a model is loaded; returns the checked repo id.
+    `token` and `way_out` as in `push`.
 
     A repo id that exists as a model or Space but not as a dataset is refused: the user most likely named
     their model repo, and results pushed there would land in a second repo of the same name.
     """
     repo_id = check_repo_id(repo_id, folder)
+    way_out = way_out or later(folder, repo_id)
     api = HfApi(token=token_or_refuse(repo_id, folder, token=token))
     try:
         if api.repo_exists(repo_id, repo_type=REPO_TYPE):
             return repo_id
         other = other_kind(api, repo_id)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"looking up {repo_id}", later(folder, repo_id)) from None
+        raise hub_failure(err, repo_id, f"looking up {repo_id}", way_out) from None
     if other is not None:
         raise AnatomyError(f"{repo_id} is a {other} repo; results go to a dataset repo: give another name, e.g. "
-                           f"{repo_id}-anatomy; {later(folder, repo_id)}.")
+                           f"{repo_id}-anatomy; {way_out}.")
     return repo_id
 
 
