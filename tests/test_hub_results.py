@@ -338,3 +338,39 @@ def test_from_hub_writes_into_out_without_removing_what_else_is_there(hub, model
     (out / "notes.txt").write_text("mine")
     assert cli.main(importance(model_dir, texts, out, "--from-hub", REPO)) == 0
     assert (out / "notes.txt").read_text() == "mine" and (out / "importance.csv").is_file()
+
+
+def test_from_hub_compares_the_importance_run_a_prune_read(hub, model_dir, texts, tmp_path, capsys):
+    assert cli.main(importance(model_dir, texts, tmp_path / "skip", "--mode", "skip")) == 0
+    assert cli.main(importance(model_dir, texts, tmp_path / "zero", "--mode", "zero")) == 0
+    prune = ["prune", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24", "-k", "1"]
+    assert cli.main([*prune, "--importance", str(tmp_path / "skip"), "--out", str(tmp_path / "p"),
+                     "--push-to-hub", REPO]) == 0
+    stored = json.loads(hub.datasets[REPO].files["tiny-llama/prune/results.json"])
+    assert stored["needs"]["importance"]["run"] == "skip" and stored["needs"]["importance"]["config"]["mode"] == "skip"
+    # no --importance: the map prune would compute now (skip mode, this model and text) is the one it read
+    assert cli.main([*prune, "--out", str(tmp_path / "computed"), "--from-hub", REPO]) == 0
+    assert cli.main([*prune, "--importance", str(tmp_path / "skip"), "--out", str(tmp_path / "same"),
+                     "--from-hub", REPO]) == 0
+    capsys.readouterr()
+    assert cli.main([*prune, "--importance", str(tmp_path / "zero"), "--out", str(tmp_path / "z"),
+                     "--from-hub", REPO]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "importance's config mode: stored \"skip\", asked \"zero\"" in err and not (tmp_path / "z").exists()
+    del stored["needs"]  # as a run pushed before runs recorded their needs
+    hub.datasets[REPO].files["tiny-llama/prune/results.json"] = json.dumps(stored).encode()
+    assert cli.main([*prune, "--out", str(tmp_path / "old"), "--from-hub", REPO]) == 2
+    assert "does not record which importance result it read" in capsys.readouterr().err
+    assert cli.main([*prune, "--by", "last", "--out", str(tmp_path / "last"), "--from-hub", REPO]) == 2
+    assert "criteria" in capsys.readouterr().err  # a config that reads no importance: the config itself differs
+
+
+def test_a_budget_run_is_filed_under_the_model_of_its_importance_run(hub, model_dir, texts, tmp_path):
+    assert cli.main(importance(model_dir, texts, tmp_path / "imp")) == 0
+    assert cli.main(["budget", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "b"),
+                     "--push-to-hub", REPO]) == 0
+    files = hub.datasets[REPO].files
+    assert "tiny-llama/budget/results.json" in files and not [f for f in files if f.startswith("no-model/")]
+    pushed = files["tiny-llama/budget/results.json"].decode()
+    assert json.loads(pushed)["needs"]["importance"]["model"]["name"] == "tiny-llama"
+    assert str(tmp_path) in (tmp_path / "b" / "results.json").read_text() and str(tmp_path) not in pushed
