@@ -141,19 +141,29 @@ def find(spec: str, name: str, token: str | None, public: bool, deadline: float 
     if parsed.kind not in OFFERED_KINDS:
         return None
     path, who = f"{hub.spec_slug(spec, local=not public)}/{name}", token_key(token)
-    files = cached(("files", repo, who), lambda: HfApi(token=token or False).list_repo_files(
-        repo, repo_type=hub.REPO_TYPE), LIST_TTL_S, deadline)
-    stored = sorted(f for f in files or () if f.startswith(path + "/") and f.endswith("/results.json"))
+    files = cached(("files", repo, who), lambda: list_files(repo, token), LIST_TTL_S, deadline) or []
+    stored = (sorted(f for f in files if f.startswith(f"{path}/") and f.endswith("/results.json"))
+              if name == hub.STUDY else [f for f in files if f == f"{path}/results.json"])
     if not stored:
         return None
-    payload = cached(("payload", repo, stored[0], who), lambda: json.loads(Path(hf_hub_download(
-        repo, stored[0], repo_type=hub.REPO_TYPE, token=token or False)).read_text(encoding="utf-8")), LIST_TTL_S,
+    payload = cached(("payload", repo, stored[0], who), lambda: read_json(repo, stored[0], token), LIST_TTL_S,
                      deadline)
     if payload is None:
         return None
-    steps = [f.removeprefix(path + "/").split("/")[0] for f in stored] if name == hub.STUDY else []
+    steps = [f.removeprefix(f"{path}/").split("/")[0] for f in stored] if name == hub.STUDY else []
     return Offer(repo, path, str(payload.get("written") or "an unknown date").replace("T", " "),
                  settings(payload, steps))
+
+
+def list_files(repo: str, token: str | None) -> list[str]:
+    """The atlas's file list, read with the visitor's token or none (False: not even an implicit one)."""
+    return HfApi(token=token or False).list_repo_files(repo, repo_type=hub.REPO_TYPE)
+
+
+def read_json(repo: str, path: str, token: str | None) -> dict:
+    """One results.json of the atlas (kept in the Hub cache on disk), read as `list_files` reads."""
+    return json.loads(Path(hf_hub_download(repo, path, repo_type=hub.REPO_TYPE, token=token or False))
+                      .read_text(encoding="utf-8"))
 
 
 def settings(payload: dict, steps: list[str]) -> str:

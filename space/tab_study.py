@@ -62,9 +62,10 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
 
 
 def outputs(folder: Path, figure: Figure | None, markdown: str) -> tuple:
-    """The tab's outputs for a finished study folder: its glance, claims, report, page and zip."""
+    """The tab's outputs for a finished study folder: its glance, claims, report, page (where it has one) and zip."""
     claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)  # as written, verdicts included
-    return figure, claims[["finding", "verdict", "ours", "study"]], markdown, str(folder / "study.html"), \
+    page = folder / "study.html"
+    return figure, claims[["finding", "verdict", "ours", "study"]], markdown, str(page) if page.is_file() else None, \
         str(runs.archive_of(folder))
 
 

@@ -12,13 +12,14 @@ import zipfile
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 import pytest
 from gradio_client import Client
 from huggingface_hub import constants
 
 from anatomy.errors import AnatomyError
 from anatomy.load import LoadedModel
-from space import build_demo, published
+from space import build_demo, published, tab_study
 from space.models import CACHE
 from space.publish import publish_run
 from tests.conftest import make_tiny_model
@@ -168,3 +169,24 @@ def test_offline_or_a_silent_hub_means_no_offer_and_no_wait(app, monkeypatch):
     waited = time.perf_counter() - t0
     hub.delay_s = 0.0
     assert waited < 2.5, waited
+
+
+def test_the_study_tab_offers_a_published_study_and_shows_its_claims(app, monkeypatch):
+    url, hub = app
+    shipped = tab_study.SHIPPED  # the quick study of the embedded model, as a push lays it out (without figures)
+    hub.datasets["bob/studies"] = FakeRepo({f"embedded/study/{p.relative_to(shipped).as_posix()}": p.read_bytes()
+                                            for p in shipped.rglob("*") if p.is_file()})
+    monkeypatch.setenv("ANATOMY_ATLAS", "bob/studies")
+    published.forget()
+    client = Client(url, verbose=False)
+    found, = offers(client, "embedded")
+    assert "/embedded/study)" in found and "the steps budget, importance, manipulate, plans" in found
+    assert offers(client, MODEL) == []
+    says, glance, claims, markdown, page, archive = client.predict("embedded", api_name="/published_study")
+    assert says.startswith("Published result from bob/studies") and glance is None and page is None  # none stored
+    written = pd.read_csv(shipped / "claims.csv", keep_default_na=False)
+    assert [row[0] for row in claims["data"]] == written["finding"].tolist()
+    assert [row[1] for row in claims["data"]] == written["verdict"].tolist()
+    assert markdown.strip() == (shipped / "study.md").read_text().strip()
+    assert zip_files(archive) == {p.relative_to(shipped).as_posix(): p.read_bytes()
+                                  for p in shipped.rglob("*") if p.is_file()}
