@@ -25,7 +25,7 @@ from space.publish import publish_run
 from tests.conftest import make_tiny_model
 from tests.hub_fake import SHA, FakeHub, FakeRepo
 
-DEPLOYER, VISITOR = "hf_deployer_secret", "hf_visitor_own"
+DEPLOYER, VISITOR, READER = "hf_deployer_secret", "hf_visitor_own", "hf_reader_only"
 MODEL = "alice/tiny"
 EVAL = (MODEL, 4, "", 32)  # model, sentences, own text, max tokens
 IMPORTANCE = ("neighbour-mean", "one-neighbour", "all")
@@ -41,7 +41,8 @@ def app(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(saved)
     tiny_tokenizer.save_pretrained(saved)
     files = {p.name: p.read_bytes() for p in saved.iterdir() if p.is_file()}
-    hub = FakeHub({MODEL: FakeRepo(files)}, users={VISITOR: "bob", DEPLOYER: "deployer"})
+    hub = FakeHub({MODEL: FakeRepo(files)}, users={VISITOR: "bob", DEPLOYER: "deployer", READER: "carl"},
+                  writers={VISITOR, DEPLOYER})
     CACHE.put(MODEL, LoadedModel(model, tiny_tokenizer, MODEL, "hub", revision=SHA))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_TOKEN", DEPLOYER)
@@ -61,7 +62,7 @@ def message(client: Client, *args, api_name: str) -> str:
     with pytest.raises(Exception) as info:
         client.predict(*args, api_name=api_name)
     text = str(info.value)
-    assert "Traceback" not in text and "\n" not in text.strip() and VISITOR not in text, text
+    assert "Traceback" not in text and "\n" not in text.strip() and VISITOR not in text and READER not in text
     return text
 
 
@@ -99,6 +100,15 @@ def test_signed_out_visitors_are_told_to_sign_in_and_nothing_reaches_the_hub(app
     said = message(anonymous, "results", api_name="/publish_importance")
     assert "Sign in with Hugging Face to publish" in said and "python -m anatomy push" in said
     assert len(hub.requests) == before
+
+
+def test_a_token_without_write_access_is_one_line_and_the_run_stays(app):
+    url, hub = app
+    reader = Client(url, verbose=False, oauth_token=READER)
+    reader.predict(*EVAL, *IMPORTANCE, api_name="/importance")
+    said = message(reader, "results", api_name="/publish_importance")
+    assert "refused the token for carl/results (HTTP 403)" in said and "your run stays in this session" in said
+    assert READER not in said and "carl/results" not in hub.datasets
 
 
 def test_the_handler_takes_a_browser_sign_in_as_gradio_injects_it(app, tmp_path):
