@@ -4,7 +4,8 @@ The card is written from the run's results.json, so it states what was measured,
 base model and its revision (`base_model` links the repo to it on the Hub), what was changed (the layers
 removed or the plan), PPL before and after with their 95% intervals on the run's evaluation text, the same
 numbers as `model-index` metrics, and for pruning the mergekit passthrough YAML that builds the same model.
-The folder itself is a standard transformers folder: it loads with `AutoModelForCausalLM` alone.
+The folder itself is a standard transformers folder: it loads with `AutoModelForCausalLM` alone. As with
+results (anatomy/hub_paths.py), the card names a local base model or text file by its name only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .errors import AnatomyError, shown
 from .experiment import Result
-from .hub import HUB_ERRORS, check_repo_id, hub_failure, later, token_or_refuse, upload
+from .hub import HUB_ERRORS, check_repo_id, hub_failure, later, run_results, token_or_refuse, upload
+from .hub_paths import local_paths, name_only
 
 PUSH_MODEL = "push-model"
 
@@ -138,4 +140,5 @@ def push_model(run: str | Path, repo_id: str, folder: str | None = None, token: 
         shutil.copytree(export.folder, tmp, dirs_exist_ok=True)
         card = model_card(result, export, repo_id, getattr(card_data, "license", None))
         card.save(Path(tmp) / "README.md")
+        name_only(Path(tmp), local_paths(run_results(Path(result.source["run"]))))  # the base model, text: by name
         return upload(api, tmp, repo_id, "model", f"Upload {export.change.split(' (')[0]}", way_out)

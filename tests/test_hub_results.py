@@ -228,6 +228,7 @@ def test_a_pruned_model_is_pushed_with_a_model_card_and_loads_back_alone(hub, mo
     assert f"| before | {baseline['ppl']:.3f} [{baseline['ppl_low']:.3f}, {baseline['ppl_high']:.3f}] |" in card.text
     assert "removed layers 2" in card.text and "layer_range: [0, 2]" in card.text
     assert "merge_method: passthrough" in card.text
+    assert "model: tiny-llama" in card.text and str(model_dir) not in card.text and str(texts) not in card.text
     loaded = tmp_path / "downloaded"
     for name, data in files.items():
         (loaded / name).parent.mkdir(parents=True, exist_ok=True)
