@@ -167,7 +167,9 @@ def push(folder: str | Path, repo_id: str, token: str | None = None, way_out: st
         shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("*.partial", "*.zip"))  # unfinished
         # study steps and the app's downloads are not results
         name_only(staged, local_paths(run_results(folder)))
-        card = results_card(staged, run_results(staged)[0], path_in_repo, sorted({*folders_in(held), path_in_repo}))
+        payload = run_results(staged)[0]
+        card = results_card(staged, {**payload, "model": filed_model(payload)}, path_in_repo,
+                            sorted({*folders_in(held), path_in_repo}))
         card.save(Path(tmp) / "README.md")
         return upload(api, tmp, repo_id, REPO_TYPE, f"Add {path_in_repo}", way_out)
 

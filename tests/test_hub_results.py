@@ -375,3 +375,5 @@ def test_a_budget_run_is_filed_under_the_model_of_its_importance_run(hub, model_
     pushed = files["tiny-llama/budget/results.json"].decode()
     assert json.loads(pushed)["needs"]["importance"]["model"]["name"] == "tiny-llama"
     assert str(tmp_path) in (tmp_path / "b" / "results.json").read_text() and str(tmp_path) not in pushed
+    (tmp_path / "README.md").write_bytes(files["README.md"])
+    assert DatasetCard.load(tmp_path / "README.md").data.analysed_model == "tiny-llama"  # the card files it so too
