@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 from gradio_client import Client
 from huggingface_hub import constants
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from anatomy.errors import AnatomyError
 from anatomy.load import LoadedModel
@@ -200,3 +202,31 @@ def test_the_study_tab_offers_a_published_study_and_shows_its_claims(app, monkey
     assert markdown.strip() == (shipped / "study.md").read_text().strip()
     assert zip_files(archive) == {p.relative_to(shipped).as_posix(): p.read_bytes()
                                   for p in shipped.rglob("*") if p.is_file()}
+
+
+HOSTILE = st.one_of(st.text(max_size=40), st.sampled_from(
+    ["", " ", "\x00", "../../etc/passwd", "bob/../x", "/x", "bob/", "bob/x/y", "BOB/x", "datasets/bob/x", "a" * 5000,
+     "https://huggingface.co/datasets/bob/x", "\u202ebob/x", "💥" * 30, "embedded", MODEL, "~", "C:\\x"]))
+
+
+def test_hostile_repo_names_and_model_specs_get_one_line_and_never_leave_the_visitors_namespace(app, monkeypatch):
+    url, hub = app
+    monkeypatch.setenv("ANATOMY_ATLAS", "bob/atlas")
+    visitor = Client(url, verbose=False, oauth_token=VISITOR)
+    visitor.predict(*EVAL, *IMPORTANCE, api_name="/importance")
+    others = {repo for repo in hub.datasets if not repo.startswith("bob/")}
+
+    @settings(max_examples=16, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(text=HOSTILE)
+    def search(text):
+        try:
+            said = visitor.predict(text, api_name="/publish_importance")
+        except Exception as err:  # noqa: BLE001 - gradio_client's error carries the app's one line
+            assert "Traceback" not in str(err) and "\n" not in str(err).strip() and VISITOR not in str(err)
+        else:
+            assert "to [bob/" in said
+        assert {repo for repo in hub.datasets if not repo.startswith("bob/")} == others
+        shown = [update for update in visitor.predict(text, api_name="/published_offers") if update["visible"]]
+        assert shown == [] or text.strip() == MODEL
+
+    search()
