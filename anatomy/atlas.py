@@ -111,7 +111,6 @@ def stored_key(payload: dict) -> dict:
             "config": payload.get("config")}
 
 
-
 def expected_needs(experiment: Experiment, config: object, given: dict[str, Result], base: dict) -> dict:
     """The key each need of a run would have now: a given run's own, or (computed now) the command's model and
     text (`base`) with the config the need is computed with; None where the run would read none. A need this

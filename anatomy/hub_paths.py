@@ -6,7 +6,8 @@ say who ran it and how their disk is laid out (a home folder holds a user name),
 anyone reading the results repo. So the copy that is uploaded (results.json, report.md, the CSV tables,
 study.md and study.html, and the card built from them) names each by its last part, `tiny-llama`, not
 `/home/alice/models/tiny-llama`; the run folder on disk keeps its paths, which its owner may want to rerun.
-The figures are images and keep what they show (no figure title is a path).
+The figures are images, which cannot be rewritten: their titles name a local model by its last part
+(`LoadedModel.title`).
 """
 
 from __future__ import annotations

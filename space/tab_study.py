@@ -57,7 +57,7 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
             result = study.run_study(steps, job.loaded, job.eval_set, folder.path, step_progress, on_step)
             markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK, quick=True)
     final = folder.path  # renamed from .partial once the study was written whole
-    figure = study_report.glance_figure(study_report.layer_views(result.results), f"The anatomy of {job.loaded.name}")
+    figure = study_report.glance_figure(study_report.layer_views(result.results), f"The anatomy of {job.loaded.title}")
     return (*outputs(final, figure, markdown), jobs.remember(state, hub.STUDY, runs.archive_of(final)))
 
 
