@@ -5,8 +5,8 @@ and a button shows it in the tab's usual outputs without computing anything.
 The repo's file list is read once and kept for a few minutes, shared by every tab (one `list_repo_files`
 per visitor token and TTL, not one per tab and model change); a stored run's own results.json is read once
 when first offered. Every read waits at most `DEADLINE_S`: an offline app (HF_HUB_OFFLINE), an unreachable
-Hub or a slow answer means no offer, at once, with nothing shown (the read goes on in the background and a
-later choice of model finds it). A failure is remembered for `FAILED_TTL_S`, so an offline app does not
+Hub or a slow answer means no offer, at once, with nothing shown (the read goes on in the background, where
+huggingface_hub retries a refused connection for about 20 s, and a later choice of model finds its answer). A failure is remembered for `FAILED_TTL_S`, so an offline app does not
 retry on every change. Reads carry the visitor's token or none at all (token=False), never the deployer's.
 Only a Hub id or `embedded` gets an offer: a local folder's name says nothing about what it holds.
 """
