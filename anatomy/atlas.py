@@ -2,9 +2,9 @@
 
 A stored run is reused only when it measured what the command would measure now: the same model (and, for a
 Hub model, the same commit) and dtype, the same evaluation text (its sha256, max_length and seed) and the same
-config. Otherwise the
-differences are listed and nothing is computed: `--from-hub` means "reuse or refuse", and the user drops the
-flag to compute anew.
+config, and the results it read (its needs: an importance map given or computed) measured what they would
+measure now. Otherwise the differences are listed and nothing is computed: `--from-hub` means "reuse or
+refuse", and the user drops the flag to compute anew.
 """
 
 from __future__ import annotations
@@ -18,23 +18,32 @@ from huggingface_hub import HfApi, get_token, hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from .errors import AnatomyError
+from .experiment import Experiment, Result, registry
 from .hub import HUB_ERRORS, REPO_TYPE, check_repo_id, folders_in, hub_failure, model_slug, other_kind
+from .report import to_jsonable
+from .run import need_record
 
 READ_LATER = "try again when the Hub answers, or drop --from-hub to compute the result here"
 ATLAS_COLUMNS = ["folder", "model", "experiment", "revision", "date"]
 
 
-def repo_files(repo_id: str) -> list[str]:
+def reader(token: str | bool | None) -> str | bool | None:
+    """The token a read goes with: the one given (the app: its visitor's, or False for none), else the CLI's
+    login where there is one."""
+    return (get_token() or None) if token is None else token
+
+
+def repo_files(repo_id: str, token: str | bool | None = None, way_out: str = READ_LATER) -> list[str]:
     """The repo's file list; a missing repo, or a model repo named instead of a results repo, in one line."""
     repo_id = check_repo_id(repo_id)
-    api = HfApi(token=get_token() or None)
+    api = HfApi(token=reader(token))
     try:
         try:
             return api.list_repo_files(repo_id, repo_type=REPO_TYPE)
         except RepositoryNotFoundError:
             kind = other_kind(api, repo_id)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"listing {repo_id}", READ_LATER) from None
+        raise hub_failure(err, repo_id, f"listing {repo_id}", way_out) from None
     what = f"a {kind} repo, not a results (dataset) repo" if kind else "not a dataset repo on the Hub (or private)"
     raise AnatomyError(f"{repo_id} is {what}: give the repo `--push-to-hub` wrote.")
 
@@ -56,18 +65,19 @@ def atlas(repo_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ATLAS_COLUMNS)
 
 
-def download(repo_id: str, path_in_repo: str, into: str | Path) -> Path:
+def download(repo_id: str, path_in_repo: str, into: str | Path, token: str | bool | None = None,
+             way_out: str = READ_LATER) -> Path:
     """The stored folder `path_in_repo` downloaded under `into` (a scratch folder: it becomes a run folder
-    only once it is found to match); refused if the repo lacks it."""
-    files = repo_files(repo_id)
+    only once it is found to match); refused if the repo lacks it. `token` as in `reader`."""
+    files = repo_files(repo_id, token, way_out)
     if path_in_repo not in folders_in(files):
         held = ", ".join(folders_in(files)) or "nothing yet"
         raise AnatomyError(f"{repo_id} holds no {path_in_repo}/ (it holds: {held}): drop --from-hub to compute it.")
     try:
         snapshot_download(repo_id, repo_type=REPO_TYPE, allow_patterns=[f"{path_in_repo}/*"], local_dir=into,
-                          token=get_token() or None)
+                          token=reader(token))
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"downloading {path_in_repo}", READ_LATER) from None
+        raise hub_failure(err, repo_id, f"downloading {path_in_repo}", way_out) from None
     return Path(into) / path_in_repo
 
 
@@ -100,3 +110,38 @@ def stored_key(payload: dict) -> dict:
             "eval_seed": eval_set.get("seed"),
             "config": payload.get("config")}
 
+
+def expected_needs(experiment: Experiment, config: object, given: dict[str, Result], base: dict) -> dict:
+    """The key each need of a run would have now: a given run's own, or (computed now) the command's model and
+    text (`base`) with the config the need is computed with; None where the run would read none. A need this
+    config does not read is left out (the config itself is compared)."""
+    out: dict[str, dict | None] = {}
+    for need in experiment.needs:
+        wanted = need.configure(config) if need.configure is not None else None
+        if need.configure is not None and wanted is None:
+            continue
+        if need.experiment in given:
+            out[need.experiment] = stored_key(need_record(given[need.experiment]))
+        elif need.computable:
+            out[need.experiment] = {**base, "config": to_jsonable(wanted or registry()[need.experiment].config())}
+        else:
+            out[need.experiment] = None
+    return out
+
+
+def need_differences(payload: dict, expected: dict) -> list[str]:
+    """What differs between the results a stored run read and those the command would read now; a run stored
+    before runs recorded their needs cannot be checked, and is refused."""
+    if not expected:
+        return []
+    stored = payload.get("needs")
+    if stored is None:
+        return ["the stored run does not record which " + " and ".join(expected) + " result it read"]
+    out = []
+    for name, want in expected.items():
+        have = stored.get(name)
+        if (have is None) != (want is None):
+            out.append(f"{name}: stored {'none' if have is None else 'one'}, asked {'none' if want is None else 'one'}")
+        elif have is not None:
+            out += [f"{name}'s {line}" for line in differences(stored_key(have), want)]
+    return out

@@ -164,8 +164,7 @@ def push_after(args: argparse.Namespace, folder: Path) -> None:
 
 def model_slug_of(args: argparse.Namespace) -> str:
     """The repo folder of the model `--model` names, as a push of its runs spells it."""
-    spec = parse_model_spec(args.model)
-    return hub.model_slug({"source": spec.kind, "name": args.model if spec.kind == "hub" else str(spec.path)})
+    return hub.spec_slug(args.model)
 
 
 def expected_key(args: argparse.Namespace, config: object | None, uses_eval: bool = True,
@@ -190,13 +189,13 @@ def expected_key(args: argparse.Namespace, config: object | None, uses_eval: boo
             "config": None if config is None else to_jsonable(config)}
 
 
-def from_hub(args: argparse.Namespace, path_in_repo: str, expected: dict) -> Path:
-    """The stored folder as the run folder `--out`, once its key matches `expected`; refused otherwise, and
-    then --out is left as it was."""
+def from_hub(args: argparse.Namespace, path_in_repo: str, expected: dict, needs: dict | None = None) -> Path:
+    """The stored folder as the run folder `--out`, once its key matches `expected` and the keys of the results
+    it read match `needs` (`atlas.expected_needs`); refused otherwise, and then --out is left as it was."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = atlas.download(args.from_hub, path_in_repo, tmp)
-        stored = atlas.stored_key(json.loads((folder / "results.json").read_text(encoding="utf-8")))
-        differ = atlas.differences(stored, expected)
+        payload = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        differ = atlas.differences(atlas.stored_key(payload), expected) + atlas.need_differences(payload, needs or {})
         if differ:
             raise AnatomyError(f"The stored {path_in_repo} in {args.from_hub} measured something else ("
                                + "; ".join(differ) + "): drop --from-hub to compute it with these settings.")
@@ -241,7 +240,10 @@ def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
 def show_stored(experiment: Experiment, args: argparse.Namespace, config: object) -> None:
     """--from-hub: the stored run of this model and experiment, written to --out and printed like a new one."""
     expected = expected_key(args, config, experiment.uses_eval)
-    folder = from_hub(args, f"{model_slug_of(args)}/{experiment.name}", expected)
+    given = {need.experiment: Result.load(path, need.experiment) for need in experiment.needs
+             if (path := getattr(args, need.experiment, None))}
+    needs = atlas.expected_needs(experiment, config, given, {**expected, "config": None})
+    folder = from_hub(args, f"{model_slug_of(args)}/{experiment.name}", expected, needs)
     result = Result.load(folder, experiment.name)
     written = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("written") or "an unknown date"
     print_summary(experiment, result, folder, sorted(p.name for p in folder.iterdir() if p.name != "results.json"))

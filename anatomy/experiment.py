@@ -30,8 +30,9 @@ class Result:
 
     `scalars` holds JSON values (numbers, strings, small nested dicts such as a baseline PPL with its
     interval); `tables` further tables; `arrays` numeric arrays. `timings` are the real wall times in seconds
-    (`run_s` is set by `anatomy.run.execute` around the whole run). `source` says where a result was read
-    from when it was loaded back (`Result.load`) rather than computed.
+    (`run_s` is set by `anatomy.run.execute` around the whole run). `source` says what a result measured (the
+    model, evaluation text and config, and `needs`: what the results it read measured), set by `execute` or
+    read back from results.json, and `run`, the folder it was loaded from (`Result.load`), if any.
     """
 
     experiment: str
@@ -87,7 +88,7 @@ class Result:
         return cls(name, table, scalars=payload.get("results", {}), tables=tables, arrays=arrays,
                    timings=payload.get("timings", {}),
                    source={"run": str(folder), "model": payload.get("model"), "config": payload.get("config"),
-                           "eval_set": payload.get("eval_set")})
+                           "eval_set": payload.get("eval_set"), "needs": payload.get("needs")})
 
 
 def missing_table(folder: Path, name: str) -> pd.DataFrame:

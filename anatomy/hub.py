@@ -4,7 +4,9 @@ A results repo holds `<model-slug>/<experiment>/` (a study: `<model-slug>/study/
 root; every push is one commit that adds or replaces its own folder and the card, never the other folders,
 so one repo gathers the runs of many models. Everything that can be refused (the repo id, the token, a repo
 of the wrong type, an unreachable Hub) is refused by `check_target` before a model is loaded, and every
-refusal is one line that says how to push the folder later. The token is handed to huggingface_hub only.
+refusal is one line that says how to push the folder later. The token is handed to huggingface_hub only:
+the CLI's (HF_TOKEN or the stored login) unless a caller passes one, as the app passes its visitor's.
+The uploaded copy names local files by their names only (anatomy/hub_paths.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from .errors import AnatomyError, shown
 from .hub_card import results_card
+from .hub_paths import local_paths, name_only
+from .model_spec import parse_model_spec
 
 REPO_TYPE = "dataset"
 STUDY = "study"
@@ -47,9 +51,11 @@ def check_repo_id(repo_id: str, folder: str | Path | None = None, command: str =
     return text
 
 
-def token_or_refuse(repo_id: str, folder: str | Path | None = None, command: str = "push") -> str:
-    """The write token: `HF_TOKEN`, else the stored login (`hf auth login`). Never printed or logged."""
-    token = get_token()
+def token_or_refuse(repo_id: str, folder: str | Path | None = None, command: str = "push",
+                    token: str | None = None) -> str:
+    """The write token: `token` where the caller has one (the app: its visitor's, so the server's own login is
+    never asked), else `HF_TOKEN`, else the stored login (`hf auth login`). Never printed or logged."""
+    token = token or get_token()
     if not token:
         raise AnatomyError(f"No Hugging Face token: set HF_TOKEN to a write token or run `hf auth login`; "
                            f"{later(folder, repo_id, command)}.")
@@ -75,24 +81,26 @@ def other_kind(api: HfApi, repo_id: str) -> str | None:
     return next((kind for kind in ("model", "space") if api.repo_exists(repo_id, repo_type=kind)), None)
 
 
-def check_target(repo_id: str, folder: str | Path | None = None) -> str:
+def check_target(repo_id: str, folder: str | Path | None = None, token: str | None = None,
+                 way_out: str | None = None) -> str:
     """Everything about a push that can be refused before a model is loaded; returns the checked repo id.
+    `token` and `way_out` as in `push`.
 
     A repo id that exists as a model or Space but not as a dataset is refused: the user most likely named
     their model repo, and results pushed there would land in a second repo of the same name.
     """
     repo_id = check_repo_id(repo_id, folder)
-    token = token_or_refuse(repo_id, folder)
-    api = HfApi(token=token)
+    way_out = way_out or later(folder, repo_id)
+    api = HfApi(token=token_or_refuse(repo_id, folder, token=token))
     try:
         if api.repo_exists(repo_id, repo_type=REPO_TYPE):
             return repo_id
         other = other_kind(api, repo_id)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"looking up {repo_id}", later(folder, repo_id)) from None
+        raise hub_failure(err, repo_id, f"looking up {repo_id}", way_out) from None
     if other is not None:
         raise AnatomyError(f"{repo_id} is a {other} repo; results go to a dataset repo: give another name, e.g. "
-                           f"{repo_id}-anatomy; {later(folder, repo_id)}.")
+                           f"{repo_id}-anatomy; {way_out}.")
     return repo_id
 
 
@@ -105,6 +113,19 @@ def run_results(folder: Path) -> list[dict]:
     paths = ([folder / "results.json"] if not is_study(folder) else
              sorted(p for p in folder.glob("*/results.json") if not p.parent.name.endswith(".partial")))
     return [json.loads(p.read_text(encoding="utf-8")) for p in paths if p.is_file()]
+
+
+def filed_model(payload: dict) -> dict | None:
+    """The model a run is filed under: its own, else (a budget run, which reads tables, not a model) the model
+    of the first result it read that had one."""
+    needs = [record.get("model") for record in (payload.get("needs") or {}).values() if record]
+    return payload.get("model") or next((model for model in needs if model), None)
+
+
+def spec_slug(spec: str, local: bool = True) -> str:
+    """The repo folder of the model a model spec names (`--model`, the app's model box), as a push spells it."""
+    parsed = parse_model_spec(spec, local)
+    return model_slug({"source": parsed.kind, "name": spec.strip() if parsed.kind == "hub" else str(parsed.path)})
 
 
 def model_slug(model: dict | None) -> str:
@@ -125,43 +146,46 @@ def target_path(folder: Path) -> str:
         raise AnatomyError(f"{shown(str(folder))} is not a finished run or study folder (no results.json, no "
                            "study.md): pass the folder an experiment or `python -m anatomy study` wrote.")
     name = STUDY if is_study(folder) else payloads[0]["experiment"]
-    return f"{model_slug(payloads[0].get('model'))}/{name}"
+    return f"{model_slug(filed_model(payloads[0]))}/{name}"
 
 
-def push(folder: str | Path, repo_id: str) -> str:
-    """Upload the run or study `folder` and the repo's card in one commit; returns the commit URL."""
+def push(folder: str | Path, repo_id: str, token: str | None = None, way_out: str | None = None) -> str:
+    """Upload the run or study `folder` and the repo's card in one commit; returns the commit URL. `token`: as
+    in `token_or_refuse`; `way_out` ends every refusal (default: the `push` command that publishes it later)."""
     folder = Path(folder)
     path_in_repo = target_path(folder)
     repo_id = check_repo_id(repo_id, folder)
-    api = HfApi(token=token_or_refuse(repo_id, folder))
+    way_out = way_out or later(folder, repo_id)
+    api = HfApi(token=token_or_refuse(repo_id, folder, token=token))
     try:
         api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True)
         held = api.list_repo_files(repo_id, repo_type=REPO_TYPE)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"creating {repo_id}", later(folder, repo_id)) from None
-    card = results_card(folder, run_results(folder)[0], path_in_repo, sorted({*folders_in(held), path_in_repo}))
+        raise hub_failure(err, repo_id, f"creating {repo_id}", way_out) from None
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / path_in_repo
         shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("*.partial", "*.zip"))  # unfinished
         # study steps and the app's downloads are not results
+        name_only(staged, local_paths(run_results(folder)))
+        payload = run_results(staged)[0]
+        card = results_card(staged, {**payload, "model": filed_model(payload)}, path_in_repo,
+                            sorted({*folders_in(held), path_in_repo}))
         card.save(Path(tmp) / "README.md")
-        return upload(api, tmp, repo_id, REPO_TYPE, f"Add {path_in_repo}", folder)
+        return upload(api, tmp, repo_id, REPO_TYPE, f"Add {path_in_repo}", way_out)
 
 
-def upload(api: HfApi, staged: str | Path, repo_id: str, repo_type: str, message: str, folder: str | Path,
-           command: str = "push") -> str:
+def upload(api: HfApi, staged: str | Path, repo_id: str, repo_type: str, message: str, way_out: str) -> str:
     """One commit of the `staged` folder; returns its URL. The Hub's refusal of a card's YAML (a ValueError
-    quoting the Hub's own reasons) is one line like any other refusal."""
+    quoting the Hub's own reasons) is one line like any other refusal, ended by `way_out`."""
     try:
         info = api.upload_folder(folder_path=str(staged), repo_id=repo_id, repo_type=repo_type, commit_message=message)
     except ValueError as err:
         if not str(err).startswith("Invalid metadata"):
             raise
         reasons = "; ".join(line.strip("- ") for line in str(err).splitlines()[1:]) or str(err)
-        raise AnatomyError(f"The Hub refused the card of {repo_id}: {reasons}; {later(folder, repo_id, command)}.") \
-            from None
+        raise AnatomyError(f"The Hub refused the card of {repo_id}: {reasons}; {way_out}.") from None
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"pushing to {repo_id}", later(folder, repo_id, command)) from None
+        raise hub_failure(err, repo_id, f"pushing to {repo_id}", way_out) from None
     return str(getattr(info, "commit_url", info))
 
 

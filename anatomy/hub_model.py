@@ -4,7 +4,8 @@ The card is written from the run's results.json, so it states what was measured,
 base model and its revision (`base_model` links the repo to it on the Hub), what was changed (the layers
 removed or the plan), PPL before and after with their 95% intervals on the run's evaluation text, the same
 numbers as `model-index` metrics, and for pruning the mergekit passthrough YAML that builds the same model.
-The folder itself is a standard transformers folder: it loads with `AutoModelForCausalLM` alone.
+The folder itself is a standard transformers folder: it loads with `AutoModelForCausalLM` alone. As with
+results (anatomy/hub_paths.py), the card names a local base model or text file by its name only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .errors import AnatomyError, shown
 from .experiment import Result
-from .hub import HUB_ERRORS, check_repo_id, hub_failure, later, token_or_refuse, upload
+from .hub import HUB_ERRORS, check_repo_id, hub_failure, later, run_results, token_or_refuse, upload
+from .hub_paths import local_paths, name_only
 
 PUSH_MODEL = "push-model"
 
@@ -119,21 +121,24 @@ def model_card(result: Result, export: Export, repo_id: str, base_license: str |
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 
-def push_model(run: str | Path, repo_id: str, folder: str | None = None) -> str:
-    """Upload the model `run` saved (or its `folder`) to the model repo `repo_id` with its card."""
+def push_model(run: str | Path, repo_id: str, folder: str | None = None, token: str | None = None) -> str:
+    """Upload the model `run` saved (or its `folder`) to the model repo `repo_id` with its card; `token` as in
+    `hub.token_or_refuse`."""
     result = Result.load(run)
     export = choose(result, folder)
     repo_id = check_repo_id(repo_id, run, PUSH_MODEL)
-    api = HfApi(token=token_or_refuse(repo_id, run, PUSH_MODEL))
+    way_out = later(run, repo_id, PUSH_MODEL)
+    api = HfApi(token=token_or_refuse(repo_id, run, PUSH_MODEL, token))
     base = result.source.get("model") or {}
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True)
         card_data = (api.model_info(base["name"], revision=base.get("revision")).card_data
                      if base.get("source") == "hub" else None)
     except HUB_ERRORS as err:
-        raise hub_failure(err, repo_id, f"creating {repo_id}", later(run, repo_id, PUSH_MODEL)) from None
+        raise hub_failure(err, repo_id, f"creating {repo_id}", way_out) from None
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(export.folder, tmp, dirs_exist_ok=True)
         card = model_card(result, export, repo_id, getattr(card_data, "license", None))
         card.save(Path(tmp) / "README.md")
-        return upload(api, tmp, repo_id, "model", f"Upload {export.change.split(' (')[0]}", run, PUSH_MODEL)
+        name_only(Path(tmp), local_paths(run_results(Path(result.source["run"]))))  # the base model, text: by name
+        return upload(api, tmp, repo_id, "model", f"Upload {export.change.split(' (')[0]}", way_out)

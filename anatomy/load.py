@@ -103,6 +103,12 @@ class LoadedModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def title(self) -> str:
+        """The name figure titles show: a local folder or GGUF file by its last part. A figure is an image, which
+        a push cannot rewrite as it does the text files (anatomy/hub_paths.py), so it never holds a local path."""
+        return Path(self.name).name if self.source in ("folder", "gguf") else self.name
+
 
 def default_device() -> torch.device:
     """The device accelerate picks for this process (cuda where present, else CPU)."""

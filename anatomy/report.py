@@ -63,6 +63,27 @@ def environment() -> dict:
             "threads": torch.get_num_threads()}
 
 
+def model_record(loaded: LoadedModel | None) -> dict | None:
+    """What results.json says of the model a run measured: its name and revision, shape, dtype and placement."""
+    if loaded is None:
+        return None
+    adapter = LayerAdapter(loaded.model)
+    return {"name": loaded.name, "source": loaded.source, "revision": loaded.revision,
+            "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
+            "num_layers": adapter.num_layers, "components": adapter.describe(),
+            "dtype": str(next(loaded.model.parameters()).dtype), "device": str(offload.input_device(loaded.model)),
+            "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation}
+
+
+def eval_record(eval_set: EvalSet | None) -> dict | None:
+    """What results.json says of the evaluation text: its name, size, sha256 and the settings that move PPL."""
+    if eval_set is None:
+        return None
+    return {"name": eval_set.name, "num_texts": len(eval_set.texts), "num_tokens": eval_set.num_tokens,
+            "sha256": text_hash(eval_set.texts), "max_length": eval_set.max_length, "seed": eval_set.seed,
+            "ppl_convention": PPL_CONVENTION}
+
+
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return df.to_markdown(index=False, floatfmt=floatfmt)
 
@@ -107,27 +128,21 @@ class RunFolder:
         return path
 
     def finish(self, loaded: LoadedModel | None, eval_set: EvalSet | None, config: object,
-               results: dict, timings: dict | None = None, arrays: dict | None = None) -> Path:
+               results: dict, timings: dict | None = None, arrays: dict | None = None,
+               needs: dict | None = None) -> Path:
         """results.json. `timings` are the run's own wall times (`run_s`: the whole experiment); the writing
-        of the files is added as `write_s`, and `total_s` is their sum."""
+        of the files is added as `write_s`, and `total_s` is their sum. `needs`: what each result the run read
+        measured (`run.need_record`), so a stored run is reused only where its inputs match too."""
         timings = dict(timings or {})
         write_s = round(time.perf_counter() - self.started, 3)
         payload = {
             "experiment": self.experiment,
             "table": self.experiment,
             "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the date a results repo lists
-            "model": None if loaded is None else {
-                "name": loaded.name, "source": loaded.source, "revision": loaded.revision,
-                "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
-                "num_layers": LayerAdapter(loaded.model).num_layers,
-                "components": LayerAdapter(loaded.model).describe(),
-                "dtype": str(next(loaded.model.parameters()).dtype), "device": str(offload.input_device(loaded.model)),
-                "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation},
-            "eval_set": None if eval_set is None else {
-                "name": eval_set.name, "num_texts": len(eval_set.texts), "num_tokens": eval_set.num_tokens,
-                "sha256": text_hash(eval_set.texts), "max_length": eval_set.max_length, "seed": eval_set.seed,
-                "ppl_convention": PPL_CONVENTION},
+            "model": model_record(loaded),
+            "eval_set": eval_record(eval_set),
             "config": to_jsonable(config),
+            "needs": dict(needs or {}),
             "environment": environment(),
             "timings": {**timings, "write_s": write_s,
                         "total_s": round(float(timings.get("run_s", 0.0)) + write_s, 3)},
@@ -152,7 +167,8 @@ class RunFolder:
         for name, text in artefacts.files.items():
             self.write_file(name, text)
         self.write_report(artefacts.markdown)
-        return self.finish(loaded, eval_set, config, result.scalars, result.timings, result.arrays)
+        return self.finish(loaded, eval_set, config, result.scalars, result.timings, result.arrays,
+                           result.source.get("needs"))
 
     def zip(self) -> Path:
         """The whole folder as one .zip next to it (the app's download button)."""

@@ -17,7 +17,7 @@ from .evaluate import EvalSet
 from .experiment import Artefacts, Experiment, Need, Result, registry
 from .load import LoadedModel
 from .progress import ProgressCallback
-from .report import parameters_markdown
+from .report import eval_record, model_record, parameters_markdown, to_jsonable
 
 Source = str | Path | Result | None
 
@@ -71,7 +71,25 @@ def execute(experiment: Experiment, loaded: LoadedModel | None, eval_set: EvalSe
     t0 = time.perf_counter()
     result = experiment.run(None if loaded is None else loaded.model, eval_set, config, progress, **kwargs)
     result.timings = {**result.timings, "run_s": round(time.perf_counter() - t0, 3)}
+    result.source = {"model": model_record(loaded), "eval_set": eval_record(eval_set), "config": to_jsonable(config),
+                     "needs": {name: need_record(r) for name, r in (inputs or {}).items() if r is not None},
+                     **result.source}
     return result
+
+
+NEED_MODEL = ("name", "source", "revision", "dtype", "num_layers")
+NEED_EVAL = ("name", "sha256", "max_length", "seed")
+
+
+def need_record(result: Result) -> dict:
+    """What a result another one read measured, as its reader's results.json records it: enough to file and
+    reuse the reader (`atlas.stored_key` reads it like a results.json), and the name of its run folder."""
+    model, eval_set = result.source.get("model"), result.source.get("eval_set")
+    run = result.source.get("run")
+    return {"experiment": result.experiment, "run": Path(run).name if run else None,
+            "model": None if model is None else {k: model.get(k) for k in NEED_MODEL},
+            "eval_set": None if eval_set is None else {k: eval_set.get(k) for k in NEED_EVAL},
+            "config": result.source.get("config")}
 
 
 def compute_with(loaded: LoadedModel | None, eval_set: EvalSet | None,

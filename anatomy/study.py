@@ -242,7 +242,7 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
         if experiment.headline is not None:
             lines.append(f"- {experiment.title}: {experiment.headline(result)}")
     views = study_report.layer_views(study.results)
-    glance = study_report.glance_figure(views, f"The anatomy of {loaded.name} at a glance")
+    glance = study_report.glance_figure(views, f"The anatomy of {loaded.title} at a glance")
     glance.savefig(out / "glance.png", dpi=120, bbox_inches="tight")
     claims = findings.findings(study.results, loaded.name, study.refused,
                                load_claims(growth) if growth is not None else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 import pandas as pd
@@ -27,6 +27,8 @@ class Shared:
     custom_text: gr.Textbox
     max_length: gr.Number
     state: gr.State
+    offers: list[tuple[str, gr.Markdown, gr.Button]] = field(default_factory=list)  # each tab's offer of a
+    # published run (space/published.py): its experiment (or `study`), the text and the button to show it
 
     @property
     def eval_inputs(self) -> list[gr.components.Component]:

@@ -5,10 +5,12 @@ A tab module declares `TAB = Tab(EXPERIMENT, ...)`: which figures to show under 
 ZeroGPU slot to ask for, and optionally its own extra outputs. The builder lays out the inputs by field
 type (a choice is a dropdown, several choices checkboxes, a switch a checkbox, a number a number box, the
 rest a textbox with the CLI's text form), then Go and Stop, then the outputs: a headline, the figures, the
-table, the report and the run folder's zip. Outputs stay hidden until they hold something, so a failed run
-shows its one error message where the user pressed Go and nothing else. The callback turns the inputs
-into the config object with the CLI's own parser, resolves the experiment's needs from this session's
-runs (or computes them), and writes the CLI's run folder.
+table, the report and the run folder's zip, and once a run succeeds a row to publish it to the visitor's own
+Hub repo (space/publish.py). Outputs stay hidden until they hold something, so a failed run shows its one
+error message where the user pressed Go and nothing else. The callback turns the inputs into the config
+object with the CLI's own parser, resolves the experiment's needs from this session's runs (or computes
+them), and writes the CLI's run folder. Where the deployer's atlas holds a published run of the chosen model
+(space/published.py), an offer above the inputs shows it in the same outputs without computing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -24,7 +27,7 @@ from anatomy.experiment import Experiment, Need, Result
 from anatomy.options import LINES, Param, build_config, params
 from anatomy.run import artefacts, compute_with, execute, resolve_needs
 
-from . import jobs, previous
+from . import jobs, previous, publish, published, runs
 from .common import Shared, model_job, shown, stop_button, wire_stop
 from .gpu import gpu
 
@@ -71,6 +74,8 @@ class Tab:
     def build(self, shared: Shared) -> None:
         exp = self.experiment
         gr.Markdown(self.intro)
+        offer, show = published.offer_row(self.name)
+        shared.offers.append((self.name, offer, show))
         inputs = [*self.shared_inputs(shared), *[gr.Checkbox(False, label=label) for label in self.without.values()],
                   *self.field_inputs()]
         for title, text in self.notes.items():
@@ -90,13 +95,18 @@ class Tab:
         with gr.Row():
             download = gr.DownloadButton("Download the run folder (.zip)", visible=False)
             files = [gr.DownloadButton(label, visible=False) for label in self.downloads.values()]
+        publish_row = publish.build(self.name, exp.title, shared.state, f"publish_{self.endpoint_name}")
         outputs = [headline, *plots, table, report, download, *files]
         event = go.click(self.endpoint(len(inputs)), [*inputs, shared.state], [*outputs, shared.state],
                          api_name=self.endpoint_name, concurrency_id="model" if exp.uses_model else None,
                          show_progress_on=[headline])
         hidden = [*plots, table, report_box, download, *files]
-        event.success(lambda: [gr.update(visible=True)] * len(hidden), None, hidden, queue=False,
-                      api_visibility="private")
+        event.success(lambda: [gr.update(visible=True)] * (len(hidden) + 1), None, [*hidden, publish_row],
+                      queue=False, api_visibility="private")
+        stored = show.click(self.show_published(), shared.model, outputs, api_name=f"published_{self.endpoint_name}",
+                            show_progress_on=[headline])
+        stored.success(lambda: [gr.update(visible=True)] * len(hidden), None, hidden, queue=False,
+                       api_visibility="private")
         if stop is not None:
             wire_stop(stop, [event], self.endpoint_name)
 
@@ -175,12 +185,29 @@ class Tab:
             loaded = eval_set = None
         made = artefacts(exp, result, loaded, eval_set, config)
         archive = jobs.save_run(request, exp.name, loaded, eval_set, config, result, made)
+        return (*self.outputs(result, made.figures, made.markdown, archive), jobs.remember(state, exp.name, archive))
+
+    def outputs(self, result: Result, figures: dict, markdown: str, archive: Path, says: str = "") -> tuple:
+        """The tab's outputs for a run folder (its zip `archive`) and its `result`; `says` opens the headline."""
         folder = archive.with_suffix("")
         table = self.table(result) if self.table else result.table
-        headline = exp.headline(result) if exp.headline else ""
-        return (headline, *[made.figures.get(name) for name in self.plots], shown(table), made.markdown,
-                str(archive), *[str(folder / name) if (folder / name).is_file() else None for name in self.downloads],
-                jobs.remember(state, exp.name, archive))
+        headline = says + (self.experiment.headline(result) if self.experiment.headline else "")
+        return (headline, *[figures.get(name) for name in self.plots], shown(table), markdown, str(archive),
+                *[str(folder / name) if (folder / name).is_file() else None for name in self.downloads])
+
+    def show_published(self) -> Callable:
+        """The offer's button: the atlas's run of the chosen model, in this tab's outputs, nothing computed."""
+        tab = self
+
+        @jobs.user_errors
+        def show(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | None = None) -> tuple:
+            folder, says = published.fetch(spec, tab.name, request, oauth_token)
+            result = Result.load(folder, tab.name)
+            figures = {name: published.image_figure(folder / f"{name}.png") for name in tab.plots}
+            markdown = (folder / "report.md").read_text(encoding="utf-8") if (folder / "report.md").is_file() else ""
+            return tab.outputs(result, figures, markdown, runs.archive_of(folder), says)
+        show.__name__ = f"published_{self.endpoint_name}"
+        return show
 
 
 def input_for(param: Param, default: object) -> gr.components.Component:

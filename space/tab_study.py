@@ -15,10 +15,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import anatomy
-from anatomy import study, study_report
+from anatomy import hub, study, study_report
 from anatomy.layers import LayerAdapter
 
-from . import jobs, runs
+from . import jobs, publish, published, runs
 from .common import Shared, model_job, stop_button, wire_stop
 from .gpu import gpu, refuse_on_zero_gpu
 
@@ -38,8 +38,8 @@ def shipped() -> tuple[Figure | None, pd.DataFrame | None, str]:
 
 @gpu(duration=600)
 @jobs.user_errors
-def run(spec: str, n_sentences: float, custom_text: str, max_length: float, request: gr.Request,
-        oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
+def run(spec: str, n_sentences: float, custom_text: str, max_length: float, state: dict | None,
+        request: gr.Request, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
     """The quick study of the chosen model: every experiment in turn, one run folder each, one report."""
     refuse_on_zero_gpu("The study (it fine-tunes layers for recovery)")
     steps = study.plan(study.STUDY, study.QUICK)
@@ -57,16 +57,32 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, requ
             result = study.run_study(steps, job.loaded, job.eval_set, folder.path, step_progress, on_step)
             markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK, quick=True)
     final = folder.path  # renamed from .partial once the study was written whole
-    claims = pd.read_csv(final / "claims.csv", keep_default_na=False)  # as written, verdicts included
-    figure = study_report.glance_figure(study_report.layer_views(result.results), f"The anatomy of {job.loaded.name}")
-    return figure, claims[["finding", "verdict", "ours", "study"]], markdown, str(final / "study.html"), \
-        str(runs.archive_of(final))
+    figure = study_report.glance_figure(study_report.layer_views(result.results), f"The anatomy of {job.loaded.title}")
+    return (*outputs(final, figure, markdown), jobs.remember(state, hub.STUDY, runs.archive_of(final)))
+
+
+def outputs(folder: Path, figure: Figure | None, markdown: str) -> tuple:
+    """The tab's outputs for a finished study folder: its glance, claims, report, page (where it has one) and zip."""
+    claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)  # as written, verdicts included
+    page = folder / "study.html"
+    return figure, claims[["finding", "verdict", "ours", "study"]], markdown, str(page) if page.is_file() else None, \
+        str(runs.archive_of(folder))
+
+
+@jobs.user_errors
+def show_published(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | None = None) -> tuple:
+    """The offer's button: the atlas's study of the chosen model, shown as a finished study, nothing computed."""
+    folder, says = published.fetch(spec, hub.STUDY, request, oauth_token)
+    return (says, *outputs(folder, published.image_figure(folder / "glance.png"),
+                           (folder / "study.md").read_text(encoding="utf-8")))
 
 
 def build(shared: Shared) -> None:
     figure, claims, note = shipped()
     gr.Markdown("Which layers matter, what their weights look like, what survives being changed, and whether the "
                 "picture of the study (Wietrzykowski 2026) holds. " + (note or ""))
+    offer, show = published.offer_row(hub.STUDY)
+    shared.offers.append((hub.STUDY, offer, show))
     glance = gr.Plot(figure, label="The anatomy at a glance", visible=figure is not None, elem_id="study-glance")
     table = gr.Dataframe(claims, label="Claims of the study: ours beside the study's", interactive=False,
                          visible=claims is not None, elem_id="study-claims", wrap=True,
@@ -80,8 +96,14 @@ def build(shared: Shared) -> None:
     with gr.Row():
         page = gr.DownloadButton("Download the report (study.html, opens offline)", visible=False)
         archive = gr.DownloadButton("Download the study folder (.zip)", visible=False)
-    event = go.click(run, shared.eval_inputs, [glance, table, report, page, archive], api_name="study",
+    publish_row = publish.build(hub.STUDY, "Study", shared.state, "publish_study")
+    outputs_ = [glance, table, report, page, archive]
+    event = go.click(run, [*shared.eval_inputs, shared.state], [*outputs_, shared.state], api_name="study",
                      concurrency_id="model", show_progress_on=[status])
     shown = [glance, table, report_box, page, archive]
-    event.success(lambda: [gr.update(visible=True)] * len(shown), None, shown, queue=False, api_visibility="private")
+    event.success(lambda: [gr.update(visible=True)] * (len(shown) + 1), None, [*shown, publish_row], queue=False,
+                  api_visibility="private")
+    stored = show.click(show_published, shared.model, [status, *outputs_], api_name="published_study",
+                        show_progress_on=[status])
+    stored.success(lambda: [gr.update(visible=True)] * len(shown), None, shown, queue=False, api_visibility="private")
     wire_stop(stop, [event], "study")

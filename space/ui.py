@@ -8,8 +8,8 @@ import gradio as gr
 
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT
 
-from . import (jobs, runs, tab_budget, tab_generate, tab_importance, tab_interventions, tab_manipulate, tab_model,
-               tab_plans, tab_prune, tab_recovery, tab_study, tab_weights)
+from . import (jobs, published, runs, tab_budget, tab_generate, tab_importance, tab_interventions, tab_manipulate,
+               tab_model, tab_plans, tab_prune, tab_recovery, tab_study, tab_weights)
 from .access import public_mode, refuse_implicit_tokens, sign_in_offered
 from .common import Shared
 from .models import default_model_spec
@@ -58,6 +58,7 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
             for label, tab in TABS:
                 with gr.Tab(label):
                     tab.build(shared)
+        published.wire(shared, [demo.load, model.change])
         demo.load(tab_model.check, model, status, api_visibility="private")
         demo.unload(jobs.forget_session)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)

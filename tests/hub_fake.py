@@ -4,7 +4,8 @@
 Authorization header of every request (so a test can prove whose token was sent), and refuses gated repos
 to any token but the ones allowed. Dataset repos (`datasets=`) also take uploads: create, preupload (every
 file "regular", so no LFS or Xet storage is needed), commit, and file lists; `writers` limits who may
-write, and `unreachable` makes every request fail as a dropped connection would.
+write, `users` names each token's owner (whoami), `unreachable` makes every request fail as a dropped
+connection would, and `delay_s` makes every answer that slow.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 
 import httpx2 as httpx
@@ -34,11 +36,13 @@ class FakeRepo:
 
 class FakeHub:
     def __init__(self, repos: dict[str, FakeRepo], datasets: dict[str, FakeRepo] | None = None,
-                 writers: set[str] | None = None):
+                 writers: set[str] | None = None, users: dict[str, str] | None = None):
         self.repos = repos
+        self.users = users or {}  # token -> user name
         self.datasets = {} if datasets is None else datasets
         self.writers = writers  # tokens that may create and commit; None: any token
         self.unreachable = False
+        self.delay_s = 0.0
         self.validated: list[dict] = []  # bodies sent to validate-yaml (a card's content and repo type)
         self.commits: list[tuple[str, list[str], list[str]]] = []  # (repo, paths added, paths deleted) per commit
         self.requests: list[tuple[str, str | None]] = []  # (method and URL, Authorization header)
@@ -58,8 +62,13 @@ class FakeHub:
         self.requests.append((f"{request.method} {request.url}", auth))
         if self.unreachable:
             raise httpx.ConnectError("connection refused", request=request)
+        time.sleep(self.delay_s)
         parts = request.url.path.strip("/").split("/")
         not_found = httpx.Response(404, headers={"X-Error-Code": "RepoNotFound"}, json={"error": "not found"})
+        if parts[:2] == ["api", "whoami-v2"]:
+            user = self.users.get((auth or "").removeprefix("Bearer "))
+            return httpx.Response(200, json={"name": user, "type": "user"}) if user else \
+                httpx.Response(401, json={"error": "Invalid credentials"})
         if parts[:2] == ["api", "validate-yaml"]:
             return self.validate_yaml(json.loads(request.content))
         if parts[:3] == ["api", "repos", "create"] or parts[:2] == ["api", "datasets"] or parts[:1] == ["datasets"]:

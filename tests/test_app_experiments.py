@@ -166,9 +166,10 @@ def test_stop_ends_layer_jobs_and_restores_weights_and_layers(client):
 
 
 def test_every_endpoint_is_covered_by_a_test(client):
+    from tests.test_app_hub import HUB_ENDPOINTS
     from tests.test_app_server import ENDPOINTS as SERVER_ENDPOINTS
     named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    assert named == ENDPOINTS | SERVER_ENDPOINTS
+    assert named == ENDPOINTS | SERVER_ENDPOINTS | HUB_ENDPOINTS
 
 
 def test_the_quick_study_runs_from_the_study_tab(client):

@@ -61,12 +61,18 @@ def test_a_run_is_pushed_with_its_files_and_a_card_the_hub_classes_parse(hub, mo
     assert cli.main(importance(model_dir, texts, run, "--push-to-hub", REPO)) == 0
     assert [body["repoType"] for body in hub.validated] == ["dataset"]  # the Hub's own check of the card's YAML
     stored = hub.datasets[REPO].files
-    assert {k: v for k, v in stored.items() if k != "README.md"} == {
-        f"tiny-llama/importance/{name}": data for name, data in files_of(run).items()}
+    local = files_of(run)
+    assert set(stored) - {"README.md"} == {f"tiny-llama/importance/{name}" for name in local}
+    for name, data in local.items():  # the same files, the publisher's paths named by their last part
+        named = data.replace(str(model_dir).encode(), b"tiny-llama").replace(str(texts).encode(), b"texts.txt")
+        assert stored[f"tiny-llama/importance/{name}"] == named, name
+    assert str(model_dir).encode() in local["report.md"]  # the run folder on disk keeps its paths
+    assert not [k for k, v in stored.items() if str(tmp_path.parent).encode() in v]
     card = DatasetCard.load(Path(tmp_path / "README.md").write_bytes(stored["README.md"]) and tmp_path / "README.md")
     payload = json.loads((run / "results.json").read_text())
     assert card.data.license == LICENSE and "transformer-anatomy" in card.data.tags
-    assert card.data.analysed_model == str(model_dir) and card.data.eval_set["sha256"] == payload["eval_set"]["sha256"]
+    assert card.data.analysed_model == "tiny-llama" and card.data.eval_set["sha256"] == payload["eval_set"]["sha256"]
+    assert card.data.eval_set["name"] == "file texts.txt"
     assert card.data.anatomy_version == payload["environment"]["anatomy"]
     assert "## Headline" in card.text and "tiny-llama/importance/importance.png" in card.text
     out = capsys.readouterr()
@@ -105,8 +111,9 @@ def test_from_hub_shows_the_stored_tables_and_refuses_other_settings(hub, model_
     requests = len(hub.requests)
     again = tmp_path / "again"
     assert cli.main(importance(model_dir, texts, again, "--from-hub", REPO)) == 0
-    for name in ("importance.csv", "results.json"):
-        assert (again / name).read_bytes() == (run / name).read_bytes()
+    assert (again / "importance.csv").read_bytes() == (run / "importance.csv").read_bytes()
+    assert json.loads((again / "results.json").read_text())["tables"] == json.loads((run / "results.json").read_text())[
+        "tables"]
     pd.testing.assert_frame_equal(pd.read_csv(again / "importance.csv"), pd.read_csv(run / "importance.csv"))
     assert "stored result from" in capsys.readouterr().out and len(hub.requests) > requests
     assert cli.main(importance(model_dir, texts, tmp_path / "other", "--from-hub", REPO, "--mode", "zero")) == 2
@@ -175,7 +182,9 @@ def test_a_study_is_pushed_whole_and_reused_by_study_from_hub(hub, model_dir, te
     assert "## Headline" in card and "| finding" in card and "- study" in card  # the claims table; the tag
     capsys.readouterr()
     assert cli.main([*study, "--out", str(tmp_path / "again"), "--from-hub", REPO]) == 0
-    assert (tmp_path / "again" / "study.md").read_bytes() == (tmp_path / "s" / "study.md").read_bytes()
+    local = (tmp_path / "s" / "study.md").read_text()
+    assert (tmp_path / "again" / "study.md").read_text() == local.replace(str(model_dir), "tiny-llama").replace(
+        str(texts), "texts.txt") and str(model_dir) in local
     assert "Could not run on this model: prune" in (tmp_path / "again" / "study.md").read_text()
     assert "stored study from" in capsys.readouterr().out
     other = tmp_path / "other.txt"
@@ -219,6 +228,7 @@ def test_a_pruned_model_is_pushed_with_a_model_card_and_loads_back_alone(hub, mo
     assert f"| before | {baseline['ppl']:.3f} [{baseline['ppl_low']:.3f}, {baseline['ppl_high']:.3f}] |" in card.text
     assert "removed layers 2" in card.text and "layer_range: [0, 2]" in card.text
     assert "merge_method: passthrough" in card.text
+    assert "model: tiny-llama" in card.text and str(model_dir) not in card.text and str(texts) not in card.text
     loaded = tmp_path / "downloaded"
     for name, data in files.items():
         (loaded / name).parent.mkdir(parents=True, exist_ok=True)
@@ -329,3 +339,41 @@ def test_from_hub_writes_into_out_without_removing_what_else_is_there(hub, model
     (out / "notes.txt").write_text("mine")
     assert cli.main(importance(model_dir, texts, out, "--from-hub", REPO)) == 0
     assert (out / "notes.txt").read_text() == "mine" and (out / "importance.csv").is_file()
+
+
+def test_from_hub_compares_the_importance_run_a_prune_read(hub, model_dir, texts, tmp_path, capsys):
+    assert cli.main(importance(model_dir, texts, tmp_path / "skip", "--mode", "skip")) == 0
+    assert cli.main(importance(model_dir, texts, tmp_path / "zero", "--mode", "zero")) == 0
+    prune = ["prune", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24", "-k", "1"]
+    assert cli.main([*prune, "--importance", str(tmp_path / "skip"), "--out", str(tmp_path / "p"),
+                     "--push-to-hub", REPO]) == 0
+    stored = json.loads(hub.datasets[REPO].files["tiny-llama/prune/results.json"])
+    assert stored["needs"]["importance"]["run"] == "skip" and stored["needs"]["importance"]["config"]["mode"] == "skip"
+    # no --importance: the map prune would compute now (skip mode, this model and text) is the one it read
+    assert cli.main([*prune, "--out", str(tmp_path / "computed"), "--from-hub", REPO]) == 0
+    assert cli.main([*prune, "--importance", str(tmp_path / "skip"), "--out", str(tmp_path / "same"),
+                     "--from-hub", REPO]) == 0
+    capsys.readouterr()
+    assert cli.main([*prune, "--importance", str(tmp_path / "zero"), "--out", str(tmp_path / "z"),
+                     "--from-hub", REPO]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "importance's config mode: stored \"skip\", asked \"zero\"" in err and not (tmp_path / "z").exists()
+    del stored["needs"]  # as a run pushed before runs recorded their needs
+    hub.datasets[REPO].files["tiny-llama/prune/results.json"] = json.dumps(stored).encode()
+    assert cli.main([*prune, "--out", str(tmp_path / "old"), "--from-hub", REPO]) == 2
+    assert "does not record which importance result it read" in capsys.readouterr().err
+    assert cli.main([*prune, "--by", "last", "--out", str(tmp_path / "last"), "--from-hub", REPO]) == 2
+    assert "criteria" in capsys.readouterr().err  # a config that reads no importance: the config itself differs
+
+
+def test_a_budget_run_is_filed_under_the_model_of_its_importance_run(hub, model_dir, texts, tmp_path):
+    assert cli.main(importance(model_dir, texts, tmp_path / "imp")) == 0
+    assert cli.main(["budget", "--importance", str(tmp_path / "imp"), "--out", str(tmp_path / "b"),
+                     "--push-to-hub", REPO]) == 0
+    files = hub.datasets[REPO].files
+    assert "tiny-llama/budget/results.json" in files and not [f for f in files if f.startswith("no-model/")]
+    pushed = files["tiny-llama/budget/results.json"].decode()
+    assert json.loads(pushed)["needs"]["importance"]["model"]["name"] == "tiny-llama"
+    assert str(tmp_path) in (tmp_path / "b" / "results.json").read_text() and str(tmp_path) not in pushed
+    (tmp_path / "README.md").write_bytes(files["README.md"])
+    assert DatasetCard.load(tmp_path / "README.md").data.analysed_model == "tiny-llama"  # the card files it so too

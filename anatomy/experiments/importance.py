@@ -137,7 +137,7 @@ def importance_report(result: Result, header: str) -> str:
 def importance_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: ImportanceConfig) -> Artefacts:
     """Figure and report of an importance run (the CLI's run folder and the app's)."""
     return Artefacts(
-        figures={"importance": plots.importance_figure(result.table, f"Layer importance: {loaded.name}")},
+        figures={"importance": plots.importance_figure(result.table, f"Layer importance: {loaded.title}")},
         markdown=importance_report(result, report.header("Layer importance", loaded, eval_set)))
 
 

@@ -95,7 +95,7 @@ def interventions_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalS
     df, base = result.table, result["baseline"]
     markdown = (report.header("Interventions", loaded, eval_set)
                 + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n")
-    title = f"{config.intervention} of layers {LAYERS.format(config.layers)}: {loaded.name}"
+    title = f"{config.intervention} of layers {LAYERS.format(config.layers)}: {loaded.title}"
     return Artefacts(figures={"interventions": figure(df, config.intervention, title)}, markdown=markdown)
 
 

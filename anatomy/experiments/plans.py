@@ -202,7 +202,7 @@ def plans_report(result: Result, header: str, config: PlansConfig) -> str:
 
 def plans_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: PlansConfig) -> Artefacts:
     """Figures and report of a layer-plans run (the CLI's run folder and the app's)."""
-    return Artefacts(figures=plots.painters_figures(result.table, loaded.name),
+    return Artefacts(figures=plots.painters_figures(result.table, loaded.title),
                      markdown=plans_report(result, report.header("Layer plans", loaded, eval_set), config))
 
 

@@ -315,7 +315,7 @@ def predictability_artefacts(result: Result, loaded: LoadedModel, eval_set: Eval
                              config: PredictabilityConfig) -> Artefacts:
     """Figures and report of a predictability run (the CLI's run folder and the app's)."""
     return Artefacts(
-        figures={"r2_by_layer": plots.predictability_figure(result.table, f"Weight predictability: {loaded.name}"),
+        figures={"r2_by_layer": plots.predictability_figure(result.table, f"Weight predictability: {loaded.title}"),
                  "functional": plots.ppl_rows_figure(result["functional"], "replaced", "Layers replaced by predictions",
                                                      result["baseline"]["ppl"])},
         markdown=predictability_report(result, report.header("Weight predictability", loaded, eval_set), config))

@@ -186,7 +186,7 @@ def prune_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, conf
     df = result.table
     labels = df.assign(run=[f"{c} k={k}" if k else c for c, k in zip(df["criterion"], df["k"])])
     return Artefacts(
-        figures={"prune": plots.ppl_rows_figure(labels, "run", f"Pruned models: {loaded.name}",
+        figures={"prune": plots.ppl_rows_figure(labels, "run", f"Pruned models: {loaded.title}",
                                                 result["baseline"]["ppl"])},
         markdown=prune_report(result, report.header("Layer pruning", loaded, eval_set)))
 

@@ -317,7 +317,7 @@ def recovery_report(result: Result, header: str, config: RecoveryConfig) -> str:
 def recovery_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: RecoveryConfig) -> Artefacts:
     """Figure and report of a recovery run (the CLI's run folder and the app's). A run trained on the
     evaluation text (measured or declared) says so in its title, its report and every table row."""
-    title = (f"Recovery after noise: {loaded.name}"
+    title = (f"Recovery after noise: {loaded.title}"
              + (" (LEAKAGE: trained on the evaluation text)" if result["leakage"] else ""))
     return Artefacts(
         figures={"recovery": plots.recovery_figure(result["recovery_curves"], result["baseline"]["ppl"],

@@ -145,7 +145,7 @@ def spectral_report(result: Result, header: str) -> str:
 def spectral_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet | None,
                        config: SpectralConfig) -> Artefacts:
     """Figures and report of a spectral run (the CLI's run folder and the app's)."""
-    figures = {"depth_profiles": plots.spectral_depth_figure(result.table, f"Spectral depth profiles: {loaded.name}")}
+    figures = {"depth_profiles": plots.spectral_depth_figure(result.table, f"Spectral depth profiles: {loaded.title}")}
     if "singular_values" in result.tables:
         figures["singular_values"] = plots.singular_values_figure(result["singular_values"])
     return Artefacts(figures=figures, markdown=spectral_report(result, report.header("Spectral anatomy", loaded, None)))
