@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import findings, study_report, sweep
+from . import findings, processes, study_report, sweep
 from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
@@ -167,10 +167,10 @@ def run_study(steps: Sequence[Step], loaded: LoadedModel, eval_set: EvalSet, out
                 raise
             except AnatomyError as err:  # this model cannot run it (all layers redundant, say): go on without it
                 study.refused[step.name] = str(err)
-                if sweep.is_main():
+                if processes.is_main():
                     shutil.rmtree(folder, ignore_errors=True)  # an older run of it no longer belongs to this study
             else:
-                if sweep.is_main():  # every process holds the gathered result; one writes it
+                if processes.is_main():  # every process holds the gathered result; one writes it
                     write_step(folder, step, result, loaded, eval_set, key)
                 study.results[step.name] = result
                 study.wall_s[step.name] = time.perf_counter() - t0

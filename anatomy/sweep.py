@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .errors import AnatomyError
-from .processes import count as processes, is_main, state
+from .processes import count as processes, state
 from .progress import ProgressCallback, track
 
 T = TypeVar("T")
