@@ -33,7 +33,8 @@ R = TypeVar("R")
 POLL_S = 0.2  # how often the main process, its own share done, reads the others' count
 
 STOPPED = ("the run was stopped: a process of `accelerate launch` died (or the launcher was stopped) before the "
-           "run finished; no run folder was written: run the command again")
+           "run finished; its run folder was not written (a study keeps the steps it finished): run the command "
+           "again")
 
 
 class WorkerLost(AnatomyError):

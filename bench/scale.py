@@ -3,16 +3,19 @@
     python bench/scale.py                          # embedded model, all 30 layers, the 48 default texts
     python bench/scale.py --layers 0-9 --texts 16  # quicker
     python bench/scale.py --workers 4              # another count of processes
+    OMP_NUM_THREADS=1 python bench/scale.py        # the one-process side on one thread (a shared CPU)
 
 Workers: the GPUs where there are two or more, else the CPU's physical cores, one process each (gloo). Both
 sides are the CLI command itself, `python -m anatomy importance`, then the same under `accelerate launch
 --multi_gpu --num_processes N`; each side's time is the run's own `timings.run_s` (the baseline pass, the
 sweep and the gather; loading the model and starting the processes are left out and printed apart as the
-command's wall time). The two tables must be equal. On a CPU, one process already runs its matmuls on every
-core, so N processes with cores/N threads each share the same cores: no speedup is expected there, and the
-figure says what splitting the sweep costs (the baseline pass and the prefix cache are computed by every
-process). Prints `scale speedup: X on N workers` and, beside it, the floor: the map's matmul work at this
-machine's 2048^3 float32 matmul rate (one GPU's rate times N on GPUs; the whole CPU's on a CPU).
+command's wall time). The two tables must be equal. On a CPU with torch's default threads one process
+already runs its matmuls on every core, so N processes of cores/N threads share the same cores: no speedup is
+expected beyond what fewer threads per process save, and every process computes the baseline pass and the
+prefix cache itself. With `OMP_NUM_THREADS=1` (advised on a shared CPU) one process uses one core and the
+split uses the others. Prints `scale speedup: X on N workers` and, beside it, the floor: the map's matmul work
+at the 2048^3 float32 matmul rate of one GPU (times N GPUs), or of this process's threads on a CPU (scaled by
+the cores each side uses).
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def timed_run(processes: int, args: list[str], out: Path) -> tuple[float, float, pd.DataFrame]:
-    """(run_s, command wall seconds, importance table) of one `python -m anatomy importance` run."""
+def timed_run(processes: int, args: list[str], out: Path) -> tuple[float, float, pd.DataFrame, int]:
+    """(run_s, command wall seconds, importance table, threads per process) of one `python -m anatomy
+    importance` run. One process keeps this environment's OMP_NUM_THREADS (torch's default: every core)."""
     command = [sys.executable, "-m", "anatomy", "importance", *args, "--out", str(out)]
     env = dict(os.environ)
     if processes > 1:
@@ -72,7 +76,8 @@ def timed_run(processes: int, args: list[str], out: Path) -> tuple[float, float,
     if proc.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
     results = json.loads((out / "results.json").read_text())
-    return results["timings"]["run_s"], wall, pd.read_csv(out / "importance.csv")
+    return (results["timings"]["run_s"], wall, pd.read_csv(out / "importance.csv"),
+            results["environment"]["threads"])
 
 
 def main() -> None:
@@ -97,18 +102,27 @@ def main() -> None:
     equal = one[2].equals(many[2])
     eval_set = EvalSet.from_texts(texts, loaded.tokenizer, name="default", device=loaded.model.device)
     flops = product_flops(loaded.model, eval_set, layers)
-    rate = matmul_gflops(device=device) * 1e9
-    machine = rate * (args.workers if device == "cuda" else 1)
+    rate = matmul_gflops(device=device) * 1e9  # on this process's threads: the one-process side's
+    if device == "cuda":
+        used = f"{args.workers} GPUs"
+        split_rate = rate * args.workers
+    else:  # the matmul rate taken to grow with the cores in use, up to the machine's
+        cores = psutil.cpu_count(logical=False) or 1
+        one_cores, split_cores = min(one[3], cores), min(args.workers * many[3], cores)
+        used = f"{split_cores} of {cores} cores, against {one_cores}"
+        split_rate = rate * split_cores / one_cores
     print(f"model {loaded.name}: {len(layers)} layers ablated, {len(texts)} texts, {eval_set.num_tokens} tokens; "
           f"{'GPUs' if device == 'cuda' else 'CPU cores (physical)'}: {workers()}")
-    print(f"1 process:              run {one[0]:8.2f} s   (command {one[1]:6.1f} s)")
-    print(f"{args.workers} processes:            run {many[0]:8.2f} s   (command {many[1]:6.1f} s)")
+    for name, (run_s, wall, _, threads) in (("1 process", one), (f"{args.workers} processes", many)):
+        print(f"{name + ':':<14} run {run_s:8.2f} s   (command {wall:6.1f} s), {threads} thread(s) per process")
     print(f"tables equal: {'yes' if equal else 'NO'}")
-    print(f"matmul floor: {flops / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s (2048^3 float32 on one {device}): "
-          f"{flops / rate:.2f} s with 1 process, {flops / machine:.2f} s with {args.workers}")
-    if device == "cpu":
-        print("(a CPU: one process already uses every core, so the processes share the same cores and no speedup "
-              "is expected; every process also computes the baseline pass and the prefix cache)")
+    print(f"matmul floor: {flops / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s (2048^3 float32 on one {device}"
+          + (f", {torch.get_num_threads()} thread(s)" if device == "cpu" else "") + f"): {flops / rate:.2f} s with "
+          f"1 process, {flops / split_rate:.2f} s with {args.workers} ({used})")
+    if device == "cpu" and one[3] >= (psutil.cpu_count(logical=False) or 1):
+        print("(one process already ran on every core: the processes share the same cores, so no speedup is "
+              "expected beyond what fewer threads per process save; every process computes the baseline pass "
+              "and the prefix cache itself)")
     print(f"scale speedup: {one[0] / many[0]:.2f} on {args.workers} workers")
 
 
