@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, report
+from .. import plots, processes, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PPLResult, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result
@@ -138,7 +138,7 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
     tasks = load_tasks(tokenizer) if config.tasks and tokenizer is not None else []
     specs = plan_rows(adapter.num_layers, config)
     saved = ({"saved": str(export_plan(model, tokenizer, parse_plan(config.plans[0], adapter.num_layers), config.save))}
-             if config.save else {})
+             if config.save and processes.is_main() else {})  # under `accelerate launch`: one process writes it
     t0 = time.perf_counter()
 
     def measured(spec: tuple[str, int, str, Plan]) -> tuple[dict, PPLResult] | str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, report
+from .. import plots, processes, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result
@@ -133,7 +133,8 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     rows += sweep(runs, pruned, "prune (criterion x K)", progress, label=lambda run: f"{run[0]} k{run[1]}")
     df = pd.DataFrame(rows, columns=COLUMNS)
     t_evals = time.perf_counter() - t0 - t_scores
-    saved = [str(p) for p in save_pruned(model, tokenizer, df, config.save)] if config.save else []
+    saved = ([str(p) for p in save_pruned(model, tokenizer, df, config.save)]
+             if config.save and processes.is_main() else [])  # under `accelerate launch`: one process writes them
     mode = config.ablation_mode
     if importance is not None and "mode" in importance.table:  # D of a given map was measured with its own mode
         mode = str(importance.table["mode"].iloc[0])
