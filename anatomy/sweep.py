@@ -95,7 +95,9 @@ class _Shown:
 
     def __init__(self, total: int, description: str, progress: ProgressCallback | None, main: bool):
         self.total, self.description, self.progress, self.main = total, description, progress, main
-        self.bar = tqdm(total=total, desc=f"{description} [{processes()} processes]", leave=False, disable=not main)
+        # every finished item drawn (an item takes far longer than drawing the bar), the last one included
+        self.bar = tqdm(total=total, desc=f"{description} [{processes()} processes]", leave=False, disable=not main,
+                        mininterval=0, miniters=1)
         self.done = 0
 
     def __enter__(self) -> _Shown:

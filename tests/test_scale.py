@@ -127,7 +127,8 @@ def test_study_with_recovery_on_two_processes_equals_one(tmp_path, tiny):
 ], ids=["importance", "recovery"])
 def test_embedded_model_on_two_processes_equals_one(tmp_path, few_texts, experiment, sweep):
     """The last layers: with the prefix cache only layers l..29 run, so they cost least."""
-    train = ["--train-file", str(write_text(tmp_path / "train.txt", n_lines=300))] if experiment[0] == "recovery" else []
+    recovery = experiment[0] == "recovery"
+    train = ["--train-file", str(write_text(tmp_path / "train.txt", n_lines=300))] if recovery else []
     one, two, proc = one_and_two(tmp_path, *experiment, *train, "--model", "embedded", "--text-file", str(few_texts))
     assert assert_same_tables(one, two) >= 1
     results = [json.loads((f / "results.json").read_text()) for f in (one, two)]
@@ -136,6 +137,8 @@ def test_embedded_model_on_two_processes_equals_one(tmp_path, few_texts, experim
     assert results[1]["processes"] == {"count": 2, "sweeps": [{"sweep": sweep, "items": [27, 28, 29],
                                                                "by_process": [[27, 29], [28]]}]}
     assert proc.stdout.count("run folder:") == 1  # one process prints and writes
+    # the main process ran 2 of the 3 layers; its bar counted the other process's one too
+    assert f"{sweep} [2 processes]: 100%" in proc.stderr and "3/3" in proc.stderr
 
 
 def test_a_killed_worker_fails_the_run_in_one_line_and_writes_no_run_folder(tmp_path, tiny):
