@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from accelerate.utils import convert_file_size_to_int
 from huggingface_hub import HfApi, get_token
 
-from . import atlas, hub, hub_model, study, study_report
+from . import atlas, hub, hub_model, processes, study, study_report, sweep
 from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
@@ -81,7 +81,8 @@ def placement_from_args(args: argparse.Namespace) -> Placement:
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
     placement = placement_from_args(args)
-    print(f"loading model {args.model} ...", file=sys.stderr)
+    if processes.is_main():
+        print(f"loading model {args.model} ...", file=sys.stderr)
     return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision, placement=placement)
 
 
@@ -230,11 +231,13 @@ def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
                            missing=lambda need: f"pass --{need.experiment} RUN, the folder written by "
                                                 f"`python -m anatomy {need.experiment}`", config=config)
     result = execute(experiment, loaded, eval_set, config, None, inputs)
-    made = artefacts(experiment, result, loaded, eval_set, config)
-    folder = RunFolder(args.out, experiment.name)
-    folder.write(result, made, loaded, eval_set, config)
-    print_summary(experiment, result, folder.path, folder.files)
-    push_after(args, folder.path)
+    if processes.is_main():  # under `accelerate launch` every process holds the gathered result; one writes it
+        made = artefacts(experiment, result, loaded, eval_set, config)
+        folder = RunFolder(args.out, experiment.name)
+        folder.write(result, made, loaded, eval_set, config)
+        print_summary(experiment, result, folder.path, folder.files)
+        push_after(args, folder.path)
+    sweep.wait_for_everyone()
 
 
 def show_stored(experiment: Experiment, args: argparse.Namespace, config: object) -> None:
@@ -289,13 +292,15 @@ def run_study_command(args: argparse.Namespace) -> None:
     recovery = next((s.config for s in steps if s.name == "recovery"), None)
     if recovery is not None:
         overrides["recovery"] = {**overrides.get("recovery", {}), "layers": recovery.layers or "all"}
-    with tqdm(total=len(steps), desc="study", unit="experiment", position=0) as bar:
+    with tqdm(total=len(steps), desc="study", unit="experiment", position=0, disable=not processes.is_main()) as bar:
         def on_step(done: int, total: int, name: str, eta_s: float) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{name} done" + (f", about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""))
         done = study.run_study(steps, loaded, eval_set, args.out, on_step=on_step)
-    print(study.write_report(done, loaded, eval_set, args.out, overrides, quick=args.quick, growth=args.growth))
-    push_after(args, Path(args.out))
+    if processes.is_main():
+        print(study.write_report(done, loaded, eval_set, args.out, overrides, quick=args.quick, growth=args.growth))
+        push_after(args, Path(args.out))
+    sweep.wait_for_everyone()
 
 
 def show_stored_study(args: argparse.Namespace, steps: list[study.Step]) -> None:
@@ -397,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    sweep.stop_on_worker_loss()
     try:
         if args.experiment == "study":
             run_study_command(args)
@@ -413,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_command(registry()[args.experiment], args)
     except AnatomyError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if processes.is_main():  # under `accelerate launch` the other processes hit the same error: one line
+            print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import psutil
 import torch
-from accelerate import PartialState
 from accelerate.utils import convert_file_size_to_int
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
+from . import processes
 from .disk import cache_dir, check_free_disk, download_bytes, hub_cache
 from .errors import AnatomyError, shown
 from .model_spec import EMBEDDED, parse_model_spec
@@ -111,8 +111,9 @@ class LoadedModel:
 
 
 def default_device() -> torch.device:
-    """The device accelerate picks for this process (cuda where present, else CPU)."""
-    return PartialState().device
+    """The device accelerate picks for this process (cuda where present, its own GPU under `accelerate launch`,
+    else CPU)."""
+    return processes.state().device
 
 
 def embedded_gguf_path() -> Path:

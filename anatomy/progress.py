@@ -12,6 +12,8 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
+from .processes import is_main
+
 T = TypeVar("T")
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -27,7 +29,8 @@ def track(items: Iterable[T], description: str, callback: ProgressCallback | Non
     total = len(items) if total is None else total
     if callback is not None:
         callback(0, total, description)
-    with tqdm(items, desc=description, total=total, leave=False) as bar:
+    # under `accelerate launch` only the main process draws bars: the others' would interleave with its own
+    with tqdm(items, desc=description, total=total, leave=False, disable=not is_main()) as bar:
         for done, item in enumerate(bar, start=1):
             yield item
             if callback is not None:

@@ -21,7 +21,7 @@ import torch
 import transformers
 from matplotlib.figure import Figure
 
-from . import offload
+from . import offload, sweep
 from .evaluate import EvalSet
 from .experiment import Artefacts, Result
 from .layers import LayerAdapter
@@ -144,6 +144,7 @@ class RunFolder:
             "config": to_jsonable(config),
             "needs": dict(needs or {}),
             "environment": environment(),
+            "processes": sweep.taken(),  # how many processes ran it and, under `accelerate launch`, which items each
             "timings": {**timings, "write_s": write_s,
                         "total_s": round(float(timings.get("run_s", 0.0)) + write_s, 3)},
             "results": to_jsonable(results),

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import findings, study_report
+from . import findings, processes, study_report, sweep
 from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
@@ -151,7 +151,9 @@ def run_study(steps: Sequence[Step], loaded: LoadedModel, eval_set: EvalSet, out
         folder = out / step.name
         key = step_key(step, loaded, eval_set, keys)
         keys[step.name] = digest(key)
-        if finished(folder, key):
+        reuse = finished(folder, key)
+        sweep.wait_for_everyone()  # under `accelerate launch`: every process decided before the main one writes
+        if reuse:
             study.results[step.name] = Result.load(folder, step.name)
             study.reused.append(step.name)
             study.wall_s[step.name] = float(study.results[step.name].timings.get("run_s", 0.0))
@@ -161,11 +163,15 @@ def run_study(steps: Sequence[Step], loaded: LoadedModel, eval_set: EvalSet, out
             try:
                 inputs = step_inputs(step, study, {s.name: s.config for s in steps}, loaded, eval_set, progress)
                 result = execute(step.experiment, loaded, eval_set, step.config, progress, inputs)
+            except sweep.WorkerLost:
+                raise
             except AnatomyError as err:  # this model cannot run it (all layers redundant, say): go on without it
                 study.refused[step.name] = str(err)
-                shutil.rmtree(folder, ignore_errors=True)  # an older run of it no longer belongs to this study
+                if processes.is_main():
+                    shutil.rmtree(folder, ignore_errors=True)  # an older run of it no longer belongs to this study
             else:
-                write_step(folder, step, result, loaded, eval_set, key)
+                if processes.is_main():  # every process holds the gathered result; one writes it
+                    write_step(folder, step, result, loaded, eval_set, key)
                 study.results[step.name] = result
                 study.wall_s[step.name] = time.perf_counter() - t0
                 study.folders[step.name] = folder

@@ -120,12 +120,15 @@ def breakdown(model, eval_set: EvalSet, layers: list[int], t_product: float, t_b
           f"(batched reference {t_batched:.2f} s: same work, the product's own full-forward path)")
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)  # GPU matmuls run async
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    sync()
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 

@@ -60,12 +60,12 @@ class TrainConfig:
 
 
 def make_accelerator() -> Accelerator:
-    """An Accelerator with bf16/fp16 only on a GPU, and DDP tolerant of layers a step skips."""
-    if torch.cuda.is_available():
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    else:
-        precision = "no"
-    return Accelerator(mixed_precision=precision,
+    """An Accelerator with bf16/fp16 only on a GPU, and DDP tolerant of layers a step skips. Without a GPU it is
+    told so (`cpu=True`): only then do the processes of `accelerate launch --multi_gpu` form one gloo group
+    instead of training alone, each on its own batches."""
+    gpu = torch.cuda.is_available()
+    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
+    return Accelerator(mixed_precision=precision, cpu=not gpu,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
@@ -235,7 +235,9 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 if step % 10 == 0 or k == n_steps - 1 or step % cfg.eval_every == 0:
-                    last_loss = loss.item()  # a sync; only when the value is used
+                    # a sync, only when the value is used; the mean over the processes' batches (DDP: each
+                    # holds its share of the global batch), so the curve is the one-process curve
+                    last_loss = acc.reduce(loss.detach(), reduction="mean").item()
                 dt = time.perf_counter() - t0
                 self.train_seconds += dt
                 phase_seconds += dt

@@ -22,7 +22,8 @@ from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighb
 from ..layers import LayerAdapter
 from ..load import LoadedModel
 from ..options import LAYERS, floats, option
-from ..progress import ProgressCallback, track
+from ..progress import ProgressCallback
+from ..sweep import sweep
 
 COLUMNS = ["layer", "mode", "ppl", "ppl_low", "ppl_high", "degradation_pct", "degradation_low",
            "degradation_high", "class", "anti_layer_candidate", "block_influence", "angular_distance", "neighbours"]
@@ -78,21 +79,22 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
     t_base = time.perf_counter() - t0
     if not np.isfinite(base.ppl):
         raise AnatomyError("The baseline PPL is not finite: the model or its dtype is broken for this text.")
-    rows = []
-    for layer in track(layers, f"importance ({config.mode})", progress):
+    def ablated(layer: int) -> dict:
         sources = neighbours(layer, adapter.kinds, config.boundary) if config.mode == "neighbour-mean" else []
         untouched = config.mode == "neighbour-mean" and not sources
         with ablate(adapter, layer, config.mode, config.boundary):
             result = perplexity(model, eval_set, cache if config.use_prefix_cache else None, layer)
         offload.unpin(model)  # disk-offloaded layers the ablation touched go back to disk
         d, d_low, d_high = degradation(result, base, eval_set)
-        rows.append({"layer": layer, "mode": config.mode, **result.as_dict(), "degradation_pct": d,
-                     "degradation_low": d_low, "degradation_high": d_high,
-                     "class": "Untouched" if untouched else classify(d, config.thresholds),
-                     "anti_layer_candidate": bool(d_high < 0),
-                     "block_influence": scores["block_influence"][layer],
-                     "angular_distance": scores["angular_distance"][layer],
-                     "neighbours": ",".join(map(str, sources))})
+        return {"layer": layer, "mode": config.mode, **result.as_dict(), "degradation_pct": d,
+                "degradation_low": d_low, "degradation_high": d_high,
+                "class": "Untouched" if untouched else classify(d, config.thresholds),
+                "anti_layer_candidate": bool(d_high < 0),
+                "block_influence": scores["block_influence"][layer],
+                "angular_distance": scores["angular_distance"][layer],
+                "neighbours": ",".join(map(str, sources))}
+
+    rows = sweep(layers, ablated, f"importance ({config.mode})", progress)
     df = pd.DataFrame(rows, columns=COLUMNS)
     return Result("importance", df,
                   scalars={"baseline": base.as_dict(), "spearman": spearman_with_ablation(df),

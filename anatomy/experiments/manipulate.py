@@ -31,7 +31,8 @@ from ..interventions import preserve, scale, zero
 from ..layers import ComponentRef, LayerAdapter
 from ..load import LoadedModel
 from ..options import LAYERS, Codec, floats, option
-from ..progress import ProgressCallback, track
+from ..progress import ProgressCallback
+from ..sweep import sweep
 from ..spectra import SVD_THREADS, torch_threads
 from .importance import ImportanceConfig
 
@@ -201,13 +202,17 @@ def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: Manipulate
     label = ",".join(map(str, layers))
     rows = [{"strategy": "baseline (none)", "layers": "", **base.as_dict(), "degradation_pct": 0.0,
              "degradation_low": 0.0, "degradation_high": 0.0}]
-    for strategy, alpha in track(runs, "manipulate (strategies)", progress):
+    def changed(run: tuple[str, float | None]) -> dict:
+        strategy, alpha = run
         with strategy_context(adapter, layers, strategy, alpha, config.rank or None):
             result = perplexity(model, eval_set, cache, min(layers))
         d, d_low, d_high = degradation(result, base, eval_set)
         name = f"scale {alpha:g}" if strategy == "scale" else strategy
-        rows.append({"strategy": name, "layers": label, **result.as_dict(), "degradation_pct": d,
-                     "degradation_low": d_low, "degradation_high": d_high})
+        return {"strategy": name, "layers": label, **result.as_dict(), "degradation_pct": d,
+                "degradation_low": d_low, "degradation_high": d_high}
+
+    rows += sweep(runs, changed, "manipulate (strategies)", progress,
+                  label=lambda run: f"scale {run[1]:g}" if run[0] == "scale" else run[0])
     df = pd.DataFrame(rows, columns=COLUMNS)
     return Result("manipulate", df,
                   scalars={"layers": layers, "source": source, "baseline": base.as_dict(), "rank": config.rank},

@@ -19,16 +19,17 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, report
+from .. import plots, processes, report
 from ..errors import AnatomyError
-from ..evaluate import EvalSet, degradation, perplexity
+from ..evaluate import EvalSet, PPLResult, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result
 from ..layers import LayerAdapter
 from ..load import LoadedModel
 from ..options import INTS, LINES, OPTIONAL_TEXT, option
 from ..plans import (GRAMMAR, VARIANTS, Plan, apply_plan, can_batch, export_plan, middle_block, parse_plan,
                      plan_refusal, variant_plan)
-from ..progress import ProgressCallback, track
+from ..progress import ProgressCallback
+from ..sweep import sweep
 from ..tasks import load_tasks, task_accuracy
 
 COLUMNS = ["variant", "block_size", "block", "plan", "layer_calls", "parallel_execution", "ppl", "ppl_low",
@@ -137,28 +138,34 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
     tasks = load_tasks(tokenizer) if config.tasks and tokenizer is not None else []
     specs = plan_rows(adapter.num_layers, config)
     saved = ({"saved": str(export_plan(model, tokenizer, parse_plan(config.plans[0], adapter.num_layers), config.save))}
-             if config.save else {})
+             if config.save and processes.is_main() else {})  # under `accelerate launch`: one process writes it
     t0 = time.perf_counter()
-    base = None
-    rows, refused = [], []
-    for variant, size, block, plan in track(specs, "plans", progress):
+
+    def measured(spec: tuple[str, int, str, Plan]) -> tuple[dict, PPLResult] | str:
+        """A plan's row without its degradation (the baseline row comes first and the rows are gathered before
+        D is taken) and its PPL; or why this model cannot run it."""
+        variant, size, block, plan = spec
         if refusal := plan_refusal(adapter, plan):
-            refused.append(f"{variant} {size}: {refusal}")
-            continue
+            return f"{variant} {size}: {refusal}"
         groups = [s for s in plan.steps if len(s) > 1]
         execution = "" if not groups else (
             "batched" if config.batched and all(can_batch([layers[i] for i in g]) for g in groups) else "sequential")
         with apply_plan(model, plan, config.batched):
             result = perplexity(model, eval_set)
             accuracy = task_accuracy(model, tasks, pad_id) if tasks else {}
-        if base is None:  # the unchanged model runs first
-            base = result
+        return ({"variant": variant, "block_size": size, "block": block, "plan": str(plan),
+                 "layer_calls": plan.layer_calls, "parallel_execution": execution, **result.as_dict(),
+                 **{f"acc_{k}": v for k, v in accuracy.items()},
+                 **measure_latency(model, plan, eval_set, config, pad_id)}, result)
+
+    measurements = sweep(specs, measured, "plans", progress, label=lambda spec: f"{spec[0]} {spec[1]}: {spec[3]}")
+    refused = [m for m in measurements if isinstance(m, str)]
+    ran = [m for m in measurements if not isinstance(m, str)]
+    base = ran[0][1]  # the unchanged model runs first
+    rows = []
+    for row, result in ran:
         d, d_low, d_high = degradation(result, base, eval_set)
-        rows.append({"variant": variant, "block_size": size, "block": block, "plan": str(plan),
-                     "layer_calls": plan.layer_calls, "parallel_execution": execution, **result.as_dict(),
-                     "degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high,
-                     **{f"acc_{k}": v for k, v in accuracy.items()},
-                     **measure_latency(model, plan, eval_set, config, pad_id)})
+        rows.append(row | {"degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high})
     df = pd.DataFrame(rows)
     df = df[COLUMNS[:12] + [c for c in df.columns if c.startswith("acc_")] + COLUMNS[12:]]
     return Result("plans", df, scalars={"baseline": base.as_dict(), "refused": refused, **saved},

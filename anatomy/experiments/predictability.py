@@ -41,6 +41,7 @@ from ..layers import LayerAdapter
 from ..load import LoadedModel
 from ..options import LAYERS, Codec, option
 from ..progress import ProgressCallback, track
+from ..sweep import sweep
 
 COLUMNS = ["component", "layer", "r2", "cosine", "r2_previous_layer", "r2_distribution", "adjacent_cosine"]
 STUDY_MEAN_R2 = {"mlp.gate_proj": 0.909}  # SPEC section 10, Table 2: the headline number
@@ -213,8 +214,8 @@ def functional_test(model: PreTrainedModel, eval_set: EvalSet, adapter: LayerAda
     predictions = {(component, t): predict_layer(stack, t, n, config.ridge_alpha)
                    for t in sorted({t for layers in sets.values() for t in layers})
                    for component, stack in stacks.items()}
-    rows = []
-    for name, layers in track(list(sets.items()), "predictability (replace layers)", progress):
+    def replaced(named: tuple[str, list[int]]) -> dict:
+        name, layers = named
         values = {adapter.component(t, c): predictions[(c, t)].reshape(adapter.component(t, c).matrix().shape)
                   for t in layers for c in stacks}
         full_r2 = [r2_score(predictions[(c, t)], stacks[c][t]) for t in layers for c in stacks]
@@ -222,10 +223,13 @@ def functional_test(model: PreTrainedModel, eval_set: EvalSet, adapter: LayerAda
             result = perplexity(model, eval_set, cache, min(layers))
         d, d_low, d_high = degradation(result, base, eval_set)
         sampled = df[df["layer"].isin(layers)]
-        rows.append({"replaced": name, "layers": ",".join(map(str, layers)),
-                     "mean_r2_sampled": sampled["r2"].mean(), "mean_r2_all_positions": float(np.mean(full_r2)),
-                     "mean_cosine": sampled["cosine"].mean(), **result.as_dict(), "degradation_pct": d,
-                     "degradation_low": d_low, "degradation_high": d_high})
+        return {"replaced": name, "layers": ",".join(map(str, layers)),
+                "mean_r2_sampled": sampled["r2"].mean(), "mean_r2_all_positions": float(np.mean(full_r2)),
+                "mean_cosine": sampled["cosine"].mean(), **result.as_dict(), "degradation_pct": d,
+                "degradation_low": d_low, "degradation_high": d_high}
+
+    rows = sweep(list(sets.items()), replaced, "predictability (replace layers)", progress,
+                 label=lambda named: f"{named[0]}: {','.join(map(str, named[1]))}")
     return pd.DataFrame(rows), base
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, report
+from .. import plots, processes, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result
@@ -26,7 +26,8 @@ from ..interventions import ABLATION_MODES
 from ..layers import LayerAdapter
 from ..load import LoadedModel
 from ..options import INTS, OPTIONAL_TEXT, option
-from ..progress import ProgressCallback, track
+from ..progress import ProgressCallback
+from ..sweep import sweep
 from ..surgery import build_layer_stack, kept_layers, layer_stack, save_model
 from .importance import ImportanceConfig
 from .spectral import SpectralConfig, layer_alpha, run_spectral
@@ -119,17 +120,21 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     rows = [{"criterion": "baseline (none)", "k": 0, "removed": "", **base.as_dict(), "degradation_pct": 0.0,
              "degradation_low": 0.0, "degradation_high": 0.0, "params_removed_pct": 0.0}]
     runs = [(c, k) for k in config.ks for c in config.criteria]
-    for criterion, k in track(runs, "prune (criterion x K)", progress):
+    def pruned(run: tuple[str, int]) -> dict:
+        criterion, k = run
         removed = choose(scores, criterion, k)
         with layer_stack(model, kept_layers(n, removed)):
             result = perplexity(model, eval_set)
         d, d_low, d_high = degradation(result, base, eval_set)
-        rows.append({"criterion": criterion, "k": k, "removed": ",".join(map(str, removed)), **result.as_dict(),
-                     "degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high,
-                     "params_removed_pct": 100 * k * layer_params / total})
+        return {"criterion": criterion, "k": k, "removed": ",".join(map(str, removed)), **result.as_dict(),
+                "degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high,
+                "params_removed_pct": 100 * k * layer_params / total}
+
+    rows += sweep(runs, pruned, "prune (criterion x K)", progress, label=lambda run: f"{run[0]} k{run[1]}")
     df = pd.DataFrame(rows, columns=COLUMNS)
     t_evals = time.perf_counter() - t0 - t_scores
-    saved = [str(p) for p in save_pruned(model, tokenizer, df, config.save)] if config.save else []
+    saved = ([str(p) for p in save_pruned(model, tokenizer, df, config.save)]
+             if config.save and processes.is_main() else [])  # under `accelerate launch`: one process writes them
     mode = config.ablation_mode
     if importance is not None and "mode" in importance.table:  # D of a given map was measured with its own mode
         mode = str(importance.table["mode"].iloc[0])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,8 @@ from ..interventions import add_noise, preserve
 from ..layers import LayerAdapter, text_config
 from ..load import LoadedModel
 from ..options import LAYERS, OPTIONAL_TEXT, floats, option
-from ..progress import ProgressCallback, track
+from ..progress import ProgressCallback
+from ..sweep import sweep_share
 from ..train_layer import batch_schedule, finetune_layer, layer_groups, training_cache, training_rows
 
 STUDY_LAYERS = [0, 1, 3, 5, 8, 10, 11, 14, 17, 23, 24, 27, 29]
@@ -190,44 +192,52 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
     leakage = overlap >= LEAKAGE_SHARE or train_text == EVAL_TEXT  # measured or declared, either one
     batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps,
                              config.seed)
-    groups = (layer_groups(layers, batches, text_config(model).hidden_size) if config.cached else [layers])
-    rows, curves, control_curves = [], [], []
     timings = {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
-    done = iter(track(layers, "recovery (layers)", progress))
-    for group in groups:
-        t1 = time.perf_counter()
-        cache = training_cache(model, batches, group) if config.cached else None
-        timings["train_cache_s"] += time.perf_counter() - t1
-        for layer in group:
-            next(done)
+
+    def recover(layer: int, sigma: float, cache) -> tuple[list[tuple[int, PPLResult]], list[float]]:
+        curve: list[tuple[int, PPLResult]] = []
+        with preserve(list(adapter.layers[layer].parameters())), add_noise(adapter, [layer], sigma, config.seed):
+            losses = finetune_layer(
+                model, layer, batches, lr=config.lr, grad_clip=config.grad_clip, weight_decay=config.weight_decay,
+                eval_every=config.eval_every, cache=cache, progress=progress,
+                evaluate=lambda step: curve.append((step, perplexity(model, eval_set, eval_cache, layer))))
+        return curve, losses
+
+    def recovered(share: list[int]) -> Iterator[tuple[dict, list[dict], list[dict], float, float]]:
+        """(row, curve rows, control curve rows, seconds, cache seconds) per layer of this process's share; one
+        training cache per group of layers that fits in memory."""
+        groups = layer_groups(share, batches, text_config(model).hidden_size) if config.cached else [share]
+        for group in groups:
             t1 = time.perf_counter()
+            cache = training_cache(model, batches, group) if config.cached else None
+            cache_s = time.perf_counter() - t1
+            for layer in group:
+                t1 = time.perf_counter()
+                curve, losses = recover(layer, config.sigma, cache)
+                row = summarise(layer, curve, base, config) | final_vs_baseline(curve[-1][1], base, eval_set)
+                control: list[tuple[int, PPLResult]] = []
+                if config.control:
+                    control, _ = recover(layer, 0.0, cache)
+                    row |= {"control_final_ppl": control[-1][1].ppl, "control_final_ppl_low": control[-1][1].low,
+                            "control_final_ppl_high": control[-1][1].high,
+                            **final_vs_baseline(control[-1][1], base, eval_set, "control_")}
+                yield (row | {"verdict": layer_verdict(row), "leakage": leakage, "train_text": train_text},
+                       [{"layer": layer, "step": step, **r.as_dict(),
+                         "train_loss": float(np.mean(losses[max(0, step - config.eval_every):step])) if step
+                         else np.nan} for step, r in curve],
+                       [{"layer": layer, "step": step, **r.as_dict()} for step, r in control],
+                       time.perf_counter() - t1, cache_s)
+                cache_s = 0.0
+            del cache
 
-            def recover(sigma: float) -> tuple[list[tuple[int, PPLResult]], list[float]]:
-                curve: list[tuple[int, PPLResult]] = []
-                with preserve(list(adapter.layers[layer].parameters())), \
-                        add_noise(adapter, [layer], sigma, config.seed):
-                    losses = finetune_layer(
-                        model, layer, batches, lr=config.lr, grad_clip=config.grad_clip,
-                        weight_decay=config.weight_decay, eval_every=config.eval_every, cache=cache,
-                        progress=progress,
-                        evaluate=lambda step: curve.append((step, perplexity(model, eval_set, eval_cache, layer))))
-                return curve, losses
-
-            curve, losses = recover(config.sigma)
-            row = summarise(layer, curve, base, config) | final_vs_baseline(curve[-1][1], base, eval_set)
-            if config.control:
-                control, _ = recover(0.0)
-                row |= {"control_final_ppl": control[-1][1].ppl, "control_final_ppl_low": control[-1][1].low,
-                        "control_final_ppl_high": control[-1][1].high,
-                        **final_vs_baseline(control[-1][1], base, eval_set, "control_")}
-                control_curves += [{"layer": layer, "step": step, **r.as_dict()} for step, r in control]
-            rows.append(row | {"verdict": layer_verdict(row), "leakage": leakage, "train_text": train_text})
-            curves += [{"layer": layer, "step": step, **r.as_dict(),
-                        "train_loss": float(np.mean(losses[max(0, step - config.eval_every):step])) if step else np.nan}
-                       for step, r in curve]
-            timings["layers_s"][layer] = time.perf_counter() - t1
-        del cache
-    next(done, None)
+    rows, curves, control_curves = [], [], []
+    for layer, (row, curve, control, seconds, cache_s) in zip(layers, sweep_share(layers, recovered,
+                                                                                   "recovery (layers)", progress)):
+        rows.append(row)
+        curves += curve
+        control_curves += control
+        timings["layers_s"][layer] = seconds
+        timings["train_cache_s"] += cache_s
     df = pd.DataFrame(rows)
     for t in config.thresholds:
         df[threshold_column(t)] = df[threshold_column(t)].astype("Int64")
