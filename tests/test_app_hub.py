@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 import zipfile
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
