@@ -176,6 +176,8 @@ class Experiment:
     aliases: tuple[str, ...] = ()  # further CLI command names (an earlier name that documented commands use)
     check: Callable[[Any, Any], None] | None = None  # (config, model): refuse what this model cannot run (a K
     # above its depth) once it is loaded, before any need is computed
+    work: Callable[[Any, Any], float] | None = None  # (config, work.Shape) -> the run's computing in evaluation
+    # passes, known before it runs: how a study weighs its steps to come (none: about one pass)
 
     @property
     def default_out(self) -> str:

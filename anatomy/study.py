@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import findings, processes, study_report, sweep
+from . import findings, processes, study_report, sweep, work
 from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
@@ -146,7 +146,10 @@ def run_study(steps: Sequence[Step], loaded: LoadedModel, eval_set: EvalSet, out
     out.mkdir(parents=True, exist_ok=True)
     study, keys = StudyRun(), {}
     started = time.perf_counter()
-    ran_s = 0.0
+    configs = {s.name: s.config for s in steps}
+    shape = work.shape_of(loaded.model, eval_set)
+    estimates = [step_work(step, configs, shape) for step in steps]  # in passes; seconds once a step has run
+    ran_s = ran_work = 0.0
     for index, step in enumerate(steps):
         folder = out / step.name
         key = step_key(step, loaded, eval_set, keys)
@@ -161,7 +164,7 @@ def run_study(steps: Sequence[Step], loaded: LoadedModel, eval_set: EvalSet, out
         else:
             t0 = time.perf_counter()
             try:
-                inputs = step_inputs(step, study, {s.name: s.config for s in steps}, loaded, eval_set, progress)
+                inputs = step_inputs(step, study, configs, loaded, eval_set, progress)
                 result = execute(step.experiment, loaded, eval_set, step.config, progress, inputs)
             except sweep.WorkerLost:
                 raise
@@ -176,12 +179,28 @@ def run_study(steps: Sequence[Step], loaded: LoadedModel, eval_set: EvalSet, out
                 study.wall_s[step.name] = time.perf_counter() - t0
                 study.folders[step.name] = folder
                 ran_s += study.wall_s[step.name]
-        if on_step is not None:
-            left = len(steps) - index - 1
-            ran = index + 1 - len(study.reused)
-            on_step(index + 1, len(steps), step.name, ran_s / ran * left if ran else float("nan"))
+                ran_work += estimates[index]
+        if on_step is not None:  # the steps to come at the speed (seconds per pass) of the ones that ran
+            on_step(index + 1, len(steps), step.name,
+                    ran_s / ran_work * sum(estimates[index + 1:]) if ran_work else float("nan"))
     study.wall_s["study"] = time.perf_counter() - started
     return study
+
+
+def step_work(step: Step, configs: Mapping[str, object], shape: work.Shape) -> float:
+    """A step's computing in passes (`anatomy/work.py`), with a need it computes for itself under its own
+    config (prune's skip-mode importance map), as `step_inputs` decides."""
+    experiments, total = registry(), estimated(step.experiment, step.config, shape)
+    for need in step.experiment.needs:
+        wanted = need.configure(step.config) if need.configure is not None else configs.get(need.experiment)
+        from_study = need.experiment in configs and (wanted is None or wanted == configs[need.experiment])
+        if not from_study and need.computable and wanted is not None:
+            total += estimated(experiments[need.experiment], wanted, shape)
+    return total
+
+
+def estimated(experiment: Experiment, config: object, shape: work.Shape) -> float:
+    return experiment.work(config, shape) if experiment.work is not None else 1.0
 
 
 def step_inputs(step: Step, study: StudyRun, configs: Mapping[str, object], loaded: LoadedModel,

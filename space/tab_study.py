@@ -46,13 +46,14 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
     with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
         steps = study.with_recovery_layers(steps, LayerAdapter(job.loaded.model).num_layers, None, quick=True)
         with runs.new_run(jobs.session_id(request), "study") as folder:
-            position = {"i": 0}
+            position = {"i": 0, "left": ""}
 
             def step_progress(done: int, total: int, description: str) -> None:
-                job.progress(done, total, f"[{position['i'] + 1}/{len(steps)}] {description}")
+                job.progress(done, total, f"[{position['i'] + 1}/{len(steps)}{position['left']}] {description}")
 
             def on_step(done: int, total: int, name: str, eta_s: float) -> None:
                 position["i"] = done
+                position["left"] = f", study about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""
 
             result = study.run_study(steps, job.loaded, job.eval_set, folder.path, step_progress, on_step)
             markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK, quick=True)

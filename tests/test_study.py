@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 
-from anatomy import study
+from anatomy import study, work
 from anatomy.errors import AnatomyError
 from anatomy.experiment import Artefacts, Experiment, Need, Result
 from anatomy.experiments.importance import ImportanceConfig
@@ -104,3 +106,38 @@ def test_an_experiment_this_model_cannot_run_is_stated_and_the_study_goes_on(tmp
     assert "Could not run on this model: manipulate" in markdown
     claims = pd.read_csv(tmp_path / "claims.csv", keep_default_na=False).set_index("finding")
     assert claims.loc["manipulation survivors", "reason"].startswith("manipulate could not run on this model")
+
+
+def test_the_time_left_weighs_the_steps_to_come_by_their_work(tmp_path, tiny_tokenizer, tiny_eval_set):
+    """A short step followed by one declared ten times bigger: the estimate after the first is ten times the
+    first's wall time, where a mean over steps would say one time."""
+    def timed(name: str, seconds: float, passes: float) -> Experiment:
+        def run(*args, **kwargs) -> Result:
+            time.sleep(seconds)
+            return Result(name, pd.DataFrame({"layer": [0]}))
+        return Experiment(name=name, title=name, summary=name, config=ImportanceConfig, run=run,
+                          artefacts=lambda *a: Artefacts({}, ""), work=lambda config, shape: passes)
+
+    loaded = LoadedModel(make_tiny_model("llama", layers=3), tiny_tokenizer, "tiny", "test")
+    steps = [study.Step(timed("short", 0.3, 1.0), ImportanceConfig()), study.Step(timed("long", 0.1, 10.0),
+                                                                                  ImportanceConfig())]
+    left: list[float] = []
+    done = study.run_study(steps, loaded, tiny_eval_set, tmp_path, on_step=lambda d, t, n, eta: left.append(eta))
+    assert 2.5 < left[0] < 6 and left[1] == 0.0
+    assert done.wall_s["short"] >= 0.3
+    again: list[float] = []
+    study.run_study(steps, loaded, tiny_eval_set, tmp_path, on_step=lambda d, t, n, eta: again.append(eta))
+    assert all(eta != eta for eta in again)  # everything reused: nothing ran to time the rest by
+
+
+def test_the_full_studys_work_puts_recovery_far_above_the_importance_map():
+    """SmolLM2-135M's shape and the default text: recovery's 26 fine-tunes took 137x the map's wall time in
+    the full study here (7,016 s against 51 s), the layer plans 7.7x; the estimates must rank them alike."""
+    steps = study.with_recovery_layers(study.plan(study.STUDY), 30, None, quick=False)
+    configs = {s.name: s.config for s in steps}
+    shape = work.Shape(num_layers=30, head_layers=8.0, eval_tokens=783, prefill_tokens=130)
+    passes = {s.name: study.step_work(s, configs, shape) for s in steps}
+    assert 50 < passes["recovery"] / passes["importance"] < 300
+    assert 3 < passes["plans"] / passes["importance"] < 20
+    quick = study.with_recovery_layers(study.plan(study.STUDY, study.QUICK), 30, None, quick=True)
+    assert study.step_work(next(s for s in quick if s.name == "recovery"), configs, shape) < passes["recovery"] / 20

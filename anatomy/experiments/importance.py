@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel
 
-from .. import offload, plots, report
+from .. import offload, plots, report, work
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
 from ..experiment import Artefacts, Experiment, Result
@@ -150,7 +150,11 @@ def headline(result: Result) -> str:
             + ", ".join(f"{c} {counts[c]}" for c in counts.index) + ".")
 
 
+def importance_work(config: ImportanceConfig, shape: work.Shape) -> float:
+    return work.ablations(shape, shape.layers(config.layers), config.use_prefix_cache)
+
+
 EXPERIMENT = Experiment(
     name="importance", title="Importance map", summary="per-layer ablation importance map (SPEC section 1)",
     description=__doc__, config=ImportanceConfig, run=run_importance, artefacts=importance_artefacts,
-    columns=("layer", "degradation_pct", "class"), headline=headline)
+    columns=("layer", "degradation_pct", "class"), headline=headline, work=importance_work)

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report
+from .. import plots, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result
@@ -247,10 +247,15 @@ def headline(result: Result) -> str:
     return f"layers: {result['layers']} ({result['source']})"
 
 
+def manipulate_work(config: ManipulateConfig, shape: work.Shape) -> float:
+    """The baseline and one forward per strategy (per alpha of the scale sweep)."""
+    return 1.0 + sum(len(config.alphas) if s == "scale" else 1 for s in config.strategies)
+
+
 EXPERIMENT = Experiment(
     name="manipulate", title="Manipulation of redundant layers",
     summary="zero / clone / blend / low-rank / scale the redundant layers all at once (SPEC section 4)",
     description=__doc__, config=ManipulateConfig, run=run_manipulate, artefacts=manipulate_artefacts,
     needs=(Need("importance", "an importance run folder to read the Redundant layers from (default: compute the "
                 "importance map now)", configure=lambda config: None if config.layers else config.importance),),
-    columns=("strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"), headline=headline)
+    columns=("strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"), headline=headline, work=manipulate_work)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, processes, report
+from .. import plots, processes, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PPLResult, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result
@@ -224,9 +224,16 @@ def headline(result: Result) -> str:
     return line + "." + saved
 
 
+def plans_work(config: PlansConfig, shape: work.Shape) -> float:
+    """Per plan: its forward, the task prompts (about a tenth of a pass), and the timed rounds (one to warm up)
+    of decoding and prefill under the plan and the unchanged model."""
+    timed = shape.tokens(config.latency_tokens * work.DECODE_TOKENS + shape.prefill_tokens)
+    return len(plan_rows(shape.num_layers, config)) * (1.1 + 2 * (config.latency_repeats + 1) * timed)
+
+
 EXPERIMENT = Experiment(
     name="plans", aliases=("painters",), title="Layer plans",
     summary="skip/reorder/repeat/parallelise middle layers, or run your own plans (SPEC section 8)",
     description=f"{__doc__}\n{GRAMMAR}", config=PlansConfig, run=run_plans, artefacts=plans_artefacts,
-    uses_tokenizer=True, headline=headline,
+    uses_tokenizer=True, headline=headline, work=plans_work,
     columns=("variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token", "decode_speedup"))

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report
+from .. import plots, report, work
 from ..claims import Claim, bootstrap_mean, claims_markdown
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
@@ -337,8 +337,13 @@ def headline(result: Result) -> str:
     return paradox_statement(result["functional"], result["baseline"], config)
 
 
+def predictability_work(config: PredictabilityConfig, shape: work.Shape) -> float:
+    """The replacement test's baseline and its two replaced sets (the ridge fits cost about one more)."""
+    return 4.0
+
+
 EXPERIMENT = Experiment(
     name="predictability", title="Weight predictability",
     summary="ridge prediction of weights from depth, R^2 and the functional test (SPEC section 2)", description=__doc__,
     config=PredictabilityConfig, run=run_predictability, artefacts=predictability_artefacts, printed=rounded_summary,
-    headline=headline)
+    headline=headline, work=predictability_work)

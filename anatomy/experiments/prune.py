@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, processes, report
+from .. import plots, processes, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result
@@ -205,6 +205,11 @@ def headline(result: Result) -> str:
             + "".join(f"; saved pruned model: {p}" for p in result["saved"]) + ".")
 
 
+def prune_work(config: PruneConfig, shape: work.Shape) -> float:
+    """The baseline and one forward of the pruned model per (criterion, K); a map it computes is its need's."""
+    return 1.0 + len(config.criteria) * len(config.ks)
+
+
 EXPERIMENT = Experiment(
     name="prune", title="Layer pruning",
     summary="remove K layers chosen by alpha, block influence, ablation or last; compare PPL; save the pruned model "
@@ -213,4 +218,4 @@ EXPERIMENT = Experiment(
     needs=(Need("importance", "read block influence and ablation D from this importance run folder (default: "
                 "compute the importance map now with --ablation-mode)", configure=PruneConfig.importance_config),),
     columns=("criterion", "k", "removed", "ppl", "degradation_pct"), headline=headline,
-    check=lambda config, model: config.validate(LayerAdapter(model).num_layers))
+    check=lambda config, model: config.validate(LayerAdapter(model).num_layers), work=prune_work)

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import corpus, offload, plots, report
+from .. import corpus, offload, plots, report, work
 from ..claims import Claim, claims_markdown
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PPLResult, PrefixCache, degradation, perplexity
@@ -379,7 +379,19 @@ def headline(result: Result) -> str:
     return line
 
 
+def recovery_work(config: RecoveryConfig, shape: work.Shape) -> float:
+    """Per layer and run (noised, and its control): the training steps and the evaluations from the layer on
+    (from the first layer without the caches), and the training rows' forward up to the layer for its cache."""
+    tokens = shape.tokens(config.steps * config.train_batch_size * config.train_seq_len)
+    runs, evals = 2 if config.control else 1, config.steps // config.eval_every + 1
+    total = 1.0
+    for layer in shape.layers(config.layers):
+        suffix = shape.suffix(layer) if config.cached else 1.0
+        total += runs * (evals + work.TRAIN_TOKENS * tokens) * suffix + (1.0 - suffix) * tokens
+    return total
+
+
 EXPERIMENT = Experiment(
     name="recovery", title="Recovery after noise", summary="recovery speed of each layer after noise (SPEC section 5)",
     description=__doc__, config=RecoveryConfig, run=run_recovery, artefacts=recovery_artefacts,
-    uses_tokenizer=True, columns=columns, headline=headline)
+    uses_tokenizer=True, columns=columns, headline=headline, work=recovery_work)
