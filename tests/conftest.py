@@ -4,6 +4,7 @@ the embedded SmolLM2-135M model (loaded once per session; integration tests only
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +92,14 @@ def arch(request) -> str:
 def tiny_eval_set(tiny_tokenizer):
     from anatomy.evaluate import EvalSet
     return EvalSet.from_texts(default_eval_texts()[:12], tiny_tokenizer, name="tiny", batch_size=5)
+
+
+@pytest.fixture(scope="session")
+def texts(tmp_path_factory) -> Path:
+    """Four default sentences as a --text-file named texts.txt (pushed copies name it by that name)."""
+    path = tmp_path_factory.mktemp("texts") / "texts.txt"
+    path.write_text("\n".join(default_eval_texts()[:4]), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -29,13 +29,6 @@ def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def texts(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("texts") / "texts.txt"
-    path.write_text("\n".join(default_eval_texts()[:4]), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     fake = FakeHub({"alice/tiny": FakeRepo({"config.json": config_json()})}, writers={TOKEN})

@@ -24,7 +24,6 @@ import pytest
 import torch
 
 from anatomy import cli
-from anatomy.texts import default_eval_texts
 from growth_models import train
 from conftest import make_tiny_model
 from growth_helpers import write_text
@@ -102,13 +101,6 @@ def tiny(tmp_path_factory, tiny_tokenizer) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def few_texts(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("texts") / "texts.txt"
-    path.write_text("\n".join(default_eval_texts()[:4]), encoding="utf-8")
-    return path
-
-
 def test_study_with_recovery_on_two_processes_equals_one(tmp_path, tiny):
     """The study's steps (recovery, prune with the skip-mode importance map it computes, plans) under launch."""
     one, two, _ = one_and_two(tmp_path, "study", "--model", str(tiny), "--quick",
@@ -125,11 +117,11 @@ def test_study_with_recovery_on_two_processes_equals_one(tmp_path, tiny):
     (("importance", "--layers", "27-29"), "importance (neighbour-mean)"),
     (("recovery", "--layers", "27-29", "--steps", "2", "--eval-every", "1", "--no-control"), "recovery (layers)"),
 ], ids=["importance", "recovery"])
-def test_embedded_model_on_two_processes_equals_one(tmp_path, few_texts, experiment, sweep):
+def test_embedded_model_on_two_processes_equals_one(tmp_path, texts, experiment, sweep):
     """The last layers: with the prefix cache only layers l..29 run, so they cost least."""
     recovery = experiment[0] == "recovery"
     train = ["--train-file", str(write_text(tmp_path / "train.txt", n_lines=300))] if recovery else []
-    one, two, proc = one_and_two(tmp_path, *experiment, *train, "--model", "embedded", "--text-file", str(few_texts))
+    one, two, proc = one_and_two(tmp_path, *experiment, *train, "--model", "embedded", "--text-file", str(texts))
     assert assert_same_tables(one, two) >= 1
     results = [json.loads((f / "results.json").read_text()) for f in (one, two)]
     assert results[0]["results"] == results[1]["results"]  # the baseline with its interval, the correlations
