@@ -132,7 +132,7 @@ def parse_plan(text: str, num_layers: int) -> Plan:
         nonlocal index
         token, at = tokens[index]
         if (expected is not None and token != expected) or (expected is None and not token.isdigit()):
-            found = f"'{token}'" if token else "the end"
+            found = shown(token, 32) if token else "the end"  # a token can be a 10,000-digit number
             _fail(text, at, f"expected {what or repr(expected)}, found {found}")
         index += 1
         return token
