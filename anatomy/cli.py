@@ -31,7 +31,7 @@ from .offload import input_device
 from .options import build_config, params
 from .report import RunFolder, text_hash, to_jsonable
 from .run import artefacts, compute_with, execute, resolve_needs
-from .texts import resolve_eval_texts
+from .texts import EvalTextOptions, check_text_size, resolve_eval_texts
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -86,13 +86,21 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision, placement=placement)
 
 
+def sizes_from_args(args: argparse.Namespace) -> EvalTextOptions:
+    """--batch-size and --max-length within their declared ranges (checked before the model loads)."""
+    return EvalTextOptions.checked(where={"batch_size": "--batch-size", "max_length": "--max-length"},
+                                   batch_size=args.batch_size, max_length=args.max_length)
+
+
 def eval_set_from_args(args: argparse.Namespace, loaded: LoadedModel, limit: int | None = None) -> EvalSet:
     """The evaluation set the flags name; `limit` keeps its first texts (a quick study)."""
+    sizes = sizes_from_args(args)
     texts, name = resolve_eval_texts(args.text_file, args.dataset)
     if limit is not None and len(texts) > limit:
         texts, name = texts[:limit], f"{name}, first {limit}"
-    return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=args.batch_size,
-                              max_length=args.max_length, device=input_device(loaded.model), seed=args.seed)
+    check_text_size(texts)
+    return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=sizes.batch_size,
+                              max_length=sizes.max_length, device=input_device(loaded.model), seed=args.seed)
 
 
 def add_config_args(parser: argparse.ArgumentParser, experiment: Experiment) -> None:
@@ -217,6 +225,7 @@ def print_summary(experiment: Experiment, result: Result, out: Path, files: list
 def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
     """Config and given run folders checked first, then the model loaded, needs resolved, run, written."""
     config = config_from_args(experiment, args)
+    sizes_from_args(args)
     check_hub_flags(args)
     if args.from_hub:
         show_stored(experiment, args, config)
@@ -282,6 +291,7 @@ def run_study_command(args: argparse.Namespace) -> None:
     overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else {}).items() if name in names}
     steps = study.plan(names, {**overrides, **({"recovery": {**overrides.get("recovery", {}), "layers": args.layers}}
                                                if args.layers and "recovery" in names else {})})
+    sizes_from_args(args)
     check_hub_flags(args)
     if args.from_hub:
         show_stored_study(args, steps)

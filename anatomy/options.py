@@ -17,6 +17,9 @@ from typing import Any
 from .errors import AnatomyError, shown
 
 
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds below 2^32
+
+
 @dataclass(frozen=True)
 class Codec:
     """How a value that is not a plain number, string or switch is typed as text (CLI flag, UI textbox)."""
@@ -37,6 +40,9 @@ class Option:
     multiple: bool = False
     codec: Codec | None = None  # text form of tuples, layer selections and the like
     minimum: float | None = None  # numbers below are refused in one line before any work
+    maximum: float | None = None  # numbers above are refused too (a step count of 10^9 would never end)
+    public_maximum: float | None = None  # the tighter ceiling of a public app (default: `maximum`)
+    max_items: int = 32  # the most items a list field takes (each item is a forward or a fine-tune)
     cli: bool = True  # False: library and UI only (the app's cheaper latency settings, say)
     ui: bool = True  # False: CLI and library only
     cli_default: Any = None  # not None: when the CLI's default differs from the library's (stated in help)
@@ -82,12 +88,18 @@ class Param:
             return ",".join(value)
         return "" if value is None else str(value)
 
-    def parse(self, value: Any, where: str | None = None) -> Any:
-        """A value from the CLI (text) or the UI (text, number, bool, list), checked and typed like the default."""
+    def ceiling(self, public: bool = False) -> float | None:
+        """The largest number this field takes: the public ceiling on a public app, else the declared one."""
+        opt = self.option
+        return opt.public_maximum if public and opt.public_maximum is not None else opt.maximum
+
+    def parse(self, value: Any, where: str | None = None, public: bool = False) -> Any:
+        """A value from the CLI (text) or the UI (text, number, bool, list), checked and typed like the default,
+        and within the field's declared range (`public`: a public app's tighter ceiling)."""
         where = where or self.flag
         opt = self.option
         if isinstance(value, str) and opt.codec is not None:
-            return opt.codec.parse(value, where)
+            return self._in_range(opt.codec.parse(value, where), where, public)
         if opt.multiple:
             items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value or ())
             unknown = [v for v in items if v not in (opt.choices or ())]
@@ -101,8 +113,27 @@ class Param:
                 raise AnatomyError(f"{where} takes one of {', '.join(opt.choices)}, got {shown(value)}.")
             return value
         if isinstance(self.default, (int, float)) or value is None:
-            return self._number(value, where)
+            return self._in_range(self._number(value, where), where, public)
         return str(value)
+
+    def _in_range(self, value: Any, where: str, public: bool) -> Any:
+        """Refuse a number (or a list item) outside [minimum, ceiling], and a list longer than `max_items`:
+        checked here, so the CLI, the app and the study refuse the same values before any work."""
+        if isinstance(value, (tuple, list)):
+            if len(value) > self.option.max_items:
+                raise AnatomyError(f"{where} takes at most {self.option.max_items} values, got {len(value)}.")
+            for item in value:
+                self._in_range(item, where, public)
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        low, high = self.option.minimum, self.ceiling(public)
+        if low is not None and value < low:
+            raise AnatomyError(f"{where} must be >= {low:g}, got {shown(value)}.")
+        if high is not None and value > high:
+            here = " on this public app (run it locally for more)" if public and high != self.option.maximum else ""
+            raise AnatomyError(f"{where} must be <= {high:g}{here}, got {shown(value)}.")
+        return value
 
     def _number(self, value: Any, where: str) -> Any:
         if value is None:
@@ -117,8 +148,6 @@ class Param:
         if not math.isfinite(number) or (whole and not number.is_integer()):
             kind = "a whole number" if whole else "a finite number"
             raise AnatomyError(f"{where} takes {kind}, got {shown(value)}.")
-        if self.option.minimum is not None and number < self.option.minimum:
-            raise AnatomyError(f"{where} must be >= {self.option.minimum:g}, got {shown(value)}.")
         return int(number) if whole else number
 
 
@@ -134,12 +163,14 @@ def params(config_class: type) -> list[Param]:
     return out
 
 
-def build_config(config_class: type, values: dict[str, Any], where: Callable[[Param], str] | None = None) -> Any:
-    """A config from raw values by field name (CLI strings, UI values); absent names keep their defaults."""
+def build_config(config_class: type, values: dict[str, Any], where: Callable[[Param], str] | None = None,
+                 public: bool = False) -> Any:
+    """A config from raw values by field name (CLI strings, UI values); absent names keep their defaults.
+    `public`: a public app's request, held to the fields' tighter public ceilings."""
     kwargs = {}
     for param in params(config_class):
         if param.name in values:
-            kwargs[param.name] = param.parse(values[param.name], where(param) if where else None)
+            kwargs[param.name] = param.parse(values[param.name], where(param) if where else None, public)
     config = config_class(**kwargs)
     if hasattr(config, "validate"):
         config.validate()

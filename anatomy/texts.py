@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from .errors import AnatomyError, shown
+from .options import build_config, option
 
 DEFAULT_EVAL_NAME = "default (48 sentences shipped in anatomy/data/eval_sentences.txt)"
+
+
+@dataclass
+class EvalTextOptions:
+    """The evaluation text's size, declared once with its ranges: the CLI's --batch-size/--max-length and the
+    app's text inputs are parsed by the same fields, and a public app holds them to the public ceilings (the
+    logits of one batch, batch x tokens x vocabulary floats, are what a long text makes large)."""
+
+    batch_size: int = option(16, "texts per forward pass", minimum=1, maximum=1024, public_maximum=16)
+    max_length: int = option(256, "tokens kept per text", label="Max tokens per text", minimum=1, maximum=32_768,
+                             public_maximum=256)
+    n_sentences: int = option(48, "default sentences used", label="Default sentences used", minimum=1, maximum=48)
+    texts: int = option(10_000, "evaluation texts", label="Your own texts", minimum=1, maximum=100_000,
+                        public_maximum=200)
+    characters: int = option(10_000_000, "characters of evaluation text", label="Characters of your own text",
+                             minimum=1, maximum=100_000_000, public_maximum=50_000)
+
+    @classmethod
+    def checked(cls, public: bool = False, where: dict[str, str] | None = None, **values: object
+                ) -> EvalTextOptions:
+        """The options from raw values, each within its range (`where`: the name an error gives each field)."""
+        names = where or {}
+        return build_config(cls, values, where=lambda p: names.get(p.name, p.label), public=public)
+
+
+def check_text_size(texts: list[str], public: bool = False) -> None:
+    """Refuse more texts or characters than EvalTextOptions allows, before anything is tokenised."""
+    EvalTextOptions.checked(public, texts=len(texts), characters=max(1, sum(map(len, texts))))
 
 
 def default_eval_texts() -> list[str]:

@@ -23,7 +23,8 @@ from anatomy.evaluate import EvalSet
 from anatomy.load import LoadedModel
 from anatomy.progress import Cancelled, ProgressCallback
 from anatomy.experiment import Artefacts, Result
-from anatomy.texts import DEFAULT_EVAL_NAME, default_eval_texts, resolve_eval_texts
+from anatomy.texts import (DEFAULT_EVAL_NAME, EvalTextOptions, check_text_size, default_eval_texts,
+                           resolve_eval_texts)
 
 from . import runs
 from .access import public_mode
@@ -134,18 +135,26 @@ def one_line(message: str, limit: int = 600) -> str:
     return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
+def eval_sizes(n_sentences: float, custom_text: str | None, max_length: float) -> EvalTextOptions:
+    """The evaluation text's inputs within their declared ranges (the public ones on a public app), checked
+    before a job takes its turn: a megabyte of text or 10^6 tokens a row is refused, not tokenised."""
+    if not isinstance(custom_text, (str, type(None))):
+        raise AnatomyError("Your own text must be text.")
+    return EvalTextOptions.checked(public_mode(), n_sentences=n_sentences, max_length=max_length,
+                                   characters=max(1, len(custom_text or "")))
+
+
 def eval_set_for(loaded: LoadedModel, n_sentences: float, custom_text: str = "", max_length: float = 128,
                  seed: int = 0) -> EvalSet:
     """The evaluation set of a job: the user's text (one text per line or paragraph) or the first n defaults."""
+    sizes = eval_sizes(n_sentences, custom_text, max_length)
     if custom_text and custom_text.strip():
         texts, name = resolve_eval_texts(texts=custom_text.replace("\r\n", "\n").split("\n"))
+        check_text_size(texts, public_mode())
     else:
-        n = int(n_sentences)
-        if n < 1:
-            raise AnatomyError("Choose at least 1 evaluation sentence.")
-        texts, name = default_eval_texts()[:n], f"{DEFAULT_EVAL_NAME}, first {n}"
-    return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=16, max_length=int(max_length),
-                              device=loaded.model.device, seed=seed)
+        texts, name = default_eval_texts()[:sizes.n_sentences], f"{DEFAULT_EVAL_NAME}, first {sizes.n_sentences}"
+    return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=sizes.batch_size,
+                              max_length=sizes.max_length, device=loaded.model.device, seed=seed)
 
 
 def remember(state: dict | None, experiment: str, zip_path: Path) -> dict:

@@ -28,6 +28,7 @@ from anatomy.options import LINES, Param, build_config, params
 from anatomy.run import artefacts, compute_with, execute, resolve_needs
 
 from . import jobs, previous, publish, published, runs
+from .access import public_mode
 from .common import Shared, model_job, shown, stop_button, wire_stop
 from .gpu import gpu
 
@@ -138,7 +139,7 @@ class Tab:
             *values, state, request, oauth_token, progress = args
             ticked = {need for need, tick in zip(skips, values[shared_n:]) if tick}
             config = build_config(tab.config_class, dict(zip(names, values[shared_n + len(skips):])),
-                                  where=lambda p: repr(p.label))
+                                  where=lambda p: repr(p.label), public=public_mode())
             if tab.before_run is not None:
                 tab.before_run(config)
             return tab.run(values[:shared_n], config, state, request, oauth_token, progress, ticked)

@@ -17,6 +17,7 @@ from anatomy.interventions import INTERVENTION_KINDS
 from anatomy.options import build_config, params
 
 from . import jobs
+from .access import public_mode
 from .common import Shared, model_job, stop_button, wire_stop
 from .gpu import gpu
 from .tab import input_for
@@ -37,7 +38,7 @@ def config_of(prompt: str, kind: str, layers: str, value: float, seed: float, ne
         values.update(intervention="none", plan=layers)
     else:
         values.update(intervention=kind, layers=layers)
-    return build_config(GenerateConfig, values, where=lambda p: repr(p.label))
+    return build_config(GenerateConfig, values, where=lambda p: repr(p.label), public=public_mode())
 
 
 @gpu(duration=60)

@@ -18,7 +18,7 @@ from ..experiment import Artefacts, Experiment, Result
 from ..generate import Alteration, SideBySide, check_new_tokens, generate_side_by_side
 from ..interventions import INTERVENTION_KINDS
 from ..load import LoadedModel
-from ..options import LAYERS, Codec, option
+from ..options import LAYERS, SEED_MAX, Codec, option
 from ..plans import parse_plan
 from ..progress import ProgressCallback
 from ..report import header, markdown_table
@@ -48,11 +48,11 @@ class GenerateConfig:
     layers: str | list[int] | None = option("10-12", "0-based layers the intervention changes, e.g. 0,3,5-8",
                                             label="Layers (0-based)", codec=LAYERS)
     value: float = option(0.5, "alpha for scale, sigma (x std(W)) for noise", label="Value (alpha for scale, "
-                          "sigma for noise)")
+                          "sigma for noise)", minimum=-1000, maximum=1000)
     plan: str | None = option(None, "a layer plan for the altered side, such as 0-12,15x4,17-29, instead of the "
                               "intervention", label="Layer plan (replaces the intervention)", codec=PLAN)
-    seed: int = option(0, "seed of the sampled generations and of noise", label="Seed")
-    new_tokens: int = option(30, "new tokens per generation (1-512)", label="New tokens")
+    seed: int = option(0, "seed of the sampled generations and of noise", label="Seed", minimum=0, maximum=SEED_MAX)
+    new_tokens: int = option(30, "new tokens per generation (1-512)", label="New tokens", minimum=1, maximum=512, public_maximum=128)
     chat_template: bool = option(True, "send the prompt raw, not through the tokenizer's chat template (used by "
                                  "default where the tokenizer has one)",
                                  label="Chat template (where the tokenizer has one)")

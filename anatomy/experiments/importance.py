@@ -41,7 +41,7 @@ class ImportanceConfig:
                                             label="Layers (0-based, e.g. 0,3,5-8 or all)", codec=LAYERS)
     thresholds: tuple[float, float, float] = option(
         (10.0, 30.0, 100.0), "class boundaries on D in % (Redundant<a<=Minor<b<=Important<c<=Critical)",
-        label="Class boundaries on D in % (Redundant, Minor, Important)", codec=floats(3))
+        label="Class boundaries on D in % (Redundant, Minor, Important)", codec=floats(3), minimum=-1e6, maximum=1e9)
     use_prefix_cache: bool = option(True, "run the full forward for every ablation instead of the prefix cache",
                                     flag="--no-prefix-cache", ui=False)
 

@@ -19,7 +19,7 @@ from ..experiment import Artefacts, Experiment, Result
 from ..interventions import BOUNDARY_CONVENTIONS, INTERVENTION_KINDS, intervention
 from ..layers import COMPONENTS, LayerAdapter
 from ..load import LoadedModel
-from ..options import LAYERS, Codec, option, parse_floats
+from ..options import LAYERS, SEED_MAX, Codec, option, parse_floats
 from ..progress import ProgressCallback, track
 
 KINDS = tuple(k for k in INTERVENTION_KINDS if k != "none")
@@ -41,11 +41,11 @@ class InterventionsConfig:
                                             "layer)", label="Layers (0-based, e.g. 0,3,5-8)", codec=LAYERS)
     values: tuple[float, ...] = option((0.9, 0.7, 0.5), "comma-separated alphas (scale) or sigmas x std(W) (noise), "
                                        "one row each", label="Values (alpha for scale, sigma for noise)",
-                                       codec=VALUES)
+                                       codec=VALUES, minimum=-1000, maximum=1000, max_items=32)
     components: tuple[str, ...] = option((), "components to change, comma-separated (none: all of them; skip "
                                          "always removes the whole layer)", label="Components (none ticked: all)",
                                          choices=COMPONENTS, multiple=True)
-    seed: int = option(0, "noise seed", label="Noise seed")
+    seed: int = option(0, "noise seed", label="Noise seed", minimum=0, maximum=SEED_MAX)
     boundary: str = option("one-neighbour", "first/last layer under neighbour-mean: use their one neighbour, or "
                            "leave them untouched", label="Boundary (neighbour-mean)", choices=BOUNDARY_CONVENTIONS)
 

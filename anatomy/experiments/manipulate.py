@@ -60,13 +60,13 @@ class ManipulateConfig:
         None, "0-based layers to change, e.g. 3,5,17 (overrides the importance map)",
         label="Layers (0-based; used with 'typed here')", codec=TYPED_LAYERS)
     redundant_threshold: float = option(10.0, "layers with ablation D below this % are changed (10 = class "
-                                        "Redundant)", label="Redundant below D (%)")
+                                        "Redundant)", label="Redundant below D (%)", minimum=-1e6, maximum=1e9)
     strategies: tuple[str, ...] = option(STRATEGIES, "strategies, each applied to all the layers at once",
                                          label="Strategies", choices=STRATEGIES, multiple=True)
     alphas: tuple[float, ...] = option((0.0, 0.1, 0.3, 0.5, 0.7, 0.9), "scale sweep (the study's)",
-                                       label="Scale factors", codec=floats())
+                                       label="Scale factors", codec=floats(), minimum=-1000, maximum=1000, max_items=32)
     rank: int = option(0, "low-rank blend: keep the top RANK directions (0: all)",
-                       label="Low-rank: top directions kept (0: all)", minimum=0)
+                       label="Low-rank: top directions kept (0: all)", minimum=0, maximum=1_000_000)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)  # the map computed when none is given
 
     def validate(self) -> None:

