@@ -176,8 +176,9 @@ class Experiment:
     aliases: tuple[str, ...] = ()  # further CLI command names (an earlier name that documented commands use)
     check: Callable[[Any, Any], None] | None = None  # (config, model): refuse what this model cannot run (a K
     # above its depth) once it is loaded, before any need is computed
-    work: Callable[[Any, Any], float] | None = None  # (config, work.Shape) -> the run's computing in evaluation
-    # passes, known before it runs: how a study weighs its steps to come (none: about one pass)
+    work: Callable[[Any, Any], float] = lambda config, shape: 1.0  # (config, work.Shape) -> the run's computing
+    # in evaluation passes, known before it runs: how a study weighs its steps to come and how a public app
+    # budgets a job (tests/test_public_limits.py checks that every experiment declares its own)
 
     @property
     def default_out(self) -> str:

@@ -42,7 +42,7 @@ class Option:
     minimum: float | None = None  # numbers below are refused in one line before any work
     maximum: float | None = None  # numbers above are refused too (a step count of 10^9 would never end)
     public_maximum: float | None = None  # the tighter ceiling of a public app (default: `maximum`)
-    max_items: int = 32  # the most items a list field takes (each item is a forward or a fine-tune)
+    max_items: int = 1024  # the most items a list field takes (each item is a forward or a fine-tune)
     cli: bool = True  # False: library and UI only (the app's cheaper latency settings, say)
     ui: bool = True  # False: CLI and library only
     cli_default: Any = None  # not None: when the CLI's default differs from the library's (stated in help)

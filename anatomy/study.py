@@ -200,7 +200,7 @@ def step_work(step: Step, configs: Mapping[str, object], shape: work.Shape) -> f
 
 
 def estimated(experiment: Experiment, config: object, shape: work.Shape) -> float:
-    return experiment.work(config, shape) if experiment.work is not None else 1.0
+    return experiment.work(config, shape)
 
 
 def step_inputs(step: Step, study: StudyRun, configs: Mapping[str, object], loaded: LoadedModel,

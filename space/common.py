@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -10,12 +10,14 @@ import gradio as gr
 import pandas as pd
 
 from anatomy.evaluate import EvalSet
+from anatomy.experiment import Experiment
 from anatomy.load import LoadedModel
 from anatomy.progress import ProgressCallback
 
-from . import jobs
+from . import jobs, limits
 from .access import visitor
 from .models import CACHE
+from .turns import TURNS, Visitor, address_of, visitor_name
 
 
 @dataclass
@@ -40,26 +42,47 @@ class Job:
     loaded: LoadedModel
     eval_set: EvalSet | None
     progress: ProgressCallback
+    estimate: limits.Estimate | None = None
+
+
+# what a job will run, for its budget: (experiment, config) pairs of the loaded model and evaluation set
+Plan = Callable[[LoadedModel, EvalSet | None], Sequence[tuple[Experiment, object]]]
 
 
 @contextmanager
 def model_job(spec: str, request: gr.Request | None, progress: gr.Progress | None,
-              eval_args: tuple | None = None, token: gr.OAuthToken | None = None) -> Iterator[Job]:
-    """Hold one of the session's job slots and the model's lock for the whole job; Stop (this session's flag)
-    cancels through `progress`. `token` is the visitor's sign-in, the only token a public app uses."""
+              eval_args: tuple | None = None, token: gr.OAuthToken | None = None, plan: Plan | None = None,
+              what: str = "This job", command: str = "python -m anatomy --help") -> Iterator[Job]:
+    """Admit the visitor, wait for a turn and the model's lock, check the job's budget, and run the job under
+    its hard limit; Stop (this session's flag) and the limit end it through `progress` and the layers' hooks.
+    `token` is the visitor's sign-in, the only token a public app uses. `plan` lists what the job will run
+    (its budget: see space/limits.py); `what` names it and `command` runs it locally, in the messages that end or
+    refuse it."""
     access = visitor(token)
-    access.check_spec(spec)  # before the slot: a refused path costs nothing and waits for nothing
-    with jobs.turn(request):
+    access.check_spec(spec)  # before the line: a refused path costs nothing and waits for nothing
+    if eval_args is not None:
+        jobs.eval_sizes(*eval_args)  # a bad size is refused before the line too
+    who = Visitor(jobs.session_id(request), visitor_name(access.token) if access.public else None,
+                  address_of(request))
+    with TURNS.admitted(who) as ticket:
         cancel = jobs.start(request)
-        with CACHE.use(spec, cancel, access, on_wait=lambda: waiting(progress)) as loaded:
-            eval_set = jobs.eval_set_for(loaded, *eval_args) if eval_args is not None else None
-            yield Job(loaded, eval_set, jobs.progress_callback(progress, cancel))
+        entry = CACHE.entry(spec, access)
+        TURNS.wait(ticket, entry.lock, cancel, tell=lambda ahead: waiting(progress, ahead))
+        loaded = entry.loaded
+        eval_set = jobs.eval_set_for(loaded, *eval_args) if eval_args is not None else None
+        estimate = limits.estimate(loaded, eval_set, plan(loaded, eval_set)) if plan is not None else None
+        if estimate is not None:
+            limits.check(estimate, what, command)
+        seconds = limits.hard_limit(estimate.seconds if estimate else 0.0) if access.public else None
+        deadline = limits.Deadline(seconds, cancel, command)
+        with deadline.on_layers(loaded):
+            yield Job(loaded, eval_set, jobs.progress_callback(progress, deadline), estimate)
 
 
-def waiting(progress: gr.Progress | None) -> None:
-    """Tell the visitor their job waits for another visitor's job on the same model (the lock, not the queue)."""
+def waiting(progress: gr.Progress | None, ahead: int) -> None:
+    """Tell the visitor how many jobs are ahead of theirs (running, or waiting since before it)."""
     if progress is not None:
-        progress(0, desc="waiting for another visitor's job on this model")
+        progress(0, desc=f"waiting for your turn: {ahead} job{'s' if ahead != 1 else ''} ahead of yours")
 
 
 def shown(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

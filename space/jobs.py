@@ -28,10 +28,10 @@ from anatomy.texts import (DEFAULT_EVAL_NAME, EvalTextOptions, check_text_size, 
 
 from . import runs
 from .access import public_mode
+from .limits import Deadline, OverTime
 
 log = logging.getLogger("space")
 _CANCEL: dict[str, threading.Event] = {}
-_ACTIVE: dict[str, int] = {}  # jobs running or waiting for a model, by session
 _CANCEL_GUARD = threading.Lock()
 
 
@@ -68,41 +68,13 @@ def start(request: gr.Request | None) -> threading.Event:
     return event
 
 
-def jobs_per_session() -> int | None:
-    """ANATOMY_JOBS_PER_SESSION: jobs one session may have running or waiting for a model at once; by default
-    1 on a public app and no limit locally (0 also means no limit)."""
-    limit = int(os.environ.get("ANATOMY_JOBS_PER_SESSION", "1" if public_mode() else "0"))
-    return limit if limit > 0 else None
-
-
-@contextmanager
-def turn(request: gr.Request | None) -> Iterator[None]:
-    """One of this session's job slots for the whole job; refused when all are taken.
-
-    Gradio's queue is first come, first served, so one visitor who submits fifty jobs would otherwise hold
-    the model for all of them while everyone else waits; with one slot each, the extra jobs are refused in
-    milliseconds as they reach the front and the other visitors' jobs take their turns in between.
-    """
-    key, limit = session_id(request), jobs_per_session()
-    with _CANCEL_GUARD:
-        if limit is not None and _ACTIVE.get(key, 0) >= limit:
-            raise AnatomyError(f"You already have {limit} job{'s' if limit > 1 else ''} running or waiting: wait "
-                               "for one to finish or press Stop, so every visitor gets a turn.")
-        _ACTIVE[key] = _ACTIVE.get(key, 0) + 1
-    try:
-        yield
-    finally:
-        with _CANCEL_GUARD:
-            _ACTIVE[key] -= 1
-            if not _ACTIVE[key]:
-                del _ACTIVE[key]
-
-
-def progress_callback(progress: gr.Progress | None, cancel: threading.Event) -> ProgressCallback:
-    """The library callback: drive the gradio bar and raise `Cancelled` when Stop was pressed."""
+def progress_callback(progress: gr.Progress | None, deadline: Deadline) -> ProgressCallback:
+    """The library callback: drive the gradio bar, and end the job when Stop was pressed or its time is up."""
     def callback(done: int, total: int, description: str) -> None:
-        if cancel.is_set():
-            raise Cancelled(f"stopped by the user after {done} of {total} steps")
+        try:
+            deadline.check()
+        except Cancelled as err:
+            raise type(err)(f"{err} after {done} of {total} steps") from None
         if progress is not None:
             progress((done, total), desc=description)
     return callback
@@ -116,6 +88,9 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except OverTime as err:
+            raise gr.Error(one_line(f"Over time: {err}. The model's weights were restored."), title="Over time",
+                           print_exception=False) from None
         except Cancelled as err:
             raise gr.Error(f"Stopped ({err}); the model's weights were restored.", title="Stopped",
                            print_exception=False) from None

@@ -104,9 +104,11 @@ class ModelCache:
 
     def get(self, spec: str, access: Access = Access()) -> LoadedModel:
         """The loaded model for `spec`, loading it (after making room) on first use."""
-        return self._entry(spec, access).loaded
+        return self.entry(spec, access).loaded
 
-    def _entry(self, spec: str, access: Access = Access()) -> _Entry:
+    def entry(self, spec: str, access: Access = Access()) -> _Entry:
+        """The loaded model for `spec` and its lock, loading it on first use (a job holds the lock while it runs:
+        `space.turns` hands it over)."""
         spec = (spec or "").strip()
         if not spec:
             raise AnatomyError(NO_MODEL)
@@ -153,7 +155,7 @@ class ModelCache:
             on_wait: Callable[[], None] | None = None) -> Iterator[LoadedModel]:
         """Hold the model's lock for a whole job (waiting for other users' jobs, but stoppable while waiting);
         `on_wait` is called once if another job holds it, so the visitor learns why nothing moves yet."""
-        entry = self._entry(spec, access)
+        entry = self.entry(spec, access)
         acquired = entry.lock.acquire(blocking=False)
         if not acquired and on_wait is not None:
             on_wait()

@@ -23,11 +23,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from anatomy.experiment import Experiment, Need, Result
+from anatomy.experiment import Experiment, Need, Result, registry
 from anatomy.options import LINES, Param, build_config, params
 from anatomy.run import artefacts, compute_with, execute, resolve_needs
 
-from . import jobs, previous, publish, published, runs
+from . import jobs, limits, previous, publish, published, runs
 from .access import public_mode
 from .common import Shared, model_job, shown, stop_button, wire_stop
 from .gpu import gpu
@@ -172,8 +172,10 @@ class Tab:
             return hint + (f", or tick '{self.without[need.experiment]}'" if need.experiment in self.without else "")
         if exp.uses_model:
             spec, *eval_args = shared_values
-            with model_job(spec, request, progress, tuple(eval_args) if exp.uses_eval else None,
-                           token=oauth_token) as job:
+            with model_job(spec, request, progress, tuple(eval_args) if exp.uses_eval else None, token=oauth_token,
+                           plan=lambda loaded, eval_set: self.plan(config, given, ticked),
+                           what=f"This {exp.title.lower()} run", command=limits.local_command(exp.name, spec, config)
+                           ) as job:
                 if exp.check is not None:
                     exp.check(config, job.loaded.model)
                 inputs = resolve_needs(exp, given, compute=compute_with(job.loaded, job.eval_set, job.progress),
@@ -187,6 +189,18 @@ class Tab:
         made = artefacts(exp, result, loaded, eval_set, config)
         archive = jobs.save_run(request, exp.name, loaded, eval_set, config, result, made)
         return (*self.outputs(result, made.figures, made.markdown, archive), jobs.remember(state, exp.name, archive))
+
+    def plan(self, config: object, given: Collection[str], ticked: Collection[str]) -> list[tuple[Experiment, object]]:
+        """What a run computes, for its budget: the experiment, and each need that no session run gives and that
+        its config reads (computed with the need's defaults, or the config its `configure` gives)."""
+        experiments, steps = registry(), [(self.experiment, config)]
+        for need in self.experiment.needs:
+            if need.experiment in given or need.experiment in ticked or not need.computable:
+                continue
+            wanted = need.configure(config) if need.configure is not None else experiments[need.experiment].config()
+            if wanted is not None:
+                steps.append((experiments[need.experiment], wanted))
+        return steps
 
     def outputs(self, result: Result, figures: dict, markdown: str, archive: Path, says: str = "") -> tuple:
         """The tab's outputs for a run folder (its zip `archive`) and its `result`; `says` opens the headline."""

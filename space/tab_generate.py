@@ -11,12 +11,12 @@ from __future__ import annotations
 import gradio as gr
 
 from anatomy.errors import AnatomyError
-from anatomy.experiments.generate import GenerateConfig, side_by_side_of
+from anatomy.experiments.generate import EXPERIMENT, GenerateConfig, side_by_side_of
 from anatomy.generate import DIFFERS, MODES, SIDES
 from anatomy.interventions import INTERVENTION_KINDS
 from anatomy.options import build_config, params
 
-from . import jobs
+from . import jobs, limits
 from .access import public_mode
 from .common import Shared, model_job, stop_button, wire_stop
 from .gpu import gpu
@@ -47,7 +47,8 @@ def run(spec: str, prompt: str, kind: str, layers: str, value: float, seed: floa
         chat_template: bool, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
         progress=gr.Progress()) -> tuple:
     config = config_of(prompt, kind, layers, value, seed, max_new_tokens, chat_template)
-    with model_job(spec, request, progress, token=oauth_token) as job:
+    with model_job(spec, request, progress, token=oauth_token, plan=lambda loaded, eval_set: [(EXPERIMENT, config)],
+                   what="This generation", command=limits.local_command(EXPERIMENT.name, spec, config)) as job:
         out = side_by_side_of(job.loaded.model, job.loaded.tokenizer, config, job.progress)
     marked = [side for mode in MODES for side in out.marked(mode)]
     return (*marked, out.differences())

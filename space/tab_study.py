@@ -8,6 +8,7 @@ visitor sees the anatomy before clicking anything, offline too. The button runs 
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import gradio as gr
@@ -16,7 +17,10 @@ from matplotlib.figure import Figure
 
 import anatomy
 from anatomy import hub, study, study_report
+from anatomy.evaluate import EvalSet
+from anatomy.experiment import Experiment
 from anatomy.layers import LayerAdapter
+from anatomy.load import LoadedModel
 
 from . import jobs, publish, published, runs
 from .common import Shared, model_job, stop_button, wire_stop
@@ -43,7 +47,11 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
     """The quick study of the chosen model: every experiment in turn, one run folder each, one report."""
     refuse_on_zero_gpu("The study (it fine-tunes layers for recovery)")
     steps = study.plan(study.STUDY, study.QUICK)
-    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
+    def plan(loaded: LoadedModel, eval_set: EvalSet | None) -> list[tuple[Experiment, object]]:
+        layers = LayerAdapter(loaded.model).num_layers
+        return [(s.experiment, s.config) for s in study.with_recovery_layers(steps, layers, None, quick=True)]
+    with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token, plan=plan,
+                   what="This quick study", command=f"python -m anatomy study --quick --model {shlex.quote(spec)}") as job:
         steps = study.with_recovery_layers(steps, LayerAdapter(job.loaded.model).num_layers, None, quick=True)
         with runs.new_run(jobs.session_id(request), "study") as folder:
             position = {"i": 0, "left": ""}

@@ -18,7 +18,9 @@ from .models import default_model_spec
 TABS = (("Importance", tab_importance), ("Interventions", tab_interventions), ("Manipulation", tab_manipulate),
         ("Pruning", tab_prune), ("Layer plans", tab_plans), ("Weight space", tab_weights),
         ("Recovery", tab_recovery), ("Budget", tab_budget), ("Generate", tab_generate))
-CONCURRENCY = int(os.environ.get("ANATOMY_CONCURRENCY", "2"))
+# gradio's workers: a job waiting for its turn (space/turns.py) sleeps in one, so they are many; how many jobs
+# compute at once is ANATOMY_CONCURRENCY, the turns
+WORKERS = int(os.environ.get("ANATOMY_WORKERS", "16"))
 TITLE = "Transformer Anatomy"
 
 
@@ -61,7 +63,7 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
         published.wire(shared, [demo.load, model.change])
         demo.load(tab_model.check, model, status, api_visibility="private")
         demo.unload(jobs.forget_session)
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
+    demo.queue(default_concurrency_limit=WORKERS, max_size=64)
     return demo
 
 

@@ -16,6 +16,7 @@ from anatomy.layers import LayerAdapter
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT, HubCheck, LoadedModel
 from anatomy.progress import Cancelled
 from space import gpu, jobs, models
+from space.limits import Deadline
 from tests.conftest import make_tiny_model
 
 
@@ -116,7 +117,7 @@ def test_progress_callback_raises_cancelled_after_stop_and_weights_come_back():
     before = fingerprint(model)
     request = gr.Request(session_hash="unit-stop")
     cancel = jobs.start(request)
-    callback = jobs.progress_callback(None, cancel)
+    callback = jobs.progress_callback(None, Deadline(None, cancel))
     callback(0, 3, "step")  # no Stop yet: nothing happens
     adapter = LayerAdapter(model)
     with pytest.raises(Cancelled):

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .. import work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
 from ..experiment import Artefacts, Experiment, Result
-from ..generate import Alteration, SideBySide, check_new_tokens, generate_side_by_side
+from ..generate import MODES, SIDES, Alteration, SideBySide, check_new_tokens, generate_side_by_side
 from ..interventions import INTERVENTION_KINDS
 from ..load import LoadedModel
 from ..options import LAYERS, SEED_MAX, Codec, option
@@ -118,8 +119,13 @@ def headline(result: Result) -> str:
     return ("Chat template used; " if result["chat_template"] else "Prompt sent raw; ") + "; ".join(parts) + "."
 
 
+def generate_work(config: GenerateConfig, shape: work.Shape) -> float:
+    """Four generations (greedy and sampled, original and altered) of `new_tokens` each."""
+    return shape.generations(len(MODES) * len(SIDES), config.new_tokens)
+
+
 EXPERIMENT = Experiment(
     name="generate", title="Side-by-side generation", summary="original vs altered model on one prompt, greedy "
     "and sampled, differing tokens marked", description=__doc__, config=GenerateConfig, run=run_generate,
     artefacts=generate_artefacts, uses_eval=False, uses_tokenizer=True, columns=("mode", "side", "text"),
-    headline=headline)
+    headline=headline, work=generate_work)

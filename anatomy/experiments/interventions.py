@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel
 
-from .. import plots, report
+from .. import plots, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result
@@ -41,7 +41,7 @@ class InterventionsConfig:
                                             "layer)", label="Layers (0-based, e.g. 0,3,5-8)", codec=LAYERS)
     values: tuple[float, ...] = option((0.9, 0.7, 0.5), "comma-separated alphas (scale) or sigmas x std(W) (noise), "
                                        "one row each", label="Values (alpha for scale, sigma for noise)",
-                                       codec=VALUES, minimum=-1000, maximum=1000, max_items=32)
+                                       codec=VALUES, minimum=-1000, maximum=1000)
     components: tuple[str, ...] = option((), "components to change, comma-separated (none: all of them; skip "
                                          "always removes the whole layer)", label="Components (none ticked: all)",
                                          choices=COMPONENTS, multiple=True)
@@ -104,8 +104,13 @@ def headline(result: Result) -> str:
     return f"Baseline PPL {result['baseline']['ppl']:.3f}; worst D {result.table['degradation_pct'].max():.1f}%."
 
 
+def interventions_work(config: InterventionsConfig, shape: work.Shape) -> float:
+    """The baseline and one full forward per value (no prefix cache: several layers change at once)."""
+    return 1.0 + len(config.swept)
+
+
 EXPERIMENT = Experiment(
     name="interventions", title="Interventions", summary="PPL and degradation of one intervention on chosen layers, "
     "per value", description=__doc__, config=InterventionsConfig, run=run_interventions,
     artefacts=interventions_artefacts, columns=("intervention", "layers", "value", "ppl", "degradation_pct"),
-    headline=headline)
+    headline=headline, work=interventions_work)

@@ -64,7 +64,7 @@ class ManipulateConfig:
     strategies: tuple[str, ...] = option(STRATEGIES, "strategies, each applied to all the layers at once",
                                          label="Strategies", choices=STRATEGIES, multiple=True)
     alphas: tuple[float, ...] = option((0.0, 0.1, 0.3, 0.5, 0.7, 0.9), "scale sweep (the study's)",
-                                       label="Scale factors", codec=floats(), minimum=-1000, maximum=1000, max_items=32)
+                                       label="Scale factors", codec=floats(), minimum=-1000, maximum=1000)
     rank: int = option(0, "low-rank blend: keep the top RANK directions (0: all)",
                        label="Low-rank: top directions kept (0: all)", minimum=0, maximum=1_000_000)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)  # the map computed when none is given

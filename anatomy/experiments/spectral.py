@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 from transformers import PreTrainedModel
 
-from .. import plots, report
+from .. import plots, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
 from ..experiment import Artefacts, Experiment, Result
@@ -161,7 +161,12 @@ def headline(result: Result) -> str:
     return f"{len(result.table)} matrices; layer mean alpha: {alpha_extremes(result.table)}."
 
 
+def spectral_work(config: SpectralConfig, shape: work.Shape) -> float:
+    """The singular values of every matrix of every layer."""
+    return shape.operations(shape.svd_flops)
+
+
 EXPERIMENT = Experiment(
     name="spectral", title="Spectral anatomy", summary="singular values, stable rank, power-law alpha (SPEC section 9)",
     description=__doc__, config=SpectralConfig, run=run_spectral, artefacts=spectral_artefacts, uses_eval=False,
-    printed=rounded_components, headline=headline)
+    printed=rounded_components, headline=headline, work=spectral_work)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report
+from .. import plots, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
 from ..experiment import Artefacts, Experiment, Result
@@ -171,9 +171,15 @@ def headline(result: Result) -> str:
     return "No component's delta correlation departs from the layer-shuffled control (|order_z| <= 3)."
 
 
+def structure_work(config: StructureConfig, shape: work.Shape) -> float:
+    """Each component's Gram matrix over the layers (every weight multiplied by one per layer: about
+    2 * layers * parameters operations, for the components and the whole layer again) and the shuffled orders."""
+    return shape.operations(4.0 * shape.num_layers * shape.parameters + config.shuffles * shape.num_layers ** 3)
+
+
 EXPERIMENT = Experiment(
     name="structure", title="Weight structure",
     summary="delta correlation vs null and shuffled control, PCA, cosine similarity (SPEC section 3)",
     description=__doc__, config=StructureConfig, run=run_structure, artefacts=structure_artefacts,
     uses_eval=False, columns=("component", "delta_corr", "null_corr", "shuffled_mean", "shuffled_std", "order_z"),
-    headline=headline)
+    headline=headline, work=structure_work)
