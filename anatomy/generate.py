@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import chat
 from .errors import AnatomyError
 from .interventions import intervention
 from .layers import LayerAdapter
@@ -133,9 +134,8 @@ def prompt_inputs(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template
     if not prompt or not prompt.strip():
         raise AnatomyError("The prompt is empty: type a few words for the models to continue.")
     if chat_template and has_chat_template(tokenizer):
-        inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                               return_dict=True, return_tensors="pt")
-        return dict(inputs), True
+        text = chat.render(tokenizer, [{"role": "user", "content": prompt}])  # a child process: it may be hostile
+        return dict(tokenizer(text, add_special_tokens=False, return_tensors="pt")), True
     return dict(tokenizer(prompt, return_tensors="pt")), False
 
 
