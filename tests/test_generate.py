@@ -82,8 +82,11 @@ def test_the_chat_template_switch_changes_the_input_ids(tiny_tokenizer, chat_tok
 def test_bad_configs_are_refused_before_any_work():
     with pytest.raises(AnatomyError, match="prompt is empty"):
         build_config(GenerateConfig, {"prompt": "  "})
-    with pytest.raises(AnatomyError, match="between 1 and 512"):
+    with pytest.raises(AnatomyError, match="--new-tokens must be <= 512"):
         build_config(GenerateConfig, {"new_tokens": 513})
+    with pytest.raises(AnatomyError, match="must be <= 128 on this public app"):
+        build_config(GenerateConfig, {"new_tokens": 129}, public=True)
+    assert build_config(GenerateConfig, {"new_tokens": 129}).new_tokens == 129  # locally the declared range
     with pytest.raises(AnatomyError, match="Bad plan"):
         build_config(GenerateConfig, {"plan": "0-3,["})
     assert build_config(GenerateConfig, {"plan": " "}).plan is None
