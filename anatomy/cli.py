@@ -225,7 +225,8 @@ def print_summary(experiment: Experiment, result: Result, out: Path, files: list
 def run_command(experiment: Experiment, args: argparse.Namespace) -> None:
     """Config and given run folders checked first, then the model loaded, needs resolved, run, written."""
     config = config_from_args(experiment, args)
-    sizes_from_args(args)
+    if experiment.uses_eval:
+        sizes_from_args(args)
     check_hub_flags(args)
     if args.from_hub:
         show_stored(experiment, args, config)
