@@ -264,9 +264,10 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | b
         raise AnatomyError(f"'{repo_id}' ships only pickle weights (.bin/.pt); this tool loads safetensors "
                            "only, because unpickling runs arbitrary code. Pick a model with .safetensors files.")
     if info.safetensors is not None and info.safetensors.total:
-        num_params = int(info.safetensors.total)
-    else:  # metadata without a parameter count: assume 2-byte weights on disk
-        num_params = sum(s.size or 0 for s in st_files) // 2
+        num_params = check_weights_match(config, int(info.safetensors.total), repo_id)
+    else:  # metadata without a parameter count: the files' bytes bound it (at least one byte a weight)
+        size = sum(s.size or 0 for s in st_files)
+        num_params = max(size // 2, check_weights_match(config, size, repo_id, counted=False))
     check_fits(num_params, dtype, device or default_device(), repo_id, placement)
     check_free_disk(download_bytes(repo_id, info.sha, info.siblings), hub_cache(), f"downloading '{repo_id}'")
     return HubCheck(repo_id, info.sha, num_params, config.model_type)
@@ -306,7 +307,42 @@ def _check_local_folder(folder: Path, dtype: torch.dtype, device: torch.device, 
         detail = f" (found {', '.join(pickles)})" if pickles else ""
         raise AnatomyError(f"Folder '{folder}' has no .safetensors weights{detail}; pickle weights are refused "
                            "because unpickling runs arbitrary code. Convert them with save_pretrained().")
-    check_fits(_count_parameters(st_files), dtype, device, str(folder), placement)
+    num_params = check_weights_match(config, _count_parameters(st_files), str(folder))
+    check_fits(num_params, dtype, device, str(folder), placement)
+
+
+MISSING_SHARE = 0.01  # of the config's parameters that may be absent from the weights (buffers saved or not)
+EXTRA_SHARE = 0.5  # of the config's parameters that the weights may hold beyond them (old checkpoints' masks)
+
+
+def config_parameters(config) -> tuple[int, int]:
+    """The parameters the config describes, counted on the meta device (no memory), and the size of the output
+    embedding, which a checkpoint may store a second time when it is tied to the input embedding."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    model.tie_weights()  # a tied head is one parameter with the input embedding (not tied on the meta device)
+    head = model.get_output_embeddings()
+    return sum(p.numel() for p in model.parameters()), head.weight.numel() if head is not None else 0
+
+
+def check_weights_match(config, weights: int, name: str, counted: bool = True) -> int:
+    """Refuse a model whose config and weights disagree, before anything is allocated, and return the count to
+    size it by. A config that describes more parameters than its files hold would load anyway, transformers
+    making up the missing weights at full size (a 24-layer config over a 2-element file loaded as 468M
+    parameters; a 70B config would take the machine); weights far beyond the config are not the model it says.
+    `counted=False`: `weights` is only an upper bound (the files' bytes), so only too few is refused."""
+    described, head = config_parameters(config)
+    if weights < described * (1 - MISSING_SHARE):
+        held = f"hold {weights:,}" if counted else f"take {weights:,} bytes, too few to hold them"
+        raise AnatomyError(f"'{name}' has a config.json that describes {described:,} parameters, but its safetensors "
+                           f"{held}: the missing weights would be made up at load; refused (is the upload "
+                           "complete?).")
+    if counted and weights > described + head + described * EXTRA_SHARE:
+        raise AnatomyError(f"'{name}' has safetensors that hold {weights:,} parameters, far more than the "
+                           f"{described:,} its config.json describes: the config does not describe these weights.")
+    return max(described, weights)
 
 
 def _count_parameters(files: list[Path]) -> int:

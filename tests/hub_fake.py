@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -29,9 +30,23 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 class FakeRepo:
     files: dict[str, bytes]
     sizes: dict[str, int] = field(default_factory=dict)  # reported sizes overriding len(content)
-    parameters: int = 1000
+    parameters: int | None = None  # the safetensors total the Hub reports; None: counted from the files' headers,
+    # as the Hub counts it
     gated_for_all_but: set[str] | None = None  # tokens allowed; None: public
     license: str | None = None  # its card's license, as model_info reports it
+
+
+    def total(self) -> int:
+        """The parameter count of the repo's safetensors files, read from their headers like the Hub does."""
+        if self.parameters is not None:
+            return self.parameters
+        count = 0
+        for name, data in self.files.items():
+            if name.endswith(".safetensors"):
+                size = int.from_bytes(data[:8], "little")
+                header = json.loads(data[8:8 + size])
+                count += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        return count
 
 
 class FakeHub:
@@ -86,7 +101,7 @@ class FakeHub:
             siblings = [{"rfilename": name, "size": repo.sizes.get(name, len(data))}
                         for name, data in repo.files.items()]
             return httpx.Response(200, json={"id": "/".join(parts[2:4]), "sha": SHA, "siblings": siblings,
-                                             "safetensors": {"total": repo.parameters, "parameters": {}},
+                                             "safetensors": {"total": repo.total(), "parameters": {}},
                                              "private": False, "gated": repo.gated_for_all_but is not None,
                                              **({"cardData": {"license": repo.license}} if repo.license else {})})
         repo = self.repos.get("/".join(parts[:2]))

@@ -16,7 +16,7 @@ from anatomy.experiments.importance import ImportanceConfig, run_importance
 from anatomy.experiments.recovery import RecoveryConfig, run_recovery
 from anatomy.interventions import fingerprint, intervention
 from anatomy.layers import LayerAdapter
-from anatomy.load import Placement, check_hub_model, load_model, resolve_dtype
+from anatomy.load import Placement, check_hub_model, config_parameters, load_model, resolve_dtype
 from anatomy.plans import apply_plan, parse_plan
 from anatomy.report import RunFolder
 from anatomy.surgery import build_layer_stack, save_model
@@ -109,6 +109,8 @@ def fake_hub(monkeypatch, tmp_path):
     def install(num_params: int, config_extra: dict | None = None):
         config = make_tiny_model("llama", layers=2).config
         config.architectures = ["LlamaForCausalLM"]
+        described, _ = config_parameters(config)  # the vocabulary grown until the config describes num_params
+        config.vocab_size += (num_params - described) // (config.hidden_size * (1 + (not config.tie_word_embeddings)))
         for key, value in (config_extra or {}).items():
             setattr(config, key, value)
         config.save_pretrained(tmp_path / "hub" / "models--someone--big" / "snapshots" / SHA)

@@ -127,7 +127,7 @@ class _Sibling:
 class _Info:
     def __init__(self, folder: Path):
         self.sha = "0" * 40
-        self.siblings = [_Sibling(p.name) for p in folder.iterdir()]
+        self.siblings = [_Sibling(p.name, p.stat().st_size) for p in folder.iterdir()]
         self.safetensors = None
         self.card_data = None  # as a real ModelInfo without a model card
 
