@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,11 @@ class Result:
             raise AnatomyError(f"{shown(str(path))} is a {name or 'foreign'} run, not a {experiment} run: pass the "
                                f"folder written by `python -m anatomy {experiment}`.")
         dtypes = payload.get("dtypes", {})
+        for key, value in payload.get("tables", {}).items():  # names joined to the folder: plain names only
+            plain_name(key, results_json)
+            if isinstance(value, dict) and value.get("csv") != f"{key}.csv":
+                raise AnatomyError(f"{shown(str(results_json))} names {shown(value.get('csv'))} as the file of its "
+                                   f"table {shown(key)}: a table lives in <name>.csv beside results.json.")
         tables = {k: read_table(folder / f"{k}.csv", dtypes.get(k, {})) if (folder / f"{k}.csv").is_file()
                   else missing_table(folder, k) if isinstance(v, dict)
                   else typed(pd.DataFrame.from_records(v), dtypes.get(k, {})) if v else pd.DataFrame()
@@ -89,6 +95,19 @@ class Result:
                    timings=payload.get("timings", {}),
                    source={"run": str(folder), "model": payload.get("model"), "config": payload.get("config"),
                            "eval_set": payload.get("eval_set"), "needs": payload.get("needs")})
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
+def plain_name(name: object, where: Path) -> str:
+    """A table's name from a results.json, which may come from anyone's Hub repo: a plain file name (letters,
+    digits, `_`, `.`, `-`; no path, no leading dot), or a one-line refusal. Joined to the run folder unchecked,
+    "/etc/passwd" or "../x" would read a file of the server's."""
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise AnatomyError(f"{shown(str(where))} names a table {shown(str(name))}, which is not a plain file name: "
+                           "the run folder is not one this tool wrote.")
+    return name
 
 
 def missing_table(folder: Path, name: str) -> pd.DataFrame:

@@ -14,11 +14,13 @@ Only a Hub id or `embedded` gets an offer: a local folder's name says nothing ab
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import os
-import threading
+import re
 import shutil
+import threading
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
@@ -31,8 +33,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from anatomy import atlas, hub
-from anatomy.errors import AnatomyError
-from anatomy.experiment import registry
+from anatomy.errors import AnatomyError, shown
+from anatomy.experiment import Result, registry
 from anatomy.model_spec import parse_model_spec
 from anatomy.report import to_jsonable
 
@@ -45,6 +47,8 @@ DEADLINE_S = 1.0  # the longest a choice of model waits for the Hub before it go
 LIST_TTL_S = 300.0  # a file list read is reused this long: a new push shows within five minutes
 FAILED_TTL_S = 60.0  # an unreachable Hub is not asked again for a minute
 OFFERED_KINDS = ("hub", "embedded")
+MAX_BYTES = 64 * 2**20  # the most a published folder may hold (tables, figures, report) for the app to read it
+MAX_REPORT = 100_000  # characters of a published report shown
 WAY_OUT = "try again when the Hub answers, or run the experiment here"
 
 log = logging.getLogger("space")
@@ -123,8 +127,8 @@ class Offer:
     @property
     def text(self) -> str:
         url = f"https://huggingface.co/datasets/{self.repo}/tree/main/{self.path}"
-        return (f"A published result exists in [{self.repo}]({url}): measured on {self.written} with "
-                f"{self.settings}; run it again?")
+        return (f"A published result exists in [{self.repo}]({url}): measured on {escaped(self.written, 40)} "
+                f"with {escaped(self.settings)}; run it again?")
 
 
 def find(spec: str, name: str, token: str | None, public: bool, deadline: float | None = None) -> Offer | None:
@@ -210,10 +214,51 @@ def fetch(spec: str, name: str, request: gr.Request | None, oauth_token: gr.OAut
     found = find(spec, name, token, access.public)
     if found is None:
         raise AnatomyError("No published result of this model and experiment is known now: run it here.")
+    check_size(found, token)
     with runs.new_run(jobs.session_id(request), name) as run, tempfile.TemporaryDirectory() as tmp:
         stored = atlas.download(found.repo, found.path, tmp, token=token or False, way_out=WAY_OUT)
+        check_published(stored, spec, name, access.public)
         shutil.copytree(stored, run.path, dirs_exist_ok=True)
-    return run.path, f"Published result from {found.repo}, measured on {found.written} (nothing computed here). "
+    return run.path, escaped(f"Published result from {found.repo}, measured on {found.written} (nothing computed "
+                             "here). ")
+
+
+def check_size(found: Offer, token: str | None) -> None:
+    """Refuse a published folder larger than MAX_BYTES (read from the file list's sizes, before downloading)."""
+    files = HfApi(token=token or False).list_repo_tree(found.repo, path_in_repo=found.path, recursive=True,
+                                                       repo_type=hub.REPO_TYPE)
+    size = sum(getattr(f, "size", 0) or 0 for f in files)
+    if size > MAX_BYTES:
+        raise AnatomyError(f"The published result is {size / 2**20:,.0f} MB, more than this app reads "
+                           f"({MAX_BYTES / 2**20:,.0f} MB): run the experiment here instead.")
+
+
+def check_published(folder: Path, spec: str, name: str, public: bool) -> None:
+    """A published folder is read only if every run in it is of the experiment and the model it is filed under
+    (its results.json says so) and names its tables as plain files beside it (`Result.load` checks them): an
+    atlas is anyone's repo, and its results.json is input like any other."""
+    runs_ = {step.name: step for step in folder.iterdir() if step.is_dir()} if name == hub.STUDY else {name: folder}
+    slug = hub.spec_slug(spec, local=not public)
+    for experiment, run in runs_.items():
+        result = Result.load(run, experiment)
+        if hub.model_slug(result.source.get("model")) != slug:
+            raise AnatomyError(f"The published {experiment} run filed under this model measured another model "
+                               f"({shown(hub.model_slug(result.source.get('model')))}): it is not shown.")
+
+
+def escaped(text: str, limit: int = 300) -> str:
+    """Text read from a published run, safe to put inside a line of Markdown: cut to `limit` characters, on one
+    line, HTML escaped, and the characters that make links, emphasis, code or tables there escaped too."""
+    text = " ".join(str(text).split())
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return re.sub(r"([\\`*_{}\[\]|~])", r"\\\1", html.escape(text, quote=False))
+
+
+def published_report(text: str) -> str:
+    """A published run's report.md or study.md, shown as plain text (a fenced block Markdown does not render:
+    a hostile report's links, HTML and images stay text), cut to MAX_REPORT characters."""
+    text = text if len(text) <= MAX_REPORT else text[:MAX_REPORT] + "\n... (cut)"
+    return "```text\n" + text.replace("`", "'") + "\n```"
 
 
 def image_figure(path: Path) -> Figure | None:

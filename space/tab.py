@@ -219,7 +219,8 @@ class Tab:
             folder, says = published.fetch(spec, tab.name, request, oauth_token)
             result = Result.load(folder, tab.name)
             figures = {name: published.image_figure(folder / f"{name}.png") for name in tab.plots}
-            markdown = (folder / "report.md").read_text(encoding="utf-8") if (folder / "report.md").is_file() else ""
+            markdown = published.published_report((folder / "report.md").read_text(encoding="utf-8", errors="replace")
+                                                  if (folder / "report.md").is_file() else "")
             return tab.outputs(result, figures, markdown, runs.archive_of(folder), says)
         show.__name__ = f"published_{self.endpoint_name}"
         return show

@@ -70,12 +70,13 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
     return (*outputs(final, figure, markdown), jobs.remember(state, hub.STUDY, runs.archive_of(final)))
 
 
-def outputs(folder: Path, figure: Figure | None, markdown: str) -> tuple:
-    """The tab's outputs for a finished study folder: its glance, claims, report, page (where it has one) and zip."""
+def outputs(folder: Path, figure: Figure | None, markdown: str, page: bool = True) -> tuple:
+    """The tab's outputs for a finished study folder: its glance, claims, report, page (where it has one, and
+    `page`: never a published study's, whose HTML would be served from this app's address) and zip."""
     claims = pd.read_csv(folder / "claims.csv", keep_default_na=False)  # as written, verdicts included
-    page = folder / "study.html"
-    return figure, claims[["finding", "verdict", "ours", "study"]], markdown, str(page) if page.is_file() else None, \
-        str(runs.archive_of(folder))
+    html = folder / "study.html"
+    return figure, claims[["finding", "verdict", "ours", "study"]], markdown, \
+        str(html) if page and html.is_file() else None, str(runs.archive_of(folder))
 
 
 @jobs.user_errors
@@ -83,7 +84,9 @@ def show_published(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | 
     """The offer's button: the atlas's study of the chosen model, shown as a finished study, nothing computed."""
     folder, says = published.fetch(spec, hub.STUDY, request, oauth_token)
     return (says, *outputs(folder, published.image_figure(folder / "glance.png"),
-                           (folder / "study.md").read_text(encoding="utf-8")))
+                           published.published_report((folder / "study.md").read_text(encoding="utf-8",
+                                                                                       errors="replace")),
+                           page=False))
 
 
 def build(shared: Shared) -> None:

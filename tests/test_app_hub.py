@@ -151,7 +151,8 @@ def test_the_tabs_offer_a_published_result_and_show_it_without_computing(app, mo
     shown_headline, shown_figure, shown_table, shown_markdown, shown_archive = anonymous.predict(
         MODEL, api_name="/published_importance")
     assert shown_headline.startswith("Published result from bob/atlas") and shown_figure is not None
-    assert shown_table == table and shown_markdown == markdown  # the stored run's table and report
+    assert shown_table == table  # the stored run's table, and its report as inert text
+    assert shown_markdown == "```text\n" + markdown.replace("`", "'") + "\n```"
     assert zip_files(shown_archive) == zip_files(archive)
     assert (CACHE.get(MODEL).model.model.layers[0].self_attn.q_proj.weight == fingerprint).all()
     reads = [auth for url_, auth in hub.requests if "bob/atlas" in url_ and "GET" in url_]
@@ -201,7 +202,10 @@ def test_the_study_tab_offers_a_published_study_and_shows_its_claims(app, monkey
     written = pd.read_csv(shipped / "claims.csv", keep_default_na=False)
     assert [row[0] for row in claims["data"]] == written["finding"].tolist()
     assert [row[1] for row in claims["data"]] == written["verdict"].tolist()
-    assert markdown.strip() == (shipped / "study.md").read_text().strip()
+    # a published report is shown as text, never rendered: a hostile one's links and HTML stay inert
+    assert markdown.startswith("```text\n") and markdown.rstrip().endswith("```")
+    assert markdown.removeprefix("```text\n").strip().removesuffix("```").strip() == \
+        (shipped / "study.md").read_text().replace("`", "'").strip()
     assert zip_files(archive) == {p.relative_to(shipped).as_posix(): p.read_bytes()
                                   for p in shipped.rglob("*") if p.is_file()}
 
