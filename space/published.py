@@ -257,7 +257,7 @@ def escaped(text: str, limit: int = 300) -> str:
 def published_report(text: str) -> str:
     """A published run's report.md or study.md, shown as plain text (a fenced block Markdown does not render:
     a hostile report's links, HTML and images stay text), cut to MAX_REPORT characters."""
-    text = text if len(text) <= MAX_REPORT else text[:MAX_REPORT] + "\n... (cut)"
+    text = text.rstrip() if len(text) <= MAX_REPORT else text[:MAX_REPORT] + "\n... (cut)"
     return "```text\n" + text.replace("`", "'") + "\n```"
 
 
