@@ -319,7 +319,7 @@ class PrefixCache:
                 return hook
 
             def keep_output(module, args, output):
-                self.outputs.append(output[0] if isinstance(output, tuple) else output)
+                self.outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
 
             handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True)
                        for i, layer in enumerate(self.adapter.layers)]
@@ -348,7 +348,7 @@ class PrefixCache:
         for i in range(layer, self.adapter.num_layers):
             args, kwargs = self.calls[batch][i]
             h = self.adapter.layers[i](h, *args, **kwargs)
-            h = h[0] if isinstance(h, tuple) else h
+            h = h[0] if isinstance(h, (tuple, list)) else h
         return h
 
     def layer_output(self, layer: int, batch: int) -> torch.Tensor:

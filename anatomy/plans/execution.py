@@ -100,7 +100,7 @@ class PlanStep(_Proxy):
 
 
 def _hidden(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 class SequentialGroup(_Proxy):
@@ -119,7 +119,7 @@ class SequentialGroup(_Proxy):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         outputs = [step(hidden_states, *args, **kwargs) for step in self.steps]
         mean = torch.stack([_hidden(out) for out in outputs]).mean(dim=0)
-        return (mean, *outputs[0][1:]) if isinstance(outputs[0], tuple) else mean
+        return (mean, *outputs[0][1:]) if isinstance(outputs[0], (tuple, list)) else mean
 
 
 def plan_refusal(adapter: LayerAdapter, plan: Plan) -> str | None:
