@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 FAMILIES = (
     "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite",
     "stablelm", "starcoder2", "cohere", "smollm3",
-    "gpt2", "gpt_neox", "phi3", "bloom", "falcon", "mpt", "codegen", "gptj", "phi", "gpt_neo", "opt",
+    "gpt2", "gpt_neox", "phi3", "bloom", "falcon", "mpt", "codegen", "gptj", "phi", "gpt_neo", "opt", "openai-gpt",
     "mixtral", "qwen3_moe", "qwen2_moe", "olmoe", "granitemoe", "gpt_oss",
     "lfm2", "qwen3_5", "falcon_h1", "gemma3", "mamba", "mamba2",
 )

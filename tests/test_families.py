@@ -1,4 +1,4 @@
-"""The family matrix: every layer-level experiment on tiny random models of 37 causal-LM families.
+"""The family matrix: every layer-level experiment on tiny random models of 38 causal-LM families.
 
 Llama-likes, fused QKV (GPT-2, NeoX, Phi-3, BLOOM, Falcon, MPT, CodeGen), parallel blocks (GPT-J, Falcon,
 Phi, NeoX, Cohere), MoE (Mixtral, Qwen2/3-MoE, OLMoE, Granite-MoE, GPT-OSS), sliding-window alternation

@@ -33,7 +33,8 @@ RANGES = ("boundary", "redundant", "minor", "important", "critical_output")  # t
 
 def r_range(default: tuple[float, float], of: str) -> tuple[float, float]:
     """A rule's R range: a config field typed low,high on the CLI and in the app."""
-    return option(default, f"R range low,high of {of}", label=f"R range of {of} (low,high)", codec=floats(2))
+    return option(default, f"R range low,high of {of}", label=f"R range of {of} (low,high)", codec=floats(2),
+                  minimum=0, maximum=1)
 
 
 @dataclass
