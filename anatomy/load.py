@@ -389,8 +389,8 @@ def check_forward(model: PreTrainedModel, name: str) -> None:
             model(input_ids=torch.tensor([[1, 2]], device=input_device(model)), use_cache=False)
     except Exception as err:  # noqa: BLE001 - any failure of the library's own code is the model's
         message = " ".join(str(err).split())[:300]
-        raise AnatomyError(f"The transformers forward of '{name}' itself fails ({type(err).__name__}: {message}): this model cannot be analysed with "
-                           "this version of transformers.") from None
+        raise AnatomyError(f"The transformers forward of '{name}' itself fails ({type(err).__name__}: {message}): "
+                           "this model cannot be analysed with this version of transformers.") from None
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

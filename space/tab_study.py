@@ -50,8 +50,10 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
     def plan(loaded: LoadedModel, eval_set: EvalSet | None) -> list[tuple[Experiment, object]]:
         layers = LayerAdapter(loaded.model).num_layers
         return [(s.experiment, s.config) for s in study.with_recovery_layers(steps, layers, None, quick=True)]
+
     with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token, plan=plan,
-                   what="This quick study", command=f"python -m anatomy study --quick --model {shlex.quote(spec)}") as job:
+                   what="This quick study",
+                   command=f"python -m anatomy study --quick --model {shlex.quote(spec)}") as job:
         steps = study.with_recovery_layers(steps, LayerAdapter(job.loaded.model).num_layers, None, quick=True)
         with runs.new_run(jobs.session_id(request), "study") as folder:
             position = {"i": 0, "left": ""}

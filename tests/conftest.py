@@ -52,6 +52,11 @@ def make_tiny_model(arch: str = "llama", vocab: int = 320, layers: int = 6, seed
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A 320-token byte-level BPE trained on the default evaluation set in well under a second."""
+    return make_tiny_tokenizer()
+
+
+def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """The `tiny_tokenizer` fixture's tokenizer, for code outside a test (a benchmark's served model)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"],

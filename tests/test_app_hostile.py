@@ -7,7 +7,6 @@ subprocess), so on code without the defence it fails by that limit, never by fil
 
 from __future__ import annotations
 
-import json
 import resource
 import subprocess
 import sys
@@ -15,68 +14,26 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from gradio_client import Client
 from huggingface_hub import constants
-from safetensors.torch import save_file
 
 from anatomy.interventions import fingerprint
 from anatomy.load import LoadedModel
 from space import build_demo, limits
 from space.models import CACHE
 from tests.conftest import make_tiny_model
-from tests.hub_fake import SHA, FakeHub, FakeRepo, config_json
+from tests.hostile import HUGE, LOOPING, OPEN, OTHER, SECOND, SIGNED_IN, hostile_hub
+from tests.hub_fake import SHA
 
-OPEN, OTHER, HUGE, LOOPING = "alice/open", "alice/other", "mallory/huge-config", "mallory/looping"
-LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
-SIGNED_IN, SECOND = "hf_bob_token", "hf_carl_token"
 EVAL = (OPEN, 4, "", 32)
 SECRET = "the-server-secret-1234"
 
 
-def folder_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
-def huge_config_repo(tmp: Path) -> FakeRepo:
-    """A config of 24 layers x 1024 over one safetensors file holding a 2-element tensor."""
-    save_file({"x": torch.zeros(2)}, tmp / "model.safetensors")
-    config = config_json(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, num_attention_heads=16,
-                         num_key_value_heads=16, vocab_size=32000)
-    return FakeRepo({"config.json": config, "model.safetensors": (tmp / "model.safetensors").read_bytes()})
-
-
-def atlas_files(secret: Path) -> dict[str, bytes]:
-    """A malicious atlas: a run whose table is a server path, a run filed under the wrong model, and a run
-    whose text is markup and 20,000 characters long."""
-    model = {"source": "hub", "name": OPEN}
-    return {
-        "alice--open/importance/results.json": json.dumps({
-            "experiment": "importance", "written": "2026-12-01T00:00:00Z", "model": model, "table": "importance",
-            "tables": {str(secret.with_suffix("")): {"csv": str(secret), "rows": 1}}}).encode(),
-        "alice--open/spectral/results.json": json.dumps({
-            "experiment": "spectral", "written": "2026-12-01T00:00:00Z", "table": "spectral",
-            "model": {"source": "hub", "name": "someone/else"}, "tables": {"spectral": [{"layer": 0}]}}).encode(),
-        "alice--open/structure/results.json": json.dumps({
-            "experiment": "structure", "written": "<script>alert(1)</script>[x](javascript:alert(1))",
-            "model": model, "config": {"shuffles": 7, "seed": "y" * 20_000}, "table": "structure",
-            "tables": {"structure": [{"component": "a"}]}}).encode()}
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_tokenizer):
-    saved = tmp_path_factory.mktemp("model")
-    make_tiny_model("llama", layers=3).save_pretrained(saved)
-    tiny_tokenizer.save_pretrained(saved)
-    files = folder_files(saved)
-    tokenizer_config = json.loads(files["tokenizer_config.json"])
-    looping = {**files, "tokenizer_config.json": json.dumps({**tokenizer_config, "chat_template": LOOP}).encode()}
     secret = tmp_path_factory.mktemp("server") / "secret.csv"
     secret.write_text(f"layer\n{SECRET}\n")
-    hub = FakeHub({OPEN: FakeRepo(files), OTHER: FakeRepo(files), LOOPING: FakeRepo(looping),
-                   HUGE: huge_config_repo(tmp_path_factory.mktemp("huge"))},
-                  datasets={"bob/atlas": FakeRepo(atlas_files(secret))},
-                  users={SIGNED_IN: "bob", SECOND: "carl"})
+    hub = hostile_hub(tmp_path_factory.mktemp("hub"), tiny_tokenizer, secret)
     for spec in (OPEN, OTHER):  # the visitors' models, as the app's cache holds them once loaded
         CACHE.put(spec, LoadedModel(make_tiny_model("llama", layers=3), tiny_tokenizer, spec, "hub", revision=SHA))
     with pytest.MonkeyPatch.context() as patch:

@@ -41,13 +41,15 @@ def r_range(default: tuple[float, float], of: str) -> tuple[float, float]:
 class BudgetConfig:
     """SPEC section 6's ranges; `b_max` steps a layer; `output_start` the fraction of depth where output begins."""
 
-    b_max: int = option(200, "steps for a layer with R = 1", label="B_max (steps for R = 1)", minimum=1, maximum=1_000_000)
+    b_max: int = option(200, "steps for a layer with R = 1", label="B_max (steps for R = 1)", minimum=1,
+                        maximum=1_000_000)
     boundary: tuple[float, float] = r_range((0.15, 0.2), "boundary layers")
     redundant: tuple[float, float] = r_range((0.0, 0.05), "redundant layers")
     minor: tuple[float, float] = r_range((0.3, 0.5), "minor layers")
     important: tuple[float, float] = r_range((0.5, 0.8), "important layers")
     critical_output: tuple[float, float] = r_range((0.8, 1.0), "critical output layers")
-    critical_core: float = option(1.0, "R of critical input/core layers", label="R of critical input/core layers", minimum=0, maximum=1)
+    critical_core: float = option(1.0, "R of critical input/core layers", label="R of critical input/core layers",
+                                  minimum=0, maximum=1)
     at_once_steps: int = option(10, "a redundant layer 'recovers at once' if under the slowest threshold by this "
                                 "step", label="'Recovers at once' by step", minimum=0, maximum=1_000_000)
     boundary_rule: bool = option(True, "treat first/last layers by their class", flag="--no-boundary-rule",

@@ -53,7 +53,8 @@ class GenerateConfig:
     plan: str | None = option(None, "a layer plan for the altered side, such as 0-12,15x4,17-29, instead of the "
                               "intervention", label="Layer plan (replaces the intervention)", codec=PLAN)
     seed: int = option(0, "seed of the sampled generations and of noise", label="Seed", minimum=0, maximum=SEED_MAX)
-    new_tokens: int = option(30, "new tokens per generation (1-512)", label="New tokens", minimum=1, maximum=512, public_maximum=128)
+    new_tokens: int = option(30, "new tokens per generation (1-512)", label="New tokens", minimum=1, maximum=512,
+                             public_maximum=128)
     chat_template: bool = option(True, "send the prompt raw, not through the tokenizer's chat template (used by "
                                  "default where the tokenizer has one)",
                                  label="Chat template (where the tokenizer has one)")

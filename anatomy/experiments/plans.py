@@ -45,14 +45,18 @@ class PlansConfig:
     variants: tuple[str, ...] = option(VARIANTS, f"comma-separated, from {', '.join(VARIANTS)}", label="Variants",
                                        choices=VARIANTS, multiple=True)
     block_sizes: tuple[int, ...] = option((2, 4, 8), "middle-block sizes, centred",
-                                          label="Middle-block sizes (empty: only your plans)", codec=INTS, minimum=1, maximum=100_000, max_items=16)
+                                          label="Middle-block sizes (empty: only your plans)", codec=INTS, minimum=1,
+                                              maximum=100_000, max_items=16)
     plans: tuple[str, ...] = option((), "a user plan such as 0-3,[4-7]x2,8-29 (grammar in --help; may repeat)",
                                     label="Your plans, one a line, e.g. 0-12,[13-16]x2,17-29", flag="--plan",
                                     codec=LINES, repeat=True, max_items=16)
-    loops: int = option(2, "iterations of looped parallel", label="Loops of looped-parallel", minimum=1, maximum=64, public_maximum=8)
+    loops: int = option(2, "iterations of looped parallel", label="Loops of looped-parallel", minimum=1, maximum=64,
+                        public_maximum=8)
     seed: int = option(0, "seed of the shuffle variant", label="Shuffle seed", minimum=0, maximum=SEED_MAX)
-    latency_repeats: int = option(5, "timed runs per row", label="Timed runs per row (CLI: 5)", minimum=1, maximum=100, public_maximum=5)
-    latency_tokens: int = option(16, "generated tokens per decode run", label="Tokens per decode run", minimum=1, maximum=512, public_maximum=64)
+    latency_repeats: int = option(5, "timed runs per row", label="Timed runs per row (CLI: 5)", minimum=1,
+                                  maximum=100, public_maximum=5)
+    latency_tokens: int = option(16, "generated tokens per decode run", label="Tokens per decode run", minimum=1,
+                                 maximum=512, public_maximum=64)
     batched: bool = option(True, "run parallel groups member by member instead of one batched call",
                            label="Parallel groups as one batched call (Llama family)", flag="--sequential-parallel")
     tasks: bool = option(True, "skip the built-in fact/arithmetic tasks", label="Fact and arithmetic tasks")

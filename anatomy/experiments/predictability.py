@@ -77,7 +77,8 @@ class PredictabilityConfig:
     thresholds (library only) decide what the report calls a high R^2 and a destroyed model.
     """
 
-    positions: int = option(10_000, "sampled weight positions", label="Sampled positions", minimum=1, maximum=10_000_000, public_maximum=100_000)
+    positions: int = option(10_000, "sampled weight positions", label="Sampled positions", minimum=1,
+                            maximum=10_000_000, public_maximum=100_000)
     ridge_alpha: float = option(1.0, "ridge penalty (sklearn's default)", label="Ridge alpha", minimum=0, maximum=1e12)
     seed: int = option(0, "seed of the sampled positions", ui=False, minimum=0, maximum=SEED_MAX)
     single_layer: int | None = option(None, "layer replaced alone; none: the one with the highest mean R^2",

@@ -65,9 +65,11 @@ class RecoveryConfig:
     layers: str | list[int] | None = option(None, "0-based layers, e.g. " + ",".join(map(str, STUDY_LAYERS))
                                             + " (the study's; all: every layer)", label="Layers (0-based)",
                                             codec=LAYERS)
-    steps: int = option(200, "fine-tune steps per layer", label="Steps (study: 200)", minimum=1, maximum=100_000, public_maximum=1_000)
+    steps: int = option(200, "fine-tune steps per layer", label="Steps (study: 200)", minimum=1, maximum=100_000,
+                        public_maximum=1_000)
     eval_every: int = option(10, "steps between PPL evaluations", label="Evaluate every", minimum=1, maximum=100_000)
-    sigma: float = option(0.5, "noise std as a multiple of std(W)", label="Noise sigma (x std(W))", minimum=0, maximum=1000)
+    sigma: float = option(0.5, "noise std as a multiple of std(W)", label="Noise sigma (x std(W))", minimum=0,
+                          maximum=1000)
     lr: float = option(1e-4, "AdamW learning rate", label="Learning rate", maximum=10)
     seed: int = option(0, "seed of the noise and of the training batches", label="Seed", minimum=0, maximum=SEED_MAX)
     grad_clip: float = option(1.0, "gradient norm clip", ui=False, maximum=1e9)

@@ -38,7 +38,8 @@ COLUMNS = ["component", "delta_corr", "delta_corr_std", "null_corr", "shuffled_m
 class StructureConfig:
     """`shuffles`: seeded random layer orders for the control (they cost nothing: the Gram matrix is reused)."""
 
-    shuffles: int = option(200, "layer-shuffled control orders", label="Shuffled orders (control)", minimum=2, maximum=100_000, public_maximum=2_000)
+    shuffles: int = option(200, "layer-shuffled control orders", label="Shuffled orders (control)", minimum=2,
+                           maximum=100_000, public_maximum=2_000)
     seed: int = option(0, "seed of the shuffled layer orders", label="Seed", minimum=0, maximum=SEED_MAX)
 
     def validate(self) -> None:
