@@ -217,7 +217,10 @@ def fetch(spec: str, name: str, request: gr.Request | None, oauth_token: gr.OAut
     check_size(found, token)
     with runs.new_run(jobs.session_id(request), name) as run, tempfile.TemporaryDirectory() as tmp:
         stored = atlas.download(found.repo, found.path, tmp, token=token or False, way_out=WAY_OUT)
-        check_published(stored, spec, name, access.public)
+        try:
+            check_published(stored, spec, name, access.public)
+        except AnatomyError as err:  # the message names the repo's folder, not this server's scratch folder
+            raise AnatomyError(str(err).replace(str(Path(tmp)), found.repo)) from None
         shutil.copytree(stored, run.path, dirs_exist_ok=True)
     return run.path, escaped(f"Published result from {found.repo}, measured on {found.written} (nothing computed "
                              "here). ")

@@ -187,7 +187,7 @@ def test_a_published_run_cannot_read_server_files_or_pose_as_another_model(serve
     url, _, secret = server
     client = visitor(url)
     message, _ = refusal(lambda: client.predict(OPEN, api_name="/published_importance"))
-    assert "not a plain file name" in message and SECRET not in message
+    assert "not a plain file name" in message and SECRET not in message and "bob/atlas/alice--open" in message
     message, _ = refusal(lambda: client.predict(OPEN, api_name="/published_spectral"))
     assert "measured another model" in message
 
