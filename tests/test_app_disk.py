@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
+from transformers import AutoConfig
 
 from anatomy.disk import download_bytes
 from anatomy.errors import AnatomyError
 from anatomy.experiments.importance import ImportanceConfig, importance_artefacts, run_importance
-from anatomy.load import LoadedModel, check_hub_model
+from anatomy.load import LoadedModel, check_hub_model, config_parameters
 from space import jobs, runs
 from tests.conftest import make_tiny_model
 from tests.hub_fake import SHA, FakeHub, FakeRepo, config_json
@@ -140,8 +141,11 @@ def test_download_bytes_counts_only_the_files_not_yet_cached(tmp_path, monkeypat
 def test_a_hub_model_larger_than_the_free_disk_is_refused_before_any_weight_downloads(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     huge = 10 * 2**50  # 10 PiB of weights, reported by the metadata; no disk has that free
-    hub = FakeHub({"alice/huge": FakeRepo({"config.json": config_json(), "model.safetensors": b"w"},
-                                          sizes={"model.safetensors": huge})}).install(monkeypatch)
+    config = dict(hidden_size=32, num_hidden_layers=1, intermediate_size=64, num_attention_heads=4, vocab_size=320)
+    described, _ = config_parameters(AutoConfig.for_model("llama", **config))  # the weights match the config
+    hub = FakeHub({"alice/huge": FakeRepo({"config.json": config_json(**config), "model.safetensors": b"w"},
+                                          sizes={"model.safetensors": huge}, parameters=described)}
+                  ).install(monkeypatch)
     try:
         with pytest.raises(AnatomyError, match="Not enough disk for downloading 'alice/huge'"):
             check_hub_model("alice/huge", token=False)

@@ -40,7 +40,7 @@ def text(highlighted: list[dict]) -> str:
 def test_eight_concurrent_visitors_all_finish_and_never_see_altered_weights(url):
     before = weights()
     reference = Client(url, verbose=False).predict(SPEC, PROMPT, "none", "0", 0.5, 0, 8, api_name="/generate")
-    records, elapsed = run_load(url, 8, SPEC, layers="0-1", generate_layers="1-2")
+    records, elapsed, _ = run_load(url, 8, SPEC, layers="0-1", generate_layers="1-2")
     stats = summary(records, elapsed)
     assert stats["completed"] == 16 and stats["failed"] == 0, [r.error for r in records if r.error]
     generated = [r.outputs for r in records if r.kind == "generate"]
