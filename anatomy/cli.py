@@ -279,7 +279,7 @@ def run_study_command(args: argparse.Namespace) -> None:
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     if args.growth:
         load_claims(args.growth)  # a wrong folder fails now, not after the study
-    overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else {}).items() if name in names}
+    overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else study.FULL).items() if name in names}
     steps = study.plan(names, {**overrides, **({"recovery": {**overrides.get("recovery", {}), "layers": args.layers}}
                                                if args.layers and "recovery" in names else {})})
     check_hub_flags(args)

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import findings, processes, study_report, sweep, work
 from .claims import load_claims
 from .errors import AnatomyError
+from .inference import CONVENTION
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
 from .load import LoadedModel
@@ -104,8 +105,7 @@ def cli_defaults(experiment: Experiment) -> dict[str, object]:
 
 def study_layers(num_layers: int, layers: Sequence[int]) -> str:
     """The study's layers of its 30-layer model at the same relative depth in a model of `num_layers`."""
-    mapped = sorted({round(layer / (STUDY_DEPTH - 1) * (num_layers - 1)) for layer in layers})
-    return ",".join(map(str, mapped))
+    return ",".join(map(str, sorted(set(findings.at_depth(layers, num_layers)))))
 
 
 def with_recovery_layers(steps: list[Step], num_layers: int, choice: str | None, quick: bool) -> list[Step]:
@@ -255,7 +255,12 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
     growth comparison run folder whose claims join the table."""
     out = Path(out)
     title = f"Study of {loaded.name}" + (f" @ {loaded.revision}" if loaded.revision else "")
-    lines = [f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
+    dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    lines = [f"- Shared conditions (no row is `not comparable` for these alone: no claim is about instruction tuning "
+             f"or quantisation): model {loaded.title}, quantisation {loaded.quantisation}, {dtype} (study: "
+             f"SmolLM2-135M base, unquantised); evaluation text {len(eval_set.texts)} texts (study: 10 sentences)",
+             f"- Rules: version {findings.RULES_VERSION} (anatomy/findings.py). {CONVENTION}",
+             f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
              "- Settings: " + ("QUICK (reduced) " if quick else "") + ("; ".join(
                  f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in settings.items())
                  or "the study's defaults") + " (every other setting: the experiment's command default)",
@@ -281,14 +286,20 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
     return markdown
 
 
-STUDY_DEPTH = 30  # SmolLM2-135M's layers, in which the study's layer numbers are written
+STUDY_DEPTH = findings.STUDY_DEPTH  # SmolLM2-135M's layers, in which the study's layer numbers are written
+STUDY_MANIPULATED = 9  # "the 9 identified redundant layers simultaneously" (its section 3.5)
 STUDY_RECOVERY_LAYERS = (0, 1, 3, 5, 8, 10, 11, 14, 17, 23, 24, 27, 29)  # its Table 5
 QUICK_RECOVERY_LAYERS = (11, 14, 17)  # the hardest layer and the two anti-layers
 QUICK_TEXTS = 16  # evaluation texts of a quick study (the default set has 48)
+FULL: dict[str, dict[str, object]] = {
+    "manipulate": {"count": STUDY_MANIPULATED},
+}
+"""The study's own settings where an experiment's command default differs from them: it changed its 9 redundant
+layers at once (section 3.5), so the study changes the 9 layers of lowest D, whatever their class."""
 QUICK: dict[str, dict[str, object]] = {
     "predictability": {"positions": 2000},
-    "structure": {"shuffles": 50},
-    "manipulate": {"alphas": "0.7,0.9"},
+    "structure": {"shuffles": 1000},  # the permutation tests' floor: the shuffles cost nothing
+    "manipulate": {"alphas": "0.7,0.9", "count": STUDY_MANIPULATED},
     "prune": {"ks": "3"},
     "recovery": {"steps": 10, "eval_every": 5},
     "plans": {"variants": "skip,reverse,parallel", "block_sizes": "4", "latency_repeats": 1, "latency_tokens": 4},

@@ -80,7 +80,15 @@ def test_report_is_self_contained_and_two_studies_compare(tmp_path, tiny_tokeniz
     assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
     compared = (tmp_path / "c" / "compare.md").read_text()
     assert "a verdict" in compared and "b verdict" in compared and "importance range" in compared
+    assert "a conditions" in compared and "OLDER RULES" not in compared
     assert (tmp_path / "c" / "maps.png").stat().st_size > 1000
+    written = pd.read_csv(tmp_path / "a" / "claims.csv", keep_default_na=False)
+    assert list(written.columns) == ["finding", "study", "ours", "verdict", "reason", "conditions", "rules"]
+    older = written.drop(columns=["conditions", "rules"]).assign(verdict="reproduced")  # as version 1 wrote it
+    older.to_csv(tmp_path / "b" / "claims.csv", index=False)
+    assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    compared = (tmp_path / "c" / "compare.md").read_text()
+    assert "b: `" in compared and "(OLDER RULES v1" in compared and "holds (older rules v1)" in compared
     assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
 
 

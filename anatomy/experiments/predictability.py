@@ -31,7 +31,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import plots, report, work
-from ..claims import Claim, bootstrap_mean, claims_markdown
+from ..claims import CONTROL, FAILS, HOLDS, Claim, bootstrap_mean, claims_markdown
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result
@@ -277,14 +277,14 @@ def predictability_claims(df: pd.DataFrame) -> list[Claim]:
         dist, dlow, dhigh = bootstrap_mean(part["r2_distribution"])
         adj = part["adjacent_cosine"].mean()
         if low <= study <= high or ours >= study:
-            verdict, why = "reproduced", f"our per-position mean R^2 {ours:.3f} reaches the study's {study}."
+            verdict, why = HOLDS, f"our per-position mean R^2 {ours:.3f} reaches the study's {study}."
         elif dlow <= study <= dhigh or dist >= study:
-            verdict = "explained by the control"
+            verdict = CONTROL
             why = (f"per position our mean R^2 is {ours:.3f} (adjacent-layer cosine {adj:.4f}); the R^2 of the "
                    f"weight distribution is {dist:.3f}, which reaches the study's {study}: its number reads as "
                    "the predictability of the weights' scale, not of the weights.")
         else:
-            verdict = "not reproduced"
+            verdict = FAILS
             why = (f"per position our mean R^2 is {ours:.3f} and the R^2 of the weight distribution {dist:.3f}; "
                    f"neither reaches the study's {study}.")
         claims.append(Claim(

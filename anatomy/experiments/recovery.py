@@ -29,7 +29,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import corpus, offload, plots, report, work
-from ..claims import Claim, claims_markdown
+from ..claims import CONTROL, FAILS, HOLDS, Claim, claims_markdown
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PPLResult, PrefixCache, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result
@@ -263,14 +263,14 @@ def recovery_claims(df: pd.DataFrame, config: RecoveryConfig, train_text: str, l
         has_control = "control_final_d_pct" in part.columns
         control = [ratio(r[f"control_final_d_{k}"]) if has_control else np.nan for k in ("pct", "low", "high")]
         if not r["below_baseline"]:
-            verdict = "not reproduced"
+            verdict = FAILS
             why = f"layers.{layer} ends at {ratio(r.final_d_pct):.3f}x the baseline, not below it"
         elif has_control and r["control_below_baseline"]:
-            verdict = "explained by the control"
+            verdict = CONTROL
             why = (f"layers.{layer} ends below the baseline ({ratio(r.final_d_pct):.3f}x) but so does its sigma-0 "
                    f"control ({control[0]:.3f}x): the fine-tune on this text lowers PPL with or without noise")
         else:
-            verdict = "reproduced"
+            verdict = HOLDS
             why = f"layers.{layer} ends below the baseline ({ratio(r.final_d_pct):.3f}x) and its control does not"
         why += " (leakage: trained on the evaluation text)." if leakage else "."
         claims.append(Claim(
