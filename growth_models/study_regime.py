@@ -168,8 +168,8 @@ def equal_steps_claim(runs: pd.DataFrame, settings: str) -> Claim:
     low = ours[1] if math.isfinite(ours[1]) else ours[0]
     high = ours[2] if math.isfinite(ours[2]) else ours[0]
     verdict = HOLDS if low > 1 else FAILS if high <= 1 else "inconclusive"
-    why = (f"uniform trained for growth's {int(runs.loc[runs['config'] == EQUAL_STEPS, 'steps'].iloc[0])} steps "
-           f"ends at {ours[0]:.3f}x growth's validation loss (study: 4.7x); above 1 means growth is better.")
+    why = (f"uniform trained for as many steps as growth ends at {ours[0]:.3f}x growth's validation loss (study: "
+           "4.7x); above 1 means growth is better.")
     return Claim(finding="growth.val_loss_ratio.equal_steps", statement="growth reaches 4.7x lower validation loss "
                  "than uniform in the same number of training steps", study=STUDY_UNIFORM_VAL / STUDY_GROWTH_VAL,
                  ours=ours[0], ours_low=ours[1], ours_high=ours[2],
