@@ -998,13 +998,11 @@ def pruning_gap(results: Mapping[str, Result]) -> Verdict:
                           f"worst / best criterion PPL at k={list(ppl.index)}: {gap}", "another model family")
 
 
-FINDINGS: tuple[Callable[[Mapping[str, Result]], Finding], ...] = (
-    importance_range, class_counts, critical_core, critical_core_layers, critical_boundary, anti_layers,
-    anti_layer_search, r2_gate, table_2, one_predicted_layer, paradox, delta_correlation, manipulation,
-    recovery_vs_importance, hardest_layer, recover_at_once, never_converges, noise_improves, budget_saving,
-    painters_middle, painters_reorder, painters_parallel, painters_looped, painters_latency, arithmetic_fragile,
-    alpha_depth, alpha_persists, compression_waves, qk_vs_vo, qk_vs_vo_dynamics, alpha_importance, alpha_pruning,
-    pruning_gap)
+def declared() -> list[Callable[..., Finding]]:
+    """The rules of the study's experiments, in the study's order (each experiment's `StudyRole.findings`)."""
+    from .experiment import study_experiments
+
+    return [rule for experiment in study_experiments().values() for rule in experiment.study.findings]
 
 
 # ---------------------------------------------------------------- growth -----------------------------------------
@@ -1047,7 +1045,8 @@ def findings(results: Mapping[str, Result], model_name: str, refused: Mapping[st
     """Every finding of the papers against these results, in the report's order; `refused` gives, for an
     experiment that could not run on this model, its one-line reason, which its findings then state;
     `growth` holds the claims of a growth comparison run when one was given."""
-    rows = [*(f(results) for f in FINDINGS), table_1(results, model_name), *growth_findings(growth)]
+    rows = [*(rule(results, model_name) if rule is table_1 else rule(results) for rule in declared()),
+            *growth_findings(growth)]
     refused = refused or {}
     return [dataclasses.replace(r, reason=f"{r.missing} could not run on this model: {refused[r.missing]}")
             if r.missing in refused else r for r in rows]

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from . import plots
 from .errors import AnatomyError
-from .experiment import Result
+from .experiment import Result, study_experiments
 from .claims import RULES_VERSION, current_verdict
 from .findings import COLUMNS, Finding, findings_table
 from .inference import spearman_interval
@@ -27,25 +27,12 @@ CLASS_ORDER = ("Redundant", "Minor", "Important", "Critical", "Untouched", "Anti
 
 
 def layer_views(results: Mapping[str, Result]) -> pd.DataFrame:
-    """One row per layer, one column per view of the anatomy that has a value per layer."""
+    """One row per layer, one column per view of the anatomy that has a value per layer (each experiment's
+    `StudyRole.views`, in the study's order)."""
     views: dict[str, pd.Series] = {}
-    if "importance" in results:
-        t = results["importance"].table.set_index("layer")
-        views |= {"ablation D (%)": t["degradation_pct"], "D low": t["degradation_low"], "D high": t["degradation_high"],
-                  "Block Influence": t["block_influence"], "angular distance": t["angular_distance"],
-                  "class": t["class"]}
-    if "spectral" in results:
-        t = results["spectral"].table
-        views |= {"alpha": t.groupby("layer")["alpha"].mean(), "stable rank": t.groupby("layer")["stable_rank"].mean()}
-    if "recovery" in results:
-        t = results["recovery"].table.set_index("layer")
-        reach = sorted((c for c in t.columns if c.startswith("steps_to_")), key=lambda c: float(c[9:-1]))
-        views["recovery final / baseline"] = t["final_ratio"]
-        if reach:  # the slowest threshold: steps to get under it, the steps trained when never reached
-            views[f"recovery {reach[0][9:]} steps"] = t[reach[0]].fillna(t["steps"])
-    if "budget" in results:
-        t = results["budget"].table.set_index("layer")
-        views |= {"budget R(l)": t["ratio"], "budget class": t["class"]}
+    for name, experiment in study_experiments().items():
+        if name in results and experiment.study.views is not None:
+            views |= experiment.study.views(results[name])
     return pd.DataFrame(views).rename_axis("layer").reset_index() if views else pd.DataFrame({"layer": []})
 
 

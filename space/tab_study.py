@@ -16,7 +16,6 @@ from matplotlib.figure import Figure
 
 import anatomy
 from anatomy import hub, study, study_report
-from anatomy.layers import LayerAdapter
 
 from . import jobs, publish, published, runs
 from .common import Shared, model_job, stop_button, wire_stop
@@ -42,9 +41,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
         request: gr.Request, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
     """The quick study of the chosen model: every experiment in turn, one run folder each, one report."""
     refuse_on_zero_gpu("The study (it fine-tunes layers for recovery)")
-    steps = study.plan(study.STUDY, study.QUICK)
+    steps, overrides = study.prepare(study.STUDY, quick=True)
     with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token) as job:
-        steps = study.with_recovery_layers(steps, LayerAdapter(job.loaded.model).num_layers, None, quick=True)
         with runs.new_run(jobs.session_id(request), "study") as folder:
             position = {"i": 0, "left": ""}
 
@@ -55,8 +53,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
                 position["i"] = done
                 position["left"] = f", study about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""
 
-            result = study.run_study(steps, job.loaded, job.eval_set, folder.path, step_progress, on_step)
-            markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK, quick=True)
+            result, markdown = study.conduct(steps, overrides, job.loaded, job.eval_set, folder.path, quick=True,
+                                             progress=step_progress, on_step=on_step)
     final = folder.path  # renamed from .partial once the study was written whole
     figure = study_report.glance_figure(study_report.layer_views(result.results), f"The anatomy of {job.loaded.title}")
     return (*outputs(final, figure, markdown), jobs.remember(state, hub.STUDY, runs.archive_of(final)))

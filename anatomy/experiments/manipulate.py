@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report, work
+from .. import findings, plots, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
-from ..experiment import Artefacts, Experiment, Need, Result
+from ..experiment import Artefacts, Experiment, Need, Result, StudyRole
 from ..interventions import preserve, scale, zero
 from ..layers import ComponentRef, LayerAdapter
 from ..load import LoadedModel
@@ -267,4 +267,6 @@ EXPERIMENT = Experiment(
     description=__doc__, config=ManipulateConfig, run=run_manipulate, artefacts=manipulate_artefacts,
     needs=(Need("importance", "an importance run folder to read the Redundant layers from (default: compute the "
                 "importance map now)", configure=lambda config: None if config.layers else config.importance),),
-    columns=("strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"), headline=headline, work=manipulate_work)
+    columns=("strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"), headline=headline, work=manipulate_work,
+    study=StudyRole(order=4, settings={"count": findings.STUDY_MANIPULATED}, quick={"alphas": "0.7,0.9"},
+                    findings=(findings.manipulation,)))

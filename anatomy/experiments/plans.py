@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, processes, report, work
+from .. import findings, plots, processes, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PPLResult, degradation, perplexity
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..layers import LayerAdapter
 from ..load import LoadedModel
 from ..options import INTS, LINES, OPTIONAL_TEXT, option
@@ -258,4 +258,8 @@ EXPERIMENT = Experiment(
     summary="skip/reorder/repeat/parallelise middle layers, or run your own plans (SPEC section 8)",
     description=f"{__doc__}\n{GRAMMAR}", config=PlansConfig, run=run_plans, artefacts=plans_artefacts,
     uses_tokenizer=True, headline=headline, work=plans_work,
-    columns=("variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token", "decode_speedup"))
+    columns=("variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token", "decode_speedup"),
+    study=StudyRole(order=9, quick={"variants": "skip,reverse,parallel", "block_sizes": "4", "latency_repeats": 1,
+                                     "latency_tokens": 4},
+                    findings=(findings.painters_middle, findings.painters_reorder, findings.painters_parallel,
+                              findings.painters_looped, findings.painters_latency, findings.arithmetic_fragile)))

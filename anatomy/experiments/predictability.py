@@ -30,11 +30,11 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report, work
+from .. import findings, plots, report, work
 from ..claims import CONTROL, FAILS, HOLDS, Claim, bootstrap_mean, claims_markdown
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..interventions import assign
 from ..layer_weights import flat_stack
 from ..layers import LayerAdapter
@@ -346,4 +346,6 @@ EXPERIMENT = Experiment(
     name="predictability", title="Weight predictability",
     summary="ridge prediction of weights from depth, R^2 and the functional test (SPEC section 2)", description=__doc__,
     config=PredictabilityConfig, run=run_predictability, artefacts=predictability_artefacts, printed=rounded_summary,
-    headline=headline, work=predictability_work)
+    headline=headline, work=predictability_work,
+    study=StudyRole(order=2, quick={"positions": 2000}, findings=(
+        findings.r2_gate, findings.table_2, findings.one_predicted_layer, findings.paradox)))

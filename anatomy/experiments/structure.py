@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report
+from .. import findings, plots, report
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..layer_weights import add_gram_stats, centered_gram, cosine_matrix, flat_stack, gram_stats
 from ..layers import LayerAdapter
 from ..load import LoadedModel
@@ -181,4 +181,5 @@ EXPERIMENT = Experiment(
     summary="delta correlation vs null and shuffled control, PCA, cosine similarity (SPEC section 3)",
     description=__doc__, config=StructureConfig, run=run_structure, artefacts=structure_artefacts,
     uses_eval=False, columns=("component", "delta_corr", "null_corr", "shuffled_mean", "shuffled_std", "order_z"),
-    headline=headline)
+    headline=headline,
+    study=StudyRole(order=3, quick={"shuffles": 1000}, findings=(findings.delta_correlation,)))
