@@ -740,7 +740,7 @@ def plan_rows(results: Mapping[str, Result], variants: Sequence[str]) -> tuple[p
 
 def plan_cell(r: pd.Series) -> str:
     acc = ", ".join(f"{c[4:]} {r[c]:.0%}" for c in r.index if c.startswith("acc_") and pd.notna(r[c]))
-    return f"D {r.degradation_pct:+.0f}% [{r.degradation_low:+.0f}, {r.degradation_high:+.0f}]" + \
+    return f"D {r.degradation_pct:+,.0f}% [{r.degradation_low:+,.0f}, {r.degradation_high:+,.0f}]" + \
         (f" ({acc})" if acc else "")
 
 
