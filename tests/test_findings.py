@@ -346,6 +346,8 @@ def test_growth_rows_read_the_comparison_runs_claims():
     assert "1.416 [1.381, 1.451]" in rows["growth vs uniform (literal epochs)"].ours
     assert rows["growth vs uniform (equal steps)"].verdict == f.FAILS
     assert "656 steps" in rows["growth vs uniform (equal steps)"].reason
+    assert rows["growth vs uniform (same passes)"].verdict == f.FAILS  # 0.904 [0.857, 0.950]: uniform wins
+    assert "0.904 [0.857, 0.950]" in rows["growth vs uniform (same passes)"].ours
     older = {r.finding: r for r in f.growth_findings([literal])}  # a run written before the equal-steps claim
     assert older["growth vs uniform (equal steps)"].verdict == f.NOT_COMPARABLE
     assert all(r.verdict == f.NOT_COMPARABLE for r in f.growth_findings(None))

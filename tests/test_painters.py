@@ -21,7 +21,7 @@ FAST = dict(latency_repeats=1, latency_tokens=2)
 
 def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_tokenizer):
     model = make_tiny_model("llama", layers=8)
-    config = PlansConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], **FAST)
+    config = PlansConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], edge_controls=True, **FAST)
     result = run_plans(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
     df = result.table
     assert len(df) == 1 + 6 + 2 + 1 and df.iloc[0].variant == "baseline"  # the skip's two controls

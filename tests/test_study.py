@@ -157,10 +157,10 @@ def test_the_study_is_declared_on_its_experiments(monkeypatch):
 
     roles = experiment.study_experiments()
     assert tuple(roles) == study.STUDY and study.STUDY[:2] == ("importance", "predictability")
-    assert study.QUICK["recovery"] == {"steps": 10, "eval_every": 5} and study.FULL == {"manipulate": {"count": 9}}
+    assert study.QUICK["recovery"] == {"steps": 10, "eval_every": 5} and study.FULL == {"manipulate": {"count": 9}, "plans": {"edge_controls": True}}
     assert study.QUICK["manipulate"] == {"count": 9, "alphas": "0.7,0.9"}  # quick settings over the study's own
     rows = findings.findings({}, "gpt2")
-    assert len(rows) == sum(len(e.study.findings) for e in roles.values()) + 3  # and the three growth rows
+    assert len(rows) == sum(len(e.study.findings) for e in roles.values()) + 4  # and the four growth rows
 
     @findings.finding("a new claim", "the paper's number", "extra")
     def new_rule(results):
@@ -172,7 +172,7 @@ def test_the_study_is_declared_on_its_experiments(monkeypatch):
                                                   findings=(new_rule,)))
     monkeypatch.setattr(experiment, "registry", lambda original=experiment.registry: {**original(), "extra": extra})
     result = Result("extra", pd.DataFrame({"layer": [0, 1], "v": [1.0, 2.0]}).set_index("layer"))
-    assert findings.findings({"extra": result}, "gpt2")[len(rows) - 3].finding == "a new claim"
+    assert findings.findings({"extra": result}, "gpt2")[len(rows) - 4].finding == "a new claim"
     assert list(study_report.layer_views({"extra": result})["extra view"]) == [1.0, 2.0]
 
 

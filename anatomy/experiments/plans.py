@@ -8,7 +8,7 @@ each measured interleaved with the unchanged model in the same run, so the speed
 robust to a busy machine. Parallel groups run as one batched call for Llama-family layers; the
 `parallel_execution` column says when a group had to run member by member instead.
 
-With `edge_controls`, every skipped middle block has its control: a block of the same size skipped at the start
+With `edge_controls` (on in the study), every skipped middle block has its control: a block of the same size skipped at the start
 (layers 1..k) and at the end (the k layers before the last), the first and last layers staying as they do for the
 middle block, so "the middle layers can be skipped" is read against where else k layers can go. The extra table
 `task_items` holds each plan's answer to each task item (right or wrong): what a paired bootstrap over items
@@ -55,8 +55,8 @@ class PlansConfig:
     plans: tuple[str, ...] = option((), "a user plan such as 0-3,[4-7]x2,8-29 (grammar in --help; may repeat)",
                                     label="Your plans, one a line, e.g. 0-12,[13-16]x2,17-29", flag="--plan",
                                     codec=LINES, repeat=True)
-    edge_controls: bool = option(True, "skip no equal-size blocks at the start and the end beside each skipped "
-                                 "middle block", flag="--no-edge-controls",
+    edge_controls: bool = option(False, "also skip equal-size blocks at the start and the end beside each skipped "
+                                 "middle block (the study does)",
                                  label="Control: skip equal blocks at the start and the end")
     loops: int = option(2, "iterations of looped parallel", label="Loops of looped-parallel", minimum=1)
     seed: int = option(0, "seed of the shuffle variant", label="Shuffle seed")
@@ -259,7 +259,7 @@ EXPERIMENT = Experiment(
     description=f"{__doc__}\n{GRAMMAR}", config=PlansConfig, run=run_plans, artefacts=plans_artefacts,
     uses_tokenizer=True, headline=headline, work=plans_work,
     columns=("variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token", "decode_speedup"),
-    study=StudyRole(order=9, quick={"variants": "skip,reverse,parallel", "block_sizes": "4", "latency_repeats": 1,
+    study=StudyRole(order=9, settings={"edge_controls": True}, quick={"variants": "skip,reverse,parallel", "block_sizes": "4", "latency_repeats": 1,
                                      "latency_tokens": 4},
                     findings=(findings.painters_middle, findings.painters_reorder, findings.painters_parallel,
                               findings.painters_looped, findings.painters_latency, findings.arithmetic_fragile)))
