@@ -62,7 +62,7 @@ class ManipulateConfig:
     redundant_threshold: float = option(10.0, "layers with ablation D below this % are changed (10 = class "
                                         "Redundant)", label="Redundant below D (%)")
     count: int = option(0, "change the COUNT layers of lowest D instead of those under the threshold (the study: "
-                        "9; 0: the threshold)", label="Layers of lowest D (0: those under the threshold)", minimum=0)
+                        "9; 0: the threshold)", minimum=0, ui=False)
     strategies: tuple[str, ...] = option(STRATEGIES, "strategies, each applied to all the layers at once",
                                          label="Strategies", choices=STRATEGIES, multiple=True)
     alphas: tuple[float, ...] = option((0.0, 0.1, 0.3, 0.5, 0.7, 0.9), "scale sweep (the study's)",

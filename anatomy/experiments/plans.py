@@ -56,8 +56,7 @@ class PlansConfig:
                                     label="Your plans, one a line, e.g. 0-12,[13-16]x2,17-29", flag="--plan",
                                     codec=LINES, repeat=True)
     edge_controls: bool = option(False, "also skip equal-size blocks at the start and the end beside each skipped "
-                                 "middle block (the study does)",
-                                 label="Control: skip equal blocks at the start and the end")
+                                 "middle block (the study does)", ui=False)
     loops: int = option(2, "iterations of looped parallel", label="Loops of looped-parallel", minimum=1)
     seed: int = option(0, "seed of the shuffle variant", label="Shuffle seed")
     latency_repeats: int = option(5, "timed runs per row", label="Timed runs per row (CLI: 5)", minimum=1)
