@@ -1010,7 +1010,7 @@ def declared() -> list[Callable[..., Finding]]:
 
 # ---------------------------------------------------------------- growth -----------------------------------------
 
-GROWTH_RUN = "a growth comparison run (--growth RUN, written by growth_models.compare --regime study)"
+GROWTH_RUN = "growth comparison run (--growth RUN, written by growth_models.compare --regime study)"
 STEPS_CONTRADICTION = ("The study contradicts itself: Table 8 gives uniform 656 steps for about 11 epochs, while "
                        "growth's six phases add up to 103 epochs (30+20+20+12+6+15, Table 7) in the same 656 steps.")
 
