@@ -872,7 +872,7 @@ def arithmetic_fragile(results: Mapping[str, Result]) -> Verdict:
 
 # ---------------------------------------------------------------- spectral ---------------------------------------
 
-DYNAMICS = ("final checkpoint only (study: checkpoints over training)")
+DYNAMICS = "final checkpoint only (study: checkpoints over training)"
 
 
 def alpha_by_layer(results: Mapping[str, Result]) -> pd.Series:
