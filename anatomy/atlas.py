@@ -17,6 +17,7 @@ import pandas as pd
 from huggingface_hub import HfApi, get_token, hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
+from .claims import RULES_VERSION
 from .errors import AnatomyError
 from .experiment import Experiment, Result, registry
 from .hub import HUB_ERRORS, REPO_TYPE, check_repo_id, folders_in, hub_failure, model_slug, other_kind
@@ -24,7 +25,7 @@ from .report import to_jsonable
 from .run import need_record
 
 READ_LATER = "try again when the Hub answers, or drop --from-hub to compute the result here"
-ATLAS_COLUMNS = ["folder", "model", "experiment", "revision", "date"]
+ATLAS_COLUMNS = ["folder", "model", "experiment", "revision", "date", "rules"]
 
 
 def reader(token: str | bool | None) -> str | bool | None:
@@ -49,7 +50,8 @@ def repo_files(repo_id: str, token: str | bool | None = None, way_out: str = REA
 
 
 def atlas(repo_id: str) -> pd.DataFrame:
-    """One row per stored run (a study's steps each their own): model, experiment, revision, date written."""
+    """One row per stored run (a study's steps each their own): model, experiment, revision, date written, and
+    the claims rules it was judged under."""
     files = repo_files(repo_id)
     rows = []
     for name in sorted(f for f in files if f.endswith("/results.json")):
@@ -61,8 +63,15 @@ def atlas(repo_id: str) -> pd.DataFrame:
         model = payload.get("model") or {}
         rows.append({"folder": name.removesuffix("/results.json"), "model": model.get("name"),
                      "experiment": payload.get("experiment"), "revision": model.get("revision"),
-                     "date": payload.get("written", "")})
+                     "date": payload.get("written", ""), "rules": rules_label(payload)})
     return pd.DataFrame(rows, columns=ATLAS_COLUMNS)
+
+
+def rules_label(payload: dict) -> str:
+    """The claims rules a stored run was judged under: a results.json from before rules were versioned holds
+    version 1's verdicts (`anatomy/claims.py`), marked as older rules."""
+    rules = int(payload.get("rules", 1))
+    return f"v{rules}" + (" (older rules)" if rules < RULES_VERSION else "")
 
 
 def download(repo_id: str, path_in_repo: str, into: str | Path, token: str | bool | None = None,

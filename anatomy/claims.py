@@ -17,8 +17,27 @@ import numpy as np
 import pandas as pd
 
 from .errors import AnatomyError
+from .inference import bootstrap
 
-VERDICTS = ("reproduced", "not reproduced", "explained by the control")
+HOLDS, FAILS, CONTROL, NOT_COMPARABLE, INCONCLUSIVE = (
+    "holds", "does not hold", "explained by a control", "not comparable", "inconclusive")
+VERDICTS = (HOLDS, FAILS, CONTROL, NOT_COMPARABLE, INCONCLUSIVE)
+"""The one verdict vocabulary of a claim (`Claim`) and of a row of the study's claims table (`findings.Finding`):
+`holds` and `does not hold` when the measurement decides the claim as the study made it; `explained by a
+control` when the number is reproduced or differs and a control or null says why; `not comparable` when a
+condition the claim's number depends on differs from the study's (or nothing measured it); `inconclusive`
+when the interval straddles the threshold, or no test rejects after correction."""
+
+RULES_VERSION = 2
+"""The rules' version, written in claims.csv (column `rules`) and in every results.json (`rules`). Version 1
+(no `conditions` column, verdicts `reproduced`, `not reproduced`, `explained by the control`) is read back
+as older rules: its verdicts are mapped to today's words and marked."""
+OLDER_VERDICTS = {"reproduced": HOLDS, "not reproduced": FAILS, "explained by the control": CONTROL}
+
+
+def current_verdict(word: str) -> str:
+    """A verdict written under any rules version in today's words (an unknown word is kept, to be shown)."""
+    return OLDER_VERDICTS.get(word, word)
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,7 @@ class Claim:
     verdict: str  # one of VERDICTS
     explanation: str  # one sentence, with the numbers, that says why
     settings: str = ""  # reduced settings, leakage, anything a reader must know before trusting the numbers
+    rules: int = RULES_VERSION  # the rules version that gave the verdict (1: read back from an older file)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -48,16 +68,9 @@ class Claim:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
-def bootstrap_mean(values: np.ndarray | list[float], seed: int = 0,
-                   resamples: int = 2000) -> tuple[float, float, float]:
+def bootstrap_mean(values: np.ndarray | list[float], seed: int = 0) -> tuple[float, float, float]:
     """Mean and its 95% percentile-bootstrap interval (one value: the interval is that value)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return math.nan, math.nan, math.nan
-    means = v[np.random.default_rng(seed).integers(0, len(v), (resamples, len(v)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(v.mean()), float(low), float(high)
+    return bootstrap(values, np.mean, seed)
 
 
 def claims_table(claims: list[Claim]) -> pd.DataFrame:
@@ -91,4 +104,6 @@ def load_claims(run_folder: str | Path) -> list[Claim]:
     data = json.loads(path.read_text(encoding="utf-8"))
     raw = data.get("claims") or (data.get("results") or {}).get("claims") or []
     names = {f.name for f in fields(Claim)}
-    return [Claim(**{k: (math.nan if v is None else v) for k, v in c.items() if k in names}) for c in raw]
+    rules = int(data.get("rules", 1))  # a file written before rules were versioned holds version 1's verdicts
+    return [Claim(**{**{k: (math.nan if v is None else v) for k, v in c.items() if k in names},
+                     "verdict": current_verdict(c["verdict"]), "rules": int(c.get("rules", rules))}) for c in raw]

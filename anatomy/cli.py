@@ -24,7 +24,6 @@ from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
-from .layers import LayerAdapter
 from .load import DTYPES, EMBEDDED, LoadedModel, Placement, load_model
 from .model_spec import parse_model_spec
 from .offload import input_device
@@ -289,27 +288,22 @@ def run_study_command(args: argparse.Namespace) -> None:
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     if args.growth:
         load_claims(args.growth)  # a wrong folder fails now, not after the study
-    overrides = {name: dict(values) for name, values in (study.QUICK if args.quick else {}).items() if name in names}
-    steps = study.plan(names, {**overrides, **({"recovery": {**overrides.get("recovery", {}), "layers": args.layers}}
-                                               if args.layers and "recovery" in names else {})})
+    steps, overrides = study.prepare(names, args.quick, args.layers)
     sizes_from_args(args)
     check_hub_flags(args)
     if args.from_hub:
         show_stored_study(args, steps)
         return
     loaded = load_from_args(args)  # every flag above was checked before this
-    steps = study.with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, args.layers, args.quick)
     eval_set = eval_set_from_args(args, loaded, study.QUICK_TEXTS if args.quick else None)
-    recovery = next((s.config for s in steps if s.name == "recovery"), None)
-    if recovery is not None:
-        overrides["recovery"] = {**overrides.get("recovery", {}), "layers": recovery.layers or "all"}
     with tqdm(total=len(steps), desc="study", unit="experiment", position=0, disable=not processes.is_main()) as bar:
         def on_step(done: int, total: int, name: str, eta_s: float) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{name} done" + (f", about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""))
-        done = study.run_study(steps, loaded, eval_set, args.out, on_step=on_step)
+        _, markdown = study.conduct(steps, overrides, loaded, eval_set, args.out, quick=args.quick,
+                                    layers=args.layers, growth=args.growth, on_step=on_step)
     if processes.is_main():
-        print(study.write_report(done, loaded, eval_set, args.out, overrides, quick=args.quick, growth=args.growth))
+        print(markdown)
         push_after(args, Path(args.out))
     sweep.wait_for_everyone()
 

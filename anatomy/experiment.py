@@ -169,6 +169,22 @@ class Need:
 
 
 @dataclass(frozen=True)
+class StudyRole:
+    """An experiment's part in the study (`python -m anatomy study`, the app's Study tab), declared beside the
+    experiment so that joining the study is one declaration: `order` places it in the study (its needs still
+    run first), `settings` are the study's own settings where the command's default differs, `quick` the
+    reduced settings of `--quick` (both field name -> raw value, stated in study.md), `views` its per-layer
+    columns of the glance figure and the agreement table, `findings` the rules of the claims table that its
+    results decide (`anatomy/findings.py`; a rule reading several experiments sits with the last of them)."""
+
+    order: int
+    settings: dict[str, object] = field(default_factory=dict)
+    quick: dict[str, object] = field(default_factory=dict)
+    views: Callable[[Result], dict[str, pd.Series]] | None = None
+    findings: tuple[Callable[..., Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class Experiment:
     """The declaration of one experiment: the single source for its CLI command, app tab and run folder.
 
@@ -198,6 +214,7 @@ class Experiment:
     work: Callable[[Any, Any], float] = lambda config, shape: 1.0  # (config, work.Shape) -> the run's computing
     # in evaluation passes, known before it runs: how a study weighs its steps to come and how a public app
     # budgets a job (tests/test_public_limits.py checks that every experiment declares its own)
+    study: StudyRole | None = None  # its part in the study, if it has one
 
     @property
     def default_out(self) -> str:
@@ -215,6 +232,12 @@ def registry() -> dict[str, Experiment]:
         if isinstance(exp, Experiment):
             found[exp.name] = exp
     return found
+
+
+def study_experiments() -> dict[str, Experiment]:
+    """The experiments of the study, in its order (each declares a `StudyRole`)."""
+    roles = {name: exp for name, exp in registry().items() if exp.study is not None}
+    return dict(sorted(roles.items(), key=lambda item: item[1].study.order))
 
 
 def get(name: str) -> Experiment:

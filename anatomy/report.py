@@ -22,6 +22,7 @@ import transformers
 from matplotlib.figure import Figure
 
 from . import offload, sweep
+from .claims import RULES_VERSION
 from .evaluate import EvalSet
 from .experiment import Artefacts, Result
 from .layers import LayerAdapter
@@ -138,6 +139,7 @@ class RunFolder:
         payload = {
             "experiment": self.experiment,
             "table": self.experiment,
+            "rules": RULES_VERSION,  # the claims rules its claims were judged under (anatomy/claims.py)
             "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the date a results repo lists
             "model": model_record(loaded),
             "eval_set": eval_record(eval_set),

@@ -22,8 +22,10 @@ from pathlib import Path
 from . import findings, processes, study_report, sweep, work
 from .claims import load_claims
 from .errors import AnatomyError
+from .inference import CONVENTION
 from .evaluate import EvalSet
-from .experiment import Experiment, Result, registry
+from .experiment import Experiment, Result, registry, study_experiments
+from .layers import LayerAdapter
 from .load import LoadedModel
 from .options import build_config, params
 from .progress import ProgressCallback
@@ -104,8 +106,7 @@ def cli_defaults(experiment: Experiment) -> dict[str, object]:
 
 def study_layers(num_layers: int, layers: Sequence[int]) -> str:
     """The study's layers of its 30-layer model at the same relative depth in a model of `num_layers`."""
-    mapped = sorted({round(layer / (STUDY_DEPTH - 1) * (num_layers - 1)) for layer in layers})
-    return ",".join(map(str, mapped))
+    return ",".join(map(str, sorted(set(findings.at_depth(layers, num_layers)))))
 
 
 def with_recovery_layers(steps: list[Step], num_layers: int, choice: str | None, quick: bool) -> list[Step]:
@@ -243,9 +244,35 @@ def write_step(folder: Path, step: Step, result: Result, loaded: LoadedModel | N
     partial.rename(folder)
 
 
-STUDY = ("importance", "predictability", "structure", "manipulate", "spectral", "prune", "recovery", "budget",
-         "plans")
-"""The experiments of the study (Wietrzykowski 2026), run in dependency order."""
+STUDY = tuple(study_experiments())
+"""The experiments of the study (Wietrzykowski 2026): those declaring a `StudyRole`, in its order."""
+
+
+def prepare(names: Sequence[str], quick: bool = False, layers: str | None = None) -> tuple[list[Step], dict]:
+    """The study's steps and its settings (experiment -> field -> raw value: the study's own, or --quick's, and
+    the recovery layers typed), checked before any model is loaded."""
+    overrides = {name: dict(values) for name, values in (QUICK if quick else FULL).items() if name in names}
+    if layers and "recovery" in names:
+        overrides["recovery"] = {**overrides.get("recovery", {}), "layers": layers}
+    return plan(names, overrides), overrides
+
+
+def conduct(steps: list[Step], overrides: Mapping[str, Mapping[str, object]], loaded: LoadedModel,
+            eval_set: EvalSet, out: str | Path, *, quick: bool = False, layers: str | None = None,
+            growth: str | Path | None = None, progress: ProgressCallback | None = None,
+            on_step: Callable[[int, int, str, float], None] | None = None) -> tuple[StudyRun, str]:
+    """A study from its prepared steps to its report, for the CLI and the app alike: the recovery layers once
+    the model's depth is known (stated in the Settings line as run), every step, then study.md, study.html,
+    glance.png and claims.csv (by the main process; the others return an empty report)."""
+    steps = with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, layers, quick)
+    settings = {name: dict(values) for name, values in overrides.items()}
+    recovery = next((s.config for s in steps if s.name == "recovery"), None)
+    if recovery is not None:
+        settings["recovery"] = {**settings.get("recovery", {}), "layers": recovery.layers or "all"}
+    done = run_study(steps, loaded, eval_set, out, progress, on_step)
+    markdown = write_report(done, loaded, eval_set, out, settings, quick=quick, growth=growth) \
+        if processes.is_main() else ""
+    return done, markdown
 
 
 def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: str | Path,
@@ -255,7 +282,12 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
     growth comparison run folder whose claims join the table."""
     out = Path(out)
     title = f"Study of {loaded.name}" + (f" @ {loaded.revision}" if loaded.revision else "")
-    lines = [f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
+    dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    lines = [f"- Shared conditions (no row is `not comparable` for these alone: no claim is about instruction tuning "
+             f"or quantisation): model {loaded.title}, quantisation {loaded.quantisation}, {dtype} (study: "
+             f"SmolLM2-135M base, unquantised); evaluation text {len(eval_set.texts)} texts (study: 10 sentences)",
+             f"- Rules: version {findings.RULES_VERSION} (anatomy/findings.py). {CONVENTION}",
+             f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
              "- Settings: " + ("QUICK (reduced) " if quick else "") + ("; ".join(
                  f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in settings.items())
                  or "the study's defaults") + " (every other setting: the experiment's command default)",
@@ -281,17 +313,15 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
     return markdown
 
 
-STUDY_DEPTH = 30  # SmolLM2-135M's layers, in which the study's layer numbers are written
+STUDY_DEPTH = findings.STUDY_DEPTH  # SmolLM2-135M's layers, in which the study's layer numbers are written
 STUDY_RECOVERY_LAYERS = (0, 1, 3, 5, 8, 10, 11, 14, 17, 23, 24, 27, 29)  # its Table 5
 QUICK_RECOVERY_LAYERS = (11, 14, 17)  # the hardest layer and the two anti-layers
 QUICK_TEXTS = 16  # evaluation texts of a quick study (the default set has 48)
-QUICK: dict[str, dict[str, object]] = {
-    "predictability": {"positions": 2000},
-    "structure": {"shuffles": 50},
-    "manipulate": {"alphas": "0.7,0.9"},
-    "prune": {"ks": "3"},
-    "recovery": {"steps": 10, "eval_every": 5},
-    "plans": {"variants": "skip,reverse,parallel", "block_sizes": "4", "latency_repeats": 1, "latency_tokens": 4},
-}
-"""--quick: the reduced settings of each experiment (field name -> value), stated in study.md, beside
-QUICK_TEXTS evaluation texts and QUICK_RECOVERY_LAYERS."""
+FULL: dict[str, dict[str, object]] = {name: dict(e.study.settings) for name, e in study_experiments().items()
+                                      if e.study.settings}
+"""The study's own settings where an experiment's command default differs from them (each `StudyRole.settings`):
+manipulation changes the 9 layers of lowest D, as the study changed 9 layers at once."""
+QUICK: dict[str, dict[str, object]] = {name: {**e.study.settings, **e.study.quick}
+                                       for name, e in study_experiments().items() if e.study.settings or e.study.quick}
+"""--quick: the reduced settings of each experiment (`StudyRole.quick` over `StudyRole.settings`), stated in
+study.md, beside QUICK_TEXTS evaluation texts and QUICK_RECOVERY_LAYERS."""

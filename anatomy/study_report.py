@@ -18,32 +18,21 @@ from matplotlib.figure import Figure
 
 from . import plots
 from .errors import AnatomyError
-from .experiment import Result
-from .findings import Finding, findings_table, spearman_interval
+from .experiment import Result, study_experiments
+from .claims import RULES_VERSION, current_verdict
+from .findings import COLUMNS, Finding, findings_table
+from .inference import spearman_interval
 
 CLASS_ORDER = ("Redundant", "Minor", "Important", "Critical", "Untouched", "Anti-layer")
 
 
 def layer_views(results: Mapping[str, Result]) -> pd.DataFrame:
-    """One row per layer, one column per view of the anatomy that has a value per layer."""
+    """One row per layer, one column per view of the anatomy that has a value per layer (each experiment's
+    `StudyRole.views`, in the study's order)."""
     views: dict[str, pd.Series] = {}
-    if "importance" in results:
-        t = results["importance"].table.set_index("layer")
-        views |= {"ablation D (%)": t["degradation_pct"], "D low": t["degradation_low"], "D high": t["degradation_high"],
-                  "Block Influence": t["block_influence"], "angular distance": t["angular_distance"],
-                  "class": t["class"]}
-    if "spectral" in results:
-        t = results["spectral"].table
-        views |= {"alpha": t.groupby("layer")["alpha"].mean(), "stable rank": t.groupby("layer")["stable_rank"].mean()}
-    if "recovery" in results:
-        t = results["recovery"].table.set_index("layer")
-        reach = sorted((c for c in t.columns if c.startswith("steps_to_")), key=lambda c: float(c[9:-1]))
-        views["recovery final / baseline"] = t["final_ratio"]
-        if reach:  # the slowest threshold: steps to get under it, the steps trained when never reached
-            views[f"recovery {reach[0][9:]} steps"] = t[reach[0]].fillna(t["steps"])
-    if "budget" in results:
-        t = results["budget"].table.set_index("layer")
-        views |= {"budget R(l)": t["ratio"], "budget class": t["class"]}
+    for name, experiment in study_experiments().items():
+        if name in results and experiment.study.views is not None:
+            views |= experiment.study.views(results[name])
     return pd.DataFrame(views).rename_axis("layer").reset_index() if views else pd.DataFrame({"layer": []})
 
 
@@ -141,6 +130,7 @@ def study_html(title: str, lines: list[str], glance: Figure, claims: list[Findin
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;"
              "vertical-align:top}th{background:#f3f3f3}tr.holds td:nth-child(4){background:#e3f5e1}"
              "tr.does-not-hold td:nth-child(4){background:#fbe3e1}tr.inconclusive td:nth-child(4){background:#fff5d6}"
+             "tr.explained-by-a-control td:nth-child(4){background:#e3ecfb}tr.not-comparable td:nth-child(4){color:#777}"
              "img{max-width:100%}")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><ul>"
@@ -155,14 +145,19 @@ def study_html(title: str, lines: list[str], glance: Figure, claims: list[Findin
 def compare_studies(folders: list[str], names: list[str]) -> tuple[str, Figure]:
     """Two or more finished studies side by side: the claims with each study's number and verdict, and the
     importance maps on one axis of relative depth (layer / (layers - 1)), so models of different depth align."""
-    claims, maps = [], {}
+    claims, maps, notes = [], {}, []
     for folder, name in zip(folders, names):
         path = Path(folder) / "claims.csv"
         if not path.is_file():
             raise AnatomyError(f"{folder} is not a finished study (no claims.csv): run `python -m anatomy study` "
                                "into it first.")
-        table = pd.read_csv(path, keep_default_na=False).set_index("finding")
-        claims.append(table[["ours", "verdict"]].rename(columns={"ours": f"{name}", "verdict": f"{name} verdict"}))
+        table = read_claims(path).set_index("finding")
+        claims.append(table[["ours", "verdict", "conditions"]].rename(columns={
+            "ours": f"{name}", "verdict": f"{name} verdict", "conditions": f"{name} conditions"}))
+        rules = int(table["rules"].iloc[0]) if len(table) else RULES_VERSION
+        notes.append(f"- {name}: `{folder}`" + ("" if rules == RULES_VERSION else
+                                               f" (OLDER RULES v{rules}: written before the rules of version "
+                                               f"{RULES_VERSION}; its verdicts are marked, run the study again)"))
         if (Path(folder) / "importance" / "results.json").is_file():
             maps[name] = Result.load(Path(folder) / "importance", "importance").table
     joined = pd.concat(claims, axis=1).reset_index()
@@ -177,7 +172,7 @@ def compare_studies(folders: list[str], names: list[str]) -> tuple[str, Figure]:
     ax.legend(fontsize=7)
     ax.set_title("Importance maps aligned by relative depth")
     fig.tight_layout()
-    markdown = "\n".join(["# Studies compared", "", *[f"- {n}: `{f}`" for n, f in zip(names, folders)], "",
+    markdown = "\n".join(["# Studies compared", "", *notes, "",
                           "![maps](maps.png)", "", "## Claims", "", joined.to_markdown(index=False), ""])
     return markdown, fig
 
@@ -187,9 +182,23 @@ def load_study(folder: str | Path) -> tuple[dict[str, Result], pd.DataFrame]:
     folder = Path(folder)
     results = {p.name: Result.load(p, p.name) for p in sorted(folder.iterdir())
                if p.is_dir() and (p / "results.json").is_file() and not p.name.endswith(".partial")}
-    claims = pd.read_csv(folder / "claims.csv", keep_default_na=False) if (folder / "claims.csv").is_file() else \
-        pd.DataFrame(columns=["finding", "study", "ours", "verdict", "reason"])
+    claims = read_claims(folder / "claims.csv") if (folder / "claims.csv").is_file() else pd.DataFrame(columns=COLUMNS)
     return results, claims
+
+
+def read_claims(path: str | Path) -> pd.DataFrame:
+    """A claims.csv of any rules version with today's columns: a file from before rules were versioned (no
+    `conditions`, no `rules` column) is version 1, its verdicts in today's words and marked "(older rules v1)"."""
+    table = pd.read_csv(path, keep_default_na=False)
+    if "rules" not in table:
+        table["rules"] = 1
+    table["rules"] = pd.to_numeric(table["rules"], errors="coerce").fillna(1).astype(int)
+    if "conditions" not in table:
+        table["conditions"] = ""
+    older = table["rules"] < RULES_VERSION
+    table["verdict"] = [current_verdict(v) + (f" (older rules v{r})" if old else "")
+                        for v, r, old in zip(table["verdict"], table["rules"], older)]
+    return table[[c for c in COLUMNS if c in table] + [c for c in table if c not in COLUMNS]]
 
 
 SHIPPED_DROPS = ("singular_values",)  # the long spectra table (megabytes); the landing page needs none of it

@@ -47,9 +47,15 @@ def load_tasks(tokenizer: PreTrainedTokenizerBase, path: str | None = None) -> l
     return tasks
 
 
-@torch.no_grad()
 def task_accuracy(model: PreTrainedModel, tasks: list[TaskItems], pad_id: int = 0) -> dict[str, float]:
     """Exact-match accuracy per task kind (one right-padded forward per kind)."""
+    return {name: sum(right) / len(right) for name, right in task_correct(model, tasks, pad_id).items()}
+
+
+@torch.no_grad()
+def task_correct(model: PreTrainedModel, tasks: list[TaskItems], pad_id: int = 0) -> dict[str, list[bool]]:
+    """Whether each item of each task kind is answered exactly, in the items' order: what a paired bootstrap
+    over items resamples."""
     device = next(model.parameters()).device
     scores = {}
     for task in tasks:
@@ -61,9 +67,7 @@ def task_accuracy(model: PreTrainedModel, tasks: list[TaskItems], pad_id: int = 
             ids[r, :len(row)] = torch.tensor(row)
             mask[r, :len(row)] = 1
         predicted = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.argmax(-1)
-        correct = 0
-        for r, (prompt, answer) in enumerate(zip(task.prompts, task.answers)):
-            start = len(prompt) - 1  # the logit at position t predicts token t+1
-            correct += predicted[r, start:start + len(answer)].tolist() == answer
-        scores[task.name] = correct / len(rows)
+        scores[task.name] = [predicted[r, len(prompt) - 1:len(prompt) - 1 + len(answer)].tolist() == answer
+                             for r, (prompt, answer) in enumerate(zip(task.prompts, task.answers))]  # the logit at
+        # position t predicts token t+1
     return scores

@@ -43,8 +43,7 @@ def main() -> None:
     parser.add_argument("--experiments", default=",".join(study.STUDY))
     args = parser.parse_args()
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
-    overrides = {} if args.full else {n: v for n, v in study.QUICK.items() if n in names}
-    steps = study.plan(names, overrides)
+    steps, _ = study.prepare(names, quick=not args.full)  # the study command's settings, quick or its own
     loaded = load_model(args.model)
     steps = study.with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, None, quick=not args.full)
     texts = default_eval_texts()[:None if args.full else study.QUICK_TEXTS]  # the study command's texts

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from anatomy.claims import Claim, claims_markdown
+from anatomy.claims import CONTROL, FAILS, HOLDS, RULES_VERSION, Claim, claims_markdown
 from anatomy.errors import AnatomyError
 
 from .accounting import layer_accounting
@@ -139,15 +139,15 @@ def growth_claim(runs: pd.DataFrame, control_name: str, settings: str) -> Claim:
     control = mean_interval(list(by[control_name] / by[GROWTH]))
     clear = lambda m: (m[1] > 1) if math.isfinite(m[1]) else m[0] > 1  # noqa: E731 - growth clearly better
     if not clear(ours):
-        verdict = "not reproduced"
+        verdict = FAILS
         why = (f"the study's uniform run / growth validation loss is {ours[0]:.3f}: growth is not clearly better "
                "than the study's uniform run here.")
     elif clear(control):
-        verdict = "reproduced"
+        verdict = HOLDS
         why = (f"growth beats the study's uniform run by {ours[0]:.3f}x and still beats uniform given the same "
                f"passes as its core layers ({control[0]:.3f}x).")
     else:
-        verdict, why = "explained by the control", (
+        verdict, why = CONTROL, (
             f"growth beats the study's uniform run by {ours[0]:.3f}x, but uniform given the same passes over "
             f"the data as growth's core layers is at {control[0]:.3f}x: the advantage is the number of passes, "
             "not growth.")
@@ -157,6 +157,25 @@ def growth_claim(runs: pd.DataFrame, control_name: str, settings: str) -> Claim:
                  interval=f"validation loss uniform (the study's 11 epochs) / growth, per seed; mean and 95% "
                           f"t-interval over {len(by)} seeds", control=f"{control_name} / growth (same passes over the data)",
                  control_value=control[0], control_low=control[1], control_high=control[2], verdict=verdict,
+                 explanation=why, settings=settings)
+
+
+def equal_steps_claim(runs: pd.DataFrame, settings: str) -> Claim:
+    """The study's stated condition for its 4.7x: "in the same number of training steps" (abstract; Table 8:
+    656 steps each). Uniform trained for growth's total steps / growth, per seed."""
+    by = runs.pivot(index="seed", columns="config", values="val_loss")
+    ours = mean_interval(list(by[EQUAL_STEPS] / by[GROWTH]))
+    low = ours[1] if math.isfinite(ours[1]) else ours[0]
+    high = ours[2] if math.isfinite(ours[2]) else ours[0]
+    verdict = HOLDS if low > 1 else FAILS if high <= 1 else "inconclusive"
+    why = (f"uniform trained for as many steps as growth ends at {ours[0]:.3f}x growth's validation loss (study: "
+           "4.7x); above 1 means growth is better.")
+    return Claim(finding="growth.val_loss_ratio.equal_steps", statement="growth reaches 4.7x lower validation loss "
+                 "than uniform in the same number of training steps", study=STUDY_UNIFORM_VAL / STUDY_GROWTH_VAL,
+                 ours=ours[0], ours_low=ours[1], ours_high=ours[2],
+                 interval=f"validation loss uniform (equal steps) / growth, per seed; mean and 95% t-interval over "
+                          f"{len(by)} seeds", control="none: the equal-steps run is the study's stated condition",
+                 control_value=math.nan, control_low=math.nan, control_high=math.nan, verdict=verdict,
                  explanation=why, settings=settings)
 
 
@@ -170,13 +189,13 @@ def memorisation_claim(runs: pd.DataFrame, settings: str) -> Claim:
     ours, control = mean_interval(list(growth["val_loss"])), mean_interval(list(growth["train_set_loss"]))
     gap = lambda x: abs(math.log(x / STUDY_GROWTH_VAL))  # noqa: E731
     if (math.isfinite(ours[1]) and ours[1] <= STUDY_GROWTH_VAL <= ours[2]) or ours[0] <= STUDY_GROWTH_VAL:
-        verdict, why = "reproduced", f"growth's validation loss {ours[0]:.3f} reaches the study's {STUDY_GROWTH_VAL}."
+        verdict, why = HOLDS, f"growth's validation loss {ours[0]:.3f} reaches the study's {STUDY_GROWTH_VAL}."
     elif gap(control[0]) * 3 <= gap(ours[0]):
-        verdict, why = "explained by the control", (
+        verdict, why = CONTROL, (
             f"growth's loss on held-out sentences is {ours[0]:.3f}, on its own training sentences {control[0]:.3f}: "
             f"the study's {STUDY_GROWTH_VAL} is the loss of a model that has memorised its training sentences.")
     else:
-        verdict, why = "not reproduced", (f"growth's validation loss is {ours[0]:.3f} and its training-set loss "
+        verdict, why = FAILS, (f"growth's validation loss is {ours[0]:.3f} and its training-set loss "
                                           f"{control[0]:.3f}; neither is near the study's {STUDY_GROWTH_VAL}.")
     return Claim(finding="growth.val_loss", statement=f"growth reaches validation loss {STUDY_GROWTH_VAL}",
                  study=STUDY_GROWTH_VAL, ours=ours[0], ours_low=ours[1], ours_high=ours[2],
@@ -200,8 +219,9 @@ def write_study(out: Path, runs: list[dict], accounts: list[pd.DataFrame], curve
     control_name = SAME_PASSES
     settings = (f"{len(data.train)} training rows of {data.train.shape[1]} tokens ({data.train.numel():,} tokens), "
                 f"epoch scale {scale:g}" + ("" if scale == 1 else " (REDUCED: every epoch count multiplied)"))
-    claims = [growth_claim(runs_df, control_name, settings), memorisation_claim(runs_df, settings)]
-    results = {"command": command, "regime": "study", "epoch_scale": scale, "data": data.describe(),
+    claims = [growth_claim(runs_df, control_name, settings), equal_steps_claim(runs_df, settings),
+              memorisation_claim(runs_df, settings)]
+    results = {"command": command, "regime": "study", "rules": RULES_VERSION, "epoch_scale": scale, "data": data.describe(),
                "configs": [{"config": n, "schedule": s, "phase_steps": list(p)} for n, s, p in configs],
                "summary": summary.to_dict(orient="records"), "runs": runs,
                "layers": json.loads(accounts_df.to_json(orient="records")), "claims": [c.as_dict() for c in claims]}

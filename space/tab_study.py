@@ -46,7 +46,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
         request: gr.Request, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
     """The quick study of the chosen model: every experiment in turn, one run folder each, one report."""
     refuse_on_zero_gpu("The study (it fine-tunes layers for recovery)")
-    steps = study.plan(study.STUDY, study.QUICK)
+    steps, overrides = study.prepare(study.STUDY, quick=True)
+
     def plan(loaded: LoadedModel, eval_set: EvalSet | None) -> list[tuple[Experiment, object]]:
         layers = LayerAdapter(loaded.model).num_layers
         return [(s.experiment, s.config) for s in study.with_recovery_layers(steps, layers, None, quick=True)]
@@ -54,7 +55,6 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
     with model_job(spec, request, progress, (n_sentences, custom_text, max_length), token=oauth_token, plan=plan,
                    what="This quick study",
                    command=f"python -m anatomy study --quick --model {shlex.quote(spec)}") as job:
-        steps = study.with_recovery_layers(steps, LayerAdapter(job.loaded.model).num_layers, None, quick=True)
         with runs.new_run(jobs.session_id(request), "study") as folder:
             position = {"i": 0, "left": ""}
 
@@ -65,8 +65,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, stat
                 position["i"] = done
                 position["left"] = f", study about {eta_s / 60:.1f} min left" if eta_s == eta_s else ""
 
-            result = study.run_study(steps, job.loaded, job.eval_set, folder.path, step_progress, on_step)
-            markdown = study.write_report(result, job.loaded, job.eval_set, folder.path, study.QUICK, quick=True)
+            result, markdown = study.conduct(steps, overrides, job.loaded, job.eval_set, folder.path, quick=True,
+                                             progress=step_progress, on_step=on_step)
     final = folder.path  # renamed from .partial once the study was written whole
     figure = study_report.glance_figure(study_report.layer_views(result.results), f"The anatomy of {job.loaded.title}")
     return (*outputs(final, figure, markdown), jobs.remember(state, hub.STUDY, runs.archive_of(final)))

@@ -108,7 +108,9 @@ def test_study_regime_run_on_the_tiny_preset(tmp_path):
     assert (runs[runs.schedule == "uniform"]["updates_min"] == runs[runs.schedule == "uniform"]["updates_max"]).all()
     assert (out / "layers.csv").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
-    claim, memorised = results["claims"]
+    claim, equal, memorised = results["claims"]
+    assert equal["finding"] == "growth.val_loss_ratio.equal_steps" and equal["verdict"] in VERDICTS
+    assert results["rules"] >= 2
     assert claim["verdict"] in VERDICTS and claim["study"] == pytest.approx(0.599 / 0.127)
     assert memorised["finding"] == "growth.val_loss" and memorised["verdict"] in VERDICTS
     assert "REDUCED" in claim["settings"] and "REDUCED" in (out / "report.md").read_text()
@@ -117,7 +119,8 @@ def test_study_regime_run_on_the_tiny_preset(tmp_path):
 
 
 def test_claims_follow_the_numbers():
-    from growth_models.study_regime import EQUAL_STEPS, GROWTH, UNIFORM_STUDY, growth_claim, memorisation_claim
+    from growth_models.study_regime import (EQUAL_STEPS, GROWTH, UNIFORM_STUDY, equal_steps_claim, growth_claim,
+                                            memorisation_claim)
 
     control = "uniform (same passes as growth core)"
 
@@ -128,9 +131,11 @@ def test_claims_follow_the_numbers():
                 rows.append({"config": name, "seed": seed, "val_loss": val + jitter, "train_set_loss": train_set})
         return pd.DataFrame(rows)
 
-    assert growth_claim(runs(3.0, 4.2, 2.7, 0.2), control, "").verdict == "explained by the control"
-    assert growth_claim(runs(2.0, 4.2, 3.0, 0.2), control, "").verdict == "reproduced"
-    assert growth_claim(runs(4.0, 4.0, 3.0, 0.2), control, "").verdict == "not reproduced"
-    assert memorisation_claim(runs(3.0, 4.2, 2.7, 0.15), "").verdict == "explained by the control"
-    assert memorisation_claim(runs(3.0, 4.2, 2.7, 2.5), "").verdict == "not reproduced"
-    assert memorisation_claim(runs(0.12, 4.2, 2.7, 0.1), "").verdict == "reproduced"
+    assert growth_claim(runs(3.0, 4.2, 2.7, 0.2), control, "").verdict == "explained by a control"
+    assert growth_claim(runs(2.0, 4.2, 3.0, 0.2), control, "").verdict == "holds"
+    assert growth_claim(runs(4.0, 4.0, 3.0, 0.2), control, "").verdict == "does not hold"
+    assert memorisation_claim(runs(3.0, 4.2, 2.7, 0.15), "").verdict == "explained by a control"
+    assert memorisation_claim(runs(3.0, 4.2, 2.7, 2.5), "").verdict == "does not hold"
+    assert memorisation_claim(runs(0.12, 4.2, 2.7, 0.1), "").verdict == "holds"
+    assert equal_steps_claim(runs(2.0, 4.2, 2.7, 0.1), "").verdict == "holds"  # uniform at equal steps: 3.0
+    assert equal_steps_claim(runs(4.0, 4.2, 2.7, 0.1), "").verdict == "does not hold"

@@ -79,6 +79,11 @@ def test_layer_set_from_an_importance_map(tiny_eval_set, tmp_path):
     computed = run_manipulate(model, tiny_eval_set, config, importance=run_importance(model, tiny_eval_set,
                                                                                       config.importance))
     assert computed["layers"] == list(range(6)) and "computed now" in computed["source"]
+    lowest = run_manipulate(model, tiny_eval_set, ManipulateConfig(strategies=("zero",), count=3),
+                            importance=Result("importance", table))
+    assert lowest["layers"] == [1, 2, 3] and "the 3 layers of lowest D" in lowest["source"]  # the untouched one never
+    with pytest.raises(AnatomyError, match="lower --count"):
+        run_manipulate(model, tiny_eval_set, ManipulateConfig(count=9), importance=Result("importance", table))
     with pytest.raises(AnatomyError, match="redundant-threshold"):
         run_manipulate(model, tiny_eval_set, ManipulateConfig(redundant_threshold=-1e9),
                        importance=Result("importance", table))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,10 +21,10 @@ FAST = dict(latency_repeats=1, latency_tokens=2)
 
 def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_tokenizer):
     model = make_tiny_model("llama", layers=8)
-    config = PlansConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], **FAST)
+    config = PlansConfig(block_sizes=(2,), plans=["0,[1-3]x2,7"], edge_controls=True, **FAST)
     result = run_plans(model, tiny_eval_set, config, tokenizer=tiny_tokenizer)
     df = result.table
-    assert len(df) == 1 + 6 + 1 and df.iloc[0].variant == "baseline"
+    assert len(df) == 1 + 6 + 2 + 1 and df.iloc[0].variant == "baseline"  # the skip's two controls
     # PPLs against models built without plans: the untouched model, and layers 3-4 really removed
     rows = df.set_index("variant")
     base = perplexity(model, tiny_eval_set).ppl
@@ -33,6 +34,13 @@ def test_tiny_run_has_every_variant_and_a_paired_baseline(tiny_eval_set, tiny_to
     assert rows.loc["baseline", "ppl"] == pytest.approx(base, rel=1e-5)
     assert rows.loc["skip", "ppl"] == pytest.approx(skipped, rel=1e-5)
     assert rows.loc["skip", "degradation_pct"] == pytest.approx((skipped / base - 1) * 100, rel=1e-4)
+    assert rows.loc["skip-start", "block"] == "1-2" and rows.loc["skip-end", "block"] == "5-6"
+    with layer_stack(model, [0, 3, 4, 5, 6, 7]):  # the start control keeps the first layer, as the middle's does
+        assert rows.loc["skip-start", "ppl"] == pytest.approx(perplexity(model, tiny_eval_set).ppl, rel=1e-5)
+    items = result["task_items"]
+    assert len(items) == len(df) * 60 and set(items["task"]) == {"facts", "arithmetic"}
+    per_row = items.groupby(["row", "task"])["correct"].mean().unstack()
+    np.testing.assert_allclose(per_row["facts"], df["acc_facts"])  # the accuracies are the items' means
     with apply_plan(model, parse_plan("0,[1-3]x2,7", 8), batched=False):  # member by member, the reference
         custom = perplexity(model, tiny_eval_set).ppl
     assert rows.loc["custom", "ppl"] == pytest.approx(custom, rel=1e-4)

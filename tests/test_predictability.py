@@ -85,14 +85,14 @@ def test_claim_cites_the_distribution_control():
     rows = [{"component": "mlp.gate_proj", "layer": t, "r2": 0.02 + 0.01 * (t % 3), "r2_distribution": 0.97 + 0.001 * t,
              "adjacent_cosine": 0.003} for t in range(2, 30)]
     [claim] = predictability_claims(pd.DataFrame(rows))
-    assert claim.verdict == "explained by the control" and claim.study == 0.909
+    assert claim.verdict == "explained by a control" and claim.study == 0.909
     assert claim.ours_low <= claim.ours <= claim.ours_high < 0.1 and claim.control_value > 0.9
     for r in rows:
         r["r2_distribution"] = 0.3
-    assert predictability_claims(pd.DataFrame(rows))[0].verdict == "not reproduced"
+    assert predictability_claims(pd.DataFrame(rows))[0].verdict == "does not hold"
     for r in rows:
         r["r2"] = 0.95
-    assert predictability_claims(pd.DataFrame(rows))[0].verdict == "reproduced"
+    assert predictability_claims(pd.DataFrame(rows))[0].verdict == "holds"
 
 
 def test_paradox_statement_says_both_ways():

@@ -255,10 +255,10 @@ def test_anti_layer_claims_cite_the_control():
                         "below_baseline": False, "control_final_d_pct": 2.0, "control_final_d_low": 0.0,
                         "control_final_d_high": 4.0, "control_below_baseline": False}])
     c14, c17 = recovery_claims(df, RecoveryConfig(), "eval", leakage=True)
-    assert c14.verdict == "explained by the control" and c14.ours == pytest.approx(0.8)
+    assert c14.verdict == "explained by a control" and c14.ours == pytest.approx(0.8)
     assert c14.study == pytest.approx(18.2 / 22.6) and c14.control_value == pytest.approx(0.82)
     assert "LEAKAGE" in c14.settings and c14.finding.endswith(".leakage")
-    assert c17.verdict == "not reproduced"
+    assert c17.verdict == "does not hold"
 
 
 def test_training_text_choices(tiny_tokenizer, tmp_path):

@@ -51,6 +51,14 @@ def test_independent_layers_give_the_null_and_smooth_layers_do_not():
     assert float(delta_correlations(cg, orders[1:]).mean()) < -0.2
 
 
+def test_permutation_p_values_count_the_shuffled_orders():
+    result = run_structure(make_tiny_model("llama", layers=7), None, StructureConfig(shuffles=19))
+    df = result.table
+    assert ((df["p_below"] * 20).round(9) % 1 == 0).all() and (df["p_below"] >= 1 / 20).all()
+    assert (df["p_below"] + df["p_above"] >= 1).all()  # every order is counted on one side or both
+    assert (df[["p_below", "p_above"]] <= 1).all().all()
+
+
 def test_report_and_validation():
     model = make_tiny_model("llama")
     result = run_structure(model, None, StructureConfig(shuffles=4))

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from anatomy import study, work
+from anatomy import study, study_report, work
 from anatomy.errors import AnatomyError
 from anatomy.experiment import Artefacts, Experiment, Need, Result
 from anatomy.experiments.importance import ImportanceConfig
@@ -80,7 +80,15 @@ def test_report_is_self_contained_and_two_studies_compare(tmp_path, tiny_tokeniz
     assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
     compared = (tmp_path / "c" / "compare.md").read_text()
     assert "a verdict" in compared and "b verdict" in compared and "importance range" in compared
+    assert "a conditions" in compared and "OLDER RULES" not in compared
     assert (tmp_path / "c" / "maps.png").stat().st_size > 1000
+    written = pd.read_csv(tmp_path / "a" / "claims.csv", keep_default_na=False)
+    assert list(written.columns) == ["finding", "study", "ours", "verdict", "reason", "conditions", "rules"]
+    older = written.drop(columns=["conditions", "rules"]).assign(verdict="reproduced")  # as version 1 wrote it
+    older.to_csv(tmp_path / "b" / "claims.csv", index=False)
+    assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    compared = (tmp_path / "c" / "compare.md").read_text()
+    assert "b: `" in compared and "(OLDER RULES v1" in compared and "holds (older rules v1)" in compared
     assert cli.main(["compare-studies", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
 
 
@@ -141,3 +149,39 @@ def test_the_full_studys_work_puts_recovery_far_above_the_importance_map():
     assert 3 < passes["plans"] / passes["importance"] < 20
     quick = study.with_recovery_layers(study.plan(study.STUDY, study.QUICK), 30, None, quick=True)
     assert study.step_work(next(s for s in quick if s.name == "recovery"), configs, shape) < passes["recovery"] / 20
+
+
+def test_the_study_is_declared_on_its_experiments(monkeypatch):
+    """Order, settings, quick settings, views and claims-table rules all come from the experiments' StudyRole."""
+    from anatomy import experiment, findings
+
+    roles = experiment.study_experiments()
+    assert tuple(roles) == study.STUDY and study.STUDY[:2] == ("importance", "predictability")
+    assert study.QUICK["recovery"] == {"steps": 10, "eval_every": 5} and study.FULL == {"manipulate": {"count": 9}, "plans": {"edge_controls": True}}
+    assert study.QUICK["manipulate"] == {"count": 9, "alphas": "0.7,0.9"}  # quick settings over the study's own
+    rows = findings.findings({}, "gpt2")
+    assert len(rows) == sum(len(e.study.findings) for e in roles.values()) + 4  # and the four growth rows
+
+    @findings.finding("a new claim", "the paper's number", "extra")
+    def new_rule(results):
+        return findings.Verdict("ours", findings.HOLDS, "why")
+
+    extra = Experiment(name="extra", title="Extra", summary="s", config=ImportanceConfig, run=lambda *a: None,
+                       artefacts=lambda *a: Artefacts({}, ""),
+                       study=experiment.StudyRole(order=10, views=lambda r: {"extra view": r.table["v"]},
+                                                  findings=(new_rule,)))
+    monkeypatch.setattr(experiment, "registry", lambda original=experiment.registry: {**original(), "extra": extra})
+    result = Result("extra", pd.DataFrame({"layer": [0, 1], "v": [1.0, 2.0]}).set_index("layer"))
+    assert findings.findings({"extra": result}, "gpt2")[len(rows) - 4].finding == "a new claim"
+    assert list(study_report.layer_views({"extra": result})["extra view"]) == [1.0, 2.0]
+
+
+def test_one_function_runs_a_study_for_the_cli_and_the_app(tmp_path, tiny_tokenizer, tiny_eval_set):
+    loaded = LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test")
+    steps, overrides = study.prepare(["importance", "recovery"], quick=True)
+    steps = [s for s in steps if s.name == "importance"]  # the map alone: the recovery layers still stated
+    done, markdown = study.conduct(steps, overrides, loaded, tiny_eval_set, tmp_path, quick=True)
+    assert "importance" in done.results and "- Settings: QUICK (reduced) recovery steps=10, eval_every=5" in markdown
+    assert "Shared conditions" in markdown and "Holm" in markdown
+    claims = pd.read_csv(tmp_path / "claims.csv", keep_default_na=False)
+    assert claims["conditions"].str.contains("checkpoints").any() and set(claims["rules"]) == {2}

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from anatomy import study
+from anatomy.claims import VERDICTS
 from conftest import require
 
 pytestmark = pytest.mark.embedded
@@ -41,16 +42,23 @@ def test_the_quick_study_writes_every_experiment_and_one_report(uninterrupted):
     for name in study.STUDY:
         assert (uninterrupted / name / "results.json").is_file(), name
     claims = pd.read_csv(uninterrupted / "claims.csv", keep_default_na=False)
-    assert len(claims) == 16 and set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive", "not comparable"}
-    assert (claims.set_index("finding").loc["Table 1 rank agreement", "verdict"]) == "holds"
+    assert list(claims.columns)[:6] == ["finding", "study", "ours", "verdict", "reason", "conditions"]
+    assert len(claims) >= 24 and set(claims["verdict"]) <= set(VERDICTS)
+    by = claims.set_index("finding")
+    assert by.loc["Table 1 rank agreement", "verdict"] == "holds"
+    for row in ("hardest layer's recovery", "recovery vs importance", "alpha gradient persists over training",
+                "compression waves", "query/key vs value/output over training"):
+        assert by.loc[row, "verdict"] == "not comparable", row  # 10 steps, one checkpoint: conditions differ
+    assert "10 steps (study: 200)" in by.loc["hardest layer's recovery", "conditions"]
+    assert by.loc["manipulation survivors", "conditions"].startswith("9 layers changed (study: 9)")
     markdown = (uninterrupted / "study.md").read_text()
     assert "QUICK (reduced)" in markdown and "## Wall time" in markdown
     assert not list(uninterrupted.glob("*.partial"))
 
 
 RESUMED = ("importance", "predictability", "structure", "manipulate")  # the study's first four: killed in the third
-DECIDED = ["importance range", "critical core", "R^2 and the paradox", "delta correlation", "manipulation survivors",
-           "Table 1 rank agreement"]
+DECIDED = ["importance range", "critical core: most important layer", "R^2 of gate_proj", "delta correlation",
+           "manipulation survivors", "Table 1 rank agreement"]
 
 
 def test_a_killed_study_resumes_without_recomputing_what_finished(uninterrupted, tmp_path):

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import plots, report
+from .. import findings, plots, report
 from ..errors import AnatomyError
-from ..experiment import Artefacts, Experiment, Need, Result
+from ..experiment import Artefacts, Experiment, Need, Result, StudyRole
 from ..options import floats, option
 from ..progress import ProgressCallback
 
@@ -195,6 +195,11 @@ def budget_artefacts(result: Result, loaded: None, eval_set: None, config: Budge
                      files={"budget.json": json.dumps(budget_json(result), indent=2)})
 
 
+def layer_views(result: Result) -> dict[str, pd.Series]:
+    t = result.table.set_index("layer")
+    return {"budget R(l)": t["ratio"], "budget class": t["class"]}
+
+
 EXPERIMENT = Experiment(
     name="budget", title="Training budget", summary="per-layer training budget from importance and recovery "
     "(SPEC section 6)", description=__doc__, config=BudgetConfig, run=run_budget, artefacts=budget_artefacts,
@@ -202,4 +207,5 @@ EXPERIMENT = Experiment(
            Need("recovery", "recovery run folder (or recovery.csv); without it: class-only rules", required=False,
                 computable=False)),
     uses_model=False, uses_eval=False, columns=("layer", "class", "position", "rule", "ratio", "steps"),
-    headline=totals, work=lambda config, shape: 0.0)  # arithmetic on two tables: no model
+    headline=totals, work=lambda config, shape: 0.0,  # arithmetic on two tables: no model
+    study=StudyRole(order=8, views=layer_views, findings=(findings.budget_saving,)))

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel
 
-from .. import offload, plots, report, work
+from .. import findings, offload, plots, report, work
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perplexity
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
 from ..layers import LayerAdapter
 from ..load import LoadedModel
@@ -154,7 +154,17 @@ def importance_work(config: ImportanceConfig, shape: work.Shape) -> float:
     return work.ablations(shape, shape.layers(config.layers), config.use_prefix_cache)
 
 
+def layer_views(result: Result) -> dict[str, pd.Series]:
+    """The study's per-layer views from the map: D with its interval, the two similarity views, the class."""
+    t = result.table.set_index("layer")
+    return {"ablation D (%)": t["degradation_pct"], "D low": t["degradation_low"], "D high": t["degradation_high"],
+            "Block Influence": t["block_influence"], "angular distance": t["angular_distance"], "class": t["class"]}
+
+
 EXPERIMENT = Experiment(
     name="importance", title="Importance map", summary="per-layer ablation importance map (SPEC section 1)",
     description=__doc__, config=ImportanceConfig, run=run_importance, artefacts=importance_artefacts,
-    columns=("layer", "degradation_pct", "class"), headline=headline, work=importance_work)
+    columns=("layer", "degradation_pct", "class"), headline=headline, work=importance_work,
+    study=StudyRole(order=1, views=layer_views, findings=(
+        findings.importance_range, findings.class_counts, findings.critical_core, findings.critical_core_layers,
+        findings.critical_boundary, findings.anti_layers, findings.anti_layer_search, findings.table_1)))

@@ -8,8 +8,8 @@ Strategies, each applied to every chosen layer together and undone before the ne
 - `lowrank`: singular vectors from the nearest non-redundant layer, singular values from the layer
   itself, W' = U_n diag(s_l) V_n^T (top `rank` only when a rank is given); biases kept;
 - `scale-a`: weights and biases multiplied by a, for every a of the sweep.
-The layer set comes from an importance map (rows with D below the threshold, 10% = the class Redundant),
-or is given explicitly.
+The layer set comes from an importance map (rows with D below the threshold, 10% = the class Redundant; or,
+with `count`, the `count` layers of lowest D, as the study changed 9 layers at once), or is given explicitly.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report, work
+from .. import findings, plots, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
-from ..experiment import Artefacts, Experiment, Need, Result
+from ..experiment import Artefacts, Experiment, Need, Result, StudyRole
 from ..interventions import preserve, scale, zero
 from ..layers import ComponentRef, LayerAdapter
 from ..load import LoadedModel
@@ -61,6 +61,8 @@ class ManipulateConfig:
         label="Layers (0-based; used with 'typed here')", codec=TYPED_LAYERS)
     redundant_threshold: float = option(10.0, "layers with ablation D below this % are changed (10 = class "
                                         "Redundant)", label="Redundant below D (%)", minimum=-1e6, maximum=1e9)
+    count: int = option(0, "change the COUNT layers of lowest D instead of those under the threshold (the study: "
+                        "9; 0: the threshold)", minimum=0, maximum=100_000, ui=False)
     strategies: tuple[str, ...] = option(STRATEGIES, "strategies, each applied to all the layers at once",
                                          label="Strategies", choices=STRATEGIES, multiple=True)
     alphas: tuple[float, ...] = option((0.0, 0.1, 0.3, 0.5, 0.7, 0.9), "scale sweep (the study's)",
@@ -175,6 +177,13 @@ def choose_layers(model: PreTrainedModel, config: ManipulateConfig,
         source = f"from an importance map computed now ({mode}, {importance.scalars.get('boundary', '?')})"
     if len(table) != n:
         raise AnatomyError(f"The importance map has {len(table)} rows but the model has {n} layers.")
+    if config.count:
+        measured = table[table["class"] != "Untouched"].sort_values("degradation_pct")
+        if len(measured) < config.count:
+            raise AnatomyError(f"{config.count} layers of lowest D asked, but the importance map measured "
+                               f"{len(measured)}: lower --count.")
+        layers = sorted(int(layer) for layer in measured["layer"].iloc[:config.count])
+        return layers, f"{source}: the {config.count} layers of lowest D"
     layers = redundant_layers(table, config.redundant_threshold)
     if not layers:
         raise AnatomyError(f"No layer has D < {config.redundant_threshold:g}%: raise the redundant threshold "
@@ -258,4 +267,6 @@ EXPERIMENT = Experiment(
     description=__doc__, config=ManipulateConfig, run=run_manipulate, artefacts=manipulate_artefacts,
     needs=(Need("importance", "an importance run folder to read the Redundant layers from (default: compute the "
                 "importance map now)", configure=lambda config: None if config.layers else config.importance),),
-    columns=("strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"), headline=headline, work=manipulate_work)
+    columns=("strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"), headline=headline, work=manipulate_work,
+    study=StudyRole(order=4, settings={"count": findings.STUDY_MANIPULATED}, quick={"alphas": "0.7,0.9"},
+                    findings=(findings.manipulation,)))

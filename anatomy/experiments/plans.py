@@ -7,6 +7,12 @@ median of repeated runs) and prefill time in ms per token (one forward over the 
 each measured interleaved with the unchanged model in the same run, so the speedup column is paired and
 robust to a busy machine. Parallel groups run as one batched call for Llama-family layers; the
 `parallel_execution` column says when a group had to run member by member instead.
+
+With `edge_controls` (on in the study), every skipped middle block has its control: a block of the same size skipped at the start
+(layers 1..k) and at the end (the k layers before the last), the first and last layers staying as they do for the
+middle block, so "the middle layers can be skipped" is read against where else k layers can go. The extra table
+`task_items` holds each plan's answer to each task item (right or wrong): what a paired bootstrap over items
+resamples.
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, processes, report, work
+from .. import findings, plots, processes, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PPLResult, degradation, perplexity
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..layers import LayerAdapter
 from ..load import LoadedModel
 from ..options import INTS, LINES, OPTIONAL_TEXT, SEED_MAX, option
@@ -30,7 +36,7 @@ from ..plans import (GRAMMAR, VARIANTS, Plan, apply_plan, can_batch, export_plan
                      plan_refusal, variant_plan)
 from ..progress import ProgressCallback
 from ..sweep import sweep
-from ..tasks import load_tasks, task_accuracy
+from ..tasks import load_tasks, task_correct
 
 COLUMNS = ["variant", "block_size", "block", "plan", "layer_calls", "parallel_execution", "ppl", "ppl_low",
            "ppl_high", "degradation_pct", "degradation_low", "degradation_high", "decode_ms_per_token",
@@ -50,6 +56,8 @@ class PlansConfig:
     plans: tuple[str, ...] = option((), "a user plan such as 0-3,[4-7]x2,8-29 (grammar in --help; may repeat)",
                                     label="Your plans, one a line, e.g. 0-12,[13-16]x2,17-29", flag="--plan",
                                     codec=LINES, repeat=True, max_items=16)
+    edge_controls: bool = option(False, "also skip equal-size blocks at the start and the end beside each skipped "
+                                 "middle block (the study does)", ui=False)
     loops: int = option(2, "iterations of looped parallel", label="Loops of looped-parallel", minimum=1, maximum=64,
                         public_maximum=8)
     seed: int = option(0, "seed of the shuffle variant", label="Shuffle seed", minimum=0, maximum=SEED_MAX)
@@ -125,6 +133,11 @@ def plan_rows(num_layers: int, config: PlansConfig) -> list[tuple[str, int, str,
         for variant in config.variants:
             plan = variant_plan(variant, num_layers, size, seed=config.seed, loops=config.loops)
             rows.append((variant, size, f"{block[0]}-{block[-1]}", plan))
+        if config.edge_controls and "skip" in config.variants:
+            for name, edge in (("skip-start", range(1, 1 + size)), ("skip-end", range(num_layers - 1 - size,
+                                                                                       num_layers - 1))):
+                rows.append((name, size, f"{edge[0]}-{edge[-1]}",
+                             Plan.from_order([i for i in range(num_layers) if i not in edge])))
     for text in config.plans:
         rows.append(("custom", 0, "", parse_plan(text, num_layers)))
     return rows
@@ -145,7 +158,7 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
              if config.save and processes.is_main() else {})  # under `accelerate launch`: one process writes it
     t0 = time.perf_counter()
 
-    def measured(spec: tuple[str, int, str, Plan]) -> tuple[dict, PPLResult] | str:
+    def measured(spec: tuple[str, int, str, Plan]) -> tuple[dict, PPLResult, dict[str, list[bool]]] | str:
         """A plan's row without its degradation (the baseline row comes first and the rows are gathered before
         D is taken) and its PPL; or why this model cannot run it."""
         variant, size, block, plan = spec
@@ -156,23 +169,28 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
             "batched" if config.batched and all(can_batch([layers[i] for i in g]) for g in groups) else "sequential")
         with apply_plan(model, plan, config.batched):
             result = perplexity(model, eval_set)
-            accuracy = task_accuracy(model, tasks, pad_id) if tasks else {}
+            correct = task_correct(model, tasks, pad_id) if tasks else {}
         return ({"variant": variant, "block_size": size, "block": block, "plan": str(plan),
                  "layer_calls": plan.layer_calls, "parallel_execution": execution, **result.as_dict(),
-                 **{f"acc_{k}": v for k, v in accuracy.items()},
-                 **measure_latency(model, plan, eval_set, config, pad_id)}, result)
+                 **{f"acc_{k}": sum(v) / len(v) for k, v in correct.items()},
+                 **measure_latency(model, plan, eval_set, config, pad_id)}, result, correct)
 
     measurements = sweep(specs, measured, "plans", progress, label=lambda spec: f"{spec[0]} {spec[1]}: {spec[3]}")
     refused = [m for m in measurements if isinstance(m, str)]
     ran = [m for m in measurements if not isinstance(m, str)]
     base = ran[0][1]  # the unchanged model runs first
-    rows = []
-    for row, result in ran:
+    rows, items = [], []
+    for index, (row, result, correct) in enumerate(ran):
         d, d_low, d_high = degradation(result, base, eval_set)
         rows.append(row | {"degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high})
+        items += [{"row": index, "variant": row["variant"], "block_size": row["block_size"], "task": task,
+                   "item": item, "correct": right} for task, answers in correct.items()
+                  for item, right in enumerate(answers)]
     df = pd.DataFrame(rows)
     df = df[COLUMNS[:12] + [c for c in df.columns if c.startswith("acc_")] + COLUMNS[12:]]
     return Result("plans", df, scalars={"baseline": base.as_dict(), "refused": refused, **saved},
+                  tables={"task_items": pd.DataFrame(items, columns=["row", "variant", "block_size", "task", "item",
+                                                                     "correct"])},
                   timings={"plans_s": time.perf_counter() - t0})
 
 
@@ -184,6 +202,8 @@ def plans_report(result: Result, header: str, config: PlansConfig) -> str:
              f"- Baseline PPL {base.ppl:.3f} (95% CI {base.ppl_low:.3f}-{base.ppl_high:.3f}); decode "
              f"{base.baseline_decode_ms_per_token:.2f} ms/token, prefill {base.baseline_prefill_ms_per_token:.3f} "
              "ms/token" + (", task accuracy " + ", ".join(f"{c[4:]} {base[c]:.0%}" for c in acc) if acc else ""),
+             *(["- Controls: `skip-start` and `skip-end` skip a block of the same size at the start (from layer 1) "
+                "and at the end (up to the layer before the last)."] if config.edge_controls else []),
              f"- Middle blocks are centred; shuffle seed {config.seed}; looped parallel runs the block "
              f"{config.loops} times; repeat runs the block's middle layer in place of the whole block.",
              f"- Latency: median of {config.latency_repeats} runs after a warm-up, each interleaved with the "
@@ -197,7 +217,8 @@ def plans_report(result: Result, header: str, config: PlansConfig) -> str:
                else []), ""]
     if acc:
         lines.append("### Which task degrades first")
-        for size, part in df[df.block_size > 0].groupby("block_size"):
+        middle = df[(df.block_size > 0) & ~df.variant.isin(["skip-start", "skip-end"])]
+        for size, part in middle.groupby("block_size"):
             drops = {c[4:]: float((base[c] - part[c]).mean()) for c in acc}
             lines.append(f"- block of {size}: mean accuracy drop over variants " + ", ".join(
                 f"{k} {v:+.0%}" for k, v in drops.items()).replace("+-", "-"))
@@ -240,4 +261,8 @@ EXPERIMENT = Experiment(
     summary="skip/reorder/repeat/parallelise middle layers, or run your own plans (SPEC section 8)",
     description=f"{__doc__}\n{GRAMMAR}", config=PlansConfig, run=run_plans, artefacts=plans_artefacts,
     uses_tokenizer=True, headline=headline, work=plans_work,
-    columns=("variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token", "decode_speedup"))
+    columns=("variant", "block_size", "ppl", "degradation_pct", "decode_ms_per_token", "decode_speedup"),
+    study=StudyRole(order=9, settings={"edge_controls": True}, quick={"variants": "skip,reverse,parallel", "block_sizes": "4", "latency_repeats": 1,
+                                     "latency_tokens": 4},
+                    findings=(findings.painters_middle, findings.painters_reorder, findings.painters_parallel,
+                              findings.painters_looped, findings.painters_latency, findings.arithmetic_fragile)))

@@ -30,11 +30,11 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report, work
-from ..claims import Claim, bootstrap_mean, claims_markdown
+from .. import findings, plots, report, work
+from ..claims import CONTROL, FAILS, HOLDS, Claim, bootstrap_mean, claims_markdown
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..interventions import assign
 from ..layer_weights import flat_stack
 from ..layers import LayerAdapter
@@ -278,14 +278,14 @@ def predictability_claims(df: pd.DataFrame) -> list[Claim]:
         dist, dlow, dhigh = bootstrap_mean(part["r2_distribution"])
         adj = part["adjacent_cosine"].mean()
         if low <= study <= high or ours >= study:
-            verdict, why = "reproduced", f"our per-position mean R^2 {ours:.3f} reaches the study's {study}."
+            verdict, why = HOLDS, f"our per-position mean R^2 {ours:.3f} reaches the study's {study}."
         elif dlow <= study <= dhigh or dist >= study:
-            verdict = "explained by the control"
+            verdict = CONTROL
             why = (f"per position our mean R^2 is {ours:.3f} (adjacent-layer cosine {adj:.4f}); the R^2 of the "
                    f"weight distribution is {dist:.3f}, which reaches the study's {study}: its number reads as "
                    "the predictability of the weights' scale, not of the weights.")
         else:
-            verdict = "not reproduced"
+            verdict = FAILS
             why = (f"per position our mean R^2 is {ours:.3f} and the R^2 of the weight distribution {dist:.3f}; "
                    f"neither reaches the study's {study}.")
         claims.append(Claim(
@@ -347,4 +347,6 @@ EXPERIMENT = Experiment(
     name="predictability", title="Weight predictability",
     summary="ridge prediction of weights from depth, R^2 and the functional test (SPEC section 2)", description=__doc__,
     config=PredictabilityConfig, run=run_predictability, artefacts=predictability_artefacts, printed=rounded_summary,
-    headline=headline, work=predictability_work)
+    headline=headline, work=predictability_work,
+    study=StudyRole(order=2, quick={"positions": 2000}, findings=(
+        findings.r2_gate, findings.table_2, findings.one_predicted_layer, findings.paradox)))

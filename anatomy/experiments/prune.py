@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .. import plots, processes, report, work
+from .. import findings, plots, processes, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, degradation, perplexity
-from ..experiment import Artefacts, Experiment, Need, Result
+from ..experiment import Artefacts, Experiment, Need, Result, StudyRole
 from ..interventions import ABLATION_MODES
 from ..layers import LayerAdapter
 from ..load import LoadedModel
@@ -218,4 +218,5 @@ EXPERIMENT = Experiment(
     needs=(Need("importance", "read block influence and ablation D from this importance run folder (default: "
                 "compute the importance map now with --ablation-mode)", configure=PruneConfig.importance_config),),
     columns=("criterion", "k", "removed", "ppl", "degradation_pct"), headline=headline,
-    check=lambda config, model: config.validate(LayerAdapter(model).num_layers), work=prune_work)
+    check=lambda config, model: config.validate(LayerAdapter(model).num_layers), work=prune_work,
+    study=StudyRole(order=6, quick={"ks": "3"}, findings=(findings.alpha_pruning, findings.pruning_gap)))

@@ -28,11 +28,11 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import corpus, offload, plots, report, work
-from ..claims import Claim, claims_markdown
+from .. import corpus, findings, offload, plots, report, work
+from ..claims import CONTROL, FAILS, HOLDS, Claim, claims_markdown
 from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PPLResult, PrefixCache, degradation, perplexity
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..interventions import add_noise, preserve
 from ..layers import LayerAdapter, text_config
 from ..load import LoadedModel
@@ -265,14 +265,14 @@ def recovery_claims(df: pd.DataFrame, config: RecoveryConfig, train_text: str, l
         has_control = "control_final_d_pct" in part.columns
         control = [ratio(r[f"control_final_d_{k}"]) if has_control else np.nan for k in ("pct", "low", "high")]
         if not r["below_baseline"]:
-            verdict = "not reproduced"
+            verdict = FAILS
             why = f"layers.{layer} ends at {ratio(r.final_d_pct):.3f}x the baseline, not below it"
         elif has_control and r["control_below_baseline"]:
-            verdict = "explained by the control"
+            verdict = CONTROL
             why = (f"layers.{layer} ends below the baseline ({ratio(r.final_d_pct):.3f}x) but so does its sigma-0 "
                    f"control ({control[0]:.3f}x): the fine-tune on this text lowers PPL with or without noise")
         else:
-            verdict = "reproduced"
+            verdict = HOLDS
             why = f"layers.{layer} ends below the baseline ({ratio(r.final_d_pct):.3f}x) and its control does not"
         why += " (leakage: trained on the evaluation text)." if leakage else "."
         claims.append(Claim(
@@ -393,7 +393,20 @@ def recovery_work(config: RecoveryConfig, shape: work.Shape) -> float:
     return total
 
 
+def layer_views(result: Result) -> dict[str, pd.Series]:
+    """The final ratio and the steps to the slowest threshold (the steps trained where never reached)."""
+    t = result.table.set_index("layer")
+    reach = sorted((c for c in t.columns if c.startswith("steps_to_")), key=lambda c: float(c[9:-1]))
+    views = {"recovery final / baseline": t["final_ratio"]}
+    if reach:
+        views[f"recovery {reach[0][9:]} steps"] = t[reach[0]].fillna(t["steps"])
+    return views
+
+
 EXPERIMENT = Experiment(
     name="recovery", title="Recovery after noise", summary="recovery speed of each layer after noise (SPEC section 5)",
     description=__doc__, config=RecoveryConfig, run=run_recovery, artefacts=recovery_artefacts,
-    uses_tokenizer=True, columns=columns, headline=headline, work=recovery_work)
+    uses_tokenizer=True, columns=columns, headline=headline, work=recovery_work,
+    study=StudyRole(order=7, quick={"steps": 10, "eval_every": 5}, views=layer_views, findings=(
+        findings.recovery_vs_importance, findings.hardest_layer, findings.recover_at_once, findings.never_converges,
+        findings.noise_improves)))

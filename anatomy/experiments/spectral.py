@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import pandas as pd
 from transformers import PreTrainedModel
 
-from .. import plots, report, work
+from .. import findings, plots, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..layers import ATTENTION, MLP, LayerAdapter
 from ..load import LoadedModel
 from ..options import option
@@ -166,7 +166,16 @@ def spectral_work(config: SpectralConfig, shape: work.Shape) -> float:
     return shape.operations(shape.svd_flops)
 
 
+def layer_views(result: Result) -> dict[str, pd.Series]:
+    """Alpha and stable rank per layer (means over the layer's matrices)."""
+    t = result.table
+    return {"alpha": t.groupby("layer")["alpha"].mean(), "stable rank": t.groupby("layer")["stable_rank"].mean()}
+
+
 EXPERIMENT = Experiment(
     name="spectral", title="Spectral anatomy", summary="singular values, stable rank, power-law alpha (SPEC section 9)",
     description=__doc__, config=SpectralConfig, run=run_spectral, artefacts=spectral_artefacts, uses_eval=False,
-    printed=rounded_components, headline=headline, work=spectral_work)
+    printed=rounded_components, headline=headline, work=spectral_work,
+    study=StudyRole(order=5, views=layer_views, findings=(
+        findings.alpha_depth, findings.alpha_persists, findings.compression_waves, findings.qk_vs_vo,
+        findings.qk_vs_vo_dynamics, findings.alpha_importance)))

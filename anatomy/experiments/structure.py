@@ -5,7 +5,9 @@ averaged over l. Independent layers of equal variance give exactly -0.5 (d_l and
 with opposite signs), so the measured value is shown beside that null and beside a control on the very
 same weights with the layer order shuffled: what the statistic gives when depth order carries no
 information, whatever the layers' variances. Only an order-driven departure from the shuffled control is
-evidence of structure across depth.
+evidence of structure across depth: `p_below` is the one-sided permutation p-value that the real order gives a
+more negative correlation (an oscillation) than the shuffled orders, (1 + #{shuffled <= measured}) / (1 +
+shuffles), and `p_above` the other side's.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from .. import plots, report, work
+from .. import findings, plots, report, work
 from ..errors import AnatomyError
 from ..evaluate import EvalSet
-from ..experiment import Artefacts, Experiment, Result
+from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..layer_weights import add_gram_stats, centered_gram, cosine_matrix, flat_stack, gram_stats
 from ..layers import LayerAdapter
 from ..load import LoadedModel
@@ -31,14 +33,15 @@ from ..progress import ProgressCallback, track
 NULL_CORRELATION = -0.5
 WHOLE_LAYER = "all (concatenated)"
 COLUMNS = ["component", "delta_corr", "delta_corr_std", "null_corr", "shuffled_mean", "shuffled_std",
-           "order_z", "pc1_var", "pc2_var", "adjacent_cos", "mean_cos"]
+           "order_z", "p_below", "p_above", "pc1_var", "pc2_var", "adjacent_cos", "mean_cos"]
 
 
 @dataclass
 class StructureConfig:
-    """`shuffles`: seeded random layer orders for the control (they cost nothing: the Gram matrix is reused)."""
+    """`shuffles`: seeded random layer orders for the control (they cost nothing: the Gram matrix is reused);
+    the study's permutation tests want at least 1,000."""
 
-    shuffles: int = option(200, "layer-shuffled control orders", label="Shuffled orders (control)", minimum=2,
+    shuffles: int = option(2000, "layer-shuffled control orders", label="Shuffled orders (control)", minimum=2,
                            maximum=100_000, public_maximum=2_000)
     seed: int = option(0, "seed of the shuffled layer orders", label="Seed", minimum=0, maximum=SEED_MAX)
 
@@ -104,10 +107,12 @@ def run_structure(model: PreTrainedModel, eval_set: EvalSet | None = None, confi
         cos = cosine_matrix(st).numpy()
         similarity.append(cos)
         measured = float(per_l.mean())
+        below, above = int((control <= measured).sum()), int((control >= measured).sum())
         rows.append({"component": component, "delta_corr": measured, "delta_corr_std": float(per_l.std()),
                      "null_corr": NULL_CORRELATION, "shuffled_mean": float(control.mean()),
                      "shuffled_std": float(control.std()),
                      "order_z": float((measured - control.mean()) / control.std().clamp_min(1e-12)),
+                     "p_below": (1 + below) / (1 + config.shuffles), "p_above": (1 + above) / (1 + config.shuffles),
                      "pc1_var": float(ratios[0]), "pc2_var": float(ratios[1]) if n > 1 else float("nan"),
                      "adjacent_cos": float(np.diag(cos, 1).mean()),
                      "mean_cos": float(cos[~np.eye(n, dtype=bool)].mean())})
@@ -183,4 +188,5 @@ EXPERIMENT = Experiment(
     summary="delta correlation vs null and shuffled control, PCA, cosine similarity (SPEC section 3)",
     description=__doc__, config=StructureConfig, run=run_structure, artefacts=structure_artefacts,
     uses_eval=False, columns=("component", "delta_corr", "null_corr", "shuffled_mean", "shuffled_std", "order_z"),
-    headline=headline, work=structure_work)
+    headline=headline, work=structure_work,
+    study=StudyRole(order=3, quick={"shuffles": 1000}, findings=(findings.delta_correlation,)))
