@@ -171,7 +171,7 @@ def parse_plan(text: str, num_layers: int) -> Plan:
             take("]", "']' to close the parallel group")
             if len(set(group)) != len(group):
                 _fail(text, at, "a parallel group names a layer twice")
-            unit: list[Step] = [tuple(group)]
+            unit: list[Step] = [tuple(sorted(group))]  # a group is a set: the mean of its layers
         else:
             unit = [(layer_,) for layer_ in span()]
         count = 1
