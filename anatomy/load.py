@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2 as httpx
 import psutil
 import torch
 from accelerate.utils import convert_file_size_to_int
@@ -245,9 +246,9 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | b
         raise AnatomyError(f"Model '{repo_id}' is gated: accept its licence on the Hub and set HF_TOKEN.") from err
     except RevisionNotFoundError as err:
         raise AnatomyError(f"Revision '{revision}' of '{repo_id}' does not exist.") from err
-    except (OfflineModeIsEnabled, OSError) as err:
+    except (OfflineModeIsEnabled, OSError, httpx.TransportError) as err:  # no network: one line, no traceback
         raise AnatomyError(f"Cannot reach the Hub to look up '{repo_id}' (offline?): use --model embedded, "
-                           "a local folder or a .gguf file.") from err
+                           "a local folder or a .gguf file.") from None
     files = [s.rfilename for s in info.siblings or []]
     if "config.json" not in files:
         raise AnatomyError(f"'{repo_id}' has no config.json: it is not a transformers model.")
@@ -281,7 +282,7 @@ def _hub_file(repo_id: str, filename: str, revision: str, token: str | None) -> 
 
     try:
         return hf_hub_download(repo_id, filename, revision=revision, token=token)
-    except (OSError, EntryNotFoundError) as err:  # HTTP and disk failures; a missing file is not an OSError
+    except (OSError, EntryNotFoundError, httpx.TransportError) as err:  # HTTP, disk and network failures
         raise AnatomyError(f"Could not download {filename} of '{repo_id}' ({type(err).__name__}): "
                            "check your connection, or use a local folder.") from err
 

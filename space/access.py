@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 import gradio as gr
+import httpx2 as httpx
 
 from anatomy.errors import AnatomyError
 from anatomy.load import EMBEDDED
@@ -79,7 +80,7 @@ class Access:
         except RepositoryNotFoundError:
             raise AnatomyError(f"Model '{spec}' was not found on the Hub, or it is private: sign in with an "
                                "account that can read it.") from None
-        except (HfHubHTTPError, OSError) as err:
+        except (HfHubHTTPError, OSError, httpx.TransportError) as err:
             raise AnatomyError(f"Cannot reach the Hub to check your access to '{spec}' ({type(err).__name__}); "
                                "try again, or use 'embedded'.") from None
 

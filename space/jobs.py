@@ -10,10 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
+import secrets
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -80,27 +79,51 @@ def progress_callback(progress: gr.Progress | None, deadline: Deadline) -> Progr
     return callback
 
 
+_LAST_ERROR: dict[str, str] = {}  # session -> the message of its latest failed job, for the tab to keep showing
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Every failure reaches the user as a short gr.Error (never a stack trace), and the app keeps serving."""
+    """Every failure reaches the user as a short gr.Error (never a stack trace), and the app keeps serving.
+    The message is also kept for the session (`last_error`), so the tab can show it where the visitor pressed
+    Go until the next run: the toast alone vanishes after seconds. An unexpected failure logs its traceback
+    once, under an id the visitor sees."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as err:
+            raise remembered(request, str(err.message), err.title) from None
         except OverTime as err:
-            raise gr.Error(one_line(f"Over time: {err}. The model's weights were restored."), title="Over time",
-                           print_exception=False) from None
+            raise remembered(request, one_line(f"Over time: {err}. The model's weights were restored."),
+                             "Over time") from None
         except Cancelled as err:
-            raise gr.Error(f"Stopped ({err}); the model's weights were restored.", title="Stopped",
-                           print_exception=False) from None
+            raise remembered(request, f"Stopped ({err}); the model's weights were restored.", "Stopped") from None
         except AnatomyError as err:
-            raise gr.Error(one_line(str(err)), print_exception=False) from None
+            raise remembered(request, one_line(str(err))) from None
         except Exception as err:  # noqa: BLE001 - the UI must survive any bug; the log keeps the trace
-            log.exception("job failed")
+            error_id = secrets.token_hex(4)
+            log.exception("job failed [error id %s]", error_id)
             message = one_line(str(err).splitlines()[0] if str(err) else "", 300)
-            raise gr.Error(f"{type(err).__name__}: {message}", print_exception=False) from None
+            raise remembered(request, f"{type(err).__name__}: {message} (error id {error_id}: the server log has "
+                                      "the details)") from None
     return wrapper
+
+
+def remembered(request: gr.Request | None, message: str, title: str = "Error") -> gr.Error:
+    """The toast for `message`, after keeping it as the session's latest error."""
+    with _CANCEL_GUARD:
+        _LAST_ERROR[session_id(request)] = message
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def last_error(request: gr.Request) -> str:
+    """The tab's line for the session's latest failed job (an event's `.failure`): it stays until the next run
+    fills the same place."""
+    with _CANCEL_GUARD:
+        message = _LAST_ERROR.pop(session_id(request), "")
+    stopped = message.startswith(("Stopped", "Over time"))
+    return f"{'⏹' if stopped else '❌'} **{'Stopped' if stopped else 'Error'}:** {message}" if message else ""
 
 
 def one_line(message: str, limit: int = 600) -> str:

@@ -104,10 +104,12 @@ class Tab:
         hidden = [*plots, table, report_box, download, *files]
         event.success(lambda: [gr.update(visible=True)] * (len(hidden) + 1), None, [*hidden, publish_row],
                       queue=False, api_visibility="private")
+        event.failure(jobs.last_error, None, headline, queue=False, api_visibility="private")
         stored = show.click(self.show_published(), shared.model, outputs, api_name=f"published_{self.endpoint_name}",
                             show_progress_on=[headline])
         stored.success(lambda: [gr.update(visible=True)] * len(hidden), None, hidden, queue=False,
                        api_visibility="private")
+        stored.failure(jobs.last_error, None, headline, queue=False, api_visibility="private")
         if stop is not None:
             wire_stop(stop, [event], self.endpoint_name)
 

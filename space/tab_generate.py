@@ -69,6 +69,7 @@ def build(shared: Shared) -> None:
     with gr.Row():
         go = gr.Button("Generate side by side", variant="primary")
         stop = stop_button()
+    said = gr.Markdown(elem_id="generate-headline")  # a failed run's line, until the next run
     colours = {DIFFERS: "#f4a3a3"}
     outputs = []
     for mode in MODES:
@@ -80,5 +81,6 @@ def build(shared: Shared) -> None:
     table = gr.Dataframe(label="Differences", interactive=False, visible=False)  # hidden until it holds a result
     event = go.click(run, [shared.model, prompt, kind, layers, value, seed, max_new, chat], [*outputs, table],
                      api_name="generate", concurrency_id="model")
-    event.success(lambda: gr.update(visible=True), None, table, queue=False, api_visibility="private")
+    event.success(lambda: [gr.update(visible=True), ""], None, [table, said], queue=False, api_visibility="private")
+    event.failure(jobs.last_error, None, said, queue=False, api_visibility="private")
     wire_stop(stop, [event], "generate")

@@ -13,7 +13,7 @@ from anatomy.model_spec import parse_model_spec
 from .access import visitor
 from .common import Shared, model_job, shown
 from .gpu import gpu
-from .jobs import user_errors
+from .jobs import last_error, user_errors
 from .models import CACHE
 
 
@@ -43,7 +43,7 @@ def summary(loaded, adapter: LayerAdapter) -> str:
 
 
 @user_errors
-def check(spec: str, oauth_token: gr.OAuthToken | None = None) -> str:
+def check(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | None = None) -> str:
     """Hub ids are checked from metadata alone (causal LM, safetensors, fits in memory) before any download,
     with the visitor's own token on a public app."""
     access = visitor(oauth_token)
@@ -79,11 +79,13 @@ def build(shared: Shared, load_button: gr.Button, status: gr.Markdown) -> None:
     tables = [components, norms]
     cleared = shared.model.change(lambda: ["", *visibility(tables, False)], None, [status, *tables], queue=False,
                                   api_visibility="private")  # nothing said about the previous model stays
-    cleared.then(check, shared.model, status, api_name="check_model", queue=False)
+    checked = cleared.then(check, shared.model, status, api_name="check_model", queue=False)
+    checked.failure(last_error, None, status, queue=False, api_visibility="private")  # offline, not found: said
     event = load_button.click(load, shared.model, [status, *tables], api_name="load_model", concurrency_id="model",
                               show_progress_on=[status])
     event.success(lambda: visibility(tables, True), None, tables, queue=False, api_visibility="private")
     event.failure(lambda: visibility(tables, False), None, tables, queue=False, api_visibility="private")
+    event.failure(last_error, None, status, queue=False, api_visibility="private")
 
 
 def visibility(components: list, visible: bool) -> list:

@@ -120,4 +120,6 @@ def build(shared: Shared) -> None:
     stored = show.click(show_published, shared.model, [status, *outputs_], api_name="published_study",
                         show_progress_on=[status])
     stored.success(lambda: [gr.update(visible=True)] * len(shown), None, shown, queue=False, api_visibility="private")
+    for failed in (event, stored):
+        failed.failure(jobs.last_error, None, status, queue=False, api_visibility="private")
     wire_stop(stop, [event], "study")

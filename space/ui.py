@@ -61,7 +61,8 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
                 with gr.Tab(label):
                     tab.build(shared)
         published.wire(shared, [demo.load, model.change])
-        demo.load(tab_model.check, model, status, api_visibility="private")
+        opened = demo.load(tab_model.check, model, status, api_visibility="private")
+        opened.failure(jobs.last_error, None, status, queue=False, api_visibility="private")
         demo.unload(jobs.forget_session)
     demo.queue(default_concurrency_limit=WORKERS, max_size=64)
     return demo

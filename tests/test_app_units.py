@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 
@@ -128,19 +130,25 @@ def test_progress_callback_raises_cancelled_after_stop_and_weights_come_back():
     assert not jobs.start(request).is_set()  # the next job starts clean
 
 
-def test_user_errors_turns_every_failure_into_a_short_gr_error():
-    def bad(kind):
+def test_user_errors_turns_every_failure_into_a_short_gr_error(caplog):
+    def bad(kind, request=None):
         raise {"anatomy": AnatomyError("Layer 99 does not exist."), "bug": RuntimeError("boom\nsecond line"),
                "stop": Cancelled("after 1 of 3 steps")}[kind]
 
     wrapped = jobs.user_errors(bad)
     with pytest.raises(gr.Error, match="Layer 99 does not exist"):
         wrapped("anatomy")
-    with pytest.raises(gr.Error) as info:
-        wrapped("bug")
-    assert info.value.message == "RuntimeError: boom"
+    request = gr.Request(session_hash="unit-errors")
+    with pytest.raises(gr.Error) as info, caplog.at_level(logging.ERROR, logger="space"):
+        wrapped("bug", request)
+    error_id = re.fullmatch(r"RuntimeError: boom \(error id ([0-9a-f]{8}): the server log has the details\)",
+                            info.value.message).group(1)
+    assert [r.getMessage() for r in caplog.records] == [f"job failed [error id {error_id}]"]  # logged once
+    assert jobs.last_error(request).startswith("❌ **Error:** RuntimeError: boom (error id")  # kept for the tab
+    assert jobs.last_error(request) == ""  # shown once: the next run's line replaces it
     with pytest.raises(gr.Error, match="weights were restored"):
-        wrapped("stop")
+        wrapped("stop", request)
+    assert jobs.last_error(request).startswith("⏹ **Stopped:** Stopped (after 1 of 3 steps)")
 
 
 def test_eval_set_uses_the_first_n_sentences_or_the_users_lines(tiny_tokenizer):
@@ -210,9 +218,10 @@ def test_landing_tables_start_hidden_and_only_a_successful_load_shows_them():
     assert [visible[t] for t in tables] == [False, False]
     load = next(d for d in config["dependencies"] if d["api_name"] == "load_model")
     assert load["outputs"] == [status, *tables] and load["show_progress_on"] == [status]
-    after = {("success" if d["trigger_only_on_success"] else "failure"): d for d in config["dependencies"]
-             if d["trigger_after"] == load["id"]}
-    assert set(after) == {"success", "failure"} and all(d["outputs"] == tables for d in after.values())
+    after = sorted((("success" if d["trigger_only_on_success"] else "failure"), d["outputs"])
+                   for d in config["dependencies"] if d["trigger_after"] == load["id"])
+    # success shows the tables; failure hides them and says its error in the status line until the next load
+    assert after == sorted([("success", tables), ("failure", tables), ("failure", [status])])
     check = next(d for d in config["dependencies"] if d["api_name"] == "check_model")
     cleared = next(d for d in config["dependencies"] if d["id"] == check["trigger_after"])
     assert cleared["outputs"] == [status, *tables]  # a new spec first clears what was said about the old one
