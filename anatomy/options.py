@@ -223,7 +223,10 @@ def _layers(text: str, where: str) -> str | None:
     text = text.strip()
     if text.lower() in {"", "all"}:
         return None
-    parse_layers(text, 10**6)  # the syntax now; the range against the model once it is loaded
+    try:
+        parse_layers(text, 10**6)  # the syntax now; the range against the model once it is loaded
+    except AnatomyError as err:  # named by the field on screen or the flag, where the visitor typed it
+        raise AnatomyError(f"{where}: {err}") from None
     return text
 
 

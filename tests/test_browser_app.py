@@ -78,6 +78,14 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
             timings["first_plot_s"] = time.monotonic() - started
             expect(page.locator("#importance-headline")).to_contain_text("Baseline PPL")
             page.screenshot(path=str(ARTEFACTS / "importance.png"), full_page=True)
+            page.get_by_label("Layers (0-based, e.g. 0,3,5-8 or all)").fill("abc")  # a bad input: its error stays
+            page.get_by_role("button", name="Run importance map").click()
+            headline = page.locator("#importance-headline")
+            expect(headline).to_contain_text("Error:", timeout=60_000)
+            page.wait_for_timeout(20_000)
+            expect(headline).to_contain_text("'Layers (0-based")  # still on screen 20 s later, naming the field
+            timings["error_shown"] = 1.0
+            page.get_by_label("Layers (0-based, e.g. 0,3,5-8 or all)").fill(layers)
             page.get_by_role("tab", name="Generate").click()
             page.get_by_role("button", name="Generate side by side").click()
             altered = page.locator("#gen-greedy-altered")
@@ -94,7 +102,7 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
 def test_importance_map_and_side_by_side_generation_in_chromium():
     require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (setup.sh does)")
     timings = run_session()
-    assert timings["first_plot_s"] > timings["serving_s"]
+    assert timings["first_plot_s"] > timings["serving_s"] and timings["error_shown"]
     assert (ARTEFACTS / "landing.png").stat().st_size > 10_000
     assert (ARTEFACTS / "importance.png").stat().st_size > 10_000
     assert (ARTEFACTS / "generate.png").stat().st_size > 10_000
