@@ -1,5 +1,6 @@
 """End to end on the tiny preset: CLI -> checkpoint folder -> load-back with nothing of ours -> upload."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -48,9 +49,26 @@ def test_checkpoint_folder_holds_every_artefact(checkpoint):
     assert abs(metrics["perplexity"] - 2.718281828 ** metrics["loss"]) / metrics["perplexity"] < 1e-2
 
 
-LOAD_BACK = textwrap.dedent("""
+def outside(entries: list[str], repo: str) -> list[str]:
+    """`entries` (a sys.path) without the working folder and every entry inside `repo`, compared as resolved
+    paths: a prefix test on strings also dropped a virtual environment beside it named `<repo>-venv`."""
+    from pathlib import Path  # here, not at the top: the load-back interpreter runs this function's source alone
+    root = Path(repo).resolve()
+    return [p for p in entries if p not in ("", ".") and not Path(p).resolve().is_relative_to(root)]
+
+
+def test_outside_drops_the_repository_and_keeps_a_virtual_environment_beside_it(tmp_path):
+    repo = tmp_path / "anatomy"
+    (repo / "tests").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(repo)
+    kept = [str(tmp_path / "anatomy-venv" / "lib" / "site-packages"), str(tmp_path / "anatomy2"), "/usr/lib/python3"]
+    dropped = ["", ".", str(repo), str(repo / "tests"), str(tmp_path / "link" / "tests"), f"{repo}/../anatomy/x"]
+    assert outside([*dropped[:3], kept[0], *dropped[3:], *kept[1:]], str(repo)) == kept
+
+
+LOAD_BACK = textwrap.dedent(inspect.getsource(outside)) + textwrap.dedent("""
     import sys
-    sys.path = [p for p in sys.path if p not in ("", ".") and not p.startswith({repo!r})]
+    sys.path = outside(sys.path, {repo!r})
     import json, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
