@@ -41,6 +41,7 @@ def tiny_fingerprint() -> str:
         return fingerprint(loaded.model)
 
 
+@pytest.mark.slow
 def test_weight_space_tabs_give_plots_tables_and_a_run_zip(client):
     before = tiny_fingerprint()
     headline, *figures, table, markdown, archive = client.predict("tiny", 10, 0, api_name="/structure")

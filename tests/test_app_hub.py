@@ -155,6 +155,7 @@ def test_the_tabs_offer_a_published_result_and_show_it_without_computing(app, mo
     assert reads and not [a for a in reads if a and DEPLOYER in a]  # anonymous reads: no token at all
 
 
+@pytest.mark.slow
 def test_offline_or_a_silent_hub_means_no_offer_and_no_wait(app, monkeypatch):
     url, hub = app
     stored = {"alice--tiny/importance/results.json": json.dumps({"experiment": "importance", "written": "x"}).encode()}

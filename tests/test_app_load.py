@@ -33,6 +33,7 @@ def text(highlighted: list[dict]) -> str:
     return "".join(part["token"] for part in highlighted)
 
 
+@pytest.mark.slow
 def test_eight_concurrent_visitors_all_finish_and_never_see_altered_weights(url):
     before = weights()
     reference = Client(url, verbose=False).predict(SPEC, PROMPT, "none", "0", 0.5, 0, 8, api_name="/generate")

@@ -50,6 +50,7 @@ def files_under(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*")} if folder.exists() else set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["absolute", "dotdot", "deep-dotdot", "nul", "long", "unicode"])
 def test_hostile_session_ids_write_only_under_the_runs_root(server, kind):
     url, base = server

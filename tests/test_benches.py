@@ -29,7 +29,6 @@ BENCHES: dict[str, list[str]] = {
     "load.py": [rf"^N=2: completed 4/4 jobs, wait p50 {NUMBER} s p95 {NUMBER} s, latency p50 {NUMBER} s p95 "
                 rf"{NUMBER} s, throughput {NUMBER} jobs/s", r"^weights unchanged after all runs: True$"],
 }
-SLOW = {"scale.py", "load.py"}  # seconds more: several processes, an app server (`-m "not slow"` leaves them out)
 HELPERS = {"smoke.py"}  # imported by the benches, not run
 AWAITING_SMOKE = {"recovery.py", "study.py"}  # smoke modes on their way: move each into BENCHES with its lines
 
@@ -49,7 +48,8 @@ def test_numbers_reads_each_group_and_fails_on_a_missing_line():
         numbers("speedup: fast", BENCHES["importance.py"][0])
 
 
-@pytest.mark.parametrize("script", [pytest.param(s, marks=[pytest.mark.slow] if s in SLOW else []) for s in BENCHES])
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(BENCHES))
 def test_smoke_mode_prints_its_numbers(script):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke"], cwd=ROOT, env=env,

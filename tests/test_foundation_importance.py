@@ -81,6 +81,7 @@ def _cli(*args, cwd=None):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_writes_run_folder(tmp_path, tiny_tokenizer):
     folder = tmp_path / "model"
     make_tiny_model("gpt2").save_pretrained(folder)

@@ -108,6 +108,7 @@ def in_memory_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
         return model(ids).logits
 
 
+@pytest.mark.slow
 def test_load_back_without_this_repository(checkpoint, tmp_path):
     out = load_back(checkpoint, tmp_path)
     assert out["module"].startswith("transformers_modules")  # the shipped code, not ours
@@ -129,6 +130,7 @@ def test_trained_model_logits_equal_the_saved_ones(tmp_path, text_file):
     torch.testing.assert_close(in_memory_logits(tmp_path / "u", ids), expected)
 
 
+@pytest.mark.slow
 def test_push_to_hub_replaces_only_the_http_hop(checkpoint, tmp_path, monkeypatch, capsys):
     calls = {}
 

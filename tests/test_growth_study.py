@@ -97,6 +97,7 @@ def test_fact_sentences_split_by_sentence():
     assert split == fact_split()
 
 
+@pytest.mark.slow
 def test_study_regime_run_on_the_tiny_preset(tmp_path):
     out = tmp_path / "study"
     assert compare.main(["--regime", "study", "--preset", "tiny", "--seeds", "1", "--epoch-scale", "0.005",

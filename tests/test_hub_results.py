@@ -200,6 +200,7 @@ print(model.config.num_hidden_layers, out.shape[1] - ids.shape[1])
 """
 
 
+@pytest.mark.slow
 def test_a_pruned_model_is_pushed_with_a_model_card_and_loads_back_alone(hub, model_dir, texts, tmp_path, capsys):
     import subprocess
     import sys
