@@ -32,6 +32,7 @@ def checkpoint(tmp_path_factory, text_file):
     return out
 
 
+@pytest.mark.slow
 def test_checkpoint_folder_holds_every_artefact(checkpoint):
     names = {p.name for p in checkpoint.iterdir()}
     assert {"model.safetensors", "config.json", "configuration_growth.py", "modeling_growth.py", "tokenizer.json",
@@ -156,6 +157,7 @@ def test_push_to_hub_replaces_only_the_http_hop(checkpoint, tmp_path, monkeypatc
     assert out["cached"].shape[1] > out["ids"].shape[1]
 
 
+@pytest.mark.slow
 def test_upload_errors_hide_the_token(checkpoint, monkeypatch):
     def boom(self, repo_id, **kw):
         raise RuntimeError(f"401 for token {self.token}")

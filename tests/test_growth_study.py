@@ -45,6 +45,7 @@ def train_counting(schedule: str, data, phase_steps: tuple[int, ...]):
     return account, counted, log
 
 
+@pytest.mark.slow
 def test_growth_accounting_matches_the_gradients_each_layer_received(tiny_data):
     account, counted, log = train_counting("growth", tiny_data, PHASE_STEPS)
     by = account.set_index("part")
