@@ -147,6 +147,7 @@ ENDPOINTS = {
 SLOW = {"/structure": 3, "/spectral": 3, "/painters": 4}  # ~10 s a call on CI: fewer examples
 
 
+@pytest.mark.slow  # the search: 8 examples through the server for each endpoint
 @pytest.mark.parametrize("api", sorted(ENDPOINTS))
 def test_endpoint(client, intact, api):
     valid, hostile = ENDPOINTS[api]
