@@ -73,7 +73,7 @@ def main() -> None:
 
     from space import build_demo, limits
     from space.models import CACHE
-    from tests.conftest import make_tiny_tokenizer
+    from tests.conftest import build_tiny_tokenizer
     from tests.hostile import HUGE, LOOPING, OPEN, hostile_hub
 
     tmp = Path(tempfile.mkdtemp())
@@ -81,7 +81,7 @@ def main() -> None:
     patch = pytest.MonkeyPatch()
     os.environ["ANATOMY_PUBLIC"] = "1"
     os.environ["ANATOMY_ATLAS"] = "bob/atlas"
-    hostile_hub(tmp, make_tiny_tokenizer(), tmp / "secret.csv").install(patch)
+    hostile_hub(tmp, build_tiny_tokenizer(), tmp / "secret.csv").install(patch)
     patch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp / "hub-cache"))
     demo = build_demo(EMBEDDED)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)

@@ -17,6 +17,7 @@ at most 2), and what each attack got.
     OMP_NUM_THREADS=1 python bench/load.py                 # N = 1, 4, 8 on the embedded model
     OMP_NUM_THREADS=1 python bench/load.py --visitors 8    # one N
     OMP_NUM_THREADS=1 python bench/load.py --hostile       # 6 visitors, then 6 beside 2 hostile ones
+    OMP_NUM_THREADS=1 python bench/load.py --smoke         # seconds: N = 1, 2 on a tiny random model
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradio_client import Client  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
+
+from bench.smoke import SMOKE_HELP, tiny_model_folder  # noqa: E402
 
 WAITING = "waiting for your turn"
 LOOPING = "mallory/looping"  # tests/hostile.py's model whose chat template loops
@@ -151,10 +154,13 @@ def main() -> None:
     ap.add_argument("--model", default="embedded", help="model spec served by the app (default embedded)")
     ap.add_argument("--visitors", type=int, nargs="+", default=[1, 4, 8], help="N values (default 1 4 8)")
     ap.add_argument("--hostile", action="store_true", help="public mode: 6 visitors, then 6 beside 2 hostile ones")
+    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP} (N = 1, 2)")
     args = ap.parse_args()
     if args.hostile:
         hostile_bench(args.model)
         return
+    if args.smoke:
+        args.model, args.visitors = tiny_model_folder(), [1, 2]
 
     from anatomy.interventions import fingerprint
     from space import build_demo
@@ -204,13 +210,13 @@ def hostile_bench(spec: str) -> None:
     from anatomy.interventions import fingerprint
     from space import build_demo
     from space.models import CACHE
-    from tests.conftest import make_tiny_tokenizer
+    from tests.conftest import build_tiny_tokenizer
     from tests.hostile import hostile_hub
 
     tmp = Path(tempfile.mkdtemp())
     patch = pytest.MonkeyPatch()
     os.environ["ANATOMY_PUBLIC"] = "1"
-    hostile_hub(tmp, make_tiny_tokenizer(), tmp / "none.csv").install(patch)
+    hostile_hub(tmp, build_tiny_tokenizer(), tmp / "none.csv").install(patch)
     patch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp / "hub-cache"))
     demo = build_demo(spec)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)

@@ -4,6 +4,9 @@ the embedded SmolLM2-135M model (loaded once per session; integration tests only
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, GemmaConfig, GPT2Con
 
 from anatomy.texts import default_eval_texts
 
+ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "opt")
 
 
@@ -49,14 +53,9 @@ def make_tiny_model(arch: str = "llama", vocab: int = 320, layers: int = 6, seed
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A 320-token byte-level BPE trained on the default evaluation set in well under a second."""
-    return make_tiny_tokenizer()
-
-
-def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """The `tiny_tokenizer` fixture's tokenizer, for code outside a test (a benchmark's served model)."""
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A 320-token byte-level BPE trained on the default evaluation set in well under a second (the benches'
+    smoke modes save it beside a tiny model, so it is a plain function as well as the fixture below)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"],
@@ -64,6 +63,11 @@ def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.train_from_iterator(default_eval_texts(), trainer)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tiny_tokenizer()
 
 
 def in_ci() -> bool:
@@ -105,6 +109,39 @@ def texts(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("texts") / "texts.txt"
     path.write_text("\n".join(default_eval_texts()[:4]), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def app_url() -> Iterator[str]:
+    """One app server in local mode for every module that drives the app through gradio_client (a server per
+    module cost seconds each). Each module registers its tiny model in the app's cache under its own spec and
+    patches what it needs (a fake Hub, the runs root, environment) around its own tests: the app reads those
+    per request. Public mode is read when the app is built, so tests/test_app_public.py starts its own."""
+    from space import build_demo
+    demo = build_demo("embedded")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    yield url
+    demo.close()
+
+
+def quick_study_command(out: Path) -> list[str]:
+    """The quick study of the embedded model as a user starts it, writing to `out`."""
+    return [sys.executable, "-m", "anatomy", "study", "--model", "embedded", "--quick", "--out", str(out)]
+
+
+def offline_env() -> dict[str, str]:
+    """This environment, offline, with OMP_NUM_THREADS kept (2 if unset)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory) -> Path:
+    """The quick study's folder, run once (minutes) for every test that reads it."""
+    out = tmp_path_factory.mktemp("study") / "quick"
+    done = subprocess.run(quick_study_command(out), cwd=ROOT, env=offline_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from anatomy.layers import LayerAdapter
 from anatomy.load import LoadedModel
 from anatomy.options import params
 from anatomy.plans import VARIANTS
-from space import build_demo
 from space import tab_manipulate as manipulate
 from space import tab_prune as prune
 from space.models import CACHE
@@ -32,12 +31,9 @@ TINY_EVAL = ("tiny", 6, "", 32)
 
 
 @pytest.fixture(scope="module")
-def client(tiny_tokenizer):
+def client(tiny_tokenizer, app_url):
     CACHE.put("tiny", LoadedModel(make_tiny_model("llama", layers=6), tiny_tokenizer, "tiny llama", "test"))
-    demo = build_demo("embedded")
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    yield Client(url, verbose=False)
-    demo.close()
+    return Client(app_url, verbose=False)
 
 
 def tiny_fingerprint() -> str:
@@ -45,6 +41,7 @@ def tiny_fingerprint() -> str:
         return fingerprint(loaded.model)
 
 
+@pytest.mark.slow
 def test_weight_space_tabs_give_plots_tables_and_a_run_zip(client):
     before = tiny_fingerprint()
     headline, *figures, table, markdown, archive = client.predict("tiny", 10, 0, api_name="/structure")
@@ -172,6 +169,7 @@ def test_every_endpoint_is_covered_by_a_test(client):
     assert named == ENDPOINTS | SERVER_ENDPOINTS | HUB_ENDPOINTS
 
 
+@pytest.mark.slow
 def test_the_quick_study_runs_from_the_study_tab(client):
     glance, claims, markdown, page, archive = client.predict(*TINY_EVAL, api_name="/study")
     assert glance is not None and archive.endswith(".zip")

@@ -19,7 +19,6 @@ from anatomy.load import LoadedModel
 from anatomy.options import params
 from anatomy.plans import VARIANTS
 from anatomy.public import REFUSED
-from space import build_demo
 from space import tab_manipulate as manipulate
 from space import tab_prune as prune
 from space.models import CACHE
@@ -64,15 +63,12 @@ def mutated(valid: dict, hostile: dict[str, st.SearchStrategy], least: int = 0) 
 
 
 @pytest.fixture(scope="module")
-def client(tiny_tokenizer):
+def client(tiny_tokenizer, app_url):
     CACHE.put(SPEC, LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test"))
     hub = FakeHub({})  # any Hub id the search makes up is answered "not found" at once
     with pytest.MonkeyPatch.context() as patch:
         hub.install(patch)
-        demo = build_demo("embedded")
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        yield Client(url, verbose=False)
-        demo.close()
+        yield Client(app_url, verbose=False)
         hub.uninstall()
 
 
@@ -151,6 +147,7 @@ ENDPOINTS = {
 SLOW = {"/structure": 3, "/spectral": 3, "/painters": 4}  # ~10 s a call on CI: fewer examples
 
 
+@pytest.mark.slow  # the search: 8 examples through the server for each endpoint
 @pytest.mark.parametrize("api", sorted(ENDPOINTS))
 def test_endpoint(client, intact, api):
     valid, hostile = ENDPOINTS[api]

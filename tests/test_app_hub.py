@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from anatomy.errors import AnatomyError
 from anatomy.load import LoadedModel
-from space import build_demo, published, tab_study
+from space import published, tab_study
 from space.models import CACHE
 from space.publish import publish_run
 from tests.conftest import make_tiny_model
@@ -36,7 +36,7 @@ HUB_ENDPOINTS = {f"/{kind}_{name}" for name in TABS for kind in ("publish", "pub
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, tiny_tokenizer):
+def app(tmp_path_factory, tiny_tokenizer, app_url):
     saved = tmp_path_factory.mktemp("model")
     model = make_tiny_model("llama", layers=3)
     model.save_pretrained(saved)
@@ -52,10 +52,7 @@ def app(tmp_path_factory, tiny_tokenizer):
         patch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path_factory.mktemp("no-login") / "token"))
         patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hub-cache")))
         hub.install(patch)
-        demo = build_demo("embedded")
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        yield url, hub
-        demo.close()
+        yield app_url, hub
         hub.uninstall()
 
 
@@ -159,6 +156,7 @@ def test_the_tabs_offer_a_published_result_and_show_it_without_computing(app, mo
     assert reads and not [a for a in reads if a and DEPLOYER in a]  # anonymous reads: no token at all
 
 
+@pytest.mark.slow
 def test_offline_or_a_silent_hub_means_no_offer_and_no_wait(app, monkeypatch):
     url, hub = app
     stored = {"alice--tiny/importance/results.json": json.dumps({"experiment": "importance", "written": "x"}).encode()}

@@ -12,7 +12,6 @@ from anatomy.interventions import fingerprint
 from anatomy.load import LoadedModel
 from anatomy.plans import VARIANTS
 from bench.load import PROMPT, JobRecord, run_load, summary, watch
-from space import build_demo
 from space.models import CACHE
 from tests.conftest import make_tiny_model
 
@@ -20,12 +19,9 @@ SPEC = "load-tiny"
 
 
 @pytest.fixture(scope="module")
-def url(tiny_tokenizer):
+def url(tiny_tokenizer, app_url):
     CACHE.put(SPEC, LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test"))
-    demo = build_demo("embedded")
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    yield local_url
-    demo.close()
+    return app_url
 
 
 def weights() -> str:
@@ -37,6 +33,7 @@ def text(highlighted: list[dict]) -> str:
     return "".join(part["token"] for part in highlighted)
 
 
+@pytest.mark.slow
 def test_eight_concurrent_visitors_all_finish_and_never_see_altered_weights(url):
     before = weights()
     reference = Client(url, verbose=False).predict(SPEC, PROMPT, "none", "0", 0.5, 0, 8, api_name="/generate")

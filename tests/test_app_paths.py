@@ -9,7 +9,7 @@ import pytest
 from gradio_client import Client
 
 from anatomy.load import LoadedModel
-from space import build_demo, runs
+from space import runs
 from space import tab_manipulate as manipulate
 from space.models import CACHE
 from tests.conftest import make_tiny_model
@@ -33,15 +33,12 @@ SLOW = {"/structure": ("absolute", "long"), "/spectral": ("dotdot", "unicode"), 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_tokenizer):
+def server(tmp_path_factory, tiny_tokenizer, app_url):
     base = tmp_path_factory.mktemp("paths")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runs, "RUNS_ROOT", base / "runs")
         CACHE.put("paths-tiny", LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test"))
-        demo = build_demo("embedded")
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        yield url, base
-        demo.close()
+        yield app_url, base
 
 
 def hostile_ids(base: Path) -> dict[str, str]:
@@ -53,6 +50,7 @@ def files_under(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*")} if folder.exists() else set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["absolute", "dotdot", "deep-dotdot", "nul", "long", "unicode"])
 def test_hostile_session_ids_write_only_under_the_runs_root(server, kind):
     url, base = server

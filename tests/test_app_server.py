@@ -10,7 +10,6 @@ import pytest
 from gradio_client import Client
 
 from anatomy.interventions import fingerprint
-from space import build_demo
 from space.models import CACHE
 
 pytestmark = pytest.mark.embedded
@@ -21,16 +20,8 @@ ENDPOINTS = {"/check_model", "/load_model", "/importance", "/interventions", "/g
 
 
 @pytest.fixture(scope="module")
-def url():
-    demo = build_demo("embedded")
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    yield local_url
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    return Client(url, verbose=False)
+def client(app_url):
+    return Client(app_url, verbose=False)
 
 
 def weights_fingerprint() -> str:
@@ -46,6 +37,7 @@ def generate(client: Client, kind: str, layers: str = "0-29", value: float = 0.5
     return client.predict("embedded", PROMPT, kind, layers, value, 0, 8, api_name="/generate")
 
 
+@pytest.mark.slow
 def test_every_endpoint_answers(client):
     calls = {}
     calls["/check_model"] = client.predict("embedded", api_name="/check_model")
@@ -87,10 +79,11 @@ def test_bad_input_is_a_short_message_and_the_app_keeps_serving(client, args, ap
     assert "embedded" in client.predict("embedded", api_name="/check_model")
 
 
-def test_two_clients_never_see_each_others_altered_weights(url):
+@pytest.mark.slow
+def test_two_clients_never_see_each_others_altered_weights(app_url):
     before = weights_fingerprint()
-    reference = text(generate(Client(url, verbose=False), "none")[0])
-    alterer, reader = Client(url, verbose=False), Client(url, verbose=False)
+    reference = text(generate(Client(app_url, verbose=False), "none")[0])
+    alterer, reader = Client(app_url, verbose=False), Client(app_url, verbose=False)
 
     def alter() -> list[str]:
         out = []
@@ -111,8 +104,8 @@ def test_two_clients_never_see_each_others_altered_weights(url):
     assert weights_fingerprint() == before
 
 
-def test_stop_cancels_a_running_job_and_restores_the_weights(url):
-    client = Client(url, verbose=False)
+def test_stop_cancels_a_running_job_and_restores_the_weights(app_url):
+    client = Client(app_url, verbose=False)
     before = weights_fingerprint()
     job = client.submit("embedded", 12, "", 128, "zero", "one-neighbour", "all", api_name="/importance")
     deadline = time.monotonic() + 300

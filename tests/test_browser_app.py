@@ -14,7 +14,7 @@ import pytest
 
 from conftest import require
 
-pytestmark = [pytest.mark.browser, pytest.mark.embedded]
+pytestmark = [pytest.mark.browser, pytest.mark.embedded, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = ROOT / "tests" / "artefacts"
 CHROMIUM = "/usr/bin/chromium"

@@ -169,6 +169,7 @@ def test_is_prose():
     assert not corpus.is_prose("- the first item of a list that goes on and on for more than twelve words here.")
 
 
+@pytest.mark.slow
 def test_the_installed_standard_library_gives_a_modern_english_corpus(tmp_path):
     docs = corpus.stdlib_documents(cache=tmp_path)
     assert len(docs) > 100 and sum(map(len, docs.values())) > 300_000

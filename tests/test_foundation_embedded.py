@@ -19,6 +19,7 @@ def test_embedded_is_smollm2_135m(embedded):
     assert embedded.model.generation_config is not None
 
 
+@pytest.mark.slow
 def test_importance_map_on_embedded(embedded, embedded_eval_set):
     model = embedded.model
     before = iv.fingerprint(model)

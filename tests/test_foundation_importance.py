@@ -81,6 +81,7 @@ def _cli(*args, cwd=None):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_writes_run_folder(tmp_path, tiny_tokenizer):
     folder = tmp_path / "model"
     make_tiny_model("gpt2").save_pretrained(folder)
@@ -103,6 +104,7 @@ def test_cli_writes_run_folder(tmp_path, tiny_tokenizer):
     assert "Spearman" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_messages(tmp_path):
     proc = _cli("importance", "--model", str(tmp_path / "nope.gguf"), "--out", str(tmp_path / "x"))
     assert proc.returncode == 2

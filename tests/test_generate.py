@@ -103,6 +103,7 @@ def test_the_tab_reads_a_plan_from_the_layers_box_and_refuses_an_empty_one():
         config_of("Hello", "plan", " ", 0.5, 0, 8, True)
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_embedded_chat_template_and_a_plan_equal_the_model_altered_by_hand(embedded):
     model, tokenizer = embedded.model, embedded.tokenizer

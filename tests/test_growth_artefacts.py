@@ -1,5 +1,6 @@
 """End to end on the tiny preset: CLI -> checkpoint folder -> load-back with nothing of ours -> upload."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ def checkpoint(tmp_path_factory, text_file):
     return out
 
 
+@pytest.mark.slow
 def test_checkpoint_folder_holds_every_artefact(checkpoint):
     names = {p.name for p in checkpoint.iterdir()}
     assert {"model.safetensors", "config.json", "configuration_growth.py", "modeling_growth.py", "tokenizer.json",
@@ -48,9 +50,26 @@ def test_checkpoint_folder_holds_every_artefact(checkpoint):
     assert abs(metrics["perplexity"] - 2.718281828 ** metrics["loss"]) / metrics["perplexity"] < 1e-2
 
 
-LOAD_BACK = textwrap.dedent("""
+def outside(entries: list[str], repo: str) -> list[str]:
+    """`entries` (a sys.path) without the working folder and every entry inside `repo`, compared as resolved
+    paths: a prefix test on strings also dropped a virtual environment beside it named `<repo>-venv`."""
+    from pathlib import Path  # here, not at the top: the load-back interpreter runs this function's source alone
+    root = Path(repo).resolve()
+    return [p for p in entries if p not in ("", ".") and not Path(p).resolve().is_relative_to(root)]
+
+
+def test_outside_drops_the_repository_and_keeps_a_virtual_environment_beside_it(tmp_path):
+    repo = tmp_path / "anatomy"
+    (repo / "tests").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(repo)
+    kept = [str(tmp_path / "anatomy-venv" / "lib" / "site-packages"), str(tmp_path / "anatomy2"), "/usr/lib/python3"]
+    dropped = ["", ".", str(repo), str(repo / "tests"), str(tmp_path / "link" / "tests"), f"{repo}/../anatomy/x"]
+    assert outside([*dropped[:3], kept[0], *dropped[3:], *kept[1:]], str(repo)) == kept
+
+
+LOAD_BACK = textwrap.dedent(inspect.getsource(outside)) + textwrap.dedent("""
     import sys
-    sys.path = [p for p in sys.path if p not in ("", ".") and not p.startswith({repo!r})]
+    sys.path = outside(sys.path, {repo!r})
     import json, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
@@ -90,6 +109,7 @@ def in_memory_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
         return model(ids).logits
 
 
+@pytest.mark.slow
 def test_load_back_without_this_repository(checkpoint, tmp_path):
     out = load_back(checkpoint, tmp_path)
     assert out["module"].startswith("transformers_modules")  # the shipped code, not ours
@@ -111,6 +131,7 @@ def test_trained_model_logits_equal_the_saved_ones(tmp_path, text_file):
     torch.testing.assert_close(in_memory_logits(tmp_path / "u", ids), expected)
 
 
+@pytest.mark.slow
 def test_push_to_hub_replaces_only_the_http_hop(checkpoint, tmp_path, monkeypatch, capsys):
     calls = {}
 
@@ -136,6 +157,7 @@ def test_push_to_hub_replaces_only_the_http_hop(checkpoint, tmp_path, monkeypatc
     assert out["cached"].shape[1] > out["ids"].shape[1]
 
 
+@pytest.mark.slow
 def test_upload_errors_hide_the_token(checkpoint, monkeypatch):
     def boom(self, repo_id, **kw):
         raise RuntimeError(f"401 for token {self.token}")

@@ -3,11 +3,13 @@
 import json
 
 import pandas as pd
+import pytest
 
 from growth_models import compare
 from growth_helpers import write_text
 
 
+@pytest.mark.slow
 def test_compare_writes_an_honest_run_folder(tmp_path):
     text = write_text(tmp_path / "verse.txt")
     out = tmp_path / "run"

@@ -45,6 +45,7 @@ def train_counting(schedule: str, data, phase_steps: tuple[int, ...]):
     return account, counted, log
 
 
+@pytest.mark.slow
 def test_growth_accounting_matches_the_gradients_each_layer_received(tiny_data):
     account, counted, log = train_counting("growth", tiny_data, PHASE_STEPS)
     by = account.set_index("part")
@@ -97,6 +98,7 @@ def test_fact_sentences_split_by_sentence():
     assert split == fact_split()
 
 
+@pytest.mark.slow
 def test_study_regime_run_on_the_tiny_preset(tmp_path):
     out = tmp_path / "study"
     assert compare.main(["--regime", "study", "--preset", "tiny", "--seeds", "1", "--epoch-scale", "0.005",

@@ -85,6 +85,7 @@ def test_each_phase_trains_only_its_layers_with_the_others_absent():
     assert sum(r["steps"] for r in trainer.phase_log) == 18
 
 
+@pytest.mark.slow
 def test_growth_and_uniform_see_the_same_batches_and_tokens():
     a, b = tiny_trainer("growth"), tiny_trainer("uniform")
     assert all(torch.equal(a._batch(), b._batch()) for _ in range(5))

@@ -164,6 +164,7 @@ def test_atlas_and_push_refuse_what_they_cannot_read(hub, tmp_path, capsys):
     assert "not a finished run or study folder" in one_line(capsys) and len(hub.requests) == asked
 
 
+@pytest.mark.slow
 def test_a_study_is_pushed_whole_and_reused_by_study_from_hub(hub, model_dir, texts, tmp_path, capsys):
     study = ["study", "--model", str(model_dir), "--text-file", str(texts), "--max-length", "24",
              "--experiments", "importance,spectral,prune"]  # prune's K=4 cannot run on 3 layers
@@ -199,6 +200,7 @@ print(model.config.num_hidden_layers, out.shape[1] - ids.shape[1])
 """
 
 
+@pytest.mark.slow
 def test_a_pruned_model_is_pushed_with_a_model_card_and_loads_back_alone(hub, model_dir, texts, tmp_path, capsys):
     import subprocess
     import sys

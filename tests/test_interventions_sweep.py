@@ -61,6 +61,7 @@ def test_bad_configs_are_refused_before_any_work():
         build_config(InterventionsConfig, {"intervention": "none"})
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_embedded_sweep_equals_the_ppl_of_the_layers_scaled_by_hand(embedded, embedded_eval_set):
     model = embedded.model

@@ -112,6 +112,7 @@ def test_the_apps_layer_set_reads_the_typed_layers_only_when_chosen():
         build_config(ManipulateInputs, {"layers": " ", "source": GIVEN})
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_manipulate_cli_on_the_embedded_model(tmp_path):
     from anatomy.cli import main

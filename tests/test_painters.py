@@ -85,6 +85,7 @@ def test_tasks_are_scored_on_every_answer_token(tiny_tokenizer):
     assert score(lambda prompt, row: [prompt - 2, row - 1]) == {"facts": 1.0, "arithmetic": 1.0}  # outside
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_embedded_parallel_beats_skip_on_ppl_and_tasks_work(embedded, embedded_eval_set):
     config = PlansConfig(variants=("skip", "parallel"), block_sizes=(4,), **FAST)

@@ -135,6 +135,7 @@ def test_layer_flags_are_read_as_the_cli_reads_them_and_checked_before_the_fits(
             run_predictability(model, tiny_eval_set, parsed("--multi-layers", selection))
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_predictability_cli_on_the_embedded_model(tmp_path, capsys):
     from anatomy.cli import main

@@ -83,6 +83,7 @@ def test_the_importance_map_is_computed_with_the_ablation_mode_and_only_when_a_c
     assert computed == [ImportanceConfig(mode="zero")]
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_prune_cli_saves_a_loadable_model(tmp_path):
     from transformers import AutoTokenizer

@@ -159,6 +159,7 @@ TRAIN_TEXT = "\n".join(f"Chapter {i}. The keeper walked along the harbour wall a
                        f"had come in overnight, and wrote the number {i * 7} in his little book." for i in range(400))
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_embedded_recovery_run_and_cli(embedded, embedded_eval_set, tmp_path):
     path = tmp_path / "train.txt"

@@ -80,6 +80,7 @@ def test_custom_model_type_is_refused_in_one_line(custom_folder, marker):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_and_never_runs_the_code(custom_folder, marker, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "anatomy", "importance", "--model", str(custom_folder),

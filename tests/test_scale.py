@@ -28,6 +28,7 @@ from growth_models import train
 from conftest import make_tiny_model
 from growth_helpers import write_text
 
+pytestmark = pytest.mark.slow  # every test starts processes that import torch and load a model
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
 TIMED = ("ms_per_token", "speedup")  # latency columns: measured, so never equal between two runs
 STOPPED = "error: the run was stopped: a process of `accelerate launch` died"

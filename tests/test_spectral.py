@@ -46,6 +46,7 @@ def test_config_is_validated():
         run_spectral(make_tiny_model("llama"), None, SpectralConfig(min_tail=1))
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_spectral_cli_on_the_embedded_model(tmp_path, capsys):
     from anatomy.cli import main

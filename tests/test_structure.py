@@ -87,6 +87,7 @@ def test_run_folder_keeps_the_cosine_matrices(tmp_path, tiny_tokenizer):
     assert "control" in EXPERIMENT.headline(back)
 
 
+@pytest.mark.slow
 @pytest.mark.embedded
 def test_structure_cli_on_the_embedded_model(tmp_path):
     from anatomy.cli import main

@@ -66,6 +66,7 @@ def test_a_folder_without_its_key_or_results_is_not_finished(tmp_path, tiny_toke
     assert study.run_study(steps, loaded, tiny_eval_set, tmp_path).reused == []
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_two_studies_compare(tmp_path, tiny_tokenizer, tiny_eval_set):
     loaded = LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test")
     steps = study.plan(["importance"], {"importance": {"mode": "zero"}})
@@ -103,6 +104,7 @@ def test_the_studys_recovery_layers_follow_relative_depth():
     assert study.with_recovery_layers(steps, 30, "2,4", quick=True)[0].config.layers == "2,4"
 
 
+@pytest.mark.slow
 def test_an_experiment_this_model_cannot_run_is_stated_and_the_study_goes_on(tmp_path, tiny_tokenizer, tiny_eval_set):
     loaded = LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test")
     # a random tiny model has no layer outside the redundant set, so manipulation refuses; budget still runs
