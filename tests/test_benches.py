@@ -29,6 +29,9 @@ BENCHES: dict[str, list[str]] = {
     "load.py": [rf"^N=2: completed 4/4 jobs, wait p50 {NUMBER} s p95 {NUMBER} s, latency p50 {NUMBER} s p95 "
                 rf"{NUMBER} s, throughput {NUMBER} jobs/s", r"^weights unchanged after all runs: True$"],
 }
+BENCHES["attacks.py"] = [rf"^config of 468M parameters over a 2-element file: {NUMBER} s, server peak \+{NUMBER} MB$",
+                         rf"^chat template of two nested range\(100000\) loops: {NUMBER} s, server peak \+{NUMBER} MB$",
+                         rf"^recovery, steps 10\^9 \(app\): {NUMBER} s, server peak \+{NUMBER} MB$"]
 HELPERS = {"smoke.py"}  # imported by the benches, not run
 AWAITING_SMOKE = {"recovery.py", "study.py"}  # smoke modes on their way: move each into BENCHES with its lines
 
