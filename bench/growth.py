@@ -1,6 +1,7 @@
 """Training speed of the growth trainer against a plain PyTorch loop, and per phase.
 
     python bench/growth.py [--preset paper] [--steps 20] [--rounds 2]
+    python bench/growth.py --smoke        # seconds: the tiny preset, 2 steps, one round
 
 Both sides train the same model (same init) on the same batches with the same AdamW settings
 and gradient clipping; the trainer's time is its whole `fit()` (accelerate prepare, phase
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from growth_models.plan import default_plan  # noqa: E402
 from growth_models.presets import PRESETS, build_model  # noqa: E402
 from growth_models.trainer import Trainer, TrainConfig  # noqa: E402
+from bench.smoke import SMOKE_HELP  # noqa: E402
 
 
 def plain_loop(model, chunks: torch.Tensor, cfg: TrainConfig) -> tuple[float, float]:
@@ -66,7 +68,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="steps per timed round (uniform schedule)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--phase-steps", type=int, default=120, help="total steps of the per-phase growth run")
+    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP} (the tiny preset)")
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.steps, args.rounds, args.phase_steps = "tiny", 2, 1, 12
     preset = PRESETS[args.preset]
     plan = default_plan()
     chunks = torch.randint(0, preset.vocab_size, (512, preset.seq_len), generator=torch.Generator().manual_seed(0))

@@ -11,6 +11,7 @@ vocabulary blocks). All use the same evaluation set; their PPLs must agree withi
     python bench/importance.py                   # all 30 layers of the embedded model, default eval set
     python bench/importance.py --layers 0,10,20  # a quicker subset
     python bench/importance.py --breakdown       # also time the product without each of its ideas
+    python bench/importance.py --smoke           # seconds, on a tiny random model (breakdown included)
 
 Prints `speedup: <ratio>` (vs the reference) and `speedup vs batched: <ratio>`, and the product's achieved
 GFLOP/s beside a 2048^3 float32 matmul's, and the time the product's matmul work alone would take at that
@@ -42,6 +43,7 @@ from anatomy.interventions import neighbours  # noqa: E402
 from anatomy.layers import LayerAdapter, parse_layers  # noqa: E402
 from anatomy.load import load_model  # noqa: E402
 from anatomy.texts import default_eval_texts  # noqa: E402
+from bench.smoke import SMOKE_HELP, tiny_model_folder  # noqa: E402
 
 
 @torch.no_grad()
@@ -156,7 +158,10 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=48, help="number of default sentences (default 48)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the product with padded rows, one head block, and no prefix cache")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP} (6 texts, with --breakdown)")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.texts, args.breakdown = tiny_model_folder(), 6, True
 
     loaded = load_model(args.model)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -172,7 +177,7 @@ def main() -> None:
     t_batched, batched = timed(lambda: batched_reference_map(model, eval_set, layers))
     t_reference, reference = timed(lambda: reference_map(model, tokenizer, texts, layers))
 
-    ppl = product.set_index("layer")["ppl"]
+    ppl = product.table.set_index("layer")["ppl"]
     worst = max(abs(ppl[l] / ref[l] - 1) for ref in (reference, batched) for l in layers)
     print(f"product:           {t_product:8.2f} s")
     print(f"batched reference: {t_batched:8.2f} s (in-place swap, the evaluator's padded batches, full forwards)")
@@ -180,8 +185,9 @@ def main() -> None:
     print(f"max relative PPL difference: {worst:.2e} ({'OK' if worst < 1e-4 else 'MISMATCH'} at 1e-4)")
     if args.breakdown:
         breakdown(model, eval_set, layers, t_product, t_batched)
-    flops, peak = product_flops(model, eval_set, layers), matmul_gflops() * 1e9
-    print(f"product achieved: {flops / t_product / 1e9:.1f} GFLOP/s; 2048^3 float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    size = 256 if args.smoke else 2048
+    flops, peak = product_flops(model, eval_set, layers), matmul_gflops(size) * 1e9
+    print(f"product achieved: {flops / t_product / 1e9:.1f} GFLOP/s; {size}^3 float32 matmul: {peak / 1e9:.1f} GFLOP/s")
     print(f"product's matmul work at the matmul's rate: {flops / peak:.2f} s, so at most "
           f"{t_reference * peak / flops:.2f}x the reference on this machine")
     print(f"speedup: {t_reference / t_product:.2f}   speedup vs batched: {t_batched / t_product:.2f}")

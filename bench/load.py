@@ -9,6 +9,7 @@ client was shown a queue position. The model's weights are fingerprinted before 
 
     OMP_NUM_THREADS=1 python bench/load.py                 # N = 1, 4, 8 on the embedded model
     OMP_NUM_THREADS=1 python bench/load.py --visitors 8    # one N
+    OMP_NUM_THREADS=1 python bench/load.py --smoke         # seconds: N = 1, 2 on a tiny random model
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradio_client import Client  # noqa: E402
 from gradio_client.utils import Status  # noqa: E402
+
+from bench.smoke import SMOKE_HELP, tiny_model_folder  # noqa: E402
 
 WAITING = "waiting for another visitor"
 PROMPT = "The capital of France is"
@@ -114,7 +117,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded", help="model spec served by the app (default embedded)")
     ap.add_argument("--visitors", type=int, nargs="+", default=[1, 4, 8], help="N values (default 1 4 8)")
+    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP} (N = 1, 2)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.visitors = tiny_model_folder(), [1, 2]
 
     from anatomy.interventions import fingerprint
     from space import build_demo

@@ -4,6 +4,7 @@
     python bench/scale.py --layers 0-9 --texts 16  # quicker
     python bench/scale.py --workers 4              # another count of processes
     OMP_NUM_THREADS=1 python bench/scale.py        # the one-process side on one thread (a shared CPU)
+    python bench/scale.py --smoke                  # seconds: a tiny random model on 2 workers
 
 Workers: the GPUs where there are two or more, else the CPU's physical cores, one process each (gloo). Both
 sides are the CLI command itself, `python -m anatomy importance`, then the same under `accelerate launch
@@ -43,6 +44,7 @@ from anatomy.evaluate import EvalSet  # noqa: E402
 from anatomy.layers import parse_layers  # noqa: E402
 from anatomy.load import load_model  # noqa: E402
 from anatomy.texts import default_eval_texts  # noqa: E402
+from bench.smoke import SMOKE_HELP, tiny_model_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +89,10 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=48, help="number of default sentences (default 48)")
     parser.add_argument("--workers", type=int, default=workers(),
                         help=f"processes of the split run (default here: {workers()})")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP} (4 texts, 2 workers)")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.texts, args.workers = tiny_model_folder(), 4, 2
 
     loaded = load_model(args.model)  # for the matmul floor, and the embedded model's cache before timing
     texts = default_eval_texts()[:args.texts]
@@ -102,7 +107,8 @@ def main() -> None:
     equal = one[2].equals(many[2])
     eval_set = EvalSet.from_texts(texts, loaded.tokenizer, name="default", device=loaded.model.device)
     flops = product_flops(loaded.model, eval_set, layers)
-    rate = matmul_gflops(device=device) * 1e9  # on this process's threads: the one-process side's
+    size = 256 if args.smoke else 2048
+    rate = matmul_gflops(size, device=device) * 1e9  # on this process's threads: the one-process side's
     if device == "cuda":
         used = f"{args.workers} GPUs"
         split_rate = rate * args.workers
@@ -116,7 +122,7 @@ def main() -> None:
     for name, (run_s, wall, _, threads) in (("1 process", one), (f"{args.workers} processes", many)):
         print(f"{name + ':':<14} run {run_s:8.2f} s   (command {wall:6.1f} s), {threads} thread(s) per process")
     print(f"tables equal: {'yes' if equal else 'NO'}")
-    print(f"matmul floor: {flops / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s (2048^3 float32 on one {device}"
+    print(f"matmul floor: {flops / 1e9:.1f} GFLOP at {rate / 1e9:.1f} GFLOP/s ({size}^3 float32 on one {device}"
           + (f", {torch.get_num_threads()} thread(s)" if device == "cpu" else "") + f"): {flops / rate:.2f} s with "
           f"1 process, {flops / split_rate:.2f} s with {args.workers} ({used})")
     if device == "cpu" and one[3] >= (psutil.cpu_count(logical=False) or 1):

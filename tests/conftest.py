@@ -49,9 +49,9 @@ def make_tiny_model(arch: str = "llama", vocab: int = 320, layers: int = 6, seed
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A 320-token byte-level BPE trained on the default evaluation set in well under a second."""
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A 320-token byte-level BPE trained on the default evaluation set in well under a second (the benches'
+    smoke modes save it beside a tiny model, so it is a plain function as well as the fixture below)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"],
@@ -59,6 +59,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.train_from_iterator(default_eval_texts(), trainer)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tiny_tokenizer()
 
 
 def in_ci() -> bool:
