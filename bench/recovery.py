@@ -5,10 +5,10 @@ bfloat16 autocast.
 Every loop runs the same protocol (noise, AdamW fine-tune of one layer, PPL every --eval-every steps) on the
 embedded model for the study's 13 layers by default, a few steps each.
 
-- Cached vs plain (one fine-tune at a time, no control): per-layer seconds and `speedup: <plain total /
-  cached total>` (baseline included), and beside it the work ratio, the matmul FLOPs of the plain loop over
-  those of the cached one: the most that skipping the frozen prefix can give. The two must give the same
-  curves.
+- Cached vs plain (one fine-tune at a time, no control): each a whole `run_recovery` of every layer, and
+  `speedup: <plain / cached>` (baseline included), and beside it the work ratio, the matmul FLOPs of the plain
+  loop over those of the cached one: the most that skipping the frozen prefix can give. The two must give the
+  same curves.
 - Batched (the study's protocol: each layer noised and its sigma-0 control): the one-by-one float32 loop
   (`--batch-variants 1`), the batched float32 loop and the batched loop under `torch.autocast` bfloat16, each
   a whole `run_recovery`; their wall times, the floors (the cached loop's matmul FLOPs at the rate of a 2048^3
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -91,36 +90,25 @@ def timed_recovery(loaded: LoadedModel, eval_set: EvalSet, config: RecoveryConfi
 
 def cached_vs_plain(loaded: LoadedModel, eval_set: EvalSet, layers: list[int], rows: torch.Tensor,
                     base: RecoveryConfig) -> None:
-    """One fine-tune at a time, the plain loop against the cached one, per layer, interleaved (plain and cached
-    back to back, the order alternating) so that load drift on a shared machine hits both alike."""
-    times = {"plain": {}, "cached": {}}
-    shared = {"plain": 0.0, "cached": 0.0}
-    curves = {"plain": [], "cached": []}
-    for k, layer in enumerate(layers):
-        for name in (("plain", "cached") if k % 2 == 0 else ("cached", "plain")):
-            config = RecoveryConfig(**{**vars(base), "layers": [layer], "cached": name == "cached",
-                                       "batch_variants": 1, "control": False})
-            result = run_recovery(loaded.model, eval_set, config, train_rows=rows)
-            times[name][layer] = result.timings["layers_s"][layer]
-            shared[name] = max(shared[name], result.timings["baseline_s"])
-            curves[name].append(result["recovery_curves"])
-    plain_total, cached_total = (sum(times[n].values()) + shared[n] for n in ("plain", "cached"))
-    table = pd.DataFrame({"layer": layers, "plain_s": [times["plain"][i] for i in layers],
-                          "cached_s": [times["cached"][i] for i in layers]})
-    table["ratio"] = table["plain_s"] / table["cached_s"]
-    gap = np.abs(pd.concat(curves["plain"])["ppl"].to_numpy() / pd.concat(curves["cached"])["ppl"].to_numpy()
-                 - 1).max()
-    print(table.round(2).to_string(index=False))
-    print(f"shared: plain {shared['plain']:.1f} s, cached {shared['cached']:.1f} s (baseline, eval cache)")
-    print(f"max relative PPL difference plain vs cached: {gap:.2e}")
-    print(f"mean per-layer ratio: {table['ratio'].mean():.2f}")
-    print(f"totals: plain {plain_total:.1f} s, cached {cached_total:.1f} s")
+    """One fine-tune at a time, no control: the plain loop (every step through the whole model) against the
+    cached one (`--batch-variants 1`: the frozen prefix once per step for all layers, then layers l..N-1 per
+    layer), each a whole `run_recovery` of every layer."""
+    config = RecoveryConfig(**{**vars(base), "layers": layers, "control": False, "batch_variants": 1})
+    plain_s, plain = timed_recovery(loaded, eval_set, RecoveryConfig(**{**vars(config), "cached": False}), rows)
+    cached_s, cached = timed_recovery(loaded, eval_set, config, rows)
+    print(f"plain:  {plain_s:8.1f} s (one fine-tune at a time through the whole model)")
+    print(f"cached: {cached_s:8.1f} s (one fine-tune at a time; the frozen prefix once per step for all layers)")
+    print(f"max relative PPL difference plain vs cached: {ppl_gap(plain, cached):.2e}")
     for label, steps in ((f"these {base.steps} steps", base.steps), ("the full protocol, 200 steps", 200)):
-        plain, cached = matmul_flops(loaded.model, eval_set, layers, RecoveryConfig(**{**vars(base), "steps": steps,
-                                                                                       "control": False}))
+        work = matmul_flops(loaded.model, eval_set, layers, RecoveryConfig(**{**vars(config), "steps": steps}))
         print(f"work ratio (matmul work plain / cached: the most skipping the prefix can give), {label}: "
-              f"{plain / cached:.2f}")
-    print(f"speedup: {plain_total / cached_total:.2f}")
+              f"{work[0] / work[1]:.2f}")
+    print(f"speedup: {plain_s / cached_s:.2f}")
+
+
+def ppl_gap(a, b) -> float:
+    """The largest relative difference between two runs' recovery curves' PPLs."""
+    return float(np.abs(a["recovery_curves"]["ppl"].to_numpy() / b["recovery_curves"]["ppl"].to_numpy() - 1).max())
 
 
 def batched(loaded: LoadedModel, eval_set: EvalSet, layers: list[int], rows: torch.Tensor, base: RecoveryConfig,
@@ -133,14 +121,12 @@ def batched(loaded: LoadedModel, eval_set: EvalSet, layers: list[int], rows: tor
     rates = {name: matmul_gflops(matmul_size, dtype=dtype) * 1e9
              for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
     flops = matmul_flops(loaded.model, eval_set, layers, config)[1]
-    gap = lambda a, b: float(np.abs(a["recovery_curves"]["ppl"].to_numpy()  # noqa: E731
-                                    / b["recovery_curves"]["ppl"].to_numpy() - 1).max())
     print(f"{len(layers)} layers x (noised, sigma-0 control) = {2 * len(layers)} fine-tunes; batched "
           f"{bf16['batched']['per_batch']} per step in {bf16['batched']['passes']} pass(es)")
     print(f"one-by-one float32: {one_s:8.1f} s")
     print(f"batched float32:    {f32_s:8.1f} s ({one_s / f32_s:.2f}x; PPL max relative difference "
-          f"{gap(f32, one):.1e})")
-    print(f"batched bfloat16:   {bf16_s:8.1f} s (autocast; PPL max relative difference {gap(bf16, one):.1e})")
+          f"{ppl_gap(f32, one):.1e})")
+    print(f"batched bfloat16:   {bf16_s:8.1f} s (autocast; PPL max relative difference {ppl_gap(bf16, one):.1e})")
     print(f"{matmul_size}^3 matmul: float32 {rates['float32'] / 1e9:.1f} GFLOP/s, bfloat16 "
           f"{rates['bfloat16'] / 1e9:.1f} GFLOP/s")
     print(f"floor ({flops / 1e9:.1f} GFLOP of matmuls): float32 {flops / rates['float32']:.1f} s, bfloat16 "

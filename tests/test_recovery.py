@@ -170,8 +170,8 @@ def test_not_reached_is_missing():
 
 
 def test_variant_plan_splits_by_memory():
-    """Half the budget for one group's activations, half for a pass's weights; a layer's variants stay in one
-    pass; the cap limits the group."""
+    """A pass holds what half the budget holds the weights of, whole layers each; the rest of the budget holds a
+    group's activations, groups evened out; the cap limits the group."""
     from anatomy.train_layer import variant_bytes
 
     model = make_tiny_model("llama", layers=4)
@@ -179,10 +179,12 @@ def test_variant_plan_splits_by_memory():
     weights, activations = variant_bytes(model, 0, 30, 100)
     assert weights == 16 * sum(p.numel() for p in LayerAdapter(model).layers[0].parameters())
     assert variant_bytes(model, 3, 30, 100)[1] < activations  # fewer layers above: less to keep
-    plan = variant_plan(model, specs, 30, 100, budget=2 * 3 * activations + 1)
-    assert plan.group == 3 and plan.passes == [specs]  # weights are the smaller part here: all in one pass
+    plan = variant_plan(model, specs, 30, 100, budget=6 * weights + 4 * activations)
+    assert plan.passes == [specs] and plan.group == 3  # room for 4 at a time: two even groups of 3
     assert variant_plan(model, specs, 30, 100, budget=10**12).group == 6
     assert variant_plan(model, specs, 30, 100, budget=10**12, cap=2).group == 2
+    two = variant_plan(model, specs, 30, 100, budget=8 * weights + 1)  # half the budget holds 4 variants' weights
+    assert two.passes == [specs[:4], specs[4:]] and two.group == 1
     tight = variant_plan(model, specs, 30, 100, budget=1)
     assert tight.group == 1 and tight.passes == [specs[:2], specs[2:4], specs[4:]]
     assert "6 variants, 1 per batch" in tight.describe([0, 1, 2])
