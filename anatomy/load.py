@@ -126,10 +126,12 @@ class LoadedModel:
         return None if self.autocast is None else str(self.autocast).removeprefix("torch.")
 
     def compute(self) -> AbstractContextManager:
-        """The context a run of this model computes in: `torch.autocast` at `autocast` where it is set."""
+        """The context a run of this model computes in: `torch.autocast` at `autocast` where it is set, without
+        autocast's cache of cast weights: that cache keeps the first cast of a weight for the whole region, so
+        the in-place edits every intervention makes (and every optimizer step) would go unseen."""
         if self.autocast is None:
             return nullcontext()
-        return torch.autocast(offload.input_device(self.model).type, dtype=self.autocast)
+        return torch.autocast(offload.input_device(self.model).type, dtype=self.autocast, cache_enabled=False)
 
     @property
     def num_parameters(self) -> int:

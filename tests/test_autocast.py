@@ -80,21 +80,42 @@ def test_a_run_under_autocast_computes_in_bfloat16_and_says_so(tmp_path, tiny_to
     assert "computed under torch.autocast in bfloat16" in records["bfloat16"][1]
 
 
-def test_recovery_trains_float32_weights_under_autocast(tiny_eval_set):
-    """The batched fine-tunes under bfloat16 autocast end near the float32 ones; the model is restored."""
+def test_in_place_edits_take_effect_under_autocast(tiny_eval_set, tiny_tokenizer):
+    """A layer zeroed in place inside the run's autocast region moves the PPL as in float32: autocast's cache
+    of cast weights, which would keep the unedited cast, is off."""
+    from anatomy.evaluate import perplexity
+    from anatomy.interventions import zero
+    from anatomy.layers import LayerAdapter
+
+    model = make_tiny_model("llama", layers=3)
+    ppl = {}
+    for name, autocast in (("float32", None), ("bfloat16", torch.bfloat16)):
+        with LoadedModel(model, tiny_tokenizer, "tiny", "test", autocast=autocast).compute():
+            base = perplexity(model, tiny_eval_set).ppl
+            with zero(LayerAdapter(model), [1]):
+                ppl[name] = perplexity(model, tiny_eval_set).ppl / base
+    assert abs(ppl["float32"] - 1) > 0.05
+    assert abs(ppl["bfloat16"] - ppl["float32"]) < 0.25 * abs(ppl["float32"] - 1)
+
+
+def test_recovery_trains_float32_weights_under_autocast(tiny_eval_set, tiny_tokenizer):
+    """The batched fine-tunes under bfloat16 autocast follow the float32 ones (noise and every optimizer step
+    seen); the model is restored."""
     model = make_tiny_model("llama", layers=3)
     before = fingerprint(model)
-    config = RecoveryConfig(layers=[0, 2], steps=6, eval_every=3, train_batch_size=2, train_seq_len=16, lr=1e-3,
+    config = RecoveryConfig(layers=[0, 2], steps=6, eval_every=3, train_batch_size=2, train_seq_len=16, lr=1e-2,
                             control=True)
     rows = torch.randint(3, 320, (40, 16), generator=torch.Generator().manual_seed(1))
     curves = {}
-    for name, compute in (("float32", torch.autocast("cpu", enabled=False)),
-                          ("bfloat16", torch.autocast("cpu", dtype=torch.bfloat16))):
-        with compute:
+    for name, autocast in (("float32", None), ("bfloat16", torch.bfloat16)):
+        with LoadedModel(model, tiny_tokenizer, "tiny", "test", autocast=autocast).compute():
             curves[name] = run_recovery(model, tiny_eval_set, config, train_rows=rows)["recovery_curves"]
     assert fingerprint(model) == before
+    moved = {name: (c.groupby("layer")["ppl"].last() / c.groupby("layer")["ppl"].first()).to_numpy()
+             for name, c in curves.items()}
+    assert (abs(moved["float32"] - 1) > 0.02).all()  # training changes the PPL ...
+    assert moved["bfloat16"] == pytest.approx(moved["float32"], rel=0.02)  # ... and as much under bfloat16
     assert curves["bfloat16"]["ppl"].to_numpy() == pytest.approx(curves["float32"]["ppl"].to_numpy(), rel=0.15)
-    assert not (curves["bfloat16"]["ppl"] == curves["float32"]["ppl"]).all()
 
 
 def test_the_study_records_autocast_and_reruns_a_float32_step(tmp_path, tiny_tokenizer, tiny_eval_set):
