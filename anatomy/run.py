@@ -79,7 +79,7 @@ def execute(experiment: Experiment, loaded: LoadedModel | None, eval_set: EvalSe
     return result
 
 
-NEED_MODEL = ("name", "source", "revision", "dtype", "num_layers")
+NEED_MODEL = ("name", "source", "revision", "dtype", "autocast", "num_layers")
 NEED_EVAL = ("name", "sha256", "max_length", "seed")
 
 

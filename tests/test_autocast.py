@@ -131,3 +131,21 @@ def test_the_study_records_autocast_and_reruns_a_float32_step(tmp_path, tiny_tok
     assert "- Compute: weights float32, autocast bfloat16 (torch.autocast)" in markdown
     assert "autocast off" in study.write_report(study.run_study(steps, plain, tiny_eval_set, tmp_path), plain,
                                                 tiny_eval_set, tmp_path, {})
+
+
+def test_a_stored_run_stands_for_a_command_only_with_the_same_autocast():
+    """--from-hub: a float32 run (results.json written before the field existed, or with it null) does not
+    stand for an --autocast command, and an autocast run does not stand for a float32 one."""
+    from anatomy import atlas
+    from anatomy.cli import build_parser, expected_key
+
+    parser = build_parser()
+    half = expected_key(parser.parse_args(["importance", "--autocast", "bfloat16"]), None)
+    plain = expected_key(parser.parse_args(["importance"]), None)
+    for model in ({"dtype": "torch.float32"}, {"dtype": "torch.float32", "autocast": None}):
+        stored = atlas.stored_key({"model": model})
+        assert [d for d in atlas.differences(stored, half) if d.startswith("autocast")]
+        assert not [d for d in atlas.differences(stored, plain) if d.startswith("autocast")]
+    stored = atlas.stored_key({"model": {"dtype": "torch.float32", "autocast": "bfloat16"}})
+    assert [d for d in atlas.differences(stored, plain) if d.startswith("autocast")]
+    assert not [d for d in atlas.differences(stored, half) if d.startswith("autocast")]
