@@ -214,17 +214,22 @@ def _first(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def repeat_rows(value: object, rows: int, times: int) -> object:
-    """A layer's call argument for `times` variants' rows stacked: a per-row tensor ([rows, ...], at least
-    2-D: masks, position ids, rotary tables) repeated, a broadcast one ([1, ...]) and anything else kept."""
+ROWS_TIMES_HEADS = {"alibi"}  # call arguments whose first dimension is rows x heads, row-major (Bloom)
+
+
+def repeat_rows(value: object, rows: int, times: int, rows_times_heads: bool = False) -> object:
+    """A layer's call argument for `times` variants' rows stacked: a per-row tensor ([rows, ...], at least 2-D:
+    masks, position ids, rotary tables; [rows x heads, ...] for the arguments of ROWS_TIMES_HEADS) repeated; a
+    broadcast one ([1, ...]), a per-head one (MPT's position bias) and anything else kept."""
     if torch.is_tensor(value):
-        if times > 1 and rows > 1 and value.dim() >= 2 and value.shape[0] == rows:
+        per_row = value.shape[0] % rows == 0 if rows_times_heads else value.shape[0] == rows
+        if times > 1 and rows > 1 and value.dim() >= 2 and per_row:
             return value.repeat(times, *([1] * (value.dim() - 1)))
         return value
     if isinstance(value, (tuple, list)):
-        return type(value)(repeat_rows(v, rows, times) for v in value)
+        return type(value)(repeat_rows(v, rows, times, rows_times_heads) for v in value)
     if isinstance(value, dict):
-        return {k: repeat_rows(v, rows, times) for k, v in value.items()}
+        return {k: repeat_rows(v, rows, times, k in ROWS_TIMES_HEADS) for k, v in value.items()}
     return value
 
 
