@@ -115,6 +115,7 @@ def stored_key(payload: dict) -> dict:
     """The parts of a results.json that decide its numbers, as `differences` compares them."""
     model, eval_set = payload.get("model") or {}, payload.get("eval_set") or {}
     return {"model": model_slug(model), "revision": model.get("revision"), "dtype": model.get("dtype"),
+            "autocast": model.get("autocast") or "off",
             "eval_sha256": eval_set.get("sha256"), "eval_max_length": eval_set.get("max_length"),
             "eval_seed": eval_set.get("seed"),
             "config": payload.get("config")}

@@ -24,7 +24,8 @@ from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
-from .load import DTYPES, EMBEDDED, LoadedModel, Placement, load_model
+from .layers import LayerAdapter
+from .load import AUTOCAST, DTYPES, EMBEDDED, LoadedModel, Placement, load_model
 from .model_spec import parse_model_spec
 from .offload import input_device
 from .options import build_config, params
@@ -43,6 +44,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=["auto", *DTYPES], default="float32",
                        help="weights dtype (default float32); auto: bfloat16 on GPUs that have it, float16 on "
                             "older GPUs (T4), float32 on CPU. Log-likelihoods are computed in float32 always")
+    group.add_argument("--autocast", choices=list(AUTOCAST),
+                       help="compute in this dtype under torch.autocast over float32 weights (training keeps float32 "
+                            "weights and optimizer state): bfloat16 on a CPU with AVX512-BF16/AMX or a GPU that has "
+                            "it; float16 with a gradient scaler on a GPU without (T4). Default: off. Recorded in "
+                            "results.json and study.md")
     group.add_argument("--device-map", choices=["auto"],
                        help="spread a model folder or Hub model too large for one device over the GPUs, then the "
                             "CPU (accelerate), instead of --device")
@@ -82,7 +88,8 @@ def load_from_args(args: argparse.Namespace) -> LoadedModel:
     placement = placement_from_args(args)
     if processes.is_main():
         print(f"loading model {args.model} ...", file=sys.stderr)
-    return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision, placement=placement)
+    return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision, placement=placement,
+                      autocast=args.autocast)
 
 
 def sizes_from_args(args: argparse.Namespace) -> EvalTextOptions:
@@ -179,7 +186,8 @@ def expected_key(args: argparse.Namespace, config: object | None, uses_eval: boo
                  limit: int | None = None) -> dict:
     """What a stored run must have measured to stand for this command: its model (and the commit a Hub id
     resolves to now), the weights' dtype unless `auto` (its choice depends on the machine), the evaluation
-    text's sha256 (`limit`: its first texts), its --max-length and --seed and, when given, the config."""
+    text's sha256 (`limit`: its first texts), its --max-length and --seed, whether it computed under autocast
+    and, when given, the config."""
     spec = parse_model_spec(args.model)
     revision = None
     if spec.kind == "hub":
@@ -191,7 +199,7 @@ def expected_key(args: argparse.Namespace, config: object | None, uses_eval: boo
     texts = resolve_eval_texts(args.text_file, args.dataset)[0] if uses_eval else []
     texts = [t for t in texts[:limit] if t and t.strip()]  # as eval_set_from_args, then EvalSet.from_texts
     return {"model": model_slug_of(args), "revision": revision,
-            "dtype": None if args.dtype == "auto" else f"torch.{args.dtype}",
+            "dtype": None if args.dtype == "auto" else f"torch.{args.dtype}", "autocast": args.autocast or "off",
             "eval_sha256": text_hash(texts) if uses_eval else None,
             "eval_max_length": args.max_length if uses_eval else None, "eval_seed": args.seed if uses_eval else None,
             "config": None if config is None else to_jsonable(config)}

@@ -15,7 +15,7 @@ the head on cache-sized vocabulary blocks with an online log-sum-exp (the logits
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -232,30 +232,53 @@ def _finite(nll: torch.Tensor) -> np.ndarray:
     return nll if np.isfinite(nll).all() else np.full_like(nll, np.inf)
 
 
+class TextNLL:
+    """Token NLLs summed per text from last-layer outputs given batch by batch; the head runs on rows pooled up
+    to HEAD_ROWS (it is faster on many rows), the last batch flushing what is left."""
+
+    def __init__(self, adapter: LayerAdapter, eval_set: EvalSet, batches: int):
+        self.adapter, self.eval_set, self.left = adapter, eval_set, batches
+        self.nll = torch.zeros(len(eval_set.texts), dtype=torch.float64)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, hidden: torch.Tensor, batch: Batch) -> None:
+        """The output of the last decoder layer [rows, width, hidden] for `batch`."""
+        positions, targets, owners = _predicted(batch)
+        self.pending.append((hidden[tuple(p.to(hidden.device) for p in positions)], targets, owners))
+        self.left -= 1
+        if sum(len(p[1]) for p in self.pending) >= HEAD_ROWS or self.left == 0:
+            rows, targets, owners = (torch.cat(parts) for parts in zip(*self.pending))
+            for s in range(0, len(rows), HEAD_ROWS):
+                chunk = slice(s, s + HEAD_ROWS)
+                self.nll += _per_text(self.eval_set, token_nll(self.adapter, rows[chunk], targets[chunk]),
+                                      owners[chunk])
+            self.pending = []
+
+    def result(self) -> PPLResult:
+        return ppl_result(_finite(self.nll), self.eval_set)
+
+
 @torch.no_grad()
 def perplexity(model: PreTrainedModel, eval_set: EvalSet, cache: PrefixCache | None = None,
-               from_layer: int = 0) -> PPLResult:
+               from_layer: int = 0, beat: Callable[[], None] | None = None) -> PPLResult:
     """PPL of the model as it is now; with a cache, only layers `from_layer`..N-1 and the head run
-    (`from_layer` = N: the head alone, on the recorded baseline output, for the unchanged model)."""
-    nll = torch.zeros(len(eval_set.texts), dtype=torch.float64)
+    (`from_layer` = N: the head alone, on the recorded baseline output, for the unchanged model). `beat()`
+    after each batch: a long evaluation lets a progress callback stop it."""
     if cache is None:
+        nll = torch.zeros(len(eval_set.texts), dtype=torch.float64)
         for batch in eval_set.batches:
             logits = model(**batch.model_inputs(), use_cache=False).logits
             positions, targets, owners = _predicted(batch)
             nll += _per_text(eval_set, _nll(logits[positions], targets), owners)
+            if beat is not None:
+                beat()
         return ppl_result(_finite(nll), eval_set)
-    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    total = TextNLL(cache.adapter, eval_set, len(cache.batches))
     for b, batch in enumerate(cache.batches):
-        positions, targets, owners = _predicted(batch)
-        hidden = cache.hidden_from(from_layer, b)  # on the last layer's device under a device map
-        pending.append((hidden[tuple(p.to(hidden.device) for p in positions)], targets, owners))
-        if sum(len(p[1]) for p in pending) >= HEAD_ROWS or b == len(cache.batches) - 1:
-            rows, targets, owners = (torch.cat(parts) for parts in zip(*pending))
-            for s in range(0, len(rows), HEAD_ROWS):
-                chunk = slice(s, s + HEAD_ROWS)
-                nll += _per_text(eval_set, token_nll(cache.adapter, rows[chunk], targets[chunk]), owners[chunk])
-            pending = []
-    return ppl_result(_finite(nll), eval_set)
+        total.add(cache.hidden_from(from_layer, b), batch)  # on the last layer's device under a device map
+        if beat is not None:
+            beat()
+    return total.result()
 
 
 @torch.no_grad()
@@ -292,9 +315,11 @@ class PrefixCache:
     start change.
     """
 
-    def __init__(self, model: PreTrainedModel, eval_set: EvalSet, keep_layers: Sequence[int] | None = None):
+    def __init__(self, model: PreTrainedModel, eval_set: EvalSet, keep_layers: Sequence[int] | None = None,
+                 beat: Callable[[], None] | None = None):
         """`keep_layers`: keep only the inputs of these layers (others stay None) to save memory; calls are
         always kept for every layer, so `hidden_from(l, ...)` works for each kept `l`. Default: all.
+        `beat()` after each batch's forward, so a progress callback can stop a long build.
         The cache replays the evaluation set's packed rows where the model keeps packed texts apart
         (`packing_is_exact`), its padded rows otherwise; `batches` says which, for `perplexity`."""
         self.adapter = LayerAdapter(model)
@@ -336,6 +361,8 @@ class PrefixCache:
                                    "the prefix cache cannot be used with it.")
             self.inputs.append(inputs)
             self.calls.append(calls)
+            if beat is not None:
+                beat()
         self.masks = [batch.attention_mask for batch in self.batches]
 
     def hidden_from(self, layer: int, batch: int, hidden: torch.Tensor | None = None) -> torch.Tensor:

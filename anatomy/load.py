@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
-from . import processes
+from . import offload, processes
 from .disk import cache_dir, check_free_disk, download_bytes, hub_cache
 from .errors import AnatomyError, shown
 from .model_spec import EMBEDDED, parse_model_spec
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 GGUF_DEQUANTISED = "GGUF, dequantised on load"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
@@ -57,6 +59,24 @@ def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
+def resolve_autocast(name: str | None, device: torch.device, weights: torch.dtype) -> torch.dtype | None:
+    """The dtype `--autocast` computes in, over float32 weights (None: off). bfloat16 where the device computes
+    in it (a CPU with AVX512-BF16 or AMX runs its matmuls several times faster; a GPU of compute capability 8+);
+    on an older GPU such as the T4, float16, whose small gradients a scaler then keeps from underflowing. Training
+    keeps float32 weights and AdamW state either way, which is why this is not `--dtype bfloat16`."""
+    if name is None:
+        return None
+    if name not in AUTOCAST:
+        raise AnatomyError(f"Unknown autocast dtype {shown(name)}: use one of {', '.join(AUTOCAST)}.")
+    if weights != torch.float32:
+        raise AnatomyError(f"--autocast computes float32 weights in {name}; the weights are "
+                           f"{str(weights).removeprefix('torch.')}: drop --autocast, or load them with --dtype float32.")
+    dtype = AUTOCAST[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        return torch.float16
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,20 @@ class LoadedModel:
     source: str  # "embedded" | "hub" | "folder" | "gguf"
     revision: str | None = None
     quantisation: str = "none"  # how quantised weights were handled: GGUF_DEQUANTISED or "none"
+    autocast: torch.dtype | None = None  # what every run of this model computes in (`compute`); None: its weights'
+
+    @property
+    def autocast_name(self) -> str | None:
+        """The autocast dtype as results.json and the reports name it (None: off)."""
+        return None if self.autocast is None else str(self.autocast).removeprefix("torch.")
+
+    def compute(self) -> AbstractContextManager:
+        """The context a run of this model computes in: `torch.autocast` at `autocast` where it is set, without
+        autocast's cache of cast weights: that cache keeps the first cast of a weight for the whole region, so
+        the in-place edits every intervention makes (and every optimizer step) would go unseen."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(offload.input_device(self.model).type, dtype=self.autocast, cache_enabled=False)
 
     @property
     def num_parameters(self) -> int:
@@ -468,19 +502,22 @@ def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedToken
 
 def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: torch.device | str | None = None,
                revision: str | None = None, token: str | bool | None = None, local: bool = True,
-               placement: Placement | None = None, hub: HubCheck | None = None) -> LoadedModel:
+               placement: Placement | None = None, hub: HubCheck | None = None,
+               autocast: str | None = None) -> LoadedModel:
     """Load `embedded`, a .gguf path, a local folder or a Hub id, refusing unsafe or unusable models early.
 
     `dtype` may be "auto" (see `resolve_dtype`); a `placement` with a device map spreads a folder or Hub model
     over GPUs, CPU and disk with accelerate instead of putting it whole on `device`. `token=False` loads
     anonymously (never HF_TOKEN); `local=False` (a public app's visitor) refuses every path before the file
     system is touched, so only `embedded` and Hub ids load. `hub`: the metadata check of this Hub id already
-    made by the caller (the app's memory estimate), so the Hub is not asked twice.
+    made by the caller (the app's memory estimate), so the Hub is not asked twice. `autocast` (see
+    `resolve_autocast`): what its runs compute in, checked before anything loads.
     """
     parsed = parse_model_spec(spec, local)
     spec, path = parsed.text, parsed.path
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
+    compute = resolve_autocast(autocast, device, dtype)
     placement = placement or Placement()
     if token is not False:  # False: anonymous, as huggingface_hub spells it
         token = token or os.environ.get("HF_TOKEN")
@@ -509,4 +546,4 @@ def load_model(spec: str, *, dtype: torch.dtype | str = torch.float32, device: t
     _finish(model, tokenizer, device)
     check_forward(model, name)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, revision=revision,
-                       quantisation=quantisation)
+                       quantisation=quantisation, autocast=compute)

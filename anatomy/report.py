@@ -73,7 +73,8 @@ def model_record(loaded: LoadedModel | None) -> dict | None:
             "class": type(loaded.model).__name__, "num_parameters": loaded.num_parameters,
             "num_layers": adapter.num_layers, "components": adapter.describe(),
             "dtype": str(next(loaded.model.parameters()).dtype), "device": str(offload.input_device(loaded.model)),
-            "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation}
+            "device_map": offload.placement(loaded.model), "quantisation": loaded.quantisation,
+            "autocast": loaded.autocast_name}
 
 
 def eval_record(eval_set: EvalSet | None) -> dict | None:
@@ -210,7 +211,8 @@ def header(title: str, loaded: LoadedModel | None, eval_set: EvalSet | None) -> 
         spread = offload.placement(loaded.model)
         lines.append(f"- Weights: {str(next(loaded.model.parameters()).dtype).removeprefix('torch.')}"
                      + (", spread by accelerate over " + ", ".join(f"{d} ({n} modules)" for d, n in spread.items())
-                        if spread else f" on {loaded.model.device}") + f"; quantisation: {loaded.quantisation}")
+                        if spread else f" on {loaded.model.device}") + f"; quantisation: {loaded.quantisation}"
+                     + (f"; computed under torch.autocast in {loaded.autocast_name}" if loaded.autocast else ""))
     if eval_set is not None:
         lines.append(f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} "
                      "predicted tokens")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import AnatomyError
@@ -61,15 +62,16 @@ def resolve_needs(experiment: Experiment, given: Mapping[str, Source], *,
 
 def execute(experiment: Experiment, loaded: LoadedModel | None, eval_set: EvalSet | None, config: object,
             progress: ProgressCallback | None = None, inputs: Mapping[str, Result | None] | None = None) -> Result:
-    """Run the experiment and record its wall time (`timings.run_s`, everything from the first step to the
-    result, needs given as inputs excluded)."""
+    """Run the experiment, under the model's autocast where it has one (`LoadedModel.compute`), and record its
+    wall time (`timings.run_s`, everything from the first step to the result, needs given as inputs excluded)."""
     if hasattr(config, "validate"):
         config.validate()
     kwargs: dict = dict(inputs or {})
     if experiment.uses_tokenizer:
         kwargs["tokenizer"] = None if loaded is None else loaded.tokenizer
     t0 = time.perf_counter()
-    result = experiment.run(None if loaded is None else loaded.model, eval_set, config, progress, **kwargs)
+    with nullcontext() if loaded is None else loaded.compute():
+        result = experiment.run(None if loaded is None else loaded.model, eval_set, config, progress, **kwargs)
     result.timings = {**result.timings, "run_s": round(time.perf_counter() - t0, 3)}
     result.source = {"model": model_record(loaded), "eval_set": eval_record(eval_set), "config": to_jsonable(config),
                      "needs": {name: need_record(r) for name, r in (inputs or {}).items() if r is not None},
@@ -77,7 +79,7 @@ def execute(experiment: Experiment, loaded: LoadedModel | None, eval_set: EvalSe
     return result
 
 
-NEED_MODEL = ("name", "source", "revision", "dtype", "num_layers")
+NEED_MODEL = ("name", "source", "revision", "dtype", "autocast", "num_layers")
 NEED_EVAL = ("name", "sha256", "max_length", "seed")
 
 

@@ -122,7 +122,8 @@ def step_key(step: Step, loaded: LoadedModel | None, eval_set: EvalSet | None, n
     """Everything that decides a step's numbers; equal keys mean the finished run can be reused."""
     return {"experiment": step.name, "config": to_jsonable(step.config),
             "model": None if loaded is None else {"name": loaded.name, "revision": loaded.revision,
-                                                  "dtype": str(next(loaded.model.parameters()).dtype)},
+                                                  "dtype": str(next(loaded.model.parameters()).dtype),
+                                                  **({"autocast": loaded.autocast_name} if loaded.autocast else {})},
             "eval_set": None if eval_set is None or not step.experiment.uses_eval else
             {"sha256": text_hash(eval_set.texts), "num_tokens": eval_set.num_tokens},
             "needs": {n.experiment: need_keys.get(n.experiment) for n in step.experiment.needs}}
@@ -288,6 +289,8 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
              f"SmolLM2-135M base, unquantised); evaluation text {len(eval_set.texts)} texts (study: 10 sentences)",
              f"- Rules: version {findings.RULES_VERSION} (anatomy/findings.py). {CONVENTION}",
              f"- Evaluation text: {eval_set.name}: {len(eval_set.texts)} texts, {eval_set.num_tokens} predicted tokens",
+             f"- Compute: weights {dtype}, "
+             + (f"autocast {loaded.autocast_name} (torch.autocast)" if loaded.autocast else "autocast off"),
              "- Settings: " + ("QUICK (reduced) " if quick else "") + ("; ".join(
                  f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in settings.items())
                  or "the study's defaults") + " (every other setting: the experiment's command default)",

@@ -122,9 +122,9 @@ def breakdown(model, eval_set: EvalSet, layers: list[int], t_product: float, t_b
           f"(batched reference {t_batched:.2f} s: same work, the product's own full-forward path)")
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+def matmul_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)  # GPU matmuls run async
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
     sync()
     start = time.perf_counter()

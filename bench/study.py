@@ -1,23 +1,28 @@
-"""Benchmark: the whole study's wall time per experiment beside its matmul floor, in one process.
+"""Benchmark: the whole study in float32 and under bfloat16 autocast, per experiment beside its matmul floors,
+and whether the two give the same verdicts; in one process.
 
-The floor of an experiment is the time its matmul work would take at the rate of a 2048^3 float32 matmul
-measured in the same run: the work is counted by torch's `FlopCounterMode` (matmuls, convolutions and
-attention, forward and backward) in a second, counted pass of the same experiment with the same config, so
-the timed pass runs without the counter's overhead. A ratio near 1 means the experiment does little beyond
-its matmuls; a large one, that it spends its time elsewhere (Python, memory, small kernels).
+Each dtype runs the study as `python -m anatomy study` does (`anatomy.study.run_study`, every need computed as
+the study computes it), into a temporary folder. The floor of an experiment is the time its matmul work
+would take at the rate of a 2048^3 matmul measured in the same run, in float32 and in bfloat16: the work is
+counted by torch's `FlopCounterMode` (matmuls, convolutions and attention, forward and backward) in a third,
+counted float32 pass of the study, so the timed passes run without the counter's overhead. A ratio near 1
+means an experiment does little beyond its matmuls; a large one, that it spends its time elsewhere.
 
     python bench/study.py                      # the quick study (--quick settings) on the embedded model
     python bench/study.py --full               # the study's defaults (13 recovery layers, 200 steps)
     python bench/study.py --experiments importance,structure
+    python bench/study.py --smoke              # seconds, on a tiny random model
 
-Prints one line per experiment (`wall_s`, `GFLOP`, `floor_s`, `wall/floor`) and `study wall/floor: X`.
+Prints one line per experiment (wall seconds in float32 and bfloat16, GFLOP, both floors), the study's totals,
+`bf16 speedup: X` (float32 wall / bfloat16 wall, the whole study) and `verdicts agree: N/M` (the claims
+table's verdicts, float32 against bfloat16), listing each claim whose verdict differs with both numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,12 +33,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from importance import matmul_gflops  # noqa: E402
 
-from anatomy import study  # noqa: E402
+from anatomy import findings, study  # noqa: E402
 from anatomy.evaluate import EvalSet  # noqa: E402
 from anatomy.layers import LayerAdapter  # noqa: E402
-from anatomy.load import load_model  # noqa: E402
-from anatomy.run import execute  # noqa: E402
+from anatomy.load import LoadedModel, load_model  # noqa: E402
 from anatomy.texts import default_eval_texts  # noqa: E402
+from bench.smoke import SMOKE_HELP, tiny_model_folder  # noqa: E402
+
+SMOKE_EXPERIMENTS = "importance,recovery"
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def run(steps: list[study.Step], loaded: LoadedModel, eval_set: EvalSet, autocast: torch.dtype | None,
+        counter: FlopCounterMode | None = None) -> tuple[study.StudyRun, dict[str, float]]:
+    """The study under `autocast` in a temporary folder; with `counter`, the FLOPs each step added."""
+    model = LoadedModel(loaded.model, loaded.tokenizer, loaded.name, loaded.source, loaded.revision,
+                        loaded.quantisation, autocast)
+    flops: dict[str, float] = {}
+    seen = [0]
+
+    def on_step(done: int, total: int, name: str, eta_s: float) -> None:
+        if counter is not None:
+            flops[name] = counter.get_total_flops() - seen[0]
+            seen[0] = counter.get_total_flops()
+
+    with tempfile.TemporaryDirectory() as out:
+        return study.run_study(steps, model, eval_set, out, on_step=on_step), flops
 
 
 def main() -> None:
@@ -41,31 +66,41 @@ def main() -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--full", action="store_true", help="the study's defaults instead of --quick")
     parser.add_argument("--experiments", default=",".join(study.STUDY))
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP} ({SMOKE_EXPERIMENTS}, quick)")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.experiments, args.full = tiny_model_folder(), SMOKE_EXPERIMENTS, False
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     steps, _ = study.prepare(names, quick=not args.full)  # the study command's settings, quick or its own
     loaded = load_model(args.model)
     steps = study.with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, None, quick=not args.full)
     texts = default_eval_texts()[:None if args.full else study.QUICK_TEXTS]  # the study command's texts
     eval_set = EvalSet.from_texts(texts, loaded.tokenizer, name="default")
-    rate = matmul_gflops() * 1e9
-    print(f"2048^3 float32 matmul: {rate / 1e9:.1f} GFLOP/s; {torch.get_num_threads()} threads; "
-          f"{'full' if args.full else 'quick'} study of {loaded.name}")
-    results, total_wall, total_floor = {}, 0.0, 0.0
+    size = 256 if args.smoke else 2048
+    rates = {name: matmul_gflops(size, dtype=dtype or torch.float32) * 1e9 for name, dtype in DTYPES.items()}
+    print(f"{size}^3 matmul: float32 {rates['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {rates['bfloat16'] / 1e9:.1f} "
+          f"GFLOP/s; {torch.get_num_threads()} threads; {'full' if args.full else 'quick'} study of {loaded.name}")
+    done = {name: run(steps, loaded, eval_set, dtype)[0] for name, dtype in DTYPES.items()}
+    with FlopCounterMode(display=False) as counter:
+        flops = run(steps, loaded, eval_set, None, counter)[1]
+    print(f"{'experiment':16s} {'float32_s':>10s} {'bfloat16_s':>10s} {'speedup':>8s} {'GFLOP':>10s} "
+          f"{'f32_floor_s':>11s} {'bf16_floor_s':>12s}")
     for step in steps:
-        inputs = {n.experiment: results.get(n.experiment) for n in step.experiment.needs}
-        start = time.perf_counter()
-        results[step.name] = execute(step.experiment, loaded, eval_set, step.config, None, inputs)
-        wall = time.perf_counter() - start
-        with FlopCounterMode(display=False) as counter:
-            execute(step.experiment, loaded, eval_set, step.config, None, inputs)
-        flops = counter.get_total_flops()
-        floor = flops / rate
-        total_wall, total_floor = total_wall + wall, total_floor + floor
-        print(f"{step.name:16s} wall_s {wall:8.1f}   GFLOP {flops / 1e9:10.1f}   floor_s {floor:7.1f}   "
-              f"wall/floor {wall / floor if floor else float('nan'):6.2f}")
-    print(f"study wall_s {total_wall:.1f}, floor_s {total_floor:.1f}")
-    print(f"study wall/floor: {total_wall / total_floor:.2f}")
+        walls = [done[name].wall_s.get(step.name, float("nan")) for name in DTYPES]
+        work = flops.get(step.name, 0.0)
+        print(f"{step.name:16s} {walls[0]:10.1f} {walls[1]:10.1f} {walls[0] / walls[1]:8.2f} {work / 1e9:10.1f} "
+              f"{work / rates['float32']:11.1f} {work / rates['bfloat16']:12.1f}")
+    total = sum(flops.values())
+    walls = {name: done[name].wall_s["study"] for name in DTYPES}
+    print(f"study: float32 {walls['float32']:.1f} s (floor {total / rates['float32']:.1f} s, "
+          f"{walls['float32'] * rates['float32'] / total:.2f}x), bfloat16 {walls['bfloat16']:.1f} s (floor "
+          f"{total / rates['bfloat16']:.1f} s, {walls['bfloat16'] * rates['bfloat16'] / total:.2f}x)")
+    claims = {name: findings.findings(done[name].results, loaded.name, done[name].refused) for name in DTYPES}
+    differ = [(a, b) for a, b in zip(claims["float32"], claims["bfloat16"]) if a.verdict != b.verdict]
+    for a, b in differ:
+        print(f"verdict differs: {a.finding}: float32 {a.verdict} ({a.ours}); bfloat16 {b.verdict} ({b.ours})")
+    print(f"bf16 speedup: {walls['float32'] / walls['bfloat16']:.2f}")
+    print(f"verdicts agree: {len(claims['float32']) - len(differ)}/{len(claims['float32'])}")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,19 @@ BENCHES: dict[str, list[str]] = {
                  rf"^matmul floor: {NUMBER} GFLOP at {NUMBER} GFLOP/s"],
     "load.py": [rf"^N=2: completed 4/4 jobs, wait p50 {NUMBER} s p95 {NUMBER} s, latency p50 {NUMBER} s p95 "
                 rf"{NUMBER} s, throughput {NUMBER} jobs/s", r"^weights unchanged after all runs: True$"],
+    "recovery.py": [rf"^speedup: {NUMBER}$", rf"^max relative PPL difference plain vs cached: {NUMBER}$",
+                    rf"^one-by-one float32: +{NUMBER} s$", rf"^batched bfloat16: +{NUMBER} s",
+                    rf"^floor \({NUMBER} GFLOP of matmuls\): float32 {NUMBER} s, bfloat16 {NUMBER} s",
+                    rf"^batched speedup: {NUMBER}$"],
+    "study.py": [rf"^recovery +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER}$",
+                 rf"^study: float32 {NUMBER} s \(floor {NUMBER} s, {NUMBER}x\), bfloat16 {NUMBER} s",
+                 rf"^bf16 speedup: {NUMBER}$", r"^verdicts agree: (\d+)/(\d+)$"],
+    "attacks.py": [rf"^config of 468M parameters over a 2-element file: {NUMBER} s, server peak \+{NUMBER} MB$",
+                   rf"^chat template of two nested range\(100000\) loops: {NUMBER} s, server peak \+{NUMBER} MB$",
+                   rf"^recovery, steps 10\^9 \(app\): {NUMBER} s, server peak \+{NUMBER} MB$"],
 }
-BENCHES["attacks.py"] = [rf"^config of 468M parameters over a 2-element file: {NUMBER} s, server peak \+{NUMBER} MB$",
-                         rf"^chat template of two nested range\(100000\) loops: {NUMBER} s, server peak \+{NUMBER} MB$",
-                         rf"^recovery, steps 10\^9 \(app\): {NUMBER} s, server peak \+{NUMBER} MB$"]
 HELPERS = {"smoke.py"}  # imported by the benches, not run
-AWAITING_SMOKE = {"recovery.py", "study.py"}  # smoke modes on their way: move each into BENCHES with its lines
+AWAITING_SMOKE: set[str] = set()  # smoke modes on their way: move each into BENCHES with its lines
 
 
 def numbers(output: str, pattern: str) -> list[float]:

