@@ -2,6 +2,8 @@
 
 Beside the ablation, the one-pass scores of the related work (Block Influence, angular distance) come
 from the same baseline pass, and the report gives their Spearman correlation with the ablation D.
+With `--tasks` (lm-eval task names), every ablated model is also scored on those tasks: the accuracy drop per
+layer, with its paired 95% interval, beside D (the `tasks` table; a `<task>_<metric>_drop` column per task).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import offload, plots, report, work
 from ..errors import AnatomyError, shown
@@ -20,6 +22,7 @@ from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perpl
 from ..experiment import Artefacts, Experiment, Result
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
 from ..layers import LayerAdapter
+from ..lm_eval_tasks import DROP_COLUMNS, check_tasks, drop_rows, score_tasks, task_passes, tasks_option
 from ..load import LoadedModel
 from ..options import LAYERS, floats, option
 from ..progress import ProgressCallback
@@ -44,8 +47,10 @@ class ImportanceConfig:
         label="Class boundaries on D in % (Redundant, Minor, Important)", codec=floats(3), minimum=-1e6, maximum=1e9)
     use_prefix_cache: bool = option(True, "run the full forward for every ablation instead of the prefix cache",
                                     flag="--no-prefix-cache", ui=False)
+    tasks: tuple[str, ...] = tasks_option("the accuracy drop of each ablated layer, beside D")
 
     def validate(self) -> None:
+        check_tasks(self.tasks)
         if self.mode not in ABLATION_MODES:
             raise AnatomyError(f"Unknown mode '{self.mode}': use one of {', '.join(ABLATION_MODES)}.")
         if self.boundary not in BOUNDARY_CONVENTIONS:
@@ -66,10 +71,14 @@ def classify(d: float, thresholds: tuple[float, float, float] = (10.0, 30.0, 100
 
 
 def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: ImportanceConfig | None = None,
-                   progress: ProgressCallback | None = None) -> Result:
-    """One row per layer; the scalars hold the baseline PPL and the correlations with the one-pass scores."""
+                   progress: ProgressCallback | None = None,
+                   tokenizer: PreTrainedTokenizerBase | None = None) -> Result:
+    """One row per layer; the scalars hold the baseline PPL and the correlations with the one-pass scores.
+    With `config.tasks` (and the `tokenizer`), the `tasks` table holds each layer's accuracy drop."""
     config = config or ImportanceConfig()
     config.validate()
+    if config.tasks and tokenizer is None:
+        raise AnatomyError("--tasks scores the ablated models with their tokenizer: pass tokenizer=.")
     adapter = LayerAdapter(model)
     layers = adapter.resolve_layers(config.layers)
     t0 = time.perf_counter()
@@ -79,11 +88,17 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
     t_base = time.perf_counter() - t0
     if not np.isfinite(base.ppl):
         raise AnatomyError("The baseline PPL is not finite: the model or its dtype is broken for this text.")
+    base_tasks = score_tasks(model, tokenizer, config.tasks, progress=progress) if config.tasks else None
+    task_rows: list[dict] = []
+
     def ablated(layer: int) -> dict:
         sources = neighbours(layer, adapter.kinds, config.boundary) if config.mode == "neighbour-mean" else []
         untouched = config.mode == "neighbour-mean" and not sources
         with ablate(adapter, layer, config.mode, config.boundary):
             result = perplexity(model, eval_set, cache if config.use_prefix_cache else None, layer)
+            if base_tasks is not None and not untouched:
+                task_rows.extend(drop_rows(base_tasks, score_tasks(model, tokenizer, config.tasks, progress=progress),
+                                           layer=layer))
         offload.unpin(model)  # disk-offloaded layers the ablation touched go back to disk
         d, d_low, d_high = degradation(result, base, eval_set)
         return {"layer": layer, "mode": config.mode, **result.as_dict(), "degradation_pct": d,
@@ -96,10 +111,21 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
 
     rows = sweep(layers, ablated, f"importance ({config.mode})", progress)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return Result("importance", df,
+    tables = {}
+    if base_tasks is not None:
+        tables["tasks"] = pd.DataFrame(task_rows, columns=["layer", *DROP_COLUMNS])
+        df = df.merge(drops_by_layer(tables["tasks"]), on="layer", how="left")
+    return Result("importance", df, tables=tables,
                   scalars={"baseline": base.as_dict(), "spearman": spearman_with_ablation(df),
                            "boundary": config.boundary, "uniform": adapter.uniform},
                   timings={"baseline_and_cache_s": t_base, "ablations_s": time.perf_counter() - t0 - t_base})
+
+
+def drops_by_layer(tasks: pd.DataFrame) -> pd.DataFrame:
+    """One `<task>_<metric>_drop` column per task and metric, by layer: the main table's task columns."""
+    wide = tasks.pivot(index="layer", columns=["task", "metric"], values="drop")
+    wide.columns = [f"{task}_{metric}_drop" for task, metric in wide.columns]
+    return wide.reset_index()
 
 
 def spearman_with_ablation(df: pd.DataFrame) -> dict[str, float]:
@@ -132,7 +158,9 @@ def importance_report(result: Result, header: str) -> str:
              + (", ".join(f"layers.{i}" for i in anti) if anti else "none"),
              f"- Spearman correlation with ablation D: Block Influence {rho['block_influence']:.3f}, "
              f"angular distance {rho['angular_distance']:.3f}", "",
-             report.markdown_table(df.drop(columns=["mode"]).round(4)), ""]
+             report.markdown_table(df.drop(columns=["mode"]).round(4)), "",
+             *([f"### Task accuracy per ablated layer (lm-eval; drop = intact - ablated, paired 95% interval)",
+                report.markdown_table(result["tasks"].round(4)), ""] if "tasks" in result.tables else [])]
     return "\n".join(lines)
 
 
@@ -151,10 +179,13 @@ def headline(result: Result) -> str:
 
 
 def importance_work(config: ImportanceConfig, shape: work.Shape) -> float:
-    return work.ablations(shape, shape.layers(config.layers), config.use_prefix_cache)
+    """The ablations' forwards, and with tasks one scoring of the intact model and of each ablated one."""
+    layers = shape.layers(config.layers)
+    return (work.ablations(shape, layers, config.use_prefix_cache)
+            + (1 + len(layers)) * task_passes(config.tasks, shape.tokens))
 
 
 EXPERIMENT = Experiment(
     name="importance", title="Importance map", summary="per-layer ablation importance map (SPEC section 1)",
     description=__doc__, config=ImportanceConfig, run=run_importance, artefacts=importance_artefacts,
-    columns=("layer", "degradation_pct", "class"), headline=headline, work=importance_work)
+    uses_tokenizer=True, columns=("layer", "degradation_pct", "class"), headline=headline, work=importance_work)

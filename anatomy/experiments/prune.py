@@ -7,6 +7,8 @@ Criteria (each picks the K layers it rates least needed, in one shot from the in
 - `ablation`: lowest degradation D when the layer alone is ablated (skip by default, i.e. removal itself);
 - `last`: the last K layers, N-K..N-1 (the heuristic the spectral study compares against).
 Removal is real: the layers leave the ModuleList (anatomy.surgery), `layer_idx` renumbered.
+With `--tasks` (lm-eval task names), the intact and every pruned model are scored on those tasks in memory:
+accuracy with its stderr before and after, and the drop with its paired 95% interval (the `tasks` table).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result
 from ..interventions import ABLATION_MODES
 from ..layers import LayerAdapter
+from ..lm_eval_tasks import DROP_COLUMNS, check_tasks, drop_rows, no_drop, score_tasks, task_passes, tasks_option
 from ..load import LoadedModel
 from ..options import INTS, OPTIONAL_TEXT, option
 from ..progress import ProgressCallback
@@ -34,6 +37,7 @@ from .spectral import SpectralConfig, layer_alpha, run_spectral
 
 CRITERIA = ("alpha", "block_influence", "ablation", "last")
 READ_IMPORTANCE = {"block_influence", "ablation"}  # the criteria ranked by an importance map
+TASK_KEYS = ["criterion", "k", "removed"]
 COLUMNS = ["criterion", "k", "removed", "ppl", "ppl_low", "ppl_high", "degradation_pct", "degradation_low",
            "degradation_high", "params_removed_pct"]
 
@@ -52,8 +56,10 @@ class PruneConfig:
                                 choices=ABLATION_MODES)
     save: str | None = option(None, "write the pruned model(s) as Hugging Face folder(s) here", codec=OPTIONAL_TEXT,
                               ui=False)
+    tasks: tuple[str, ...] = tasks_option("accuracy before and after each pruned model")
 
     def validate(self, num_layers: int | None = None) -> None:
+        check_tasks(self.tasks)
         if not self.criteria:
             raise AnatomyError("Choose at least one criterion.")
         unknown = set(self.criteria) - set(CRITERIA)
@@ -111,10 +117,14 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     adapter = LayerAdapter(model)
     n = adapter.num_layers
     config.validate(n)
+    if config.tasks and tokenizer is None:
+        raise AnatomyError("--tasks scores the models with their tokenizer: pass tokenizer=.")
     t0 = time.perf_counter()
     scores = layer_scores(model, config, importance, progress)
     t_scores = time.perf_counter() - t0
     base = perplexity(model, eval_set)
+    base_tasks = score_tasks(model, tokenizer, config.tasks, progress=progress) if config.tasks else None
+    task_rows = no_drop(base_tasks, criterion="baseline (none)", k=0, removed="") if base_tasks else []
     layer_params = sum(p.numel() for p in adapter.layers[0].parameters())
     total = sum(p.numel() for p in model.parameters())
     rows = [{"criterion": "baseline (none)", "k": 0, "removed": "", **base.as_dict(), "degradation_pct": 0.0,
@@ -125,6 +135,10 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
         removed = choose(scores, criterion, k)
         with layer_stack(model, kept_layers(n, removed)):
             result = perplexity(model, eval_set)
+            if base_tasks is not None:
+                after = score_tasks(model, tokenizer, config.tasks, progress=progress)
+                task_rows.extend(drop_rows(base_tasks, after, criterion=criterion, k=k,
+                                           removed=",".join(map(str, removed))))
         d, d_low, d_high = degradation(result, base, eval_set)
         return {"criterion": criterion, "k": k, "removed": ",".join(map(str, removed)), **result.as_dict(),
                 "degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high,
@@ -139,7 +153,9 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     if importance is not None and "mode" in importance.table:  # D of a given map was measured with its own mode
         mode = str(importance.table["mode"].iloc[0])
     return Result("prune", df, scalars={"baseline": base.as_dict(), "ablation_mode": mode, "saved": saved},
-                  tables={"comparison": comparison_table(df), "scores": scores},
+                  tables={"comparison": comparison_table(df), "scores": scores,
+                          **({"tasks": pd.DataFrame(task_rows, columns=TASK_KEYS + DROP_COLUMNS)} if config.tasks
+                             else {})},
                   timings={"scores_s": t_scores, "pruned_evals_s": t_evals})
 
 
@@ -181,9 +197,27 @@ def prune_report(result: Result, header: str) -> str:
              "### Every run", report.markdown_table(df.round(4)), "",
              "### Layer scores (lower = removed first; alpha and last negated)",
              report.markdown_table(result["scores"].round(4)), "",
+             *task_report(result),
              *([f"- Pruned models saved: {', '.join(f'`{p}`' for p in result['saved'])}", ""] if result["saved"]
                else [])]
     return "\n".join(lines)
+
+
+def task_report(result: Result) -> list[str]:
+    """The tasks section: accuracy with stderr before and after each pruned model, the drop with its interval."""
+    if "tasks" not in result.tables:
+        return []
+    return ["### Task accuracy (lm-eval; before = intact model; drop = before - after, paired 95% interval)",
+            report.markdown_table(result["tasks"].round(4)), ""]
+
+
+def task_line(result: Result) -> str:
+    """Accuracy with stderr before and after, per task and pruned model: the headline's task part."""
+    if "tasks" not in result.tables:
+        return ""
+    rows = result["tasks"][result["tasks"]["k"] > 0]
+    return "".join(f"; {r.task} {r.metric} {r.before:.3f}±{r.before_stderr:.3f} -> "
+                   f"{r.after:.3f}±{r.after_stderr:.3f} ({r.criterion} K={r.k})" for r in rows.itertuples())
 
 
 def prune_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: PruneConfig) -> Artefacts:
@@ -202,12 +236,14 @@ def headline(result: Result) -> str:
     best = pruned.sort_values(["k", "ppl"], kind="stable").drop_duplicates("k")  # a NaN PPL sorts last
     return (f"Baseline PPL {result['baseline']['ppl']:.3f}; lowest PPL: "
             + ", ".join(f"K={r.k} {r.criterion} {r.ppl:.3f}" for r in best.itertuples())
-            + "".join(f"; saved pruned model: {p}" for p in result["saved"]) + ".")
+            + task_line(result) + "".join(f"; saved pruned model: {p}" for p in result["saved"]) + ".")
 
 
 def prune_work(config: PruneConfig, shape: work.Shape) -> float:
-    """The baseline and one forward of the pruned model per (criterion, K); a map it computes is its need's."""
-    return 1.0 + len(config.criteria) * len(config.ks)
+    """The baseline and one forward of the pruned model per (criterion, K), each with its task scoring; a map it
+    computes is its need's."""
+    runs = len(config.criteria) * len(config.ks)
+    return (1.0 + runs) * (1.0 + task_passes(config.tasks, shape.tokens))
 
 
 EXPERIMENT = Experiment(

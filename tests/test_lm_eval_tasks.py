@@ -1,0 +1,108 @@
+"""Task accuracy through lm-evaluation-harness: a model in memory scores as `lm_eval` scores it saved, the shipped
+tasks load offline, other tasks are refused offline and on a public app, drops carry a paired interval, and
+progress counts lm-eval's requests (a callback that raises stops the scoring)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anatomy.errors import AnatomyError
+from anatomy.experiment import registry
+from anatomy.experiments.prune import PruneConfig, run_prune
+from anatomy.lm_eval_tasks import SHIPPED, TaskScores, parse_tasks, score_tasks, task_drop, task_folder
+from anatomy.options import build_config
+from anatomy.progress import Cancelled
+from anatomy import work
+from tests.conftest import make_tiny_model
+
+pytest.importorskip("lm_eval")
+TASKS = ("anatomy_arithmetic", "anatomy_facts")
+
+
+def test_a_pruned_model_scored_in_memory_scores_the_same_saved_through_the_lm_eval_cli(
+        tmp_path, tiny_tokenizer, tiny_eval_set, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = make_tiny_model("llama", layers=4)
+    result = run_prune(model, tiny_eval_set, PruneConfig(ks=(1,), criteria=("last",), tasks=TASKS,
+                                                          save=str(tmp_path / "pruned")), tokenizer=tiny_tokenizer)
+    tasks = result["tasks"]
+    assert set(tasks["task"]) == set(TASKS) and list(tasks["metric"].unique()) == ["acc"]
+    assert (tasks["after_stderr"] >= 0).all() and (tasks["drop_low"] <= tasks["drop_high"]).all()
+    in_memory = score_tasks(model, tiny_tokenizer, TASKS)  # the intact model again: the prune restored it
+    assert in_memory.value("anatomy_facts") == tasks[tasks["k"] == 0].set_index("task").loc["anatomy_facts", "after"]
+
+    out = tmp_path / "cli"
+    cli = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tmp_path / 'pruned'}",
+         "--tasks", ",".join(TASKS), "--include_path", str(task_folder()), "--device", "cpu", "--output_path",
+         str(out), "--log_samples"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    pruned = tasks[tasks["k"] == 1].set_index("task")
+    saved = score_tasks(str(tmp_path / "pruned"), None, TASKS)
+    for task in TASKS:
+        assert results[task]["acc,none"] == pruned.loc[task, "after"] == saved.value(task)
+        assert results[task]["acc_stderr,none"] == pytest.approx(pruned.loc[task, "after_stderr"], abs=1e-12)
+        samples = [json.loads(line) for line in next(out.rglob(f"samples_{task}_*.jsonl")).read_text().splitlines()]
+        cli_ll = np.array([float(s["filtered_resps"][0][0]) for s in sorted(samples, key=lambda s: s["doc_id"])])
+        ours = np.array([float(answer[0][0]) for answer in saved.answers[task]])
+        np.testing.assert_allclose(ours, cli_ll, rtol=1e-5)  # the same log-probabilities, item by item
+
+
+def test_task_names_are_plain_and_a_hub_task_is_refused_offline_and_on_a_public_app(monkeypatch):
+    assert parse_tasks(" anatomy_facts, anatomy_facts,mmlu ", "--tasks") == ("anatomy_facts", "mmlu")
+    with pytest.raises(AnatomyError, match="--tasks takes lm-eval task names"):
+        parse_tasks("../etc/passwd", "--tasks")
+    monkeypatch.setenv("ANATOMY_PUBLIC", "1")
+    with pytest.raises(AnatomyError, match="'mmlu' is not offered on this public app"):
+        build_config(PruneConfig, {"tasks": "anatomy_facts,mmlu"}, public=True)
+    assert build_config(PruneConfig, {"tasks": ",".join(SHIPPED)}, public=True).tasks == SHIPPED
+    monkeypatch.setenv("ANATOMY_PUBLIC", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AnatomyError, match="'hellaswag' needs the Hub, which is off"):
+        build_config(registry()["importance"].config, {"tasks": "hellaswag"})
+
+
+def test_the_drop_is_paired_over_the_same_items():
+    def scores(values: list[float]) -> TaskScores:
+        items = np.array(values)
+        table = pd.DataFrame([{"task": "t", "metric": "acc", "value": items.mean(),
+                               "stderr": items.std(ddof=1) / np.sqrt(len(items)), "n": len(items)}])
+        return TaskScores(table, {("t", "acc"): items})
+
+    before, after = scores([1, 1, 1, 1, 0, 0, 0, 0]), scores([1, 1, 0, 0, 0, 0, 0, 0])
+    row = task_drop(before, after).iloc[0]
+    assert row["before"] == 0.5 and row["after"] == 0.25 and row["drop"] == 0.25
+    assert 0 < row["drop_high"] - row["drop"] == pytest.approx(row["drop"] - row["drop_low"])
+    assert task_drop(before, before).iloc[0][["drop", "drop_low", "drop_high"]].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_progress_counts_the_requests_and_a_raising_callback_stops_scoring(tiny_tokenizer):
+    model = make_tiny_model("llama", layers=2)
+    seen = []
+    score_tasks(model, tiny_tokenizer, ["anatomy_facts"], batch_size=32, progress=lambda d, t, _: seen.append((d, t)))
+    assert seen[-1] == (124, 124) and len(seen) >= 6 and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+
+    def stop(done: int, total: int, _: str) -> None:
+        if done:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        score_tasks(model, tiny_tokenizer, ["anatomy_facts"], batch_size=32, progress=stop)
+
+
+def test_the_work_estimate_counts_the_task_requests(tiny_eval_set):
+    shape = work.shape_of(make_tiny_model("llama", layers=4), tiny_eval_set)
+    prune = registry()["prune"]
+    plain = prune.work(PruneConfig(ks=(1,)), shape)
+    facts = prune.work(PruneConfig(ks=(1,), tasks=("anatomy_facts",)), shape)
+    both = prune.work(PruneConfig(ks=(1,), tasks=TASKS), shape)
+    assert plain < facts < both
