@@ -249,9 +249,32 @@ def drop_rows(before: TaskScores, after: TaskScores, **keys: object) -> list[dic
     return [{**keys, **row} for row in task_drop(before, after).to_dict("records")]
 
 
-def no_drop(scores: TaskScores, **keys: object) -> list[dict]:
-    """The baseline's own rows of a tasks table: before = after, no drop."""
-    return drop_rows(scores, scores, **keys)
+class TaskDrops:
+    """The task side of an experiment that changes a model in place: the unchanged model scored once when made,
+    then `add` scores the model as it is now (inside the change) against it. Without tasks it does nothing."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, tasks: Sequence[str],
+                 progress: ProgressCallback | None = None) -> None:
+        if tasks and tokenizer is None:
+            raise AnatomyError("--tasks scores the model with its tokenizer: pass tokenizer=.")
+        self.model, self.tokenizer, self.tasks, self.progress = model, tokenizer, tuple(tasks), progress
+        self.base = score_tasks(model, tokenizer, tasks, progress=progress) if tasks else None
+        self.rows: list[dict] = []
+
+    def add(self, **keys: object) -> None:
+        """Score the model as it is now; its drop rows, led by `keys`, join the table."""
+        if self.base is not None:
+            now = score_tasks(self.model, self.tokenizer, self.tasks, progress=self.progress)
+            self.rows.extend(drop_rows(self.base, now, **keys))
+
+    def add_unchanged(self, **keys: object) -> None:
+        """The unchanged model's own rows (before = after, no drop), without scoring it again."""
+        if self.base is not None:
+            self.rows.extend(drop_rows(self.base, self.base, **keys))
+
+    def tables(self, keys: Sequence[str]) -> dict[str, pd.DataFrame]:
+        """`{"tasks": table}` for a result's extra tables (empty without tasks); `keys` lead its columns."""
+        return {} if self.base is None else {"tasks": pd.DataFrame(self.rows, columns=[*keys, *DROP_COLUMNS])}
 
 
 DROP_COLUMNS = ["task", "metric", "before", "before_stderr", "after", "after_stderr", "drop", "drop_low", "drop_high"]

@@ -106,3 +106,23 @@ def test_the_work_estimate_counts_the_task_requests(tiny_eval_set):
     facts = prune.work(PruneConfig(ks=(1,), tasks=("anatomy_facts",)), shape)
     both = prune.work(PruneConfig(ks=(1,), tasks=TASKS), shape)
     assert plain < facts < both
+
+
+def test_importance_and_interventions_score_each_change_beside_its_ppl(tiny_tokenizer, tiny_eval_set):
+    from anatomy.experiments.importance import ImportanceConfig, run_importance
+    from anatomy.experiments.interventions import InterventionsConfig, run_interventions
+
+    model = make_tiny_model("llama", layers=3)
+    importance = run_importance(model, tiny_eval_set, ImportanceConfig(mode="skip", layers="0,2",
+                                                                       tasks=("anatomy_facts",)),
+                                tokenizer=tiny_tokenizer)
+    assert importance["tasks"]["layer"].tolist() == [0, 2]
+    assert importance.table["anatomy_facts_acc_drop"].tolist() == importance["tasks"]["drop"].tolist()
+    swept = run_interventions(model, tiny_eval_set, InterventionsConfig(intervention="scale", layers="1",
+                                                                        values=(1.0, 0.0), tasks=("anatomy_facts",)),
+                              tokenizer=tiny_tokenizer)
+    unchanged = swept["tasks"].set_index("value").loc[1.0]
+    assert unchanged["drop"] == 0 and unchanged["after"] == unchanged["before"]  # alpha 1 changes nothing
+    assert swept["tasks"]["before"].nunique() == 1
+    with pytest.raises(AnatomyError, match="--tasks scores the model with its tokenizer"):
+        run_interventions(model, tiny_eval_set, InterventionsConfig(layers="1", tasks=("anatomy_facts",)))

@@ -22,7 +22,7 @@ from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perpl
 from ..experiment import Artefacts, Experiment, Result
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
 from ..layers import LayerAdapter
-from ..lm_eval_tasks import DROP_COLUMNS, check_tasks, drop_rows, score_tasks, task_passes, tasks_option
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, tasks_option
 from ..load import LoadedModel
 from ..options import LAYERS, floats, option
 from ..progress import ProgressCallback
@@ -77,8 +77,7 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
     With `config.tasks` (and the `tokenizer`), the `tasks` table holds each layer's accuracy drop."""
     config = config or ImportanceConfig()
     config.validate()
-    if config.tasks and tokenizer is None:
-        raise AnatomyError("--tasks scores the ablated models with their tokenizer: pass tokenizer=.")
+    tasks = TaskDrops(model, tokenizer, config.tasks, progress)  # the intact model's scores first
     adapter = LayerAdapter(model)
     layers = adapter.resolve_layers(config.layers)
     t0 = time.perf_counter()
@@ -88,17 +87,14 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
     t_base = time.perf_counter() - t0
     if not np.isfinite(base.ppl):
         raise AnatomyError("The baseline PPL is not finite: the model or its dtype is broken for this text.")
-    base_tasks = score_tasks(model, tokenizer, config.tasks, progress=progress) if config.tasks else None
-    task_rows: list[dict] = []
 
     def ablated(layer: int) -> dict:
         sources = neighbours(layer, adapter.kinds, config.boundary) if config.mode == "neighbour-mean" else []
         untouched = config.mode == "neighbour-mean" and not sources
         with ablate(adapter, layer, config.mode, config.boundary):
             result = perplexity(model, eval_set, cache if config.use_prefix_cache else None, layer)
-            if base_tasks is not None and not untouched:
-                task_rows.extend(drop_rows(base_tasks, score_tasks(model, tokenizer, config.tasks, progress=progress),
-                                           layer=layer))
+            if not untouched:
+                tasks.add(layer=layer)
         offload.unpin(model)  # disk-offloaded layers the ablation touched go back to disk
         d, d_low, d_high = degradation(result, base, eval_set)
         return {"layer": layer, "mode": config.mode, **result.as_dict(), "degradation_pct": d,
@@ -111,9 +107,8 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
 
     rows = sweep(layers, ablated, f"importance ({config.mode})", progress)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    tables = {}
-    if base_tasks is not None:
-        tables["tasks"] = pd.DataFrame(task_rows, columns=["layer", *DROP_COLUMNS])
+    tables = tasks.tables(["layer"])
+    if tables:
         df = df.merge(drops_by_layer(tables["tasks"]), on="layer", how="left")
     return Result("importance", df, tables=tables,
                   scalars={"baseline": base.as_dict(), "spearman": spearman_with_ablation(df),

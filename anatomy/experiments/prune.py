@@ -26,7 +26,7 @@ from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result
 from ..interventions import ABLATION_MODES
 from ..layers import LayerAdapter
-from ..lm_eval_tasks import DROP_COLUMNS, check_tasks, drop_rows, no_drop, score_tasks, task_passes, tasks_option
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, tasks_option
 from ..load import LoadedModel
 from ..options import INTS, OPTIONAL_TEXT, option
 from ..progress import ProgressCallback
@@ -37,7 +37,6 @@ from .spectral import SpectralConfig, layer_alpha, run_spectral
 
 CRITERIA = ("alpha", "block_influence", "ablation", "last")
 READ_IMPORTANCE = {"block_influence", "ablation"}  # the criteria ranked by an importance map
-TASK_KEYS = ["criterion", "k", "removed"]
 COLUMNS = ["criterion", "k", "removed", "ppl", "ppl_low", "ppl_high", "degradation_pct", "degradation_low",
            "degradation_high", "params_removed_pct"]
 
@@ -117,14 +116,12 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     adapter = LayerAdapter(model)
     n = adapter.num_layers
     config.validate(n)
-    if config.tasks and tokenizer is None:
-        raise AnatomyError("--tasks scores the models with their tokenizer: pass tokenizer=.")
+    tasks = TaskDrops(model, tokenizer, config.tasks, progress)  # the intact model's scores first
+    tasks.add_unchanged(criterion="baseline (none)", k=0, removed="")
     t0 = time.perf_counter()
     scores = layer_scores(model, config, importance, progress)
     t_scores = time.perf_counter() - t0
     base = perplexity(model, eval_set)
-    base_tasks = score_tasks(model, tokenizer, config.tasks, progress=progress) if config.tasks else None
-    task_rows = no_drop(base_tasks, criterion="baseline (none)", k=0, removed="") if base_tasks else []
     layer_params = sum(p.numel() for p in adapter.layers[0].parameters())
     total = sum(p.numel() for p in model.parameters())
     rows = [{"criterion": "baseline (none)", "k": 0, "removed": "", **base.as_dict(), "degradation_pct": 0.0,
@@ -135,10 +132,7 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
         removed = choose(scores, criterion, k)
         with layer_stack(model, kept_layers(n, removed)):
             result = perplexity(model, eval_set)
-            if base_tasks is not None:
-                after = score_tasks(model, tokenizer, config.tasks, progress=progress)
-                task_rows.extend(drop_rows(base_tasks, after, criterion=criterion, k=k,
-                                           removed=",".join(map(str, removed))))
+            tasks.add(criterion=criterion, k=k, removed=",".join(map(str, removed)))
         d, d_low, d_high = degradation(result, base, eval_set)
         return {"criterion": criterion, "k": k, "removed": ",".join(map(str, removed)), **result.as_dict(),
                 "degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high,
@@ -154,8 +148,7 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
         mode = str(importance.table["mode"].iloc[0])
     return Result("prune", df, scalars={"baseline": base.as_dict(), "ablation_mode": mode, "saved": saved},
                   tables={"comparison": comparison_table(df), "scores": scores,
-                          **({"tasks": pd.DataFrame(task_rows, columns=TASK_KEYS + DROP_COLUMNS)} if config.tasks
-                             else {})},
+                          **tasks.tables(["criterion", "k", "removed"])},
                   timings={"scores_s": t_scores, "pruned_evals_s": t_evals})
 
 
