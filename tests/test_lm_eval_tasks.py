@@ -126,3 +126,18 @@ def test_importance_and_interventions_score_each_change_beside_its_ppl(tiny_toke
     assert swept["tasks"]["before"].nunique() == 1
     with pytest.raises(AnatomyError, match="--tasks scores the model with its tokenizer"):
         run_interventions(model, tiny_eval_set, InterventionsConfig(layers="1", tasks=("anatomy_facts",)))
+
+
+def test_any_other_lm_eval_task_scores_through_the_same_function_with_all_its_metrics(tmp_path, tiny_tokenizer):
+    """The path of mmlu or arc_easy (lm-eval's task index, a multiple-choice task), with a local task in place
+    of the Hub's items."""
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps({"q": f"{a} + 1 =", "choices": [f" {a + 1}", f" {a}"],
+                                                               "label": 0}) + "\n" for a in range(10)))
+    (tmp_path / "local_choice.yaml").write_text(
+        "task: local_choice\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'items.jsonl'}\noutput_type: multiple_choice\ntest_split: test\n"
+        "doc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: label\ntarget_delimiter: ''\n"
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n")
+    scores = score_tasks(make_tiny_model("llama", layers=2), tiny_tokenizer, ["local_choice"], include=[tmp_path])
+    assert sorted(scores.table["metric"]) == ["acc", "acc_norm"] and set(scores.table["n"]) == {10}
+    assert all(0 <= v <= 1 for v in scores.table["value"]) and (scores.table["stderr"] >= 0).all()
