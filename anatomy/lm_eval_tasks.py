@@ -248,6 +248,16 @@ def task_drop(before: TaskScores, after: TaskScores) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DROP_COLUMNS)
 
 
+def task_section(tables: dict[str, pd.DataFrame], what: str) -> list[str]:
+    """A report's task section, where a run scored tasks: accuracy with stderr before and after `what`, and the
+    drop with its interval (report lines; none without a `tasks` table)."""
+    if "tasks" not in tables:
+        return []
+    from .report import markdown_table
+    return [f"### Task accuracy (lm-eval; before = the unchanged model, after = {what}; drop = before - after, "
+            "paired 95% interval)", markdown_table(tables["tasks"].round(4)), ""]
+
+
 def drop_rows(before: TaskScores, after: TaskScores, **keys: object) -> list[dict]:
     """`task_drop` as records, each led by `keys` (the layer, the criterion and K): an experiment's tasks table."""
     return [{**keys, **row} for row in task_drop(before, after).to_dict("records")]

@@ -108,9 +108,10 @@ def test_the_work_estimate_counts_the_task_requests(tiny_eval_set):
     assert plain < facts < both
 
 
-def test_importance_and_interventions_score_each_change_beside_its_ppl(tiny_tokenizer, tiny_eval_set):
+def test_importance_interventions_and_manipulate_score_each_change_beside_its_ppl(tiny_tokenizer, tiny_eval_set):
     from anatomy.experiments.importance import ImportanceConfig, run_importance
     from anatomy.experiments.interventions import InterventionsConfig, run_interventions
+    from anatomy.experiments.manipulate import ManipulateConfig, run_manipulate
 
     model = make_tiny_model("llama", layers=3)
     importance = run_importance(model, tiny_eval_set, ImportanceConfig(mode="skip", layers="0,2",
@@ -124,6 +125,11 @@ def test_importance_and_interventions_score_each_change_beside_its_ppl(tiny_toke
     unchanged = swept["tasks"].set_index("value").loc[1.0]
     assert unchanged["drop"] == 0 and unchanged["after"] == unchanged["before"]  # alpha 1 changes nothing
     assert swept["tasks"]["before"].nunique() == 1
+    manipulated = run_manipulate(model, tiny_eval_set, ManipulateConfig(layers="1", strategies=("zero", "scale"),
+                                                                        alphas=(0.5,), tasks=("anatomy_facts",)),
+                                 tokenizer=tiny_tokenizer)
+    assert manipulated["tasks"]["strategy"].tolist() == ["zero", "scale 0.5"]
+    assert "### Task accuracy" in registry()["manipulate"].artefacts(manipulated, None, None, None).markdown
     with pytest.raises(AnatomyError, match="--tasks scores the model with its tokenizer"):
         run_interventions(model, tiny_eval_set, InterventionsConfig(layers="1", tasks=("anatomy_facts",)))
 

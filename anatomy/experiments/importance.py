@@ -22,7 +22,7 @@ from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perpl
 from ..experiment import Artefacts, Experiment, Result
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
 from ..layers import LayerAdapter
-from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, tasks_option
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import LAYERS, floats, option
 from ..progress import ProgressCallback
@@ -154,8 +154,7 @@ def importance_report(result: Result, header: str) -> str:
              f"- Spearman correlation with ablation D: Block Influence {rho['block_influence']:.3f}, "
              f"angular distance {rho['angular_distance']:.3f}", "",
              report.markdown_table(df.drop(columns=["mode"]).round(4)), "",
-             *([f"### Task accuracy per ablated layer (lm-eval; drop = intact - ablated, paired 95% interval)",
-                report.markdown_table(result["tasks"].round(4)), ""] if "tasks" in result.tables else [])]
+             *task_section(result.tables, "the layer ablated")]
     return "\n".join(lines)
 
 

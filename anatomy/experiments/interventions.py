@@ -20,7 +20,7 @@ from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result
 from ..interventions import BOUNDARY_CONVENTIONS, INTERVENTION_KINDS, intervention
 from ..layers import COMPONENTS, LayerAdapter
-from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, tasks_option
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import LAYERS, SEED_MAX, Codec, option, parse_floats
 from ..progress import ProgressCallback, track
@@ -104,9 +104,8 @@ def interventions_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalS
     """The D-per-value figure and the report (the CLI's run folder and the app's)."""
     df, base = result.table, result["baseline"]
     markdown = (report.header("Interventions", loaded, eval_set)
-                + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n"
-                + ("\n### Task accuracy (lm-eval; drop = unchanged - changed, paired 95% interval)\n\n"
-                   + report.markdown_table(result["tasks"].round(4)) + "\n" if "tasks" in result.tables else ""))
+                + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n\n"
+                + "\n".join(task_section(result.tables, "the intervention at each value")))
     title = f"{config.intervention} of layers {LAYERS.format(config.layers)}: {loaded.title}"
     return Artefacts(figures={"interventions": figure(df, config.intervention, title)}, markdown=markdown)
 

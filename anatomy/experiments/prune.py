@@ -26,7 +26,7 @@ from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result
 from ..interventions import ABLATION_MODES
 from ..layers import LayerAdapter
-from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, tasks_option
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import INTS, OPTIONAL_TEXT, option
 from ..progress import ProgressCallback
@@ -190,18 +190,10 @@ def prune_report(result: Result, header: str) -> str:
              "### Every run", report.markdown_table(df.round(4)), "",
              "### Layer scores (lower = removed first; alpha and last negated)",
              report.markdown_table(result["scores"].round(4)), "",
-             *task_report(result),
+             *task_section(result.tables, "each pruned model"),
              *([f"- Pruned models saved: {', '.join(f'`{p}`' for p in result['saved'])}", ""] if result["saved"]
                else [])]
     return "\n".join(lines)
-
-
-def task_report(result: Result) -> list[str]:
-    """The tasks section: accuracy with stderr before and after each pruned model, the drop with its interval."""
-    if "tasks" not in result.tables:
-        return []
-    return ["### Task accuracy (lm-eval; before = intact model; drop = before - after, paired 95% interval)",
-            report.markdown_table(result["tasks"].round(4)), ""]
 
 
 def task_line(result: Result) -> str:
