@@ -71,6 +71,12 @@ def tasks_option(what: str) -> tuple[str, ...]:
                   codec=TASKS, max_items=MAX_TASKS)
 
 
+def lm_eval_version() -> str:
+    """The installed lm-eval's version, which a run that scored tasks records beside its numbers."""
+    from importlib.metadata import version
+    return version("lm-eval")
+
+
 def offline() -> bool:
     """True when the Hub may not be asked (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), where lm-eval's own tasks,
     whose items come from the Hub, cannot load."""

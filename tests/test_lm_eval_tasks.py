@@ -13,10 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from huggingface_hub import ModelCard
+
 from anatomy.errors import AnatomyError
+from anatomy.hub_model import exports, model_card
 from anatomy.experiment import registry
 from anatomy.experiments.prune import PruneConfig, run_prune
-from anatomy.lm_eval_tasks import SHIPPED, TaskScores, parse_tasks, score_tasks, task_drop, task_folder
+from anatomy.lm_eval_tasks import (SHIPPED, TaskScores, lm_eval_version, parse_tasks, score_tasks, task_drop,
+                                   task_folder)
 from anatomy.options import build_config
 from anatomy.progress import Cancelled
 from anatomy import work
@@ -55,6 +59,14 @@ def test_a_pruned_model_scored_in_memory_scores_the_same_saved_through_the_lm_ev
         cli_ll = np.array([float(s["filtered_resps"][0][0]) for s in sorted(samples, key=lambda s: s["doc_id"])])
         ours = np.array([float(answer[0][0]) for answer in saved.answers[task]])
         np.testing.assert_allclose(ours, cli_ll, rtol=1e-5)  # the same log-probabilities, item by item
+
+    card = ModelCard(str(model_card(result, exports(result)[0], "alice/pruned")))  # the card as the Hub reads it
+    published = {r.dataset_name: r for r in card.data.eval_results if r.metric_type == "acc"}
+    for task in TASKS:
+        assert published[task].metric_value == results[task]["acc,none"]
+        assert published[task].metric_args["stderr"] == pytest.approx(results[task]["acc_stderr,none"], abs=1e-12)
+        assert published[task].source_name == f"lm-evaluation-harness {lm_eval_version()}"
+    assert f"lm_eval --model hf --model_args pretrained=alice/pruned --tasks {','.join(TASKS)}" in card.text
 
 
 def test_task_names_are_plain_and_a_hub_task_is_refused_offline_and_on_a_public_app(monkeypatch):

@@ -26,7 +26,7 @@ from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result
 from ..interventions import ABLATION_MODES
 from ..layers import LayerAdapter
-from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
+from ..lm_eval_tasks import TaskDrops, check_tasks, lm_eval_version, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import INTS, OPTIONAL_TEXT, option
 from ..progress import ProgressCallback
@@ -146,7 +146,8 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     mode = config.ablation_mode
     if importance is not None and "mode" in importance.table:  # D of a given map was measured with its own mode
         mode = str(importance.table["mode"].iloc[0])
-    return Result("prune", df, scalars={"baseline": base.as_dict(), "ablation_mode": mode, "saved": saved},
+    versions = {"lm_eval_version": lm_eval_version()} if config.tasks else {}
+    return Result("prune", df, scalars={"baseline": base.as_dict(), "ablation_mode": mode, "saved": saved, **versions},
                   tables={"comparison": comparison_table(df), "scores": scores,
                           **tasks.tables(["criterion", "k", "removed"])},
                   timings={"scores_s": t_scores, "pruned_evals_s": t_evals})
