@@ -159,3 +159,17 @@ def test_any_other_lm_eval_task_scores_through_the_same_function_with_all_its_me
     scores = score_tasks(make_tiny_model("llama", layers=2), tiny_tokenizer, ["local_choice"], include=[tmp_path])
     assert sorted(scores.table["metric"]) == ["acc", "acc_norm"] and set(scores.table["n"]) == {10}
     assert all(0 <= v <= 1 for v in scores.table["value"]) and (scores.table["stderr"] >= 0).all()
+
+
+def test_the_proxy_panel_ranks_each_cheap_view_against_the_true_accuracy_drop():
+    from anatomy.experiments.importance import proxy_panel
+
+    rng = np.random.default_rng(1)
+    drop = rng.random(20)
+    table = pd.DataFrame({"layer": range(20), "block_influence": drop + 0.01 * rng.random(20),
+                          "angular_distance": rng.random(20), "degradation_pct": -drop, "t_acc_drop": drop})
+    panel = proxy_panel(table).set_index("proxy")
+    assert panel.loc["block_influence", "spearman"] > 0.99 and panel.loc["degradation_pct", "spearman"] == -1
+    random = panel.loc["angular_distance"]
+    assert random["spearman_low"] < 0 < random["spearman_high"] and abs(random["spearman"]) < 0.5
+    assert proxy_panel(table.head(2)).empty  # two layers rank nothing

@@ -3,7 +3,9 @@
 Beside the ablation, the one-pass scores of the related work (Block Influence, angular distance) come
 from the same baseline pass, and the report gives their Spearman correlation with the ablation D.
 With `--tasks` (lm-eval task names), every ablated model is also scored on those tasks: the accuracy drop per
-layer, with its paired 95% interval, beside D (the `tasks` table; a `<task>_<metric>_drop` column per task).
+layer, with its paired 95% interval, beside D (the `tasks` table; a `<task>_<metric>_drop` column per task),
+and the proxy panel: how well Block Influence, angular distance and D rank the layers by that drop (Spearman,
+bootstrap interval). Power-law alpha, the spectral view, is prune's `alpha` criterion and not in this panel.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
     tables = tasks.tables(["layer"])
     if tables:
         df = df.merge(drops_by_layer(tables["tasks"]), on="layer", how="left")
+        tables["proxy_panel"] = proxy_panel(df)
     return Result("importance", df, tables=tables,
                   scalars={"baseline": base.as_dict(), "spearman": spearman_with_ablation(df),
                            "boundary": config.boundary, "uniform": adapter.uniform},
@@ -121,6 +124,39 @@ def drops_by_layer(tasks: pd.DataFrame) -> pd.DataFrame:
     wide = tasks.pivot(index="layer", columns=["task", "metric"], values="drop")
     wide.columns = [f"{task}_{metric}_drop" for task, metric in wide.columns]
     return wide.reset_index()
+
+
+PROXIES = ("block_influence", "angular_distance", "degradation_pct")  # the cheap views, each higher = more needed
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (Pearson on average ranks; NaN where either side is constant)."""
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def proxy_panel(df: pd.DataFrame, draws: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Which cheap view a user may trust on this model: Spearman's rho between each proxy (Block Influence,
+    angular distance, the PPL ablation D) and each task's true accuracy drop over the scored layers, with a 95%
+    bootstrap interval over the layers (`draws` resamples; a resample where a side is constant is left out)."""
+    targets = [c for c in df.columns if c.endswith("_drop")]
+    scored = df.dropna(subset=targets)
+    columns = ["proxy", "target", "spearman", "spearman_low", "spearman_high", "layers"]
+    if len(scored) < 3:
+        return pd.DataFrame(columns=columns)
+    picks = np.random.default_rng(seed).integers(0, len(scored), size=(draws, len(scored)))
+    rows = []
+    for target in targets:
+        y = scored[target].to_numpy(dtype=float)
+        for proxy in PROXIES:
+            x = scored[proxy].to_numpy(dtype=float)
+            boot = np.array([spearman(x[i], y[i]) for i in picks])
+            low, high = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
+            rows.append({"proxy": proxy, "target": target, "spearman": spearman(x, y), "spearman_low": float(low),
+                         "spearman_high": float(high), "layers": len(scored)})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def spearman_with_ablation(df: pd.DataFrame) -> dict[str, float]:
@@ -154,7 +190,10 @@ def importance_report(result: Result, header: str) -> str:
              f"- Spearman correlation with ablation D: Block Influence {rho['block_influence']:.3f}, "
              f"angular distance {rho['angular_distance']:.3f}", "",
              report.markdown_table(df.drop(columns=["mode"]).round(4)), "",
-             *task_section(result.tables, "the layer ablated")]
+             *task_section(result.tables, "the layer ablated"),
+             *(["### Proxy panel (Spearman's rho of each cheap view with the true accuracy drop, over the layers; "
+                "95% bootstrap interval over the layers)", report.markdown_table(result["proxy_panel"].round(3)), ""]
+               if "proxy_panel" in result.tables else [])]
     return "\n".join(lines)
 
 
