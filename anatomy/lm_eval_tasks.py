@@ -15,6 +15,7 @@ interval. lm-eval's requests go through the progress callback, which may raise `
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -200,11 +201,14 @@ def score_tasks(model: PreTrainedModel | str | Path, tokenizer: PreTrainedTokeni
     if unknown:
         raise AnatomyError(f"Unknown lm-eval task {shown(unknown[0])}: shipped ones are {', '.join(SHIPPED)}.")
     if isinstance(model, (str, Path)):
-        lm = _tracked_lm(progress)(pretrained=str(model), batch_size=batch_size, dtype="float32", device="cpu")
+        from .load import default_device
+        lm = _tracked_lm(progress)(pretrained=str(model), batch_size=batch_size, dtype="float32",
+                                   device=str(default_device()))
     else:
         if tokenizer is None:
             raise AnatomyError("Task scoring needs the model's tokenizer.")
-        lm = _tracked_lm(progress)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # a copy: HFLM gives a tokenizer without a pad token one, which the caller's must not gain
+        lm = _tracked_lm(progress)(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
     try:
         out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True, limit=limit,
                                       random_seed=None, numpy_random_seed=None, torch_random_seed=None)

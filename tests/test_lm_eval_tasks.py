@@ -4,6 +4,7 @@ progress counts lm-eval's requests (a callback that raises stops the scoring).""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -173,3 +174,10 @@ def test_the_proxy_panel_ranks_each_cheap_view_against_the_true_accuracy_drop():
     random = panel.loc["angular_distance"]
     assert random["spearman_low"] < 0 < random["spearman_high"] and abs(random["spearman"]) < 0.5
     assert proxy_panel(table.head(2)).empty  # two layers rank nothing
+
+
+def test_scoring_leaves_the_callers_tokenizer_as_it_was(tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.pad_token = None  # HFLM gives such a tokenizer a pad token of its own
+    score_tasks(make_tiny_model("llama", layers=2), tokenizer, ["anatomy_facts"], limit=4)
+    assert tokenizer.pad_token is None and tokenizer.padding_side == tiny_tokenizer.padding_side
