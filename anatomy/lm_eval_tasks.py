@@ -64,12 +64,12 @@ TASKS = Codec(parse_tasks, lambda v: ",".join(v))
 """The `--tasks` field: lm-eval task names, comma-separated; empty: no task scoring."""
 
 
-def tasks_option(what: str) -> tuple[str, ...]:
+def tasks_option(what: str, **kwargs: object) -> tuple[str, ...]:
     """The `tasks` field of an experiment's config (CLI `--tasks`, the app's tasks box): opt-in, none by
-    default; `what` says what is scored."""
+    default; `what` says what is scored; `kwargs` go to `option` (a `flag` where the field has another name)."""
     return option((), f"lm-eval tasks, comma-separated (e.g. {','.join(SHIPPED)}): {what}",
                   label=f"Tasks (lm-eval names, comma-separated; shipped: {', '.join(SHIPPED)}; empty: none)",
-                  codec=TASKS, max_items=MAX_TASKS)
+                  codec=TASKS, max_items=MAX_TASKS, **kwargs)
 
 
 def lm_eval_version() -> str:

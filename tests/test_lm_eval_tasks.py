@@ -181,3 +181,16 @@ def test_scoring_leaves_the_callers_tokenizer_as_it_was(tiny_tokenizer):
     tokenizer.pad_token = None  # HFLM gives such a tokenizer a pad token of its own
     score_tasks(make_tiny_model("llama", layers=2), tokenizer, ["anatomy_facts"], limit=4)
     assert tokenizer.pad_token is None and tokenizer.padding_side == tiny_tokenizer.padding_side
+
+
+def test_plans_score_each_plan_with_lm_eval_beside_the_built_in_tasks(tiny_tokenizer, tiny_eval_set):
+    from anatomy.experiments.plans import PlansConfig, run_plans
+
+    model = make_tiny_model("llama", layers=4)
+    result = run_plans(model, tiny_eval_set, PlansConfig(variants=("skip",), block_sizes=(2,), latency_repeats=1,
+                                                         latency_tokens=1, lm_eval_tasks=("anatomy_facts",)),
+                       tokenizer=tiny_tokenizer)
+    tasks = result["tasks"].set_index("variant")
+    assert list(tasks.index) == ["baseline", "skip"] and tasks.loc["baseline", "drop"] == 0
+    assert any(c.startswith("acc_") for c in result.table.columns)  # the built-in tasks stay
+    assert build_config(PlansConfig, {"lm_eval_tasks": "anatomy_facts"}).lm_eval_tasks == ("anatomy_facts",)
