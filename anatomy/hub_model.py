@@ -4,6 +4,8 @@ The card is written from the run's results.json, so it states what was measured,
 base model and its revision (`base_model` links the repo to it on the Hub), what was changed (the layers
 removed or the plan), PPL before and after with their 95% intervals on the run's evaluation text, the same
 numbers as `model-index` metrics, and for pruning the mergekit passthrough YAML that builds the same model.
+A run with `--tasks` adds each task's accuracy after the edit to `model-index` (task, metric, value, stderr
+and the lm-eval version that measured it) and the `lm_eval` command that scores the pushed model again.
 The folder itself is a standard transformers folder: it loads with `AutoModelForCausalLM` alone. As with
 results (anatomy/hub_paths.py), the card names a local base model or text file by its name only.
 """
@@ -23,6 +25,7 @@ from .hub import HUB_ERRORS, check_repo_id, hub_failure, later, run_results, tok
 from .hub_paths import local_paths, name_only
 
 PUSH_MODEL = "push-model"
+LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"  # what scored a card's task results
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Export:
     change: str
     after: dict  # ppl, ppl_low, ppl_high
     mergekit: str | None = None
+    tasks: tuple[dict, ...] = ()  # the run's tasks rows of this model (task, metric, after, after_stderr...)
 
 
 def kept_ranges(num_layers: int, removed: list[int]) -> list[tuple[int, int]]:
@@ -60,11 +64,19 @@ def exports(result: Result) -> list[Export]:
     model = result.source.get("model") or {}
     if result.experiment == "prune":
         rows = result.table[result.table["k"] > 0]
+        tasks = result.tables.get("tasks")
+
+        def task_rows(criterion: str, k: int) -> tuple[dict, ...]:
+            if tasks is None:
+                return ()
+            return tuple(tasks[(tasks["criterion"] == criterion) & (tasks["k"] == k)].to_dict("records"))
+
         return [Export(Path(folder), f"removed layers {row.removed} (criterion {row.criterion}, K={row.k}); the "
                                      "remaining layers keep their order",
                        {"ppl": row.ppl, "ppl_low": row.ppl_low, "ppl_high": row.ppl_high},
                        mergekit_yaml(model.get("name", "BASE"), int(model.get("num_layers", 0)),
-                                     [int(i) for i in str(row.removed).split(",")], str(model.get("dtype", "float32"))))
+                                     [int(i) for i in str(row.removed).split(",")], str(model.get("dtype", "float32"))),
+                       task_rows(row.criterion, row.k))
                 for folder, row in zip(result.scalars.get("saved", []), rows.itertuples())]
     if result.experiment == "plans" and result.scalars.get("saved"):
         row = result.table[result.table["variant"] == "custom"].iloc[0]
@@ -97,6 +109,13 @@ def model_card(result: Result, export: Export, repo_id: str, base_license: str |
     metric = [EvalResult(task_type="text-generation", dataset_type="text", dataset_name=str(eval_set.get("name")),
                          dataset_revision=eval_set.get("sha256"), metric_type="perplexity", metric_name="PPL",
                          metric_value=float(after["ppl"]))]
+    version = result.scalars.get("lm_eval_version", "unknown")
+    metric += [EvalResult(task_type="text-generation", task_name=row["task"], dataset_type=row["task"],
+                          dataset_name=row["task"], metric_type=row["metric"],
+                          metric_name=f"{row['metric']} (stderr {row['after_stderr']:.4f})",
+                          metric_value=float(row["after"]), metric_args={"stderr": float(row["after_stderr"])},
+                          source_name=f"lm-evaluation-harness {version}", source_url=LM_EVAL_URL)
+               for row in export.tasks]
     data = ModelCardData(license=base_license, base_model=base, base_model_revision=model.get("revision"),
                          library_name="transformers", pipeline_tag="text-generation",
                          tags=["transformer-anatomy", result.experiment], model_name=repo_id.split("/")[1],
@@ -113,6 +132,19 @@ def model_card(result: Result, export: Export, repo_id: str, base_license: str |
             f"`{eval_set.get('sha256')}`); 95% bootstrap intervals over the texts.", "",
             "| model | PPL [95% interval] |", "|:--|:--|", f"| before | {ppl(before)} |",
             f"| after | {ppl(after)} |", ""]
+    if export.tasks:
+        names = ",".join(dict.fromkeys(row["task"] for row in export.tasks))
+        body += ["## Task accuracy", "", f"lm-evaluation-harness {version}, zero-shot; before = the base model, "
+                 "drop = before - after with its paired 95% interval over the same items.", "",
+                 "| task | metric | before ± stderr | after ± stderr | drop [95% interval] |",
+                 "|:--|:--|:--|:--|:--|",
+                 *[f"| {r['task']} | {r['metric']} | {r['before']:.4f} ± {r['before_stderr']:.4f} | {r['after']:.4f} "
+                   f"± {r['after_stderr']:.4f} | {r['drop']:.4f} [{r['drop_low']:.4f}, {r['drop_high']:.4f}] |"
+                   for r in export.tasks], "",
+                 "Scored again by lm-eval itself (the `anatomy_*` tasks ship in Transformer Anatomy's "
+                 "`anatomy/data/lm_eval_tasks`):", "", "```",
+                 f"lm_eval --model hf --model_args pretrained={repo_id} --tasks {names} "
+                 "--include_path anatomy/data/lm_eval_tasks", "```", ""]
     if export.mergekit:
         body += ["## The same model with mergekit", "", "```yaml", export.mergekit.rstrip(), "```", ""]
     body += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",

@@ -179,6 +179,6 @@ def test_no_argparse_and_no_cli_imports_outside_the_cli():
 def test_tab_endpoints_take_the_declared_fields_in_order():
     from space.tab_importance import TAB
     import inspect
-    names = list(inspect.signature(TAB.endpoint(8)).parameters)
+    names = list(inspect.signature(TAB.endpoint(9)).parameters)
     assert names == ["model", "n_sentences", "custom_text", "max_length", "mode", "boundary", "layers",
-                     "thresholds", "state", "request", "oauth_token", "progress"]
+                     "thresholds", "tasks", "state", "request", "oauth_token", "progress"]

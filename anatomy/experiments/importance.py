@@ -2,6 +2,10 @@
 
 Beside the ablation, the one-pass scores of the related work (Block Influence, angular distance) come
 from the same baseline pass, and the report gives their Spearman correlation with the ablation D.
+With `--tasks` (lm-eval task names), every ablated model is also scored on those tasks: the accuracy drop per
+layer, with its paired 95% interval, beside D (the `tasks` table; a `<task>_<metric>_drop` column per task),
+and the proxy panel: how well Block Influence, angular distance and D rank the layers by that drop (Spearman,
+bootstrap interval). Power-law alpha, the spectral view, is prune's `alpha` criterion and not in this panel.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import findings, offload, plots, report, work
 from ..errors import AnatomyError, shown
@@ -20,6 +24,7 @@ from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perpl
 from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
 from ..layers import LayerAdapter
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import LAYERS, floats, option
 from ..progress import ProgressCallback
@@ -44,8 +49,10 @@ class ImportanceConfig:
         label="Class boundaries on D in % (Redundant, Minor, Important)", codec=floats(3), minimum=-1e6, maximum=1e9)
     use_prefix_cache: bool = option(True, "run the full forward for every ablation instead of the prefix cache",
                                     flag="--no-prefix-cache", ui=False)
+    tasks: tuple[str, ...] = tasks_option("the accuracy drop of each ablated layer, beside D")
 
     def validate(self) -> None:
+        check_tasks(self.tasks)
         if self.mode not in ABLATION_MODES:
             raise AnatomyError(f"Unknown mode '{self.mode}': use one of {', '.join(ABLATION_MODES)}.")
         if self.boundary not in BOUNDARY_CONVENTIONS:
@@ -66,10 +73,13 @@ def classify(d: float, thresholds: tuple[float, float, float] = (10.0, 30.0, 100
 
 
 def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: ImportanceConfig | None = None,
-                   progress: ProgressCallback | None = None) -> Result:
-    """One row per layer; the scalars hold the baseline PPL and the correlations with the one-pass scores."""
+                   progress: ProgressCallback | None = None,
+                   tokenizer: PreTrainedTokenizerBase | None = None) -> Result:
+    """One row per layer; the scalars hold the baseline PPL and the correlations with the one-pass scores.
+    With `config.tasks` (and the `tokenizer`), the `tasks` table holds each layer's accuracy drop."""
     config = config or ImportanceConfig()
     config.validate()
+    tasks = TaskDrops(model, tokenizer, config.tasks, progress)  # the intact model's scores first
     adapter = LayerAdapter(model)
     layers = adapter.resolve_layers(config.layers)
     t0 = time.perf_counter()
@@ -79,11 +89,14 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
     t_base = time.perf_counter() - t0
     if not np.isfinite(base.ppl):
         raise AnatomyError("The baseline PPL is not finite: the model or its dtype is broken for this text.")
+
     def ablated(layer: int) -> dict:
         sources = neighbours(layer, adapter.kinds, config.boundary) if config.mode == "neighbour-mean" else []
         untouched = config.mode == "neighbour-mean" and not sources
         with ablate(adapter, layer, config.mode, config.boundary):
             result = perplexity(model, eval_set, cache if config.use_prefix_cache else None, layer)
+            if not untouched:
+                tasks.add(layer=layer)
         offload.unpin(model)  # disk-offloaded layers the ablation touched go back to disk
         d, d_low, d_high = degradation(result, base, eval_set)
         return {"layer": layer, "mode": config.mode, **result.as_dict(), "degradation_pct": d,
@@ -96,10 +109,54 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
 
     rows = sweep(layers, ablated, f"importance ({config.mode})", progress)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return Result("importance", df,
+    tables = tasks.tables(["layer"])
+    if tables:
+        df = df.merge(drops_by_layer(tables["tasks"]), on="layer", how="left")
+        tables["proxy_panel"] = proxy_panel(df)
+    return Result("importance", df, tables=tables,
                   scalars={"baseline": base.as_dict(), "spearman": spearman_with_ablation(df),
                            "boundary": config.boundary, "uniform": adapter.uniform},
                   timings={"baseline_and_cache_s": t_base, "ablations_s": time.perf_counter() - t0 - t_base})
+
+
+def drops_by_layer(tasks: pd.DataFrame) -> pd.DataFrame:
+    """One `<task>_<metric>_drop` column per task and metric, by layer: the main table's task columns."""
+    wide = tasks.pivot(index="layer", columns=["task", "metric"], values="drop")
+    wide.columns = [f"{task}_{metric}_drop" for task, metric in wide.columns]
+    return wide.reset_index()
+
+
+PROXIES = ("block_influence", "angular_distance", "degradation_pct")  # the cheap views, each higher = more needed
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (Pearson on average ranks; NaN where either side is constant)."""
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def proxy_panel(df: pd.DataFrame, draws: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Which cheap view a user may trust on this model: Spearman's rho between each proxy (Block Influence,
+    angular distance, the PPL ablation D) and each task's true accuracy drop over the scored layers, with a 95%
+    bootstrap interval over the layers (`draws` resamples; a resample where a side is constant is left out)."""
+    targets = [c for c in df.columns if c.endswith("_drop")]
+    scored = df.dropna(subset=targets)
+    columns = ["proxy", "target", "spearman", "spearman_low", "spearman_high", "layers"]
+    if len(scored) < 3:
+        return pd.DataFrame(columns=columns)
+    picks = np.random.default_rng(seed).integers(0, len(scored), size=(draws, len(scored)))
+    rows = []
+    for target in targets:
+        y = scored[target].to_numpy(dtype=float)
+        for proxy in PROXIES:
+            x = scored[proxy].to_numpy(dtype=float)
+            boot = np.array([spearman(x[i], y[i]) for i in picks])
+            low, high = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
+            rows.append({"proxy": proxy, "target": target, "spearman": spearman(x, y), "spearman_low": float(low),
+                         "spearman_high": float(high), "layers": len(scored)})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def spearman_with_ablation(df: pd.DataFrame) -> dict[str, float]:
@@ -132,7 +189,11 @@ def importance_report(result: Result, header: str) -> str:
              + (", ".join(f"layers.{i}" for i in anti) if anti else "none"),
              f"- Spearman correlation with ablation D: Block Influence {rho['block_influence']:.3f}, "
              f"angular distance {rho['angular_distance']:.3f}", "",
-             report.markdown_table(df.drop(columns=["mode"]).round(4)), ""]
+             report.markdown_table(df.drop(columns=["mode"]).round(4)), "",
+             *task_section(result.tables, "the layer ablated"),
+             *(["### Proxy panel (Spearman's rho of each cheap view with the true accuracy drop, over the layers; "
+                "95% bootstrap interval over the layers)", report.markdown_table(result["proxy_panel"].round(3)), ""]
+               if "proxy_panel" in result.tables else [])]
     return "\n".join(lines)
 
 
@@ -151,7 +212,10 @@ def headline(result: Result) -> str:
 
 
 def importance_work(config: ImportanceConfig, shape: work.Shape) -> float:
-    return work.ablations(shape, shape.layers(config.layers), config.use_prefix_cache)
+    """The ablations' forwards, and with tasks one scoring of the intact model and of each ablated one."""
+    layers = shape.layers(config.layers)
+    return (work.ablations(shape, layers, config.use_prefix_cache)
+            + (1 + len(layers)) * task_passes(config.tasks, shape.tokens))
 
 
 def layer_views(result: Result) -> dict[str, pd.Series]:
@@ -164,7 +228,7 @@ def layer_views(result: Result) -> dict[str, pd.Series]:
 EXPERIMENT = Experiment(
     name="importance", title="Importance map", summary="per-layer ablation importance map (SPEC section 1)",
     description=__doc__, config=ImportanceConfig, run=run_importance, artefacts=importance_artefacts,
-    columns=("layer", "degradation_pct", "class"), headline=headline, work=importance_work,
+    uses_tokenizer=True, columns=("layer", "degradation_pct", "class"), headline=headline, work=importance_work,
     study=StudyRole(order=1, views=layer_views, findings=(
         findings.importance_range, findings.class_counts, findings.critical_core, findings.critical_core_layers,
         findings.critical_boundary, findings.anti_layers, findings.anti_layer_search, findings.table_1)))

@@ -2,6 +2,8 @@
 PPL and degradation D per value (alpha for scale, sigma for noise), the weights restored after each value.
 
 The kinds without a value (zero, neighbour-mean, skip) give one row; their `value` is empty.
+With `--tasks` (lm-eval task names), the unchanged model and each value are scored on those tasks too: the
+accuracy with its stderr and the drop with its paired 95% interval (the `tasks` table).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 from matplotlib.figure import Figure
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import plots, report, work
 from ..errors import AnatomyError
@@ -18,6 +20,7 @@ from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result
 from ..interventions import BOUNDARY_CONVENTIONS, INTERVENTION_KINDS, intervention
 from ..layers import COMPONENTS, LayerAdapter
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import LAYERS, SEED_MAX, Codec, option, parse_floats
 from ..progress import ProgressCallback, track
@@ -48,8 +51,10 @@ class InterventionsConfig:
     seed: int = option(0, "noise seed", label="Noise seed", minimum=0, maximum=SEED_MAX)
     boundary: str = option("one-neighbour", "first/last layer under neighbour-mean: use their one neighbour, or "
                            "leave them untouched", label="Boundary (neighbour-mean)", choices=BOUNDARY_CONVENTIONS)
+    tasks: tuple[str, ...] = tasks_option("accuracy of the unchanged model and at each value")
 
     def validate(self) -> None:
+        check_tasks(self.tasks)
         if self.intervention not in KINDS:
             raise AnatomyError(f"Unknown intervention '{self.intervention}': use one of {', '.join(KINDS)}.")
         if self.intervention in SWEPT and not self.values:
@@ -63,23 +68,28 @@ class InterventionsConfig:
 
 
 def run_interventions(model: PreTrainedModel, eval_set: EvalSet, config: InterventionsConfig | None = None,
-                      progress: ProgressCallback | None = None) -> Result:
+                      progress: ProgressCallback | None = None,
+                      tokenizer: PreTrainedTokenizerBase | None = None) -> Result:
     """One row per value; the scalars hold the baseline PPL. Every pass runs the full forward (no prefix
-    cache): an intervention on several layers at once has no single first changed layer to resume from."""
+    cache): an intervention on several layers at once has no single first changed layer to resume from.
+    With `config.tasks` (and the `tokenizer`), the `tasks` table holds the accuracy drop per value."""
     config = config or InterventionsConfig()
     config.validate()
     adapter = LayerAdapter(model)
     layers = adapter.resolve_layers(config.layers)
+    tasks = TaskDrops(model, tokenizer, config.tasks, progress)  # the unchanged model's scores first
     base = perplexity(model, eval_set)
     rows = []
     for value in track(config.swept, f"intervention ({config.intervention})", progress):
         with intervention(adapter, config.intervention, layers, alpha=value, sigma=value, seed=config.seed,
                           boundary=config.boundary, components=config.components or None):
             result = perplexity(model, eval_set)
+            tasks.add(value=value)
         d, low, high = degradation(result, base, eval_set)
         rows.append({"intervention": config.intervention, "layers": ",".join(map(str, layers)), "value": value,
                      **result.as_dict(), "degradation_pct": d, "degradation_low": low, "degradation_high": high})
-    return Result("interventions", pd.DataFrame(rows, columns=COLUMNS), scalars={"baseline": base.as_dict()})
+    return Result("interventions", pd.DataFrame(rows, columns=COLUMNS), scalars={"baseline": base.as_dict()},
+                  tables=tasks.tables(["value"]))
 
 
 def figure(df: pd.DataFrame, kind: str, title: str) -> Figure:
@@ -94,7 +104,8 @@ def interventions_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalS
     """The D-per-value figure and the report (the CLI's run folder and the app's)."""
     df, base = result.table, result["baseline"]
     markdown = (report.header("Interventions", loaded, eval_set)
-                + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n")
+                + f"\n- Baseline PPL {base['ppl']:.3f}\n\n" + report.markdown_table(df) + "\n\n"
+                + "\n".join(task_section(result.tables, "the intervention at each value")))
     title = f"{config.intervention} of layers {LAYERS.format(config.layers)}: {loaded.title}"
     return Artefacts(figures={"interventions": figure(df, config.intervention, title)}, markdown=markdown)
 
@@ -105,12 +116,13 @@ def headline(result: Result) -> str:
 
 
 def interventions_work(config: InterventionsConfig, shape: work.Shape) -> float:
-    """The baseline and one full forward per value (no prefix cache: several layers change at once)."""
-    return 1.0 + len(config.swept)
+    """The baseline and one full forward per value (no prefix cache: several layers change at once), each with
+    its task scoring."""
+    return (1.0 + len(config.swept)) * (1.0 + task_passes(config.tasks, shape.tokens))
 
 
 EXPERIMENT = Experiment(
     name="interventions", title="Interventions", summary="PPL and degradation of one intervention on chosen layers, "
     "per value", description=__doc__, config=InterventionsConfig, run=run_interventions,
-    artefacts=interventions_artefacts, columns=("intervention", "layers", "value", "ppl", "degradation_pct"),
-    headline=headline, work=interventions_work)
+    artefacts=interventions_artefacts, uses_tokenizer=True,
+    columns=("intervention", "layers", "value", "ppl", "degradation_pct"), headline=headline, work=interventions_work)

@@ -10,6 +10,8 @@ Strategies, each applied to every chosen layer together and undone before the ne
 - `scale-a`: weights and biases multiplied by a, for every a of the sweep.
 The layer set comes from an importance map (rows with D below the threshold, 10% = the class Redundant; or,
 with `count`, the `count` layers of lowest D, as the study changed 9 layers at once), or is given explicitly.
+With `--tasks` (lm-eval task names), the unchanged model and every strategy are scored on those tasks too:
+accuracy with its stderr and the drop with its paired 95% interval (the `tasks` table).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import findings, plots, report, work
 from ..errors import AnatomyError
@@ -29,6 +31,7 @@ from ..evaluate import EvalSet, PrefixCache, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result, StudyRole
 from ..interventions import preserve, scale, zero
 from ..layers import ComponentRef, LayerAdapter
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import LAYERS, Codec, floats, option
 from ..progress import ProgressCallback
@@ -69,9 +72,11 @@ class ManipulateConfig:
                                        label="Scale factors", codec=floats(), minimum=-1000, maximum=1000)
     rank: int = option(0, "low-rank blend: keep the top RANK directions (0: all)",
                        label="Low-rank: top directions kept (0: all)", minimum=0, maximum=1_000_000)
+    tasks: tuple[str, ...] = tasks_option("accuracy of the unchanged model and after each strategy")
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)  # the map computed when none is given
 
     def validate(self) -> None:
+        check_tasks(self.tasks)
         if not self.strategies:
             raise AnatomyError("Choose at least one strategy.")
         unknown = set(self.strategies) - set(STRATEGIES)
@@ -193,9 +198,11 @@ def choose_layers(model: PreTrainedModel, config: ManipulateConfig,
 
 
 def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: ManipulateConfig | None = None,
-                   progress: ProgressCallback | None = None, importance: Result | None = None) -> Result:
+                   progress: ProgressCallback | None = None, importance: Result | None = None,
+                   tokenizer: PreTrainedTokenizerBase | None = None) -> Result:
     """One row per strategy (baseline first); the scalars say which layers, how they were chosen, the
-    baseline. `importance` (read only when no layers are named) gives the redundant layers."""
+    baseline. `importance` (read only when no layers are named) gives the redundant layers. With
+    `config.tasks` (and the `tokenizer`), the `tasks` table holds each strategy's accuracy drop."""
     config = config or ManipulateConfig()
     config.validate()
     t0 = time.perf_counter()
@@ -204,6 +211,7 @@ def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: Manipulate
     for layer in layers:
         adapter.check_layer(layer)
     t_choose = time.perf_counter() - t0
+    tasks = TaskDrops(model, tokenizer, config.tasks, progress)  # the unchanged model's scores first
     cache = PrefixCache(model, eval_set)
     base = perplexity(model, eval_set, cache, adapter.num_layers)
     runs = [(s, None) for s in config.strategies if s != "scale"]
@@ -215,8 +223,9 @@ def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: Manipulate
         strategy, alpha = run
         with strategy_context(adapter, layers, strategy, alpha, config.rank or None):
             result = perplexity(model, eval_set, cache, min(layers))
+            name = f"scale {alpha:g}" if strategy == "scale" else strategy
+            tasks.add(strategy=name)
         d, d_low, d_high = degradation(result, base, eval_set)
-        name = f"scale {alpha:g}" if strategy == "scale" else strategy
         return {"strategy": name, "layers": label, **result.as_dict(), "degradation_pct": d,
                 "degradation_low": d_low, "degradation_high": d_high}
 
@@ -225,6 +234,7 @@ def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: Manipulate
     df = pd.DataFrame(rows, columns=COLUMNS)
     return Result("manipulate", df,
                   scalars={"layers": layers, "source": source, "baseline": base.as_dict(), "rank": config.rank},
+                  tables=tasks.tables(["strategy"]),
                   timings={"choose_layers_s": t_choose, "strategies_s": time.perf_counter() - t0 - t_choose})
 
 
@@ -238,7 +248,7 @@ def manipulate_report(result: Result, header: str) -> str:
              "- clone/blend/lowrank use the nearest layers outside the set; low-rank keeps "
              + ("all directions" if not result["rank"] else f"the top {result['rank']} directions") + ".",
              "- Strategies that keep D below 30%: " + (", ".join(usable["strategy"]) if len(usable) else "none") + ".",
-             "", report.markdown_table(df.round(4)), ""]
+             "", report.markdown_table(df.round(4)), "", *task_section(result.tables, "each strategy")]
     return "\n".join(lines)
 
 
@@ -257,15 +267,16 @@ def headline(result: Result) -> str:
 
 
 def manipulate_work(config: ManipulateConfig, shape: work.Shape) -> float:
-    """The baseline and one forward per strategy (per alpha of the scale sweep)."""
-    return 1.0 + sum(len(config.alphas) if s == "scale" else 1 for s in config.strategies)
+    """The baseline and one forward per strategy (per alpha of the scale sweep), each with its task scoring."""
+    runs = sum(len(config.alphas) if s == "scale" else 1 for s in config.strategies)
+    return (1.0 + runs) * (1.0 + task_passes(config.tasks, shape.tokens))
 
 
 EXPERIMENT = Experiment(
     name="manipulate", title="Manipulation of redundant layers",
     summary="zero / clone / blend / low-rank / scale the redundant layers all at once (SPEC section 4)",
     description=__doc__, config=ManipulateConfig, run=run_manipulate, artefacts=manipulate_artefacts,
-    needs=(Need("importance", "an importance run folder to read the Redundant layers from (default: compute the "
+    uses_tokenizer=True, needs=(Need("importance", "an importance run folder to read the Redundant layers from (default: compute the "
                 "importance map now)", configure=lambda config: None if config.layers else config.importance),),
     columns=("strategy", "ppl", "ppl_low", "ppl_high", "degradation_pct"), headline=headline, work=manipulate_work,
     study=StudyRole(order=4, settings={"count": findings.STUDY_MANIPULATED}, quick={"alphas": "0.7,0.9"},

@@ -8,11 +8,14 @@ each measured interleaved with the unchanged model in the same run, so the speed
 robust to a busy machine. Parallel groups run as one batched call for Llama-family layers; the
 `parallel_execution` column says when a group had to run member by member instead.
 
-With `edge_controls` (on in the study), every skipped middle block has its control: a block of the same size skipped at the start
-(layers 1..k) and at the end (the k layers before the last), the first and last layers staying as they do for the
+With `edge_controls` (on in the study), every skipped middle block has its control: a block of the same size
+skipped at the start (layers 1..k) and at the end (the k layers before the last), the first and last layers staying as they do for the
 middle block, so "the middle layers can be skipped" is read against where else k layers can go. The extra table
 `task_items` holds each plan's answer to each task item (right or wrong): what a paired bootstrap over items
 resamples.
+
+`--tasks` (lm-eval task names) scores the unchanged model and every plan on those tasks too, beside the
+built-in ones: accuracy with its stderr and the drop with its paired 95% interval (the `tasks` table).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..errors import AnatomyError
 from ..evaluate import EvalSet, PPLResult, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..layers import LayerAdapter
+from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import INTS, LINES, OPTIONAL_TEXT, SEED_MAX, option
 from ..plans import (GRAMMAR, VARIANTS, Plan, apply_plan, can_batch, export_plan, middle_block, parse_plan,
@@ -68,10 +72,13 @@ class PlansConfig:
     batched: bool = option(True, "run parallel groups member by member instead of one batched call",
                            label="Parallel groups as one batched call (Llama family)", flag="--sequential-parallel")
     tasks: bool = option(True, "skip the built-in fact/arithmetic tasks", label="Fact and arithmetic tasks")
+    lm_eval_tasks: tuple[str, ...] = tasks_option("accuracy of the unchanged model and under each plan",
+                                                  flag="--tasks")
     save: str | None = option(None, "write the single --plan (no parallel groups) as a Hugging Face model folder",
                               codec=OPTIONAL_TEXT, ui=False)
 
     def validate(self) -> None:
+        check_tasks(self.lm_eval_tasks)
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise AnatomyError(f"Unknown variants {unknown}: use some of {', '.join(VARIANTS)}.")
@@ -156,6 +163,7 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
     specs = plan_rows(adapter.num_layers, config)
     saved = ({"saved": str(export_plan(model, tokenizer, parse_plan(config.plans[0], adapter.num_layers), config.save))}
              if config.save and processes.is_main() else {})  # under `accelerate launch`: one process writes it
+    scored = TaskDrops(model, tokenizer, config.lm_eval_tasks, progress)  # the unchanged model's scores first
     t0 = time.perf_counter()
 
     def measured(spec: tuple[str, int, str, Plan]) -> tuple[dict, PPLResult, dict[str, list[bool]]] | str:
@@ -170,6 +178,7 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
         with apply_plan(model, plan, config.batched):
             result = perplexity(model, eval_set)
             correct = task_correct(model, tasks, pad_id) if tasks else {}
+            scored.add(variant=variant, block_size=size, plan=str(plan))
         return ({"variant": variant, "block_size": size, "block": block, "plan": str(plan),
                  "layer_calls": plan.layer_calls, "parallel_execution": execution, **result.as_dict(),
                  **{f"acc_{k}": sum(v) / len(v) for k, v in correct.items()},
@@ -189,7 +198,8 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
     df = pd.DataFrame(rows)
     df = df[COLUMNS[:12] + [c for c in df.columns if c.startswith("acc_")] + COLUMNS[12:]]
     return Result("plans", df, scalars={"baseline": base.as_dict(), "refused": refused, **saved},
-                  tables={"task_items": pd.DataFrame(items, columns=["row", "variant", "block_size", "task", "item",
+                  tables={**scored.tables(["variant", "block_size", "plan"]),
+                          "task_items": pd.DataFrame(items, columns=["row", "variant", "block_size", "task", "item",
                                                                      "correct"])},
                   timings={"plans_s": time.perf_counter() - t0})
 
@@ -229,6 +239,7 @@ def plans_report(result: Result, header: str, config: PlansConfig) -> str:
     lines += [f"- {r.variant} {r.block_size}: `{r.plan}`" for r in df.itertuples() if r.variant != "baseline"]
     refused = result.scalars.get("refused")
     lines += ["", "Not run on this model:", ""] + [f"- {line}" for line in refused] if refused else []
+    lines += ["", *task_section(result.tables, "each plan")] if "tasks" in result.tables else []
     return "\n".join(lines) + "\n"
 
 
@@ -253,7 +264,9 @@ def plans_work(config: PlansConfig, shape: work.Shape) -> float:
     """Per plan: its forward, the task prompts (about a tenth of a pass), and the timed rounds (one to warm up)
     of decoding and prefill under the plan and the unchanged model."""
     timed = shape.tokens(config.latency_tokens * work.DECODE_TOKENS + shape.prefill_tokens)
-    return len(plan_rows(shape.num_layers, config)) * (1.1 + 2 * (config.latency_repeats + 1) * timed)
+    scoring = task_passes(config.lm_eval_tasks, shape.tokens)  # lm-eval tasks: the unchanged model, then each plan
+    per_plan = 1.1 + scoring + 2 * (config.latency_repeats + 1) * timed
+    return scoring + len(plan_rows(shape.num_layers, config)) * per_plan
 
 
 EXPERIMENT = Experiment(

@@ -7,6 +7,8 @@ Criteria (each picks the K layers it rates least needed, in one shot from the in
 - `ablation`: lowest degradation D when the layer alone is ablated (skip by default, i.e. removal itself);
 - `last`: the last K layers, N-K..N-1 (the heuristic the spectral study compares against).
 Removal is real: the layers leave the ModuleList (anatomy.surgery), `layer_idx` renumbered.
+With `--tasks` (lm-eval task names), the intact and every pruned model are scored on those tasks in memory:
+accuracy with its stderr before and after, and the drop with its paired 95% interval (the `tasks` table).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..evaluate import EvalSet, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Need, Result, StudyRole
 from ..interventions import ABLATION_MODES
 from ..layers import LayerAdapter
+from ..lm_eval_tasks import TaskDrops, check_tasks, lm_eval_version, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import INTS, OPTIONAL_TEXT, option
 from ..progress import ProgressCallback
@@ -52,8 +55,10 @@ class PruneConfig:
                                 choices=ABLATION_MODES)
     save: str | None = option(None, "write the pruned model(s) as Hugging Face folder(s) here", codec=OPTIONAL_TEXT,
                               ui=False)
+    tasks: tuple[str, ...] = tasks_option("accuracy before and after each pruned model")
 
     def validate(self, num_layers: int | None = None) -> None:
+        check_tasks(self.tasks)
         if not self.criteria:
             raise AnatomyError("Choose at least one criterion.")
         unknown = set(self.criteria) - set(CRITERIA)
@@ -111,6 +116,8 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     adapter = LayerAdapter(model)
     n = adapter.num_layers
     config.validate(n)
+    tasks = TaskDrops(model, tokenizer, config.tasks, progress)  # the intact model's scores first
+    tasks.add_unchanged(criterion="baseline (none)", k=0, removed="")
     t0 = time.perf_counter()
     scores = layer_scores(model, config, importance, progress)
     t_scores = time.perf_counter() - t0
@@ -125,6 +132,7 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
         removed = choose(scores, criterion, k)
         with layer_stack(model, kept_layers(n, removed)):
             result = perplexity(model, eval_set)
+            tasks.add(criterion=criterion, k=k, removed=",".join(map(str, removed)))
         d, d_low, d_high = degradation(result, base, eval_set)
         return {"criterion": criterion, "k": k, "removed": ",".join(map(str, removed)), **result.as_dict(),
                 "degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high,
@@ -138,8 +146,10 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     mode = config.ablation_mode
     if importance is not None and "mode" in importance.table:  # D of a given map was measured with its own mode
         mode = str(importance.table["mode"].iloc[0])
-    return Result("prune", df, scalars={"baseline": base.as_dict(), "ablation_mode": mode, "saved": saved},
-                  tables={"comparison": comparison_table(df), "scores": scores},
+    versions = {"lm_eval_version": lm_eval_version()} if config.tasks else {}
+    return Result("prune", df, scalars={"baseline": base.as_dict(), "ablation_mode": mode, "saved": saved, **versions},
+                  tables={"comparison": comparison_table(df), "scores": scores,
+                          **tasks.tables(["criterion", "k", "removed"])},
                   timings={"scores_s": t_scores, "pruned_evals_s": t_evals})
 
 
@@ -181,9 +191,19 @@ def prune_report(result: Result, header: str) -> str:
              "### Every run", report.markdown_table(df.round(4)), "",
              "### Layer scores (lower = removed first; alpha and last negated)",
              report.markdown_table(result["scores"].round(4)), "",
+             *task_section(result.tables, "each pruned model"),
              *([f"- Pruned models saved: {', '.join(f'`{p}`' for p in result['saved'])}", ""] if result["saved"]
                else [])]
     return "\n".join(lines)
+
+
+def task_line(result: Result) -> str:
+    """Accuracy with stderr before and after, per task and pruned model: the headline's task part."""
+    if "tasks" not in result.tables:
+        return ""
+    rows = result["tasks"][result["tasks"]["k"] > 0]
+    return "".join(f"; {r.task} {r.metric} {r.before:.3f}±{r.before_stderr:.3f} -> "
+                   f"{r.after:.3f}±{r.after_stderr:.3f} ({r.criterion} K={r.k})" for r in rows.itertuples())
 
 
 def prune_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet, config: PruneConfig) -> Artefacts:
@@ -202,12 +222,14 @@ def headline(result: Result) -> str:
     best = pruned.sort_values(["k", "ppl"], kind="stable").drop_duplicates("k")  # a NaN PPL sorts last
     return (f"Baseline PPL {result['baseline']['ppl']:.3f}; lowest PPL: "
             + ", ".join(f"K={r.k} {r.criterion} {r.ppl:.3f}" for r in best.itertuples())
-            + "".join(f"; saved pruned model: {p}" for p in result["saved"]) + ".")
+            + task_line(result) + "".join(f"; saved pruned model: {p}" for p in result["saved"]) + ".")
 
 
 def prune_work(config: PruneConfig, shape: work.Shape) -> float:
-    """The baseline and one forward of the pruned model per (criterion, K); a map it computes is its need's."""
-    return 1.0 + len(config.criteria) * len(config.ks)
+    """The baseline and one forward of the pruned model per (criterion, K), each with its task scoring; a map it
+    computes is its need's."""
+    runs = len(config.criteria) * len(config.ks)
+    return (1.0 + runs) * (1.0 + task_passes(config.tasks, shape.tokens))
 
 
 EXPERIMENT = Experiment(

@@ -1,0 +1,74 @@
+"""Benchmark: task scoring through lm-evaluation-harness against the hand-written scorer, on the same items.
+
+The items are the shipped lm-eval tasks' (anatomy/data/lm_eval_tasks/*.jsonl, 200 additions and 124 facts).
+Hand-written = `anatomy.tasks.task_accuracy`: one right-padded forward per task over all its items, argmax at
+the answer positions. lm-eval = `anatomy.lm_eval_tasks.score_tasks` (HFLM on the model in memory, its requests
+in batches of BATCH_SIZE, the task manager, the documents, the metrics and their stderr included). Each is
+timed after one warm-up run of both; the accuracies are printed beside the times (the two tokenise an item
+differently: the hand-written scorer prompt and answer apart, lm-eval their concatenation).
+
+    python bench/tasks.py                  # the embedded model
+    python bench/tasks.py --batch-size 1   # lm_eval's own default batch size
+
+Prints `lm-eval / hand-written: <ratio>` (target: within 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from anatomy.lm_eval_tasks import BATCH_SIZE, SHIPPED, SHIPPED_ITEMS, score_tasks, task_folder  # noqa: E402
+from anatomy.load import load_model  # noqa: E402
+from anatomy.tasks import load_tasks, task_accuracy  # noqa: E402
+
+
+def shipped_as_task_json(folder: Path) -> Path:
+    """The shipped items in tasks.json's shape (no prefix: each prompt carries its own), for the hand-written
+    scorer."""
+    tasks = {}
+    for task in SHIPPED:
+        with open(task_folder() / SHIPPED_ITEMS[task], encoding="utf-8") as handle:
+            tasks[task] = {"prefix": "", "items": [json.loads(line) for line in handle if line.strip()]}
+    path = folder / "tasks.json"
+    path.write_text(json.dumps({"tasks": tasks}), encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    args = parser.parse_args()
+    loaded = load_model(args.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        items = load_tasks(tokenizer, str(shipped_as_task_json(Path(tmp))))
+    pad_id = tokenizer.pad_token_id or 0
+
+    def hand_written() -> dict[str, float]:
+        return task_accuracy(model, items, pad_id)
+
+    def through_lm_eval() -> dict[str, float]:
+        scores = score_tasks(model, tokenizer, SHIPPED, batch_size=args.batch_size)
+        return {task: scores.value(task) for task in SHIPPED}
+
+    hand_written(), through_lm_eval()  # warm-up: first forwards, lm-eval's imports and task index
+    times = {}
+    for name, run in (("hand-written", hand_written), ("lm-eval", through_lm_eval)):
+        start = time.perf_counter()
+        accuracy = run()
+        times[name] = time.perf_counter() - start
+        print(f"{name}: {times[name]:.1f} s, " + ", ".join(f"{t} {a:.3f}" for t, a in accuracy.items()))
+    print(f"lm-eval / hand-written: {times['lm-eval'] / times['hand-written']:.2f} "
+          f"(lm-eval batch size {args.batch_size})")
+
+
+if __name__ == "__main__":
+    main()
