@@ -24,7 +24,6 @@ from .claims import load_claims
 from .errors import AnatomyError
 from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
-from .layers import LayerAdapter
 from .load import AUTOCAST, DTYPES, EMBEDDED, LoadedModel, Placement, load_model
 from .model_spec import parse_model_spec
 from .offload import input_device

@@ -280,7 +280,7 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | b
         raise AnatomyError(f"Model '{repo_id}' is gated: accept its licence on the Hub and set HF_TOKEN.") from err
     except RevisionNotFoundError as err:
         raise AnatomyError(f"Revision '{revision}' of '{repo_id}' does not exist.") from err
-    except (OfflineModeIsEnabled, OSError, httpx.TransportError) as err:  # no network: one line, no traceback
+    except (OfflineModeIsEnabled, OSError, httpx.TransportError):  # no network: one line, no traceback
         raise AnatomyError(f"Cannot reach the Hub to look up '{repo_id}' (offline?): use --model embedded, "
                            "a local folder or a .gguf file.") from None
     files = [s.rfilename for s in info.siblings or []]

@@ -9,6 +9,7 @@ differently: the hand-written scorer prompt and answer apart, lm-eval their conc
 
     python bench/tasks.py                  # the embedded model
     python bench/tasks.py --batch-size 1   # lm_eval's own default batch size
+    python bench/tasks.py --smoke          # seconds: the tiny random model
 
 Prints `lm-eval / hand-written: <ratio>` (target: within 1.5).
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from anatomy.lm_eval_tasks import BATCH_SIZE, SHIPPED, SHIPPED_ITEMS, score_tasks, task_folder  # noqa: E402
 from anatomy.load import load_model  # noqa: E402
 from anatomy.tasks import load_tasks, task_accuracy  # noqa: E402
+from bench.smoke import SMOKE_HELP, tiny_model_folder  # noqa: E402
 
 
 def shipped_as_task_json(folder: Path) -> Path:
@@ -45,7 +47,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.model = tiny_model_folder()
     loaded = load_model(args.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,6 +35,7 @@ BENCHES: dict[str, list[str]] = {
     "study.py": [rf"^recovery +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER}$",
                  rf"^study: float32 {NUMBER} s \(floor {NUMBER} s, {NUMBER}x\), bfloat16 {NUMBER} s",
                  rf"^bf16 speedup: {NUMBER}$", r"^verdicts agree: (\d+)/(\d+)$"],
+    "tasks.py": [rf"^hand-written: {NUMBER} s, ", rf"^lm-eval: {NUMBER} s, ", rf"^lm-eval / hand-written: {NUMBER} "],
     "attacks.py": [rf"^config of 468M parameters over a 2-element file: {NUMBER} s, server peak \+{NUMBER} MB$",
                    rf"^chat template of two nested range\(100000\) loops: {NUMBER} s, server peak \+{NUMBER} MB$",
                    rf"^recovery, steps 10\^9 \(app\): {NUMBER} s, server peak \+{NUMBER} MB$"],
