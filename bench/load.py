@@ -74,6 +74,8 @@ def watch(client: Client, record: JobRecord, *args, api_name: str) -> JobRecord:
         if status.code == Status.IN_QUEUE and status.rank is not None:
             record.ranks.append(status.rank)
         described = [unit.desc or "" for unit in status.progress_data or []]
+        record.ranks += [int(d.removeprefix(WAITING + ": ").split()[0]) for d in described
+                         if d.startswith(WAITING + ": ")]  # the app's own line: jobs ahead of this one
         if record.started is None and described and not any(WAITING in d for d in described):
             record.started = time.monotonic()
         time.sleep(0.02)

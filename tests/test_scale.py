@@ -77,6 +77,8 @@ def assert_same_tables(one: Path, two: Path) -> int:
     assert tables
     for csv in tables:
         a, b = pd.read_csv(csv), pd.read_csv(two / csv.relative_to(one))
+        if csv.name == "claims.csv":  # the latency claim quotes measured speedups
+            a, b = (t[t["finding"] != "latency"].reset_index(drop=True) for t in (a, b))
         timed = [c for c in a.columns if any(t in c for t in TIMED)]
         pd.testing.assert_frame_equal(a.drop(columns=timed), b.drop(columns=timed), check_exact=True, obj=str(csv))
     return len(tables)
@@ -125,6 +127,8 @@ def test_embedded_model_on_two_processes_equals_one(tmp_path, texts, experiment,
     one, two, proc = one_and_two(tmp_path, *experiment, *train, "--model", "embedded", "--text-file", str(texts))
     assert assert_same_tables(one, two) >= 1
     results = [json.loads((f / "results.json").read_text()) for f in (one, two)]
+    for result in results:  # how a process batched its own share of the fine-tunes, not what they measured
+        result["results"].pop("batched", None)
     assert results[0]["results"] == results[1]["results"]  # the baseline with its interval, the correlations
     assert results[0]["processes"] == {"count": 1}
     assert results[1]["processes"] == {"count": 2, "sweeps": [{"sweep": sweep, "items": [27, 28, 29],
