@@ -81,10 +81,11 @@ class SideBySide:
     def of(cls, tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool, input_ids: list[int],
            ids: dict[str, dict[str, list[int]]]) -> SideBySide:
         """The result with every side decoded, token by token and whole."""
+        def text(tokens: list[int]) -> str:  # special tokens (<|im_end|>) are markers, not words: not shown
+            return tokenizer.decode(tokens, skip_special_tokens=True)
         return cls(prompt, chat_template, input_ids, ids,
-                   {mode: {side: [tokenizer.decode([t]) for t in new] for side, new in pair.items()}
-                    for mode, pair in ids.items()},
-                   {mode: {side: tokenizer.decode(new) for side, new in pair.items()} for mode, pair in ids.items()})
+                   {mode: {side: [text([t]) for t in new] for side, new in pair.items()} for mode, pair in ids.items()},
+                   {mode: {side: text(new) for side, new in pair.items()} for mode, pair in ids.items()})
 
     def marked(self, mode: str) -> tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]:
         """(token, label) for both sides: tokens outside the longest common blocks are labelled DIFFERS."""

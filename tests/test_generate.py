@@ -133,3 +133,19 @@ def test_cli_generates_under_a_plan_with_the_prompt_sent_raw(tmp_path):
     assert list(loaded.table["side"]) == ["original", "altered"] * 2 and (loaded.table["tokens"] == 5).all()
     assert list(loaded["differences"]["mode"]) == list(MODES)
     assert "Chat template: switched off" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_the_default_alteration_changes_the_answer_and_no_special_token_is_shown(embedded):
+    """What a first visitor gets from Generate's defaults: a visible difference, in words, not markers."""
+    model, tokenizer = embedded.model, embedded.tokenizer
+    before = fingerprint(model)
+    out = side_by_side_of(model, tokenizer, GenerateConfig())
+    assert any(pair["original"] != pair["altered"] for pair in out.ids.values())
+    assert "Paris" in out.texts["greedy"]["original"]
+    shown = [*(t for mode in out.texts.values() for t in mode.values()),
+             *(token for mode in out.tokens.values() for side in mode.values() for token in side)]
+    assert not any("<|im_end|>" in text or "<|im_start|>" in text for text in shown)
+    assert any(tokenizer.convert_ids_to_tokens(i) == "<|im_end|>" for i in out.ids["greedy"]["original"])
+    assert fingerprint(model) == before

@@ -44,7 +44,8 @@ class GenerateConfig:
 
     prompt: str = option("What is the capital of France?", "the prompt both models answer or continue",
                          label="Prompt")
-    intervention: str = option("scale", "what the altered side does to --layers", label="Intervention",
+    intervention: str = option("skip", "what the altered side does to --layers (the default, skipping 3 middle "
+                               "layers, changes the embedded model's answer)", label="Intervention",
                                choices=INTERVENTION_KINDS)
     layers: str | list[int] | None = option("10-12", "0-based layers the intervention changes, e.g. 0,3,5-8",
                                             label="Layers (0-based)", codec=LAYERS)
