@@ -751,6 +751,18 @@ def below_all(rows: pd.DataFrame, tested: Sequence[str], against: Sequence[str])
     return HOLDS if lower else FAILS if higher else INCONCLUSIVE
 
 
+def plan_versus(results: Mapping[str, Result], tested: Sequence[str], against: Sequence[str], missing: str,
+                rule: str) -> Verdict:
+    """The `tested` plans against the `against` ones at the smallest block size that has them all, judged by
+    `below_all`; `not comparable` (saying `missing`) when none has them all."""
+    found = plan_rows(results, (*against, *tested)) if tested else None
+    if found is None:
+        return not_comparable(missing)
+    rows, size = found
+    return Verdict("; ".join(f"{v} {size}: {plan_cell(rows.loc[v])}" for v in (*against, *tested)),
+                   below_all(rows, tested, against), rule)
+
+
 @finding("middle layers skippable", "lower and final layers differ from middle layers; skipping middle layers "
          "degrades gracefully (Painters, abstract)", "plans")
 def painters_middle(results: Mapping[str, Result]) -> Verdict:
@@ -773,37 +785,23 @@ def painters_reorder(results: Mapping[str, Result]) -> Verdict:
     reverse (and shuffle, when run) against skip of the same block."""
     t = results["plans"].table
     tested = [v for v in ("reverse", "shuffle") if v in set(t["variant"])]
-    found = plan_rows(results, ("skip", *tested)) if tested else None
-    if found is None:
-        return not_comparable("Neither reverse nor shuffle was run beside skip.")
-    rows, size = found
-    return Verdict("; ".join(f"{v} {size}: {plan_cell(rows.loc[v])}" for v in ("skip", *tested)),
-                   below_all(rows, tested, ["skip"]), "Rule: every reordering's D interval wholly below skipping "
-                   "the same block holds, wholly above does not.")
+    return plan_versus(results, tested, ["skip"], "Neither reverse nor shuffle was run beside skip.",
+                       "Rule: every reordering's D interval wholly below skipping the same block holds, wholly above "
+                       "does not.")
 
 
 @finding("parallel middle layers", "running middle layers in parallel is robust (Painters, abstract)", "plans")
 def painters_parallel(results: Mapping[str, Result]) -> Verdict:
     """The block's layers run in parallel against skipping them."""
-    found = plan_rows(results, ("skip", "parallel"))
-    if found is None:
-        return not_comparable("Parallel was not run beside skip.")
-    rows, size = found
-    return Verdict("; ".join(f"{v} {size}: {plan_cell(rows.loc[v])}" for v in ("skip", "parallel")),
-                   below_all(rows, ["parallel"], ["skip"]), "Rule: parallel's D interval wholly below skipping the "
-                   "same block holds, wholly above does not.")
+    return plan_versus(results, ["parallel"], ["skip"], "Parallel was not run beside skip.",
+                       "Rule: parallel's D interval wholly below skipping the same block holds, wholly above does not.")
 
 
 @finding("looped parallel", "iterating the parallel block (looped parallel) improves on one parallel pass (Painters; "
          "not in the abstract stored with the papers)", "plans")
 def painters_looped(results: Mapping[str, Result]) -> Verdict:
-    found = plan_rows(results, ("parallel", "looped-parallel"))
-    if found is None:
-        return not_comparable("Looped parallel was not run beside parallel.")
-    rows, size = found
-    return Verdict("; ".join(f"{v} {size}: {plan_cell(rows.loc[v])}" for v in ("parallel", "looped-parallel")),
-                   below_all(rows, ["looped-parallel"], ["parallel"]), "Rule: looped parallel's D interval wholly "
-                   "below parallel's holds, wholly above does not.")
+    return plan_versus(results, ["looped-parallel"], ["parallel"], "Looped parallel was not run beside parallel.",
+                       "Rule: looped parallel's D interval wholly below parallel's holds, wholly above does not.")
 
 
 @finding("latency", "frozen models may gracefully trade accuracy for latency by skipping layers or running them in "
