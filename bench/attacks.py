@@ -13,7 +13,6 @@ deadline, to the job's end.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -72,26 +71,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="seconds: the fake Hub's tiny model, no CLI run")
     args = ap.parse_args()
-    import pytest
-
-    from space import build_demo, limits
+    from space import limits
     from space.models import CACHE
     from tests.conftest import build_tiny_tokenizer
     from tests.hostile import HUGE, LOOPING, OPEN, hostile_hub
+    from tests.hub_fake import public_server
 
     tmp = Path(tempfile.mkdtemp())
     (tmp / "secret.csv").write_text("layer\nserver-secret\n")
-    patch = pytest.MonkeyPatch()
-    os.environ["ANATOMY_PUBLIC"] = "1"
-    os.environ["ANATOMY_ATLAS"] = "bob/atlas"
-    os.environ.pop("HF_HUB_OFFLINE", None)  # every Hub call goes to the fake Hub below
-    hostile_hub(tmp, build_tiny_tokenizer(), tmp / "secret.csv").install(patch)
-    patch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp / "hub-cache"))
+    hub = hostile_hub(tmp, build_tiny_tokenizer(), tmp / "secret.csv")
     model = OPEN if args.smoke else "embedded"
     long_map = (model, 48, "", 128, "neighbour-mean", "one-neighbour", "all")
-    demo = build_demo(model)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    CACHE.get(model)
     count = iter(range(1, 100))
 
     def client() -> Client:
@@ -109,6 +99,7 @@ def main() -> None:
             return client().predict(*long_map, api_name="/importance")
         finally:
             limits.hard_limit = original
+
     attacks = {
         "recovery, steps 10^9 (app)": lambda: client().predict(model, 2, "", 32, "1", 10**9, 10, 0.5, 1e-4, 0,
                                                                api_name="/recovery"),
@@ -129,13 +120,11 @@ def main() -> None:
     }
     if args.smoke:
         del attacks["recovery, steps 10^9 (CLI)"]
-    try:
+    with public_server(hub, tmp / "hub-cache", model, {"ANATOMY_ATLAS": "bob/atlas"}) as url:
+        CACHE.get(model)
         for name, attack in attacks.items():
             answer, seconds, mb = peak_rss(attack)
             print(f"{name}: {seconds:.2f} s, server peak +{mb:.0f} MB\n    -> {' '.join(answer.split())[:220]}")
-    finally:
-        demo.close()
-        patch.undo()
 
 
 if __name__ == "__main__":

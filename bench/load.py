@@ -204,25 +204,17 @@ def print_run(label: str, records: list[JobRecord], elapsed: float) -> dict:
 
 def hostile_bench(spec: str) -> None:
     """Public mode, six visitors alone and then beside two attackers; the fake Hub serves the looping model."""
-    import os
     import tempfile
 
-    import pytest
-
     from anatomy.interventions import fingerprint
-    from space import build_demo
     from space.models import CACHE
     from tests.conftest import build_tiny_tokenizer
     from tests.hostile import hostile_hub
+    from tests.hub_fake import public_server
 
     tmp = Path(tempfile.mkdtemp())
-    patch = pytest.MonkeyPatch()
-    os.environ["ANATOMY_PUBLIC"] = "1"
-    hostile_hub(tmp, build_tiny_tokenizer(), tmp / "none.csv").install(patch)
-    patch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp / "hub-cache"))
-    demo = build_demo(spec)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    try:
+    hub = hostile_hub(tmp, build_tiny_tokenizer(), tmp / "none.csv")
+    with public_server(hub, tmp / "hub-cache", spec) as url:
         with CACHE.use(spec) as loaded:
             before = fingerprint(loaded.model)
         print(f"public mode, model {spec}; each visitor: importance (2 sentences, layers 0-1) then generate (8 "
@@ -240,9 +232,6 @@ def hostile_bench(spec: str) -> None:
               "two hostile visitors / alone; target <= 2)")
         with CACHE.use(spec) as loaded:
             print("weights unchanged after all runs:", fingerprint(loaded.model) == before)
-    finally:
-        demo.close()
-        patch.undo()
 
 
 if __name__ == "__main__":

@@ -15,16 +15,12 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
 from tests.conftest import make_tiny_model
-from tests.hub_fake import FakeHub, FakeRepo, config_json
+from tests.hub_fake import FakeHub, FakeRepo, config_json, folder_files
 
 OPEN, OTHER, HUGE, LOOPING = "alice/open", "alice/other", "mallory/huge-config", "mallory/looping"
 LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
 SIGNED_IN, SECOND = "hf_bob_token", "hf_carl_token"
 SECRET = "the-server-secret-1234"
-
-
-def folder_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
 def huge_config_repo(tmp: Path) -> FakeRepo:

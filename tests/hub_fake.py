@@ -15,10 +15,14 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx2 as httpx
 import huggingface_hub
+import pytest
 import yaml
 from huggingface_hub.utils import _http
 
@@ -212,3 +216,31 @@ def file_response(request: httpx.Request, data: bytes) -> httpx.Response:
 
 def config_json(**extra) -> bytes:
     return json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"], **extra}).encode()
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """A saved model folder as a repo's files."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@contextmanager
+def public_server(hub: FakeHub, cache: Path, model: str = "embedded", env: dict[str, str] | None = None
+                  ) -> Iterator[str]:
+    """The app in public mode on a local port, every Hub call going to `hub` (downloads into `cache`), with
+    `env` set too; yields its URL, and restores everything after."""
+    from space import build_demo
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {"ANATOMY_PUBLIC": "1", **(env or {})}.items():
+            patch.setenv(name, value)
+        patch.delenv("HF_HUB_OFFLINE", raising=False)
+        patch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)  # build_demo sets it
+        patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        hub.install(patch)
+        demo = build_demo(model)
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        try:
+            yield url
+        finally:
+            demo.close()
+            hub.uninstall()

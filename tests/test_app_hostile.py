@@ -14,15 +14,14 @@ import time
 
 import pytest
 from gradio_client import Client
-from huggingface_hub import constants
 
 from anatomy.interventions import fingerprint
 from anatomy.load import LoadedModel
-from space import build_demo, limits
+from space import limits
 from space.models import CACHE
 from tests.conftest import make_tiny_model
 from tests.hostile import HUGE, LOOPING, OPEN, OTHER, SECOND, SIGNED_IN, hostile_hub
-from tests.hub_fake import SHA
+from tests.hub_fake import SHA, public_server
 
 EVAL = (OPEN, 4, "", 32)
 SECRET = "the-server-secret-1234"
@@ -35,18 +34,8 @@ def server(tmp_path_factory, tiny_tokenizer):
     hub = hostile_hub(tmp_path_factory.mktemp("hub"), tiny_tokenizer, secret)
     for spec in (OPEN, OTHER):  # the visitors' models, as the app's cache holds them once loaded
         CACHE.put(spec, LoadedModel(make_tiny_model("llama", layers=3), tiny_tokenizer, spec, "hub", revision=SHA))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANATOMY_PUBLIC", "1")
-        patch.setenv("ANATOMY_ATLAS", "bob/atlas")
-        patch.delenv("HF_HUB_OFFLINE", raising=False)
-        patch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-        patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hub-cache")))
-        hub.install(patch)
-        demo = build_demo("embedded")
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    with public_server(hub, tmp_path_factory.mktemp("hub-cache"), env={"ANATOMY_ATLAS": "bob/atlas"}) as url:
         yield url, hub, secret
-        demo.close()
-        hub.uninstall()
 
 
 def visitor(url: str, address: str = "198.51.100.1", token: str | None = None) -> Client:

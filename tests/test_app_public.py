@@ -4,22 +4,16 @@ the deployer's HF_TOKEN. The Hub is the fake one in tests/hub_fake.py, serving a
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from gradio_client import Client
-from huggingface_hub import constants
 
 from anatomy.public import REFUSED
-from space import access, build_demo
+from space import access
 from tests.conftest import make_tiny_model
-from tests.hub_fake import FakeHub, FakeRepo
+from tests.hub_fake import FakeHub, FakeRepo, folder_files, public_server
 
 DEPLOYER, VISITOR = "hf_deployer_secret", "hf_visitor_own"
-
-
-def repo_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +21,10 @@ def public(tmp_path_factory, tiny_tokenizer):
     saved = tmp_path_factory.mktemp("model")
     make_tiny_model("llama", layers=2).save_pretrained(saved)
     tiny_tokenizer.save_pretrained(saved)
-    files = repo_files(saved)
+    files = folder_files(saved)
     hub = FakeHub({"alice/open": FakeRepo(files), "alice/gated": FakeRepo(files, gated_for_all_but={VISITOR})})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANATOMY_PUBLIC", "1")
-        patch.setenv("HF_TOKEN", DEPLOYER)
-        patch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)  # build_demo sets it; restored after
-        patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hub-cache")))
-        hub.install(patch)
-        demo = build_demo("embedded")
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    with public_server(hub, tmp_path_factory.mktemp("hub-cache"), env={"HF_TOKEN": DEPLOYER}) as url:
         yield url, hub, saved
-        demo.close()
-        hub.uninstall()
 
 
 def message(client: Client, *args, api_name: str) -> str:
