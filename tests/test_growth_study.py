@@ -87,6 +87,7 @@ def test_study_configurations():
     assert configs["uniform (the study's 11 epochs)"] == (110,)
     assert configs["uniform (same passes as growth core)"] == (450,)
     assert configs["uniform (equal steps)"] == (sum(growth),)
+    assert configs["growth (half the phase epochs)"] == (150, 100, 100, 60, 30, 75)  # every phase's epochs halved
 
 
 def test_fact_sentences_split_by_sentence():
@@ -104,14 +105,15 @@ def test_study_regime_run_on_the_tiny_preset(tmp_path):
     assert compare.main(["--regime", "study", "--preset", "tiny", "--seeds", "1", "--epoch-scale", "0.005",
                          "--out", str(out)]) == 0
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 4 and runs["config"].nunique() == 4
+    assert len(runs) == 5 and runs["config"].nunique() == 5
     growth = runs[runs.config == "growth (phase epochs)"].iloc[0]
     assert growth["updates_max"] > growth["updates_min"] and growth["flops"] > 0
     assert (runs[runs.schedule == "uniform"]["updates_min"] == runs[runs.schedule == "uniform"]["updates_max"]).all()
     assert (out / "layers.csv").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
-    claim, equal, memorised = results["claims"]
+    claim, equal, half, memorised = results["claims"]
     assert equal["finding"] == "growth.val_loss_ratio.equal_steps" and equal["verdict"] in VERDICTS
+    assert half["finding"] == "growth.val_loss_ratio.half_budget" and half["study"] == pytest.approx(0.599 / 0.279)
     assert results["rules"] >= 2
     assert claim["verdict"] in VERDICTS and claim["study"] == pytest.approx(0.599 / 0.127)
     assert memorised["finding"] == "growth.val_loss" and memorised["verdict"] in VERDICTS
@@ -121,15 +123,16 @@ def test_study_regime_run_on_the_tiny_preset(tmp_path):
 
 
 def test_claims_follow_the_numbers():
-    from growth_models.study_regime import (EQUAL_STEPS, GROWTH, UNIFORM_STUDY, equal_steps_claim, growth_claim,
-                                            memorisation_claim)
+    from growth_models.study_regime import (EQUAL_STEPS, GROWTH, GROWTH_HALF, UNIFORM_STUDY, equal_steps_claim,
+                                            growth_claim, half_budget_claim, memorisation_claim)
 
     control = "uniform (same passes as growth core)"
 
-    def runs(growth, uniform, same_passes, train_set):
+    def runs(growth, uniform, same_passes, train_set, half=3.0):
         rows = []
         for seed, jitter in enumerate((0.0, 0.01, -0.01)):
-            for name, val in ((GROWTH, growth), (UNIFORM_STUDY, uniform), (control, same_passes), (EQUAL_STEPS, 3.0)):
+            for name, val in ((GROWTH, growth), (UNIFORM_STUDY, uniform), (control, same_passes), (EQUAL_STEPS, 3.0),
+                              (GROWTH_HALF, half)):
                 rows.append({"config": name, "seed": seed, "val_loss": val + jitter, "train_set_loss": train_set})
         return pd.DataFrame(rows)
 
@@ -141,3 +144,5 @@ def test_claims_follow_the_numbers():
     assert memorisation_claim(runs(0.12, 4.2, 2.7, 0.1), "").verdict == "holds"
     assert equal_steps_claim(runs(2.0, 4.2, 2.7, 0.1), "").verdict == "holds"  # uniform at equal steps: 3.0
     assert equal_steps_claim(runs(4.0, 4.2, 2.7, 0.1), "").verdict == "does not hold"
+    assert half_budget_claim(runs(2.0, 4.2, 2.7, 0.1, half=3.0), "").verdict == "holds"  # 4.2 / 3.0 = 1.4
+    assert half_budget_claim(runs(2.0, 4.2, 2.7, 0.1, half=4.5), "").verdict == "does not hold"
