@@ -165,14 +165,20 @@ def growth_claim(runs: pd.DataFrame, control_name: str, settings: str) -> Claim:
                  explanation=why, settings=settings)
 
 
+def ratio_above_one(runs: pd.DataFrame, uniform: str, growth: str) -> tuple[pd.DataFrame, tuple, str]:
+    """Validation loss per seed, `uniform` / `growth` as mean and 95% t-interval, and the rule of the rows with no
+    control: the interval above 1 holds (growth better), at or below 1 does not, straddling 1 is inconclusive."""
+    by = runs.pivot(index="seed", columns="config", values="val_loss")
+    ours = mean_interval(list(by[uniform] / by[growth]))
+    low = ours[1] if math.isfinite(ours[1]) else ours[0]
+    high = ours[2] if math.isfinite(ours[2]) else ours[0]
+    return by, ours, HOLDS if low > 1 else FAILS if high <= 1 else "inconclusive"
+
+
 def equal_steps_claim(runs: pd.DataFrame, settings: str) -> Claim:
     """The study's stated condition for its 4.7x: "in the same number of training steps" (abstract; Table 8:
     656 steps each). Uniform trained for growth's total steps / growth, per seed."""
-    by = runs.pivot(index="seed", columns="config", values="val_loss")
-    ours = mean_interval(list(by[EQUAL_STEPS] / by[GROWTH]))
-    low = ours[1] if math.isfinite(ours[1]) else ours[0]
-    high = ours[2] if math.isfinite(ours[2]) else ours[0]
-    verdict = HOLDS if low > 1 else FAILS if high <= 1 else "inconclusive"
+    by, ours, verdict = ratio_above_one(runs, EQUAL_STEPS, GROWTH)
     why = (f"uniform trained for as many steps as growth ends at {ours[0]:.3f}x growth's validation loss (study: "
            "4.7x); above 1 means growth is better.")
     return Claim(finding="growth.val_loss_ratio.equal_steps", statement="growth reaches 4.7x lower validation loss "
@@ -187,13 +193,8 @@ def equal_steps_claim(runs: pd.DataFrame, settings: str) -> Claim:
 def half_budget_claim(runs: pd.DataFrame, settings: str) -> Claim:
     """Study: growth at half the budget reaches 0.279 against uniform's 0.599 at the full one (2.1x, Table 8).
     Ours: uniform (the study's 11 epochs) / growth with every phase's epochs halved, per seed; above 1, growth at
-    half its budget is better. The same rule as the equal-steps row: the interval above 1 holds, at or below 1
-    does not, straddling 1 is inconclusive."""
-    by = runs.pivot(index="seed", columns="config", values="val_loss")
-    ours = mean_interval(list(by[UNIFORM_STUDY] / by[GROWTH_HALF]))
-    low = ours[1] if math.isfinite(ours[1]) else ours[0]
-    high = ours[2] if math.isfinite(ours[2]) else ours[0]
-    verdict = HOLDS if low > 1 else FAILS if high <= 1 else "inconclusive"
+    half its budget is better (`ratio_above_one`'s rule)."""
+    by, ours, verdict = ratio_above_one(runs, UNIFORM_STUDY, GROWTH_HALF)
     why = (f"the study's uniform run ends at {ours[0]:.3f}x the validation loss of growth trained on half its "
            f"phase epochs (study: {STUDY_UNIFORM_VAL / STUDY_HALF_VAL:.1f}x); above 1 means half-budget growth is "
            "better.")
