@@ -174,13 +174,15 @@ class StudyRole:
     experiment so that joining the study is one declaration: `order` places it in the study (its needs still
     run first), `settings` are the study's own settings where the command's default differs, `quick` the
     reduced settings of `--quick` (both field name -> raw value, stated in study.md), `views` its per-layer
-    columns of the glance figure and the agreement table, `findings` the rules of the claims table that its
-    results decide (`anatomy/findings.py`; a rule reading several experiments sits with the last of them)."""
+    columns of the glance figure and the agreement table, `panels` its tables for study.md (title -> table),
+    `findings` the rules of the claims table that its results decide (`anatomy/findings.py`; a rule reading
+    several experiments sits with the last of them)."""
 
     order: int
     settings: dict[str, object] = field(default_factory=dict)
     quick: dict[str, object] = field(default_factory=dict)
     views: Callable[[Result], dict[str, pd.Series]] | None = None
+    panels: Callable[[Result], dict[str, pd.DataFrame]] | None = None
     findings: tuple[Callable[..., Any], ...] = ()
 
 

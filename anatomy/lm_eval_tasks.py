@@ -4,7 +4,7 @@ model) or a saved folder, scored as the field scores it, without writing anythin
 `score_tasks` wraps the model in lm-eval's `HFLM(pretrained=<model>, tokenizer=..., batch_size=...)` and runs
 `simple_evaluate` on the named tasks. Two tasks ship in `anatomy/data/lm_eval_tasks/` and work offline:
 `anatomy_facts` and `anatomy_arithmetic` (loglikelihood of the answer, `acc` = the answer is the greedy
-continuation, as `anatomy.tasks` scores tasks.json). Any other lm-eval task (mmlu, hellaswag, arc_easy...)
+continuation; the layer plans' built-in tasks). Any other lm-eval task (mmlu, hellaswag, arc_easy...)
 is read from lm-eval's own task folder and the Hub, so it is refused in one line offline (HF_HUB_OFFLINE or
 HF_DATASETS_OFFLINE) and on a public app, which offers the shipped tasks only.
 
@@ -285,16 +285,19 @@ class TaskDrops:
         self.base = score_tasks(model, tokenizer, tasks, progress=progress) if tasks else None
         self.rows: list[dict] = []
 
-    def add(self, **keys: object) -> None:
-        """Score the model as it is now; its drop rows, led by `keys`, join the table."""
-        if self.base is not None:
-            now = score_tasks(self.model, self.tokenizer, self.tasks, progress=self.progress)
-            self.rows.extend(drop_rows(self.base, now, **keys))
+    def add(self, **keys: object) -> TaskScores | None:
+        """Score the model as it is now; its drop rows, led by `keys`, join the table. Returns the scores."""
+        if self.base is None:
+            return None
+        now = score_tasks(self.model, self.tokenizer, self.tasks, progress=self.progress)
+        self.rows.extend(drop_rows(self.base, now, **keys))
+        return now
 
-    def add_unchanged(self, **keys: object) -> None:
-        """The unchanged model's own rows (before = after, no drop), without scoring it again."""
+    def add_unchanged(self, **keys: object) -> TaskScores | None:
+        """The unchanged model's own rows (before = after, no drop), without scoring it again; its scores."""
         if self.base is not None:
             self.rows.extend(drop_rows(self.base, self.base, **keys))
+        return self.base
 
     def tables(self, keys: Sequence[str]) -> dict[str, pd.DataFrame]:
         """`{"tasks": table}` for a result's extra tables (empty without tasks); `keys` lead its columns."""

@@ -292,7 +292,7 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
              f"- Compute: weights {dtype}, "
              + (f"autocast {loaded.autocast_name} (torch.autocast)" if loaded.autocast else "autocast off"),
              "- Settings: " + ("QUICK (reduced) " if quick else "") + ("; ".join(
-                 f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in settings.items())
+                 f"{name} " + ", ".join(f"{k}={v if v != '' else 'none'}" for k, v in values.items()) for name, values in settings.items())
                  or "the study's defaults") + " (every other setting: the experiment's command default)",
              "- Experiments: " + ", ".join(f"{name} (`{folder.name}/`)" for name, folder in study.folders.items()),
              "- Reused from an earlier run of the same command: " + (", ".join(study.reused) or "none"),
@@ -309,9 +309,10 @@ def write_report(study: StudyRun, loaded: LoadedModel, eval_set: EvalSet, out: s
     findings.findings_table(claims).to_csv(out / "claims.csv", index=False)
     agreement = study_report.agreement_table(views)
     times = study_report.wall_times(study.wall_s, study.reused)
-    markdown = study_report.study_markdown(title, lines, claims, agreement, times, study.wall_s["study"])
+    tables = study_report.panels(study.results)
+    markdown = study_report.study_markdown(title, lines, claims, agreement, times, study.wall_s["study"], tables)
     (out / "study.md").write_text(markdown, encoding="utf-8")
-    (out / "study.html").write_text(study_report.study_html(title, lines, glance, claims, agreement, times),
+    (out / "study.html").write_text(study_report.study_html(title, lines, glance, claims, agreement, times, tables),
                                     encoding="utf-8")
     return markdown
 

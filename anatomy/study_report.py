@@ -94,16 +94,29 @@ def wall_times(wall_s: Mapping[str, float], reused: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["experiment", "wall_s", "reused"])
 
 
+def panels(results: Mapping[str, Result]) -> dict[str, pd.DataFrame]:
+    """Every study experiment's panels for study.md (`StudyRole.panels`), in the study's order."""
+    tables: dict[str, pd.DataFrame] = {}
+    for name, experiment in study_experiments().items():
+        if experiment.study.panels is not None and name in results:
+            tables.update(experiment.study.panels(results[name]))
+    return tables
+
+
 def study_markdown(title: str, lines: list[str], claims: list[Finding], agreement: pd.DataFrame,
-                   times: pd.DataFrame, total_s: float) -> str:
-    """study.md: the header lines, the claims table, the agreement, the wall times; the figure beside it."""
+                   times: pd.DataFrame, total_s: float, tables: Mapping[str, pd.DataFrame] | None = None) -> str:
+    """study.md: the header lines, the claims table, the agreement, the experiments' panels (`tables`), the wall
+    times; the figure beside it."""
     fmt = agreement.copy()
     for c in ("spearman", "low", "high"):
         fmt[c] = fmt[c].map(lambda v: "n/a" if not math.isfinite(v) else f"{v:.2f}")
+    extra = [line for heading, table in (tables or {}).items()
+             for line in (f"## {heading}", "", table.to_markdown(index=False), "")]
     return "\n".join([f"# {title}", "", *lines, "", "![The anatomy at a glance](glance.png)", "",
                       "## Claims of the study", "", findings_table(claims).to_markdown(index=False), "",
                       "## Agreement between the anatomy's views (Spearman over layers, 95% bootstrap interval)", "",
                       fmt.to_markdown(index=False) if len(fmt) else "Fewer than two per-layer views were run.", "",
+                      *extra,
                       "## Wall time", "", times.to_markdown(index=False), "",
                       f"Whole study in this invocation: {total_s:.1f} s (reused experiments cost their loading only).",
                       ""])
@@ -116,7 +129,7 @@ def png_data_uri(figure: Figure) -> str:
 
 
 def study_html(title: str, lines: list[str], glance: Figure, claims: list[Finding], agreement: pd.DataFrame,
-               times: pd.DataFrame) -> str:
+               times: pd.DataFrame, tables: Mapping[str, pd.DataFrame] | None = None) -> str:
     """One HTML file with everything inside it (the figure as a data URI, no script, no external link)."""
     def bullet(line: str) -> str:
         return f"<li>{html.escape(line.removeprefix('- '))}</li>"
@@ -139,6 +152,8 @@ def study_html(title: str, lines: list[str], glance: Figure, claims: list[Findin
             + f"<h2>Claims of the study</h2><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
             + "<h2>Agreement between the anatomy's views</h2>"
             + agreement.round(3).to_html(index=False, na_rep="n/a", border=0)
+            + "".join(f"<h2>{html.escape(heading)}</h2>" + table.to_html(index=False, na_rep="n/a", border=0)
+                      for heading, table in (tables or {}).items())
             + "<h2>Wall time</h2>" + times.to_html(index=False, border=0) + "</body></html>")
 
 

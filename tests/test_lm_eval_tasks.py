@@ -183,14 +183,25 @@ def test_scoring_leaves_the_callers_tokenizer_as_it_was(tiny_tokenizer):
     assert tokenizer.pad_token is None and tokenizer.padding_side == tiny_tokenizer.padding_side
 
 
-def test_plans_score_each_plan_with_lm_eval_beside_the_built_in_tasks(tiny_tokenizer, tiny_eval_set):
+def test_plans_score_their_built_in_tasks_and_any_other_through_lm_eval(tiny_tokenizer, tiny_eval_set):
     from anatomy.experiments.plans import PlansConfig, run_plans
 
     model = make_tiny_model("llama", layers=4)
-    result = run_plans(model, tiny_eval_set, PlansConfig(variants=("skip",), block_sizes=(2,), latency_repeats=1,
-                                                         latency_tokens=1, lm_eval_tasks=("anatomy_facts",)),
-                       tokenizer=tiny_tokenizer)
-    tasks = result["tasks"].set_index("variant")
-    assert list(tasks.index) == ["baseline", "skip"] and tasks.loc["baseline", "drop"] == 0
-    assert any(c.startswith("acc_") for c in result.table.columns)  # the built-in tasks stay
+    fast = dict(variants=("skip",), block_sizes=(2,), latency_repeats=1, latency_tokens=1)
+    result = run_plans(model, tiny_eval_set, PlansConfig(**fast), tokenizer=tiny_tokenizer)
+    tasks = result["tasks"].set_index(["variant", "task"])
+    assert sorted(tasks.index) == [(v, t) for v in ("baseline", "skip") for t in ("anatomy_arithmetic", "anatomy_facts")]
+    assert (tasks.loc["baseline", "drop"] == 0).all()
+    table = result.table.set_index("variant")
+    for short in ("arithmetic", "facts"):  # the acc_ columns are lm-eval's accuracies of each plan
+        assert table.loc["skip", f"acc_{short}"] == pytest.approx(tasks.loc[("skip", f"anatomy_{short}"), "after"])
+    items = result["task_items"]
+    assert items.groupby("task").size().to_dict() == {"arithmetic": 2 * 200, "facts": 2 * 124}
+    only = run_plans(model, tiny_eval_set, PlansConfig(**fast, tasks=False, lm_eval_tasks=("anatomy_facts",)),
+                     tokenizer=tiny_tokenizer)
+    assert set(only["tasks"]["task"]) == {"anatomy_facts"} and set(only["task_items"]["task"]) == {"facts"}
+    assert "acc_arithmetic" not in only.table.columns and "acc_facts" in only.table.columns
+    none = run_plans(model, tiny_eval_set, PlansConfig(**fast, tasks=False), tokenizer=tiny_tokenizer)
+    assert "tasks" not in none.tables and none["task_items"].empty  # --no-tasks: nothing scored
+    assert not any(c.startswith("acc_") for c in none.table.columns)
     assert build_config(PlansConfig, {"lm_eval_tasks": "anatomy_facts"}).lm_eval_tasks == ("anatomy_facts",)

@@ -159,7 +159,9 @@ def test_the_study_is_declared_on_its_experiments(monkeypatch):
 
     roles = experiment.study_experiments()
     assert tuple(roles) == study.STUDY and study.STUDY[:2] == ("importance", "predictability")
-    assert study.QUICK["recovery"] == {"steps": 10, "eval_every": 5} and study.FULL == {"manipulate": {"count": 9}, "plans": {"edge_controls": True}}
+    assert study.QUICK["recovery"] == {"steps": 10, "eval_every": 5} and study.FULL == {
+        "importance": {"tasks": "anatomy_arithmetic,anatomy_facts"}, "manipulate": {"count": 9},
+        "plans": {"edge_controls": True}}
     assert study.QUICK["manipulate"] == {"count": 9, "alphas": "0.7,0.9"}  # quick settings over the study's own
     rows = findings.findings({}, "gpt2")
     assert len(rows) == sum(len(e.study.findings) for e in roles.values()) + 4  # and the four growth rows
@@ -183,7 +185,21 @@ def test_one_function_runs_a_study_for_the_cli_and_the_app(tmp_path, tiny_tokeni
     steps, overrides = study.prepare(["importance", "recovery"], quick=True)
     steps = [s for s in steps if s.name == "importance"]  # the map alone: the recovery layers still stated
     done, markdown = study.conduct(steps, overrides, loaded, tiny_eval_set, tmp_path, quick=True)
-    assert "importance" in done.results and "- Settings: QUICK (reduced) recovery steps=10, eval_every=5" in markdown
+    assert "importance" in done.results and "- Settings: QUICK (reduced) importance tasks=none; recovery steps=10, eval_every=5" in markdown
     assert "Shared conditions" in markdown and "Holm" in markdown
     claims = pd.read_csv(tmp_path / "claims.csv", keep_default_na=False)
     assert claims["conditions"].str.contains("checkpoints").any() and set(claims["rules"]) == {2}
+
+
+def test_the_full_studys_map_scores_the_tasks_and_study_md_holds_the_proxy_panel(tmp_path, tiny_tokenizer,
+                                                                                  tiny_eval_set):
+    assert study.QUICK["importance"]["tasks"] == ""  # --quick leaves the per-layer scoring out
+    loaded = LoadedModel(make_tiny_model("llama", layers=4), tiny_tokenizer, "tiny", "test")
+    settings = {"importance": {"mode": "zero", "tasks": "anatomy_facts"}}
+    done = study.run_study(study.plan(["importance"], settings), loaded, tiny_eval_set, tmp_path)
+    panel = done.results["importance"]["proxy_panel"]
+    assert set(panel["proxy"]) == {"block_influence", "angular_distance", "degradation_pct"}
+    assert set(panel["target"]) == {"anatomy_facts_acc_drop"} and (panel["layers"] == 4).all()
+    markdown = study.write_report(done, loaded, tiny_eval_set, tmp_path, settings)
+    assert "## Proxy panel" in markdown and "| angular_distance" in markdown
+    assert "<h2>Proxy panel" in (tmp_path / "study.html").read_text()

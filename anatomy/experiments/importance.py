@@ -24,7 +24,7 @@ from ..evaluate import EvalSet, PrefixCache, degradation, one_pass_scores, perpl
 from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..interventions import ABLATION_MODES, BOUNDARY_CONVENTIONS, ablate, neighbours
 from ..layers import LayerAdapter
-from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
+from ..lm_eval_tasks import SHIPPED, TaskDrops, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import LAYERS, floats, option
 from ..progress import ProgressCallback
@@ -218,6 +218,15 @@ def importance_work(config: ImportanceConfig, shape: work.Shape) -> float:
             + (1 + len(layers)) * task_passes(config.tasks, shape.tokens))
 
 
+def proxy_panels(result: Result) -> dict[str, pd.DataFrame]:
+    """The study's panel from the map (the full study scores the shipped tasks per ablated layer; --quick does not):
+    which cheap view ranks the layers as their true accuracy drop does."""
+    panel = result.tables.get("proxy_panel")
+    return {} if panel is None or panel.empty else {
+        "Proxy panel: Spearman's rho of each cheap view with each task's accuracy drop over the ablated layers "
+        "(95% bootstrap interval over the layers)": panel.round(3)}
+
+
 def layer_views(result: Result) -> dict[str, pd.Series]:
     """The study's per-layer views from the map: D with its interval, the two similarity views, the class."""
     t = result.table.set_index("layer")
@@ -229,6 +238,7 @@ EXPERIMENT = Experiment(
     name="importance", title="Importance map", summary="per-layer ablation importance map (SPEC section 1)",
     description=__doc__, config=ImportanceConfig, run=run_importance, artefacts=importance_artefacts,
     uses_tokenizer=True, columns=("layer", "degradation_pct", "class"), headline=headline, work=importance_work,
-    study=StudyRole(order=1, views=layer_views, findings=(
+    study=StudyRole(order=1, views=layer_views, settings={"tasks": ",".join(SHIPPED)}, quick={"tasks": ""},
+                    panels=proxy_panels, findings=(
         findings.importance_range, findings.class_counts, findings.critical_core, findings.critical_core_layers,
         findings.critical_boundary, findings.anti_layers, findings.anti_layer_search, findings.table_1)))

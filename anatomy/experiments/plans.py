@@ -10,12 +10,12 @@ robust to a busy machine. Parallel groups run as one batched call for Llama-fami
 
 With `edge_controls` (on in the study), every skipped middle block has its control: a block of the same size
 skipped at the start (layers 1..k) and at the end (the k layers before the last), the first and last layers staying as they do for the
-middle block, so "the middle layers can be skipped" is read against where else k layers can go. The extra table
-`task_items` holds each plan's answer to each task item (right or wrong): what a paired bootstrap over items
-resamples.
-
-`--tasks` (lm-eval task names) scores the unchanged model and every plan on those tasks too, beside the
-built-in ones: accuracy with its stderr and the drop with its paired 95% interval (the `tasks` table).
+middle block, so "the middle layers can be skipped" is read against where else k layers can go. 
+Task accuracy comes from lm-evaluation-harness: the built-in tasks are the shipped `anatomy_arithmetic` (200
+additions) and `anatomy_facts` (124 facts), scored with the plan in place (`acc_arithmetic`, `acc_facts`);
+`--tasks` adds any other lm-eval task. The `tasks` table holds every task's accuracy with its stderr and the
+drop from the unchanged model with its paired 95% interval; `task_items` holds each plan's answer to each
+built-in item (right or wrong): what a paired bootstrap over items resamples.
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ from ..errors import AnatomyError
 from ..evaluate import EvalSet, PPLResult, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result, StudyRole
 from ..layers import LayerAdapter
-from ..lm_eval_tasks import TaskDrops, check_tasks, task_passes, task_section, tasks_option
+from ..lm_eval_tasks import SHIPPED, TaskDrops, TaskScores, check_tasks, task_passes, task_section, tasks_option
 from ..load import LoadedModel
 from ..options import INTS, LINES, OPTIONAL_TEXT, SEED_MAX, option
 from ..plans import (GRAMMAR, VARIANTS, Plan, apply_plan, can_batch, export_plan, middle_block, parse_plan,
                      plan_refusal, variant_plan)
 from ..progress import ProgressCallback
 from ..sweep import sweep
-from ..tasks import load_tasks, task_correct
 
 COLUMNS = ["variant", "block_size", "block", "plan", "layer_calls", "parallel_execution", "ppl", "ppl_low",
            "ppl_high", "degradation_pct", "degradation_low", "degradation_high", "decode_ms_per_token",
@@ -71,11 +70,16 @@ class PlansConfig:
                                  maximum=512, public_maximum=64)
     batched: bool = option(True, "run parallel groups member by member instead of one batched call",
                            label="Parallel groups as one batched call (Llama family)", flag="--sequential-parallel")
-    tasks: bool = option(True, "skip the built-in fact/arithmetic tasks", label="Fact and arithmetic tasks")
-    lm_eval_tasks: tuple[str, ...] = tasks_option("accuracy of the unchanged model and under each plan",
-                                                  flag="--tasks")
+    tasks: bool = option(True, f"skip the built-in tasks ({', '.join(SHIPPED)})",
+                         label="Built-in fact and arithmetic tasks (lm-eval)")
+    lm_eval_tasks: tuple[str, ...] = tasks_option("accuracy of the unchanged model and under each plan, beside the "
+                                                  "built-in ones", flag="--tasks")
     save: str | None = option(None, "write the single --plan (no parallel groups) as a Hugging Face model folder",
                               codec=OPTIONAL_TEXT, ui=False)
+
+    def scored_tasks(self) -> tuple[str, ...]:
+        """The lm-eval tasks each plan is scored on: the built-in ones (unless `tasks` is off), then `--tasks`."""
+        return tuple(dict.fromkeys((*SHIPPED,) * self.tasks + self.lm_eval_tasks))
 
     def validate(self) -> None:
         check_tasks(self.lm_eval_tasks)
@@ -159,11 +163,11 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
     adapter = LayerAdapter(model)
     layers = list(adapter.layers)
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-    tasks = load_tasks(tokenizer) if config.tasks and tokenizer is not None else []
     specs = plan_rows(adapter.num_layers, config)
     saved = ({"saved": str(export_plan(model, tokenizer, parse_plan(config.plans[0], adapter.num_layers), config.save))}
              if config.save and processes.is_main() else {})  # under `accelerate launch`: one process writes it
-    scored = TaskDrops(model, tokenizer, config.lm_eval_tasks, progress)  # the unchanged model's scores first
+    # the unchanged model's scores first; without a tokenizer (a bare model), no tasks
+    scored = TaskDrops(model, tokenizer, config.scored_tasks() if tokenizer is not None else (), progress)
     t0 = time.perf_counter()
 
     def measured(spec: tuple[str, int, str, Plan]) -> tuple[dict, PPLResult, dict[str, list[bool]]] | str:
@@ -175,10 +179,10 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
         groups = [s for s in plan.steps if len(s) > 1]
         execution = "" if not groups else (
             "batched" if config.batched and all(can_batch([layers[i] for i in g]) for g in groups) else "sequential")
+        keys = {"variant": variant, "block_size": size, "plan": str(plan)}
         with apply_plan(model, plan, config.batched):
             result = perplexity(model, eval_set)
-            correct = task_correct(model, tasks, pad_id) if tasks else {}
-            scored.add(variant=variant, block_size=size, plan=str(plan))
+            correct = built_in_answers(scored.add_unchanged(**keys) if variant == "baseline" else scored.add(**keys))
         return ({"variant": variant, "block_size": size, "block": block, "plan": str(plan),
                  "layer_calls": plan.layer_calls, "parallel_execution": execution, **result.as_dict(),
                  **{f"acc_{k}": sum(v) / len(v) for k, v in correct.items()},
@@ -202,6 +206,15 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
                           "task_items": pd.DataFrame(items, columns=["row", "variant", "block_size", "task", "item",
                                                                      "correct"])},
                   timings={"plans_s": time.perf_counter() - t0})
+
+
+def built_in_answers(scores: TaskScores | None) -> dict[str, list[bool]]:
+    """Each built-in task's per-item answers (right or wrong, in lm-eval's document order), keyed by the short
+    name the `acc_` columns and the findings use (`anatomy_arithmetic` -> `arithmetic`)."""
+    if scores is None:
+        return {}
+    return {task.removeprefix("anatomy_"): [bool(x) for x in scores.items[(task, "acc")]]
+            for task in SHIPPED if (task, "acc") in scores.items}
 
 
 def plans_report(result: Result, header: str, config: PlansConfig) -> str:
@@ -261,11 +274,11 @@ def headline(result: Result) -> str:
 
 
 def plans_work(config: PlansConfig, shape: work.Shape) -> float:
-    """Per plan: its forward, the task prompts (about a tenth of a pass), and the timed rounds (one to warm up)
-    of decoding and prefill under the plan and the unchanged model."""
+    """Per plan: its forward, its task scoring, and the timed rounds (one to warm up) of decoding and prefill
+    under the plan and the unchanged model; the unchanged model's task scoring once more at the start."""
     timed = shape.tokens(config.latency_tokens * work.DECODE_TOKENS + shape.prefill_tokens)
-    scoring = task_passes(config.lm_eval_tasks, shape.tokens)  # lm-eval tasks: the unchanged model, then each plan
-    per_plan = 1.1 + scoring + 2 * (config.latency_repeats + 1) * timed
+    scoring = task_passes(config.scored_tasks(), shape.tokens)
+    per_plan = 1 + scoring + 2 * (config.latency_repeats + 1) * timed
     return scoring + len(plan_rows(shape.num_layers, config)) * per_plan
 
 
