@@ -32,7 +32,7 @@ from anatomy.load import LoadedModel
 
 from . import jobs, limits, publish, published, runs
 from .access import public_mode, visitor
-from .common import Shared, model_job, stop_button, wire_stop
+from .common import Plan, Shared, model_job, stop_button, wire_stop
 from .gpu import gpu, refuse_on_zero_gpu
 from .models import CACHE
 
@@ -77,10 +77,8 @@ def claims_view(claims: pd.DataFrame) -> pd.DataFrame:
     return claims[[c for c in SHOWN if c in claims]]
 
 
-def claims_table(claims: pd.DataFrame | None, label: str) -> dict:
+def claims_table(claims: pd.DataFrame, label: str) -> dict:
     """The table's update: its rows, label and column widths (one per column shown)."""
-    if claims is None:
-        return gr.update(visible=False)
     shown = claims_view(claims)
     return gr.update(value=shown, label=label, visible=True, column_widths=widths(shown))
 
@@ -102,7 +100,7 @@ def shipped() -> tuple[Figure | None, pd.DataFrame | None, str, str]:
     return study_report.glance_figure(views, says.figure_title), claims_view(claims), says.table_label, note
 
 
-def plan_of(quick: bool) -> tuple[list[study.Step], dict, object]:
+def plan_of(quick: bool) -> tuple[list[study.Step], dict, Plan]:
     """The study's steps and settings, full or quick, and its plan for the budget (space/common.py Plan):
     recovery's layers placed once the model's depth is known, as `study.conduct` places them, without the steps
     the model cannot run (`conduct` records them refused)."""
@@ -156,9 +154,8 @@ def offer(spec: str, n_sentences: float, custom_text: str, max_length: float,
 @jobs.user_errors
 def run(spec: str, n_sentences: float, custom_text: str, max_length: float, depth: str, state: dict | None,
         request: gr.Request, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> tuple:
-    """The full or quick study of the chosen model: every experiment in turn, one run folder each, one report."""
-    if depth not in (FULL, QUICK):
-        raise AnatomyError(f"The study is {FULL} or {QUICK}, got {depth!r}.")
+    """The full or quick study of the chosen model (`depth`: the Radio admits only FULL and QUICK): every
+    experiment in turn, one run folder each, one report."""
     refuse_on_zero_gpu("The study (it fine-tunes layers for recovery)")
     quick = depth == QUICK
     steps, overrides, plan = plan_of(quick)
