@@ -199,7 +199,9 @@ def show_published(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | 
                            page=False))
 
 
-def build(shared: Shared) -> None:
+def build(shared: Shared) -> list[gr.components.Component]:
+    """The tab; returns what `offer` fills (the choice and its estimate), for the page's own triggers (its load,
+    a model loaded on the Model tab) to refresh."""
     figure, claims, label, note = shipped()
     gr.Markdown("Which layers matter, what their weights look like, what survives being changed, and whether the "
                 "picture of the study (Wietrzykowski 2026) holds. " + (note or ""))
@@ -240,3 +242,4 @@ def build(shared: Shared) -> None:
     gr.on([shared.model.change, shared.n_sentences.change, shared.max_length.change], offer, shared.eval_inputs,
           [depth, estimate], api_name="study_offer", queue=False)
     event.success(offer, shared.eval_inputs, [depth, estimate], queue=False, api_visibility="private")
+    return [depth, estimate]
