@@ -90,14 +90,16 @@ def widths(shown: pd.DataFrame) -> list[str]:
 
 
 def shipped() -> tuple[Figure | None, pd.DataFrame | None, str, str]:
-    """The shipped study's figure, claims, table label and one line saying what it is (nothing when absent)."""
+    """The shipped study's figure, claims (the columns its file has: `load_study` adds an older file's missing
+    ones empty), table label and one line saying what it is (nothing when absent)."""
     if not (SHIPPED / "claims.csv").is_file():
         return None, None, "", ""
     results, claims = study_report.load_study(SHIPPED)
     views = study_report.layer_views(results)
     note = (SHIPPED / "README.md").read_text(encoding="utf-8") if (SHIPPED / "README.md").is_file() else ""
-    says = heading(SHIPPED)
-    return study_report.glance_figure(views, says.figure_title), claims_view(claims), says.table_label, note
+    says, written = heading(SHIPPED), pd.read_csv(SHIPPED / "claims.csv", nrows=0).columns  # the file's own columns
+    return (study_report.glance_figure(views, says.figure_title), claims_view(claims[claims.columns.intersection(
+        written, sort=False)]), says.table_label, note)
 
 
 def plan_of(quick: bool) -> tuple[list[study.Step], dict, Plan]:
