@@ -202,7 +202,18 @@ def step_work(step: Step, configs: Mapping[str, object], shape: work.Shape) -> f
 
 
 def estimated(experiment: Experiment, config: object, shape: work.Shape) -> float:
-    return experiment.work(config, shape)
+    """An experiment's work in passes; nothing for one this model cannot run (the full study's 8-layer block of
+    a model under 10 layers), which `conduct` records as refused when it comes to it instead of failing first."""
+    return experiment.work(config, shape) if can_run(experiment, config, shape) else 0.0
+
+
+def can_run(experiment: Experiment, config: object, shape: work.Shape) -> bool:
+    """Whether the model of `shape` can run `experiment` under `config` at all (its work can be counted)."""
+    try:
+        experiment.work(config, shape)
+    except AnatomyError:
+        return False
+    return True
 
 
 def step_inputs(step: Step, study: StudyRun, configs: Mapping[str, object], loaded: LoadedModel,

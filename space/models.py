@@ -132,6 +132,11 @@ class ModelCache:
             self._entries[spec] = entry
             return entry
 
+    def loaded(self, spec: str) -> _Entry | None:
+        """The entry for `spec` if it is loaded already, never loading it (what the app can tell without cost)."""
+        with self._guard:
+            return self._entries.get((spec or "").strip())
+
     def put(self, spec: str, loaded: LoadedModel) -> None:
         """Register an already loaded model under `spec` (a model built in code, or a test's tiny model)."""
         with self._guard:

@@ -54,7 +54,7 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
         shared = Shared(model, n_sentences, custom_text, max_length, gr.State({}))
         with gr.Tabs():
             with gr.Tab("Study"):  # the landing tab: the default model's anatomy before any click
-                tab_study.build(shared)
+                study_offer = tab_study.build(shared)
             with gr.Tab("Model"):
                 tab_model.build(shared, load, status)
             for label, tab in TABS:
@@ -63,6 +63,8 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
         published.wire(shared, [demo.load, model.change])
         opened = demo.load(tab_model.check, model, status, api_visibility="private")
         opened.failure(jobs.last_error, None, status, queue=False, api_visibility="private")
+        gr.on([demo.load, status.change], tab_study.offer, shared.eval_inputs, study_offer, queue=False,
+              api_visibility="private")  # the study's estimate once the page opens or the Model tab loads a model
         demo.unload(jobs.forget_session)
     demo.queue(default_concurrency_limit=WORKERS, max_size=64)
     return demo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -26,7 +27,7 @@ RANGES = {p.name: p.text(p.default) for p in params(BudgetConfig) if p.name in R
 ENDPOINTS = {"/structure", "/spectral", "/predictability", "/recovery",
              "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery",
              "/manipulate", "/stop_manipulate", "/prune", "/stop_prune",
-             "/painters", "/stop_painters", "/budget", "/study", "/stop_study"}
+             "/painters", "/stop_painters", "/budget", "/study", "/stop_study", "/study_offer"}
 TINY_EVAL = ("tiny", 6, "", 32)
 
 
@@ -169,11 +170,23 @@ def test_every_endpoint_is_covered_by_a_test(client):
     assert named == ENDPOINTS | SERVER_ENDPOINTS | HUB_ENDPOINTS
 
 
+def test_locally_the_study_tab_offers_the_full_study_with_its_estimate(client):
+    depth, line = client.predict("not/loaded-yet", 6, "", 32, api_name="/study_offer")
+    assert depth == "Full" and "the estimate comes when the study starts" in line  # nothing loaded to time
+    depth, line = client.predict(*TINY_EVAL, api_name="/study_offer")
+    minutes = re.fullmatch(r"Full study: about ([\d.]+) min on this machine; quick: about ([\d.]+) min\.", line)
+    assert depth == "Full" and minutes, line  # locally nothing is refused, so Full is offered whatever it costs
+    assert float(minutes[1]) >= float(minutes[2])
+
+
 @pytest.mark.slow
 def test_the_quick_study_runs_from_the_study_tab(client):
-    glance, claims, markdown, page, archive = client.predict(*TINY_EVAL, api_name="/study")
+    glance, claims, markdown, page, md, archive = client.predict(*TINY_EVAL, "Quick", api_name="/study")
     assert glance is not None and archive.endswith(".zip")
-    findings = [row[0] for row in claims["data"]]
+    assert claims["value"]["headers"] == ["finding", "verdict", "ours", "study", "reason", "conditions"]
+    assert claims["label"].startswith("QUICK study: claims") and claims["label"].endswith("(tiny llama)")
+    findings = [row[0] for row in claims["value"]["data"]]
     assert "importance range" in findings and "Table 1 rank agreement" in findings
     assert "QUICK (reduced)" in markdown and "## Claims of the study" in markdown
     assert open(page, encoding="utf-8").read().startswith("<!doctype html>")
+    assert open(md, encoding="utf-8").read().startswith("# Study of tiny llama")

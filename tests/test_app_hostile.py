@@ -58,6 +58,20 @@ def open_fingerprint() -> str:
         return fingerprint(loaded.model)
 
 
+def test_over_the_budget_the_quick_study_is_offered_and_the_full_one_refused_in_one_line(server, monkeypatch):
+    url, _, _ = server
+    monkeypatch.setenv("ANATOMY_PUBLIC_MAX_S", "0.001")  # read per job: no study fits
+    client = visitor(url)
+    depth, line = client.predict(*EVAL, api_name="/study_offer")
+    assert depth == "Quick" and "The full study would take about" in line  # the run's own refusal, told first
+    assert line.endswith(f"run it on your own machine: python -m anatomy study --model {OPEN}")
+    message, seconds = refusal(client.submit(*EVAL, "Full", api_name="/study"), timeout=60)
+    assert message.startswith("The full study would take about") and seconds < 30
+    assert message.endswith(f"run it on your own machine: python -m anatomy study --model {OPEN}")
+    monkeypatch.setenv("ANATOMY_PUBLIC_MAX_S", "100000")
+    assert client.predict(*EVAL, api_name="/study_offer")[0] == "Full"  # it fits: Full is the default again
+
+
 def test_a_billion_recovery_steps_are_refused_at_once_by_the_app_and_the_cli(server, tmp_path, tiny_tokenizer):
     url, _, _ = server
     job = visitor(url).submit(*EVAL, "1", 10**9, 10, 0.5, 1e-4, 0, api_name="/recovery")

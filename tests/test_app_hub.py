@@ -195,15 +195,18 @@ def test_the_study_tab_offers_a_published_study_and_shows_its_claims(app, monkey
     found, = offers(client, "embedded")
     assert "/embedded/study)" in found and "the steps budget, importance, manipulate, plans" in found
     assert offers(client, MODEL) == []
-    says, glance, claims, markdown, page, archive = client.predict("embedded", api_name="/published_study")
+    says, glance, claims, markdown, page, md, archive = client.predict("embedded", api_name="/published_study")
     assert says.startswith("Published result from bob/studies") and glance is None and page is None  # none stored
     written = pd.read_csv(shipped / "claims.csv", keep_default_na=False)
-    assert [row[0] for row in claims["data"]] == written["finding"].tolist()
-    assert [row[1] for row in claims["data"]] == written["verdict"].tolist()
+    assert [row[0] for row in claims["value"]["data"]] == written["finding"].tolist()
+    assert [row[1] for row in claims["value"]["data"]] == written["verdict"].tolist()
+    quick = "- Settings: QUICK (reduced)" in (shipped / "study.md").read_text()  # labelled by what it is
+    assert claims["label"].startswith("QUICK study: claims" if quick else "Study: claims")
     # a published report is shown as text, never rendered: a hostile one's links and HTML stay inert
     assert markdown.startswith("```text\n") and markdown.rstrip().endswith("```")
     assert markdown.removeprefix("```text\n").strip().removesuffix("```").strip() == \
         (shipped / "study.md").read_text().replace("`", "'").strip()
+    assert open(md, encoding="utf-8").read() == (shipped / "study.md").read_text()  # the file itself, to download
     assert zip_files(archive) == {p.relative_to(shipped).as_posix(): p.read_bytes()
                                   for p in shipped.rglob("*") if p.is_file()}
 

@@ -8,6 +8,7 @@ import threading
 import time
 
 import gradio as gr
+import pandas as pd
 import pytest
 
 from anatomy.errors import AnatomyError
@@ -225,3 +226,42 @@ def test_landing_tables_start_hidden_and_only_a_successful_load_shows_them():
     check = next(d for d in config["dependencies"] if d["api_name"] == "check_model")
     cleared = next(d for d in config["dependencies"] if d["id"] == check["trigger_after"])
     assert cleared["outputs"] == [status, *tables]  # a new spec first clears what was said about the old one
+
+
+def study_folder(folder, settings: str, columns: list[str]):
+    """A finished study's two files the Study tab reads: study.md (title, shared conditions, settings line) and
+    claims.csv with `columns`."""
+    folder.mkdir()
+    (folder / "study.md").write_text(
+        "# Study of embedded (SmolLM2-135M-Instruct.Q4_1.gguf)\n\n- Shared conditions (...): model embedded "
+        "(SmolLM2-135M-Instruct.Q4_1.gguf), quantisation GGUF, dequantised on load, float32 (study: SmolLM2-135M "
+        "base, unquantised)\n"
+        f"- Settings: {settings} (every other setting: the experiment's command default)\n")
+    (folder / "claims.csv").write_text(",".join(columns) + "\n" + ",".join(f"{c} 1" for c in columns) + "\n")
+    return folder
+
+
+def test_the_study_tab_labels_a_quick_study_quick_and_shows_the_columns_the_claims_have(tmp_path):
+    from space import tab_study
+    v2 = ["finding", "study", "ours", "verdict", "reason", "conditions", "rules"]
+    quick = tab_study.outputs(study_folder(tmp_path / "quick", "QUICK (reduced) prune ks=3", v2), None, "")
+    full = tab_study.outputs(study_folder(tmp_path / "full", "the study's defaults", v2[:5]), None, "")
+    table = quick[1]
+    assert table["label"].startswith("QUICK study: claims")
+    assert "quantisation GGUF, dequantised on load" in table["label"]
+    assert list(table["value"].columns) == ["finding", "verdict", "ours", "study", "reason", "conditions"]
+    assert list(full[1]["value"].columns) == ["finding", "verdict", "ours", "study", "reason"]  # an older file's
+    assert full[1]["label"].startswith("Study: claims") and len(full[1]["column_widths"]) == 5
+    assert quick[4].endswith("study.md") and quick[3] is None  # study.md offered; no study.html written here
+    assert tab_study.heading(tmp_path / "quick").figure_title.endswith("(QUICK study)")
+    assert "QUICK" not in tab_study.heading(tmp_path / "full").figure_title
+
+
+def test_the_shipped_study_is_labelled_by_what_its_report_says_it_is():
+    from space import tab_study
+    figure, claims, label, note = tab_study.shipped()
+    quick = "- Settings: QUICK (reduced)" in (tab_study.SHIPPED / "study.md").read_text(encoding="utf-8")
+    assert label.startswith("QUICK study:" if quick else "Study:") and "SmolLM2-135M-Instruct" in label
+    assert figure.axes[0].get_title().endswith("(QUICK study)") == quick
+    written = pd.read_csv(tab_study.SHIPPED / "claims.csv", nrows=0).columns
+    assert list(claims.columns) == [c for c in tab_study.SHOWN if c in written]  # no empty column of an older file

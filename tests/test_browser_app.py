@@ -66,6 +66,9 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
             expect(page.locator("#study-glance img, #study-glance canvas, #study-glance svg").first).to_be_visible(
                 timeout=60_000)  # the shipped study's anatomy, before any click
             expect(page.locator("#study-claims")).to_contain_text("Table 1 rank agreement")
+            expect(page.locator("#study-claims")).to_contain_text("reason")  # the claims' columns beside the verdict
+            expect(page.locator("#study-estimate")).to_contain_text("Full study:")
+            expect(page.get_by_label("Full", exact=True)).to_be_checked()  # locally the full study is the default
             page.screenshot(path=str(ARTEFACTS / "landing.png"), full_page=True)
             page.locator("#eval-accordion").get_by_text("Evaluation text").click()
             sentences = page.locator("#n-sentences input[type=number]")

@@ -118,6 +118,20 @@ def test_an_experiment_this_model_cannot_run_is_stated_and_the_study_goes_on(tmp
     assert claims.loc["manipulation survivors", "reason"].startswith("manipulate could not run on this model")
 
 
+def test_a_step_too_big_for_a_shallow_model_counts_no_work_instead_of_failing_the_estimate():
+    """The full study's layer plans include an 8-layer block; on a 6-layer model that step is refused when it
+    runs, so the study's estimate (and the app's budget) must count it as nothing rather than raise first."""
+    steps = study.with_recovery_layers(study.plan(study.STUDY), 6, None, quick=False)
+    configs = {s.name: s.config for s in steps}
+    shallow, deep = (work.Shape(num_layers=n, head_layers=8.0, eval_tokens=100, prefill_tokens=20) for n in (6, 30))
+    plans = next(s for s in steps if s.name == "plans")
+    with pytest.raises(AnatomyError, match="block of 8 layers"):
+        plans.experiment.work(plans.config, shallow)
+    assert not study.can_run(plans.experiment, plans.config, shallow) and study.step_work(plans, configs, shallow) == 0
+    assert study.can_run(plans.experiment, plans.config, deep) and study.step_work(plans, configs, deep) > 0
+    assert [s.name for s in steps if not study.can_run(s.experiment, s.config, shallow)] == ["plans"]
+
+
 def test_the_time_left_weighs_the_steps_to_come_by_their_work(tmp_path, tiny_tokenizer, tiny_eval_set):
     """A short step followed by one declared ten times bigger: the estimate after the first is ten times the
     first's wall time, where a mean over steps would say one time."""
