@@ -5,13 +5,20 @@ Each dtype runs the study as `python -m anatomy study` does (`anatomy.study.run_
 the study computes it), into a temporary folder. The floor of an experiment is the time its matmul work
 would take at the rate of a 2048^3 matmul measured in the same run, in float32 and in bfloat16: the work is
 counted by torch's `FlopCounterMode` (matmuls, convolutions and attention, forward and backward) in a third,
-counted float32 pass of the study, so the timed passes run without the counter's overhead. A ratio near 1
+counted pass of the study, so the timed passes run without the counter's overhead; the counted pass runs under
+bfloat16 autocast, which runs the same operations on the same shapes as float32 in less time (the counter
+reads shapes, not values). A ratio near 1
 means an experiment does little beyond its matmuls; a large one, that it spends its time elsewhere.
 
     python bench/study.py                      # the quick study (--quick settings) on the embedded model
     python bench/study.py --full               # the study's defaults (13 recovery layers, 200 steps)
     python bench/study.py --experiments importance,structure
     python bench/study.py --smoke              # seconds, on a tiny random model
+    python bench/study.py --full --keep runs/bench-study --growth runs/growth-study   # keep both studies
+
+With `--keep DIR` the two timed studies stay in DIR/float32 and DIR/bfloat16, each with its report (study.md,
+claims.csv; `--growth RUN` joins a growth comparison run's rows, as `python -m anatomy study --growth` does):
+the float32 one is what `python -m anatomy study` writes, with its wall times measured on a quiet machine.
 
 Prints one line per experiment (wall seconds in float32 and bfloat16, GFLOP, both floors), the study's totals,
 `bf16 speedup: X` (float32 wall / bfloat16 wall, the whole study) and `verdicts agree: N/M` (the claims
@@ -34,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from importance import matmul_gflops  # noqa: E402
 
 from anatomy import findings, study  # noqa: E402
+from anatomy.claims import load_claims  # noqa: E402
 from anatomy.evaluate import EvalSet  # noqa: E402
-from anatomy.layers import LayerAdapter  # noqa: E402
 from anatomy.load import LoadedModel, load_model  # noqa: E402
 from anatomy.texts import default_eval_texts  # noqa: E402
 from bench.smoke import SMOKE_HELP, tiny_model_folder  # noqa: E402
@@ -44,9 +51,11 @@ SMOKE_EXPERIMENTS = "importance,recovery"
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
 
-def run(steps: list[study.Step], loaded: LoadedModel, eval_set: EvalSet, autocast: torch.dtype | None,
-        counter: FlopCounterMode | None = None) -> tuple[study.StudyRun, dict[str, float]]:
-    """The study under `autocast` in a temporary folder; with `counter`, the FLOPs each step added."""
+def run(steps: list[study.Step], overrides: dict, loaded: LoadedModel, eval_set: EvalSet,
+        autocast: torch.dtype | None, quick: bool, counter: FlopCounterMode | None = None, keep: Path | None = None,
+        growth: str | None = None) -> tuple[study.StudyRun, dict[str, float]]:
+    """The study under `autocast`, as `python -m anatomy study` conducts it (its report included), in `keep` or
+    a temporary folder; with `counter`, the FLOPs each step added."""
     model = LoadedModel(loaded.model, loaded.tokenizer, loaded.name, loaded.source, loaded.revision,
                         loaded.quantisation, autocast)
     flops: dict[str, float] = {}
@@ -57,8 +66,10 @@ def run(steps: list[study.Step], loaded: LoadedModel, eval_set: EvalSet, autocas
             flops[name] = counter.get_total_flops() - seen[0]
             seen[0] = counter.get_total_flops()
 
-    with tempfile.TemporaryDirectory() as out:
-        return study.run_study(steps, model, eval_set, out, on_step=on_step), flops
+    with tempfile.TemporaryDirectory() as scratch:
+        done, _ = study.conduct(steps, overrides, model, eval_set, keep or scratch, quick=quick, growth=growth,
+                                on_step=on_step)
+        return done, flops
 
 
 def main() -> None:
@@ -66,23 +77,34 @@ def main() -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--full", action="store_true", help="the study's defaults instead of --quick")
     parser.add_argument("--experiments", default=",".join(study.STUDY))
-    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP} ({SMOKE_EXPERIMENTS}, quick)")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_HELP} ({SMOKE_EXPERIMENTS}; quick "
+                                                            "unless --full, whose settings it then runs)")
+    parser.add_argument("--keep", type=Path, help="keep the timed studies in KEEP/float32 and KEEP/bfloat16")
+    parser.add_argument("--growth", help="with --keep: a growth comparison run whose rows join the claims tables")
     args = parser.parse_args()
+    if args.keep is not None and any((args.keep / name).exists() for name in DTYPES):
+        parser.error(f"{args.keep} already holds a study: a reused step would time nothing; choose a new folder")
+    if args.growth:
+        load_claims(args.growth)  # a wrong folder fails now, not after the studies
     if args.smoke:
-        args.model, args.experiments, args.full = tiny_model_folder(), SMOKE_EXPERIMENTS, False
+        args.model, args.experiments = tiny_model_folder(layers=12 if args.full else 4), SMOKE_EXPERIMENTS
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
-    steps, _ = study.prepare(names, quick=not args.full)  # the study command's settings, quick or its own
+    steps, overrides = study.prepare(names, quick=not args.full)  # the study command's settings, quick or its own
     loaded = load_model(args.model)
-    steps = study.with_recovery_layers(steps, LayerAdapter(loaded.model).num_layers, None, quick=not args.full)
     texts = default_eval_texts()[:None if args.full else study.QUICK_TEXTS]  # the study command's texts
     eval_set = EvalSet.from_texts(texts, loaded.tokenizer, name="default")
     size = 256 if args.smoke else 2048
     rates = {name: matmul_gflops(size, dtype=dtype or torch.float32) * 1e9 for name, dtype in DTYPES.items()}
     print(f"{size}^3 matmul: float32 {rates['float32'] / 1e9:.1f} GFLOP/s, bfloat16 {rates['bfloat16'] / 1e9:.1f} "
           f"GFLOP/s; {torch.get_num_threads()} threads; {'full' if args.full else 'quick'} study of {loaded.name}")
-    done = {name: run(steps, loaded, eval_set, dtype)[0] for name, dtype in DTYPES.items()}
+    done = {}
+    for name, dtype in DTYPES.items():
+        done[name] = run(steps, overrides, loaded, eval_set, dtype, not args.full, keep=args.keep and args.keep / name,
+                         growth=args.growth)[0]
+        print(f"{name}: {done[name].wall_s['study']:.1f} s; " + ", ".join(
+            f"{step.name} {done[name].wall_s.get(step.name, float('nan')):.1f}" for step in steps), flush=True)
     with FlopCounterMode(display=False) as counter:
-        flops = run(steps, loaded, eval_set, None, counter)[1]
+        flops = run(steps, overrides, loaded, eval_set, torch.bfloat16, not args.full, counter)[1]
     print(f"{'experiment':16s} {'float32_s':>10s} {'bfloat16_s':>10s} {'speedup':>8s} {'GFLOP':>10s} "
           f"{'f32_floor_s':>11s} {'bf16_floor_s':>12s}")
     for step in steps:
@@ -95,7 +117,8 @@ def main() -> None:
     print(f"study: float32 {walls['float32']:.1f} s (floor {total / rates['float32']:.1f} s, "
           f"{walls['float32'] * rates['float32'] / total:.2f}x), bfloat16 {walls['bfloat16']:.1f} s (floor "
           f"{total / rates['bfloat16']:.1f} s, {walls['bfloat16'] * rates['bfloat16'] / total:.2f}x)")
-    claims = {name: findings.findings(done[name].results, loaded.name, done[name].refused) for name in DTYPES}
+    growth = load_claims(args.growth) if args.growth else None
+    claims = {name: findings.findings(done[name].results, loaded.name, done[name].refused, growth) for name in DTYPES}
     differ = [(a, b) for a, b in zip(claims["float32"], claims["bfloat16"]) if a.verdict != b.verdict]
     for a, b in differ:
         print(f"verdict differs: {a.finding}: float32 {a.verdict} ({a.ours}); bfloat16 {b.verdict} ({b.ours})")
