@@ -26,11 +26,10 @@ from .evaluate import EvalSet
 from .experiment import Experiment, Result, registry
 from .load import AUTOCAST, DTYPES, EMBEDDED, LoadedModel, Placement, load_model
 from .model_spec import parse_model_spec
-from .offload import input_device
 from .options import build_config, params
 from .report import RunFolder, text_hash, to_jsonable
 from .run import artefacts, compute_with, execute, resolve_needs
-from .texts import EvalTextOptions, check_text_size, resolve_eval_texts
+from .texts import EvalTextOptions, build_eval_set, resolve_eval_texts
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -103,9 +102,7 @@ def eval_set_from_args(args: argparse.Namespace, loaded: LoadedModel, limit: int
     texts, name = resolve_eval_texts(args.text_file, args.dataset)
     if limit is not None and len(texts) > limit:
         texts, name = texts[:limit], f"{name}, first {limit}"
-    check_text_size(texts)
-    return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=sizes.batch_size,
-                              max_length=sizes.max_length, device=input_device(loaded.model), seed=args.seed)
+    return build_eval_set(texts, name, loaded.model, loaded.tokenizer, sizes, seed=args.seed)
 
 
 def add_config_args(parser: argparse.ArgumentParser, experiment: Experiment) -> None:

@@ -9,12 +9,14 @@ each figure here comes from `figure()`, whose layout and savefig take one proces
 from __future__ import annotations
 
 import functools
+import textwrap
 import threading
 from collections.abc import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -39,8 +41,26 @@ def figure(**kwargs) -> Figure:
     return fig
 
 
-CLASS_COLOURS = {"Redundant": "#4c9a2a", "Minor": "#e0b000", "Important": "#e07000", "Critical": "#c0182a",
-                 "Anti-layer candidate": "#2a6fc0", "Untouched": "#999999"}
+def fitted_title(target, text: str, width_in: float, size: float = 12.0) -> None:
+    """A title (of an axes, or a figure's suptitle) wrapped to the figure's width, so a long model name is never
+    cut off: about 0.55 em per character."""
+    chars = max(20, int(width_in * 72 / (size * 0.55)))
+    wrapped = textwrap.fill(text, chars)
+    if isinstance(target, Figure):
+        target.suptitle(wrapped, fontsize=size)
+    else:
+        target.set_title(wrapped, fontsize=size)
+
+
+def plain_log_ticks(axis) -> None:
+    """Tick labels of a log axis as plain numbers (12, 20, 30), not 1.2x10^1, major and minor alike."""
+    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+
+
+CLASS_COLOURS = {"Redundant": "#009E73", "Minor": "#F0E442", "Important": "#E69F00", "Critical": "#D55E00",
+                 "Anti-layer candidate": "#0072B2", "Untouched": "#999999"}
+"""The Okabe-Ito colours, told apart with the common colour-vision deficiencies; warm = harder to lose."""
 
 
 def importance_figure(df: pd.DataFrame, title: str = "Layer importance") -> Figure:
@@ -54,14 +74,16 @@ def importance_figure(df: pd.DataFrame, title: str = "Layer importance") -> Figu
     ax.bar(df["layer"], d, color=colours, yerr=err, capsize=2, ecolor="#333333", linewidth=0)
     ax.set_yscale("symlog", linthresh=10)
     ax.axhline(0, color="black", linewidth=0.8)
-    for threshold in (10, 30, 100):
+    for threshold, name in ((10, "Redundant | Minor"), (30, "Minor | Important"), (100, "Important | Critical")):
         ax.axhline(threshold, color="#bbbbbb", linewidth=0.6, linestyle="--")
+        ax.annotate(f"{threshold}%: {name}", (1.0, threshold), xycoords=("axes fraction", "data"), fontsize=6,
+                    ha="right", va="bottom", color="#555555")
     ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("degradation D (%)")
     ax.set_xticks(df["layer"])
     ax.tick_params(axis="x", labelsize=7)
     mode = df["mode"].iloc[0] if "mode" in df else ""
-    ax.set_title(f"{title} ({mode})" if mode else title)
+    fitted_title(ax, f"{title} ({mode})" if mode else title, fig.get_figwidth())
     handles = [matplotlib.patches.Patch(color=CLASS_COLOURS[c], label=c)
                for c in CLASS_COLOURS if c in set(df["class"])]
     ax.legend(handles=handles, fontsize=7, loc="upper right")
@@ -83,9 +105,15 @@ def line_figure(df: pd.DataFrame, x: str, y: str, group: str | None = None, *, l
         ax.annotate(label, (ax.get_xlim()[0], value), fontsize=7, va="bottom")
     if logy:
         ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+    xs = pd.to_numeric(df[x], errors="coerce").dropna()
+    if len(xs) and (xs == xs.round()).all():  # counts (steps, layers, block sizes): integer ticks only
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if xs.nunique() == 1:  # one value: one tick, not 3.80-4.20
+            ax.set_xticks([float(xs.iloc[0])])
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
-    ax.set_title(title)
+    fitted_title(ax, title, fig.get_figwidth())
     if group:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -123,11 +151,12 @@ def spectral_depth_figure(df: pd.DataFrame, title: str = "Spectral depth profile
         for component, part in df.groupby("component", sort=False):
             ax.plot(part["layer"], part[column], marker="o", markersize=3, label=component)
         if column == "alpha":
-            ax.axhspan(2, 6, color="#dddddd", alpha=0.5, linewidth=0)
+            ax.axhspan(2, 6, color="#dddddd", alpha=0.5, linewidth=0,
+                       label="alpha 2-6: the heavy-tailed range of well-trained matrices (HT-SR)")
         ax.set_xlabel("layer (0-based)")
         ax.set_ylabel(label)
     fig.axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(title)
+    fitted_title(fig, title, fig.get_figwidth())
     fig.tight_layout()
     return fig
 
@@ -143,8 +172,10 @@ def singular_values_figure(sv: pd.DataFrame, title: str = "Singular values by de
             ax.loglog(part["index"] + 1, part["singular_value"], color=cmap(layer / last), linewidth=0.7)
         ax.set_title(component, fontsize=8)
         ax.set_xlabel("rank", fontsize=7)
-    fig.suptitle(title)
+    fitted_title(fig, title, fig.get_figwidth())
     fig.tight_layout()
+    depth = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, last), cmap)
+    fig.colorbar(depth, ax=axes, label="layer (dark: first, light: last)")
     return fig
 
 
@@ -160,8 +191,8 @@ def delta_correlation_figure(df: pd.DataFrame, title: str = "Consecutive-delta c
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(x, df["component"], rotation=30, fontsize=7, ha="right")
     ax.set_ylabel("mean corr(d_l, d_l+1)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    fitted_title(ax, title, fig.get_figwidth())
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)  # below the bars
     fig.tight_layout()
     return fig
 
@@ -177,21 +208,26 @@ def pca_path_figure(pca: pd.DataFrame, title: str = "PCA path through layer orde
         for _, row in part.iloc[[0, -1]].iterrows():
             ax.annotate(str(int(row["layer"])), (row["pc1"], row["pc2"]), fontsize=7)
         ax.set_title(component, fontsize=8)
+        ax.set_xlabel("PC1", fontsize=7)
+        ax.set_ylabel("PC2", fontsize=7)
     fig.colorbar(points, ax=axes, label="layer")
-    fig.suptitle(title)
+    fitted_title(fig, title, fig.get_figwidth())
     return fig
 
 
 def similarity_grid_figure(matrices: dict[str, np.ndarray], title: str = "Layer-by-layer cosine similarity") -> Figure:
-    """One layer x layer cosine-similarity heatmap per component, on a shared colour scale."""
+    """One layer x layer cosine-similarity heatmap per component, on a shared colour scale spanning the values
+    between different layers (the diagonal, always 1, saturates): on a 0-1 scale weights of similarity near 0
+    would all be black."""
     fig, axes = _component_grid(len(matrices))
-    low = min(float(np.min(m)) for m in matrices.values())
+    between = np.concatenate([m[~np.eye(len(m), dtype=bool)] for m in matrices.values()])
+    low, high = (float(between.min()), float(between.max())) if between.size else (0.0, 1.0)
     for ax, (component, matrix) in zip(axes, matrices.items()):
-        image = ax.imshow(matrix, origin="lower", cmap="magma", vmin=low, vmax=1)
+        image = ax.imshow(matrix, origin="lower", cmap="magma", vmin=low, vmax=max(high, low + 1e-6))
         ax.set_title(component, fontsize=8)
         ax.set_xlabel("layer", fontsize=7)
-    fig.colorbar(image, ax=axes)
-    fig.suptitle(title)
+    fig.colorbar(image, ax=axes, label="cosine similarity (between layers)")
+    fitted_title(fig, title, fig.get_figwidth())
     return fig
 
 
@@ -227,8 +263,9 @@ def ppl_rows_figure(df: pd.DataFrame, label: str, title: str, baseline: float | 
     ax.set_yticks(y, df[label], fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis)
     ax.set_xlabel("PPL (log scale, 95% interval)")
-    ax.set_title(title)
+    fitted_title(ax, title, fig.get_figwidth())
     fig.tight_layout()
     return fig
 
@@ -261,7 +298,7 @@ def budget_figure(df: pd.DataFrame, b_max: int, title: str = "Training budget") 
     ax.set_ylabel("fine-tune steps")
     ax.set_xticks(df["layer"])
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_title(title)
+    fitted_title(ax, title, fig.get_figwidth())
     handles = [matplotlib.patches.Patch(color=CLASS_COLOURS[c], label=c)
                for c in CLASS_COLOURS if c in set(df["class"])]
     ax.legend(handles=handles, fontsize=7, loc="upper right")

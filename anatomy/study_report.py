@@ -70,7 +70,7 @@ def glance_figure(views: pd.DataFrame, title: str) -> Figure:
         ax.grid(axis="x", color="#eeeeee", linewidth=0.5)
     axes[-1].set_xticks(x)
     axes[-1].set_xlabel("layer (0-based)")
-    axes[0].set_title(title, fontsize=9)
+    plots.fitted_title(axes[0], title, fig.get_figwidth(), size=9)
     fig.tight_layout()
     return fig
 

@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 from .errors import AnatomyError, shown
+from .evaluate import EvalSet
+from .offload import input_device
 from .options import build_config, option
 
 DEFAULT_EVAL_NAME = "default (48 sentences shipped in anatomy/data/eval_sentences.txt)"
@@ -33,6 +37,15 @@ class EvalTextOptions:
         """The options from raw values, each within its range (`where`: the name an error gives each field)."""
         names = where or {}
         return build_config(cls, values, where=lambda p: names.get(p.name, p.label), public=public)
+
+
+def build_eval_set(texts: list[str], name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 sizes: EvalTextOptions, seed: int = 0, public: bool = False) -> EvalSet:
+    """The one builder of an evaluation set, for the CLI and the app alike: the text's size checked, its batches
+    on the device the model's inputs go to (under offload, the first layer's, not `model.device`)."""
+    check_text_size(texts, public)
+    return EvalSet.from_texts(texts, tokenizer, name=name, batch_size=sizes.batch_size, max_length=sizes.max_length,
+                              device=input_device(model), seed=seed)
 
 
 def check_text_size(texts: list[str], public: bool = False) -> None:

@@ -94,6 +94,7 @@ def stop_button() -> gr.Button:
     return gr.Button("Stop", variant="stop", scale=0, min_width=90)
 
 
-def wire_stop(button: gr.Button, events: list, name: str) -> None:
-    """Stop sets the session's flag (the job unwinds and restores) and drops the event from the queue."""
-    button.click(jobs.stop, None, None, api_name=f"stop_{name}", cancels=events, queue=False)
+def wire_stop(button: gr.Button, events: list, name: str, says: gr.Markdown | None = None) -> None:
+    """Stop sets the session's flag (the job unwinds and restores) and drops the event from the queue; `says`,
+    the tab's status line, confirms it."""
+    button.click(jobs.stop, None, says, api_name=f"stop_{name}", cancels=events, queue=False)

@@ -22,7 +22,7 @@ from anatomy.evaluate import EvalSet
 from anatomy.load import LoadedModel
 from anatomy.progress import Cancelled, ProgressCallback
 from anatomy.experiment import Artefacts, Result
-from anatomy.texts import (DEFAULT_EVAL_NAME, EvalTextOptions, check_text_size, default_eval_texts,
+from anatomy.texts import (DEFAULT_EVAL_NAME, EvalTextOptions, build_eval_set, default_eval_texts,
                            resolve_eval_texts)
 
 from . import runs
@@ -49,9 +49,15 @@ def cancel_event(request: gr.Request | None) -> threading.Event:
         return _CANCEL.setdefault(session_id(request), threading.Event())
 
 
-def stop(request: gr.Request) -> None:
-    """The Stop button: the running job of this session raises `Cancelled` at its next step."""
+STOPPED = ("**Stopped.** The run ends at its next layer or step and puts back every weight it changed: the model "
+           "is as it was for the next run.")
+
+
+def stop(request: gr.Request) -> str:
+    """The Stop button: the running job of this session raises `Cancelled` at its next step; the line that
+    confirms it (the tab's status shows it)."""
     cancel_event(request).set()
+    return STOPPED
 
 
 def forget_session(request: gr.Request) -> None:
@@ -148,11 +154,9 @@ def eval_set_for(loaded: LoadedModel, n_sentences: float, custom_text: str = "",
     sizes = eval_sizes(n_sentences, custom_text, max_length)
     if custom_text and custom_text.strip():
         texts, name = resolve_eval_texts(texts=custom_text.replace("\r\n", "\n").split("\n"))
-        check_text_size(texts, public_mode())
     else:
         texts, name = default_eval_texts()[:sizes.n_sentences], f"{DEFAULT_EVAL_NAME}, first {sizes.n_sentences}"
-    return EvalSet.from_texts(texts, loaded.tokenizer, name=name, batch_size=sizes.batch_size,
-                              max_length=sizes.max_length, device=loaded.model.device, seed=seed)
+    return build_eval_set(texts, name, loaded.model, loaded.tokenizer, sizes, seed=seed, public=public_mode())
 
 
 def remember(state: dict | None, experiment: str, zip_path: Path) -> dict:

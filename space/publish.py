@@ -18,6 +18,7 @@ from anatomy import hub
 from anatomy.errors import AnatomyError, shown
 
 from . import previous
+from .access import public_mode
 from .jobs import one_line, user_errors
 
 DEFAULT_NAME = "anatomy-results"
@@ -81,5 +82,8 @@ def build(experiment: str, tab: str, state: gr.State, api_name: str) -> gr.Row:
                           scale=4, max_lines=1)
         button = gr.Button("Publish to the Hub", scale=0, min_width=170)
     status = gr.Markdown(elem_id=f"{api_name}-published")
-    button.click(handler(experiment, tab), [repo, state], status, api_name=api_name, show_progress_on=[status])
+    # on a public app the endpoint is left off the API page, so the MCP server offers no publish tool (the button
+    # and API clients that name it still work, with the visitor's own sign-in)
+    button.click(handler(experiment, tab), [repo, state], status, api_name=api_name, show_progress_on=[status],
+                 api_visibility="undocumented" if public_mode() else "public")
     return row

@@ -49,7 +49,7 @@ class Tab:
     ui_defaults: dict[str, object] = field(default_factory=dict)  # field -> the app's default, where cheaper
     before_run: Callable[[object], None] | None = None  # a check of the config before any work (ZeroGPU limits)
     notes: dict[str, str] = field(default_factory=dict)  # closed accordions under the inputs: title -> markdown
-    api_name: str = ""  # the endpoint (and stop_<api_name>) when clients know it by another name
+    aliases: tuple[str, ...] = ()  # former endpoint names, each still served (with stop_<alias>) for old clients
     # optional need -> label of a checkbox to run without it (budget by class only); unticked, the session's
     # latest run of it is required, so a missing run is said rather than silently done without
     without: dict[str, str] = field(default_factory=dict)
@@ -67,7 +67,13 @@ class Tab:
 
     @property
     def endpoint_name(self) -> str:
-        return self.api_name or self.name
+        return self.name
+
+    def description(self) -> str:
+        """The endpoint's description on the API page and for MCP clients: the declaration's summary and its
+        fields with their help (the CLI's words)."""
+        fields = "; ".join(f"{p.name}: {p.option.help}" for p in self.fields())
+        return f"{self.experiment.title}: {self.experiment.summary}." + (f" Inputs: {fields}." if fields else "")
 
     def fields(self) -> list[Param]:
         return [p for p in params(self.config_class) if p.option.ui]
@@ -87,31 +93,40 @@ class Tab:
         with gr.Row():
             go = gr.Button(self.go_label or f"Run {exp.title.lower()}", variant="primary")
             stop = stop_button() if exp.uses_model else None  # work without a model takes milliseconds
-        headline = gr.Markdown(elem_id=f"{self.name}-headline")  # empty until a run; progress and errors show here
+        headline = gr.Markdown(label="Headline", elem_id=f"{self.name}-headline")  # empty until a run; progress and
+        # errors show here
         plots = [gr.Plot(label=label, visible=False, elem_id=f"{self.name}-plot" + (f"-{i}" if i else ""))
                  for i, label in enumerate(self.plots.values())]
         table = gr.Dataframe(label="Table", interactive=False, visible=False, elem_id=f"{self.name}-table")
         with gr.Accordion("Report (report.md of the run folder)", open=False, visible=False) as report_box:
-            report = gr.Markdown()
+            report = gr.Markdown(label="Report")
         with gr.Row():
             download = gr.DownloadButton("Download the run folder (.zip)", visible=False)
             files = [gr.DownloadButton(label, visible=False) for label in self.downloads.values()]
         publish_row = publish.build(self.name, exp.title, shared.state, f"publish_{self.endpoint_name}")
         outputs = [headline, *plots, table, report, download, *files]
-        event = go.click(self.endpoint(len(inputs)), [*inputs, shared.state], [*outputs, shared.state],
-                         api_name=self.endpoint_name, concurrency_id="model" if exp.uses_model else None,
+        handler = self.endpoint(inputs)
+        event = go.click(handler, [*inputs, shared.state], [*outputs, shared.state], api_name=self.endpoint_name,
+                         api_description=self.description(), concurrency_id="model" if exp.uses_model else None,
                          show_progress_on=[headline])
+        twins = [gr.Button(visible=False).click(
+            handler, [*inputs, shared.state], [*outputs, shared.state], api_name=alias,
+            api_description=f"The same as /{self.endpoint_name}, under its former name (kept for existing clients).",
+            concurrency_id="model" if exp.uses_model else None, show_progress_on=[headline]) for alias in self.aliases]
         hidden = [*plots, table, report_box, download, *files]
         event.success(lambda: [gr.update(visible=True)] * (len(hidden) + 1), None, [*hidden, publish_row],
                       queue=False, api_visibility="private")
-        event.failure(jobs.last_error, None, headline, queue=False, api_visibility="private")
+        for failing in (event, *twins):
+            failing.failure(jobs.last_error, None, headline, queue=False, api_visibility="private")
         stored = show.click(self.show_published(), shared.model, outputs, api_name=f"published_{self.endpoint_name}",
                             show_progress_on=[headline])
         stored.success(lambda: [gr.update(visible=True)] * len(hidden), None, hidden, queue=False,
                        api_visibility="private")
         stored.failure(jobs.last_error, None, headline, queue=False, api_visibility="private")
         if stop is not None:
-            wire_stop(stop, [event], self.endpoint_name)
+            wire_stop(stop, [event], self.endpoint_name, headline)
+            for alias, twin in zip(self.aliases, twins):
+                wire_stop(gr.Button(visible=False), [twin], alias, headline)
 
     def shared_inputs(self, shared: Shared) -> list:
         if not self.experiment.uses_model:
@@ -126,13 +141,13 @@ class Tab:
                 components += [input_for(p, self.ui_defaults.get(p.name, p.default)) for p in fields[start:start + PER_ROW]]
         return components
 
-    def endpoint(self, n_inputs: int) -> Callable:
+    def endpoint(self, inputs: list) -> Callable:
         """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields),
         then the session state; gradio reads the request, the visitor's token and the progress tracker from
-        the signature built here."""
+        the signature built here, and each input's default (the component's value: optional on the API page)."""
         names = [p.name for p in self.fields()]
         skips = list(self.without)
-        shared_n = n_inputs - len(skips) - len(names)
+        shared_n = len(inputs) - len(skips) - len(names)
         tab = self
 
         @gpu(duration=self.gpu_s)
@@ -147,11 +162,11 @@ class Tab:
             return tab.run(values[:shared_n], config, state, request, oauth_token, progress, ticked)
 
         shared_names = ["model", "n_sentences", "custom_text", "max_length"][:shared_n]
-        positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                      for n in [*shared_names, *[f"without_{need}" for need in skips], *names, "state"]]
+        positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=component.value)
+                      for n, component in zip([*shared_names, *[f"without_{need}" for need in skips], *names], inputs)]
         handler.__signature__ = inspect.Signature([
-            *positional,
-            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+            *positional, inspect.Parameter("state", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
             inspect.Parameter("oauth_token", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
                               annotation=gr.OAuthToken | None),
             inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])

@@ -83,4 +83,4 @@ def build(shared: Shared) -> None:
                      api_name="generate", concurrency_id="model")
     event.success(lambda: [gr.update(visible=True), ""], None, [table, said], queue=False, api_visibility="private")
     event.failure(jobs.last_error, None, said, queue=False, api_visibility="private")
-    wire_stop(stop, [event], "generate")
+    wire_stop(stop, [event], "generate", said)

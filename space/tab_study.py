@@ -13,6 +13,7 @@ starts (a model's config alone does not give its speed on this hardware).
 
 from __future__ import annotations
 
+import html
 import re
 import shlex
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ from anatomy import hub, study, study_report, work
 from anatomy.errors import AnatomyError
 from anatomy.evaluate import EvalSet
 from anatomy.experiment import Experiment
+from anatomy.glossary import glossary_markdown
 from anatomy.layers import LayerAdapter
 from anatomy.load import LoadedModel
+from anatomy.plots import CLASS_COLOURS
 
 from . import jobs, limits, publish, published, runs
 from .access import public_mode, visitor
@@ -201,12 +204,34 @@ def show_published(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | 
                            page=False))
 
 
+START_HERE = ("**Start here.** 1. Read the anatomy of the embedded model below: the figure, then the claims "
+              "table (each verdict with its reason). 2. Choose a model above (a Hub id, or 'embedded') and open the "
+              "**Importance** tab: its map is what every other tab builds on. 3. **Generate** shows what an "
+              "alteration does to the model's answers, side by side with the original. Every run can be stopped; "
+              "Stop puts back any weights the run changed.")
+
+
+def legend_html() -> str:
+    """The class colours of every figure, as chips with their D ranges (the palette of anatomy.plots)."""
+    ranges = {"Redundant": "D < 10%", "Minor": "10-30%", "Important": "30-100%", "Critical": ">= 100%",
+              "Anti-layer candidate": "D < 0", "Untouched": "not measured"}
+    chips = "".join(f"<span style='display:inline-block;margin:0 12px 4px 0'><span style='display:inline-block;"
+                    f"width:12px;height:12px;background:{colour};border:1px solid #555;margin-right:4px;"
+                    f"vertical-align:middle'></span>{html.escape(name)} ({ranges[name]})</span>"
+                    for name, colour in CLASS_COLOURS.items())
+    return f"<div aria-label='layer classes'><b>Layer classes</b> (ablation D): {chips}</div>"
+
+
 def build(shared: Shared) -> list[gr.components.Component]:
     """The tab; returns what `offer` fills (the choice and its estimate), for the page's own triggers (its load,
     a model loaded on the Model tab) to refresh."""
     figure, claims, label, note = shipped()
     gr.Markdown("Which layers matter, what their weights look like, what survives being changed, and whether the "
                 "picture of the study (Wietrzykowski 2026) holds. " + (note or ""))
+    gr.Markdown(START_HERE, elem_id="start-here")
+    gr.HTML(legend_html(), elem_id="class-legend")
+    with gr.Accordion("Glossary: the words of the figures and tables", open=False, elem_id="glossary"):
+        gr.Markdown(glossary_markdown())
     offer_, show = published.offer_row(hub.STUDY)
     shared.offers.append((hub.STUDY, offer_, show))
     glance = gr.Plot(figure, label="The anatomy at a glance", visible=figure is not None, elem_id="study-glance")
@@ -221,9 +246,9 @@ def build(shared: Shared) -> list[gr.components.Component]:
     with gr.Row():
         go = gr.Button("Run the study on the chosen model", variant="primary")
         stop = stop_button()
-    status = gr.Markdown(elem_id="study-status")
+    status = gr.Markdown(label="Status", elem_id="study-status")
     with gr.Accordion("Report (study.md)", open=False, visible=False) as report_box:
-        report = gr.Markdown()
+        report = gr.Markdown(label="Report")
     with gr.Row():
         page = gr.DownloadButton("Download the report (study.html, opens offline)", visible=False)
         md = gr.DownloadButton("Download the report (study.md)", visible=False)
@@ -240,7 +265,7 @@ def build(shared: Shared) -> list[gr.components.Component]:
     stored.success(lambda: [gr.update(visible=True)] * len(shown), None, shown, queue=False, api_visibility="private")
     for failed in (event, stored):
         failed.failure(jobs.last_error, None, status, queue=False, api_visibility="private")
-    wire_stop(stop, [event], "study")
+    wire_stop(stop, [event], "study", status)
     gr.on([shared.model.change, shared.n_sentences.change, shared.max_length.change], offer, shared.eval_inputs,
           [depth, estimate], api_name="study_offer", queue=False)
     event.success(offer, shared.eval_inputs, [depth, estimate], queue=False, api_visibility="private")

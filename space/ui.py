@@ -22,6 +22,16 @@ TABS = (("Importance", tab_importance), ("Interventions", tab_interventions), ("
 # compute at once is ANATOMY_CONCURRENCY, the turns
 WORKERS = int(os.environ.get("ANATOMY_WORKERS", "16"))
 TITLE = "Transformer Anatomy"
+PHONE_CSS = """
+@media (max-width: 700px) {
+  #study-glance, #study-claims { overflow-x: auto; }
+  #study-glance img { min-width: 820px; }
+  #study-claims table { min-width: 900px; }
+  .row, .gr-row { flex-wrap: wrap; }
+}
+"""
+"""On a phone the glance figure keeps a readable size and the claims table its column widths, each in a box that
+scrolls sideways, and rows of inputs wrap instead of squeezing."""
 
 
 def build_demo(model_spec: str | None = None) -> gr.Blocks:
@@ -46,7 +56,7 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
         status = gr.Markdown(elem_id="model-status")
         with gr.Accordion("Evaluation text", open=False, elem_id="eval-accordion"):
             with gr.Row():
-                n_sentences = gr.Slider(1, 48, value=12, step=1, label="Default sentences used (fewer: faster)",
+                n_sentences = gr.Slider(1, 48, value=12, step=1, precision=0, label="Default sentences used (fewer: faster)",
                                         elem_id="n-sentences")
                 max_length = gr.Number(128, precision=0, label="Max tokens per text", elem_id="max-length")
             custom_text = gr.Textbox(label="Or your own text (one text per line; replaces the default sentences)",
@@ -71,6 +81,9 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks, **kwargs):
-    """Serve on 0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise."""
+    """Serve on 0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise, with the MCP server
+    on (every named endpoint a tool at /gradio_api/mcp/; ANATOMY_MCP=0 turns it off)."""
+    kwargs.setdefault("mcp_server", os.environ.get("ANATOMY_MCP", "1") != "0")
+    kwargs.setdefault("css", PHONE_CSS)
     return demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
                        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **kwargs)

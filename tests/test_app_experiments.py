@@ -27,7 +27,7 @@ RANGES = {p.name: p.text(p.default) for p in params(BudgetConfig) if p.name in R
 ENDPOINTS = {"/structure", "/spectral", "/predictability", "/recovery",
              "/stop_structure", "/stop_spectral", "/stop_predictability", "/stop_recovery",
              "/manipulate", "/stop_manipulate", "/prune", "/stop_prune",
-             "/painters", "/stop_painters", "/budget", "/study", "/stop_study", "/study_offer"}
+             "/plans", "/stop_plans", "/painters", "/stop_painters", "/budget", "/study", "/stop_study", "/study_offer"}
 TINY_EVAL = ("tiny", 6, "", 32)
 
 
@@ -108,13 +108,13 @@ def test_layer_plans_give_every_variant_and_the_users_plan_with_the_weights_unto
     before = tiny_fingerprint()
     fast = (2, 0, 1, 2, True, True)  # loops, seed, timed runs, decode tokens, batched, tasks
     _, ppl, latency, table, markdown, archive = client.predict(*TINY_EVAL, list(VARIANTS), "2", "0,[1-3]x2,5\n",
-                                                               *fast, api_name="/painters")
+                                                               *fast, api_name="/plans")
     assert [row[0] for row in table["data"]] == ["baseline", *VARIANTS, "custom"]
     assert table["data"][-1][3] == "0,[1-3]x2,5" and ppl and latency and archive.endswith(".zip")
     assert "Layers as painters" in markdown and "acc_facts" in table["headers"]
     for plans, message in (("0-99", "layer 99 does not exist"), ("", "Nothing to run")):
         with pytest.raises(Exception, match=message):
-            client.predict(*TINY_EVAL, list(VARIANTS), "", plans, *fast, api_name="/painters")
+            client.predict(*TINY_EVAL, list(VARIANTS), "", plans, *fast, api_name="/painters")  # the alias
     assert tiny_fingerprint() == before
 
 
@@ -147,7 +147,7 @@ def stopped(client: Client, api_name: str, *args) -> None:
     deadline = time.monotonic() + 120
     while not job.status().progress_data and not job.done() and time.monotonic() < deadline:
         time.sleep(0.05)
-    client.predict(api_name=f"/stop_{api_name[1:]}")
+    assert client.predict(api_name=f"/stop_{api_name[1:]}").startswith("**Stopped.** The run ends")  # the tab says
     with pytest.raises(Exception, match="Stopped"):
         job.result()
 
@@ -156,7 +156,7 @@ def test_stop_ends_layer_jobs_and_restores_weights_and_layers(client):
     before = tiny_fingerprint()
     many = ",".join(str(a / 1000) for a in range(1000))
     stopped(client, "/manipulate", *TINY_EVAL, "1-4", 10, ["scale"], many, 0, "", manipulate.GIVEN)
-    stopped(client, "/painters", *TINY_EVAL, list(VARIANTS), "2", "", 2, 0, 20, 16, True, False)
+    stopped(client, "/plans", *TINY_EVAL, list(VARIANTS), "2", "", 2, 0, 20, 16, True, False)
     client.predict(api_name="/stop_prune")
     with CACHE.use("tiny") as loaded:
         assert len(LayerAdapter(loaded.model).layers) == loaded.model.config.num_hidden_layers == 6
@@ -168,6 +168,20 @@ def test_every_endpoint_is_covered_by_a_test(client):
     from tests.test_app_server import ENDPOINTS as SERVER_ENDPOINTS
     named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert named == ENDPOINTS | SERVER_ENDPOINTS | HUB_ENDPOINTS
+
+
+def test_the_api_page_reads_from_the_declarations(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    plans = api["/plans"]
+    assert plans["description"].startswith("Layer plans: ") and "latency_repeats: timed runs per row" in \
+        plans["description"]
+    assert api["/painters"]["description"].startswith("The same as /plans")
+    inputs = {p["parameter_name"]: p for p in plans["parameters"]}
+    assert all(p["parameter_has_default"] for p in inputs.values())  # every input optional, at the tab's value
+    assert inputs["custom_text"]["parameter_default"] == "" and inputs["n_sentences"]["type"]["type"] == "integer"
+    assert inputs["latency_repeats"]["parameter_default"] == 3  # the tab's default, cheaper than the CLI's 5
+    labels = [r["label"] for r in plans["returns"]]
+    assert "Headline" in labels and "Report" in labels and not any(label.startswith("value_") for label in labels)
 
 
 def test_locally_the_study_tab_offers_the_full_study_with_its_estimate(client):

@@ -133,7 +133,7 @@ ENDPOINTS = {
                 "source": prune.COMPUTE},
                {**HOSTILE_EVAL, "ks": textish, "criteria": st.lists(choice(CRITERIA), max_size=3),
                 "ablation": choice(ABLATION_MODES), "source": choice(prune.SOURCES)}),
-    "/painters": ({**EVAL, "variants": ["repeat"], "sizes": "2", "plans": "", "loops": 2, "seed": 0, "repeats": 1,
+    "/plans": ({**EVAL, "variants": ["repeat"], "sizes": "2", "plans": "", "loops": 2, "seed": 0, "repeats": 1,
                    "tokens": 2, "batched": False, "tasks": False},
                   {**HOSTILE_EVAL, "variants": st.lists(choice(VARIANTS), max_size=2), "sizes": textish,
                    "plans": textish, "loops": small, "seed": numbers, "repeats": small, "tokens": small}),
@@ -145,7 +145,7 @@ ENDPOINTS = {
                  "at_once": 10, "rule": True, "anti": True},
                 {"b_max": numbers, **{name: textish for name in RANGES}, "core": numbers, "at_once": numbers}),
 }
-SLOW = {"/structure": 3, "/spectral": 3, "/painters": 4}  # ~10 s a call on CI: fewer examples
+SLOW = {"/structure": 3, "/spectral": 3, "/plans": 4}  # ~10 s a call on CI: fewer examples
 
 
 @pytest.mark.slow  # the search: 8 examples through the server for each endpoint

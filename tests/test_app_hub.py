@@ -30,7 +30,7 @@ DEPLOYER, VISITOR, READER = "hf_deployer_secret", "hf_visitor_own", "hf_reader_o
 MODEL = "alice/tiny"
 EVAL = (MODEL, 4, "", 32)  # model, sentences, own text, max tokens
 IMPORTANCE = ("neighbour-mean", "one-neighbour", "all")
-TABS = ("importance", "interventions", "manipulate", "prune", "painters", "structure", "spectral", "predictability",
+TABS = ("importance", "interventions", "manipulate", "prune", "plans", "structure", "spectral", "predictability",
         "recovery", "budget", "study")
 HUB_ENDPOINTS = {f"/{kind}_{name}" for name in TABS for kind in ("publish", "published")} | {"/published_offers"}
 

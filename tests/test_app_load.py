@@ -56,7 +56,7 @@ def test_one_visitors_pile_of_jobs_cannot_starve_another(url, monkeypatch):
     monkeypatch.setenv("ANATOMY_JOBS_PER_SESSION", "1")
     hog, other = Client(url, verbose=False), Client(url, verbose=False)
     long_job = (SPEC, 6, "", 32, list(VARIANTS), "2", "", 2, 0, 4, 8, True, False)  # seconds: decode timings
-    piled = [hog.submit(*long_job, api_name="/painters") for _ in range(6)]
+    piled = [hog.submit(*long_job, api_name="/plans") for _ in range(6)]
     time.sleep(0.3)
     record = watch(other, JobRecord(1, "generate", time.monotonic()), SPEC, PROMPT, "none", "0", 0.5, 0, 4,
                    api_name="/generate")

@@ -21,7 +21,7 @@ WRITERS = {
     "/interventions": (*TINY_EVAL, "scale", "1", "0.5", [], 0, "one-neighbour"),
     "/manipulate": (*TINY_EVAL, "1", 10, ["scale"], "0.5", 0, "", manipulate.GIVEN),
     "/prune": (*TINY_EVAL, "1", ["last"], "skip", "", "An importance map computed now"),
-    "/painters": (*TINY_EVAL, ["repeat"], "2", "", 2, 0, 1, 2, False, False),
+    "/plans": (*TINY_EVAL, ["repeat"], "2", "", 2, 0, 1, 2, False, False),
     "/structure": ("paths-tiny", 4, 0),
     "/spectral": ("paths-tiny", 4),
     "/predictability": (*TINY_EVAL, 100, 1.0, 2),

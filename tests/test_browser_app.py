@@ -69,7 +69,20 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
             expect(page.locator("#study-claims")).to_contain_text("reason")  # the claims' columns beside the verdict
             expect(page.locator("#study-estimate")).to_contain_text("Full study:")
             expect(page.get_by_label("Full", exact=True)).to_be_checked()  # locally the full study is the default
+            expect(page.locator("#class-legend")).to_contain_text("Redundant (D < 10%)")
+            expect(page.locator("#start-here")).to_contain_text("Start here")
+            page.locator("#glossary").get_by_text("Glossary").click()
+            expect(page.locator("#glossary")).to_contain_text("Block Influence")
             page.screenshot(path=str(ARTEFACTS / "landing.png"), full_page=True)
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+            phone.goto(f"http://127.0.0.1:{port}/")
+            expect(phone.locator("#study-claims")).to_contain_text("reason", timeout=60_000)
+            cell = phone.locator("#study-claims td").first.bounding_box()
+            assert cell and cell["width"] >= 60, cell  # words stay whole: the table scrolls instead
+            image = phone.locator("#study-glance img").first.bounding_box()
+            assert image and image["width"] >= 800, image  # readable, in a box that scrolls sideways
+            phone.screenshot(path=str(ARTEFACTS / "landing-phone.png"), full_page=False)
+            phone.close()
             page.locator("#eval-accordion").get_by_text("Evaluation text").click()
             sentences = page.locator("#n-sentences input[type=number]")
             sentences.fill(str(n_sentences))
@@ -95,6 +108,15 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
             expect(page.locator("#gen-greedy-original")).to_contain_text("Paris", timeout=300_000)
             expect(altered).not_to_be_empty()
             page.screenshot(path=str(ARTEFACTS / "generate.png"), full_page=True)
+            page.get_by_role("tab", name="Manipulation").click()  # its default runs on the session's importance map
+            run_manipulation = page.get_by_role("button", name="Run manipulation")
+            run_manipulation.click()
+            expect(page.locator("#manipulate-headline")).to_contain_text("layers", timeout=300_000)
+            run_manipulation.click()  # again, and Stop it: the tab says so
+            page.wait_for_timeout(1_500)
+            page.get_by_role("button", name="Stop", exact=True).first.click()  # the one on screen: this tab's
+            expect(page.locator("#manipulate-headline")).to_contain_text("Stopped", timeout=60_000)
+            timings["stopped_shown"] = 1.0
             browser.close()
     finally:
         process.terminate()
@@ -105,10 +127,11 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
 def test_importance_map_and_side_by_side_generation_in_chromium():
     require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (setup.sh does)")
     timings = run_session()
-    assert timings["first_plot_s"] > timings["serving_s"] and timings["error_shown"]
+    assert timings["first_plot_s"] > timings["serving_s"] and timings["error_shown"] and timings["stopped_shown"]
     assert (ARTEFACTS / "landing.png").stat().st_size > 10_000
     assert (ARTEFACTS / "importance.png").stat().st_size > 10_000
     assert (ARTEFACTS / "generate.png").stat().st_size > 10_000
+    assert (ARTEFACTS / "landing-phone.png").stat().st_size > 10_000
 
 
 if __name__ == "__main__":  # python tests/test_browser_app.py [sentences]: measure start-to-first-plot

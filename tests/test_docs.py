@@ -25,3 +25,10 @@ def test_every_cited_spec_section_and_table_is_in_docs():
     assert {"1", "5", "8", "9"} <= {n for n, _ in citations}  # the pattern still finds the code's citations
     assert {n for n, _ in citations} <= sections
     assert {t for _, t in citations if t} <= set(re.findall(r"^Table (\d+),", spec, flags=re.M))
+
+
+def test_the_readme_glossary_is_the_apps():
+    from anatomy.glossary import glossary_markdown
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "### Glossary\n\n" + glossary_markdown() + "\n\n" in readme  # regenerate the section when a word changes

@@ -84,9 +84,9 @@ def test_layer_set_from_an_importance_map(tiny_eval_set, tmp_path):
     assert lowest["layers"] == [1, 2, 3] and "the 3 layers of lowest D" in lowest["source"]  # the untouched one never
     with pytest.raises(AnatomyError, match="lower --count"):
         run_manipulate(model, tiny_eval_set, ManipulateConfig(count=9), importance=Result("importance", table))
-    with pytest.raises(AnatomyError, match="redundant-threshold"):
-        run_manipulate(model, tiny_eval_set, ManipulateConfig(redundant_threshold=-1e9),
-                       importance=Result("importance", table))
+    fallback = run_manipulate(model, tiny_eval_set, ManipulateConfig(strategies=("zero",), redundant_threshold=1),
+                              importance=Result("importance", table))  # none below 1%: the lowest-D tenth of 5
+    assert fallback["layers"] == [3] and "no layer has D < 1% (the lowest D is 2.0%)" in fallback["source"]
     with pytest.raises(AnatomyError, match="importance.csv"):
         Result.load(tmp_path / "missing", "importance")
 

@@ -8,8 +8,9 @@ Strategies, each applied to every chosen layer together and undone before the ne
 - `lowrank`: singular vectors from the nearest non-redundant layer, singular values from the layer
   itself, W' = U_n diag(s_l) V_n^T (top `rank` only when a rank is given); biases kept;
 - `scale-a`: weights and biases multiplied by a, for every a of the sweep.
-The layer set comes from an importance map (rows with D below the threshold, 10% = the class Redundant; or,
-with `count`, the `count` layers of lowest D, as the study changed 9 layers at once), or is given explicitly.
+The layer set comes from an importance map (rows with D below the threshold, 10% = the class Redundant, or the
+lowest-D tenth of the layers when none is below it, said in the report; or, with `count`, the `count` layers of
+lowest D, as the study changed 9 layers at once), or is given explicitly.
 With `--tasks` (lm-eval task names), the unchanged model and every strategy are scored on those tasks too:
 accuracy with its stderr and the drop with its paired 95% interval (the `tasks` table).
 """
@@ -84,6 +85,11 @@ class ManipulateConfig:
             raise AnatomyError(f"Unknown strategies {sorted(unknown)}: use some of {', '.join(STRATEGIES)}.")
         if self.rank is not None and self.rank < 0:
             raise AnatomyError(f"rank must be >= 1, or 0 for all directions, got {self.rank}.")
+
+
+FALLBACK_SHARE = 0.1
+"""With no layer under the threshold, the lowest-D tenth of the measured layers is changed (at least one), so
+the default shows an effect on a model without Redundant layers; the source sentence says so."""
 
 
 def redundant_layers(importance: pd.DataFrame, threshold: float) -> list[int]:
@@ -182,19 +188,23 @@ def choose_layers(model: PreTrainedModel, config: ManipulateConfig,
         source = f"from an importance map computed now ({mode}, {importance.scalars.get('boundary', '?')})"
     if len(table) != n:
         raise AnatomyError(f"The importance map has {len(table)} rows but the model has {n} layers.")
+    measured = table[table["class"] != "Untouched"].sort_values("degradation_pct")
     if config.count:
-        measured = table[table["class"] != "Untouched"].sort_values("degradation_pct")
         if len(measured) < config.count:
             raise AnatomyError(f"{config.count} layers of lowest D asked, but the importance map measured "
                                f"{len(measured)}: lower --count.")
         layers = sorted(int(layer) for layer in measured["layer"].iloc[:config.count])
         return layers, f"{source}: the {config.count} layers of lowest D"
     layers = redundant_layers(table, config.redundant_threshold)
-    if not layers:
-        raise AnatomyError(f"No layer has D < {config.redundant_threshold:g}%: raise the redundant threshold "
-                           f"(--redundant-threshold; the lowest D is {table['degradation_pct'].min():.1f}%) "
-                           "or name the layers (--layers).")
-    return layers, f"{source}: layers with D < {config.redundant_threshold:g}%"
+    if layers:
+        return layers, f"{source}: layers with D < {config.redundant_threshold:g}%"
+    if measured.empty:
+        raise AnatomyError("The importance map measured no layer: name the layers to change.")
+    count = max(1, round(len(measured) * FALLBACK_SHARE))
+    layers = sorted(int(layer) for layer in measured["layer"].iloc[:count])
+    return layers, (f"{source}: no layer has D < {config.redundant_threshold:g}% (the lowest D is "
+                    f"{measured['degradation_pct'].iloc[0]:.1f}%), so the {count} layers of lowest D instead (a tenth "
+                    "of the measured layers)")
 
 
 def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: ManipulateConfig | None = None,

@@ -337,7 +337,7 @@ def recovery_report(result: Result, header: str, config: RecoveryConfig) -> str:
     table = df.copy()
     for t in config.thresholds:
         col = threshold_column(t)
-        table[col] = [("not reached" if pd.isna(v) else int(v)) for v in df[col]]
+        table[col] = [("not reached" if pd.isna(v) else "already below" if v == 0 else int(v)) for v in df[col]]
     table = table.drop(columns=["baseline_ppl"])
     tokens = config.train_batch_size * config.train_seq_len
     overlap = result["eval_overlap"]
@@ -360,7 +360,9 @@ def recovery_report(result: Result, header: str, config: RecoveryConfig) -> str:
              f"{config.weight_decay:g}, gradient clipping {config.grad_clip:g}) for {config.steps} steps of "
              f"{config.train_batch_size} x {config.train_seq_len} = {tokens} training tokens, PPL every "
              f"{config.eval_every} steps; weights restored after each layer.",
-             f"- Baseline PPL {base:.3f}; thresholds: " + ", ".join(f"{t:g}x = {t * base:.2f}" for t in config.thresholds),
+             f"- Baseline PPL {base:.3f}; thresholds: " + ", ".join(f"{t:g}x = {t * base:.2f}" for t in config.thresholds)
+             + " (`steps_to_` columns: the first evaluated step below each; 'already below': the noise never raised "
+             "the PPL that far, 'not reached': not within the run)",
              f"- Loop: {loop}; "
              f"wall time {wall:.0f} s", control,
              "- `final_d_pct`: final PPL vs baseline in %, paired 95% interval over texts; `below_baseline` when the "
