@@ -94,7 +94,15 @@ def stop_button() -> gr.Button:
     return gr.Button("Stop", variant="stop", scale=0, min_width=90)
 
 
+def named(fn: Callable, name: str) -> Callable:
+    """`fn` under its endpoint's name, which gradio gives the MCP tool (it names a tool after its function)."""
+    fn.__name__ = name
+    return fn
+
+
 def wire_stop(button: gr.Button, events: list, name: str, says: gr.Markdown | None = None) -> None:
     """Stop sets the session's flag (the job unwinds and restores) and drops the event from the queue; `says`,
     the tab's status line, confirms it."""
-    button.click(jobs.stop, None, says, api_name=f"stop_{name}", cancels=events, queue=False)
+    def stop(request: gr.Request) -> str:
+        return jobs.stop(request)
+    button.click(named(stop, f"stop_{name}"), None, says, api_name=f"stop_{name}", cancels=events, queue=False)

@@ -40,7 +40,7 @@ from anatomy.report import to_jsonable
 
 from . import jobs, runs
 from .access import env_flag, visitor
-from .common import Shared
+from .common import Shared, named
 
 ATLAS_ENV = "ANATOMY_ATLAS"
 DEADLINE_S = 1.0  # the longest a choice of model waits for the Hub before it goes on without an offer
@@ -289,4 +289,5 @@ def wire(shared: Shared, triggers: list) -> None:
     """Every tab's offer refreshed on `triggers` (the page's load, a change of model) by one call."""
     names = [name for name, _, _ in shared.offers]
     outputs = [component for _, text, button in shared.offers for component in (text, button)]
-    gr.on(triggers, offers(names), shared.model, outputs, api_name="published_offers", queue=False)
+    gr.on(triggers, named(offers(names), "published_offers"), shared.model, outputs, api_name="published_offers",
+          queue=False)

@@ -15,6 +15,7 @@ them), and writes the CLI's run folder. Where the deployer's atlas holds a publi
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from anatomy.run import artefacts, compute_with, execute, resolve_needs
 
 from . import jobs, limits, previous, publish, published, runs
 from .access import public_mode
-from .common import Shared, model_job, shown, stop_button, wire_stop
+from .common import Shared, model_job, named, shown, stop_button, wire_stop
 from .gpu import gpu
 
 PER_ROW = 4
@@ -110,7 +111,7 @@ class Tab:
                          api_description=self.description(), concurrency_id="model" if exp.uses_model else None,
                          show_progress_on=[headline])
         twins = [gr.Button(visible=False).click(
-            handler, [*inputs, shared.state], [*outputs, shared.state], api_name=alias,
+            named(functools.wraps(handler)(lambda *args: handler(*args)), alias), [*inputs, shared.state], [*outputs, shared.state], api_name=alias,
             api_description=f"The same as /{self.endpoint_name}, under its former name (kept for existing clients).",
             concurrency_id="model" if exp.uses_model else None, show_progress_on=[headline]) for alias in self.aliases]
         hidden = [*plots, table, report_box, download, *files]

@@ -43,7 +43,7 @@ def config_of(prompt: str, kind: str, layers: str, value: float, seed: float, ne
 
 @gpu(duration=60)
 @jobs.user_errors
-def run(spec: str, prompt: str, kind: str, layers: str, value: float, seed: float, max_new_tokens: float,
+def generate(spec: str, prompt: str, kind: str, layers: str, value: float, seed: float, max_new_tokens: float,
         chat_template: bool, request: gr.Request, oauth_token: gr.OAuthToken | None = None,
         progress=gr.Progress()) -> tuple:
     config = config_of(prompt, kind, layers, value, seed, max_new_tokens, chat_template)
@@ -79,7 +79,7 @@ def build(shared: Shared) -> None:
                                                   combine_adjacent=True, show_legend=False,
                                                   show_inline_category=False, elem_id=f"gen-{mode}-{side}"))
     table = gr.Dataframe(label="Differences", interactive=False, visible=False)  # hidden until it holds a result
-    event = go.click(run, [shared.model, prompt, kind, layers, value, seed, max_new, chat], [*outputs, table],
+    event = go.click(generate, [shared.model, prompt, kind, layers, value, seed, max_new, chat], [*outputs, table],
                      api_name="generate", concurrency_id="model")
     event.success(lambda: [gr.update(visible=True), ""], None, [table, said], queue=False, api_visibility="private")
     event.failure(jobs.last_error, None, said, queue=False, api_visibility="private")

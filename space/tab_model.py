@@ -11,7 +11,7 @@ from anatomy.load import check_hub_model
 from anatomy.model_spec import parse_model_spec
 
 from .access import visitor
-from .common import Shared, model_job, shown
+from .common import Shared, model_job, named, shown
 from .gpu import gpu
 from .jobs import last_error, user_errors
 from .models import CACHE
@@ -79,9 +79,9 @@ def build(shared: Shared, load_button: gr.Button, status: gr.Markdown) -> None:
     tables = [components, norms]
     cleared = shared.model.change(lambda: ["", *visibility(tables, False)], None, [status, *tables], queue=False,
                                   api_visibility="private")  # nothing said about the previous model stays
-    checked = cleared.then(check, shared.model, status, api_name="check_model", queue=False)
+    checked = cleared.then(named(check, "check_model"), shared.model, status, api_name="check_model", queue=False)
     checked.failure(last_error, None, status, queue=False, api_visibility="private")  # offline, not found: said
-    event = load_button.click(load, shared.model, [status, *tables], api_name="load_model", concurrency_id="model",
+    event = load_button.click(named(load, "load_model"), shared.model, [status, *tables], api_name="load_model", concurrency_id="model",
                               show_progress_on=[status])
     event.success(lambda: visibility(tables, True), None, tables, queue=False, api_visibility="private")
     event.failure(lambda: visibility(tables, False), None, tables, queue=False, api_visibility="private")

@@ -35,7 +35,7 @@ from anatomy.plots import CLASS_COLOURS
 
 from . import jobs, limits, publish, published, runs
 from .access import public_mode, visitor
-from .common import Plan, Shared, model_job, stop_button, wire_stop
+from .common import Plan, Shared, model_job, named, stop_button, wire_stop
 from .gpu import gpu, refuse_on_zero_gpu
 from .models import CACHE
 
@@ -183,6 +183,8 @@ def run(spec: str, n_sentences: float, custom_text: str, max_length: float, dept
     return (*outputs(final, figure, markdown), jobs.remember(state, hub.STUDY, runs.archive_of(final)))
 
 
+
+
 def outputs(folder: Path, figure: Figure | None, markdown: str, page: bool = True) -> tuple:
     """The tab's outputs for a finished study folder: its glance, claims (labelled by what the study was),
     report, page (where it has one, and `page`: never a published study's, whose HTML would be served from this
@@ -255,18 +257,18 @@ def build(shared: Shared) -> list[gr.components.Component]:
         archive = gr.DownloadButton("Download the study folder (.zip)", visible=False)
     publish_row = publish.build(hub.STUDY, "Study", shared.state, "publish_study")
     outputs_ = [glance, table, report, page, md, archive]
-    event = go.click(run, [*shared.eval_inputs, depth, shared.state], [*outputs_, shared.state], api_name="study",
+    event = go.click(named(run, "study"), [*shared.eval_inputs, depth, shared.state], [*outputs_, shared.state], api_name="study",
                      concurrency_id="model", show_progress_on=[status])
     shown = [glance, report_box, page, md, archive]
     event.success(lambda: [gr.update(visible=True)] * (len(shown) + 1), None, [*shown, publish_row], queue=False,
                   api_visibility="private")
-    stored = show.click(show_published, shared.model, [status, *outputs_], api_name="published_study",
+    stored = show.click(named(show_published, "published_study"), shared.model, [status, *outputs_], api_name="published_study",
                         show_progress_on=[status])
     stored.success(lambda: [gr.update(visible=True)] * len(shown), None, shown, queue=False, api_visibility="private")
     for failed in (event, stored):
         failed.failure(jobs.last_error, None, status, queue=False, api_visibility="private")
     wire_stop(stop, [event], "study", status)
-    gr.on([shared.model.change, shared.n_sentences.change, shared.max_length.change], offer, shared.eval_inputs,
+    gr.on([shared.model.change, shared.n_sentences.change, shared.max_length.change], named(offer, "study_offer"), shared.eval_inputs,
           [depth, estimate], api_name="study_offer", queue=False)
     event.success(offer, shared.eval_inputs, [depth, estimate], queue=False, api_visibility="private")
     return [depth, estimate]

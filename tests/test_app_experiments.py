@@ -178,7 +178,7 @@ def test_the_api_page_reads_from_the_declarations(client):
     assert api["/painters"]["description"].startswith("The same as /plans")
     inputs = {p["parameter_name"]: p for p in plans["parameters"]}
     assert all(p["parameter_has_default"] for p in inputs.values())  # every input optional, at the tab's value
-    assert inputs["custom_text"]["parameter_default"] == "" and inputs["n_sentences"]["type"]["type"] == "integer"
+    assert not inputs["custom_text"]["parameter_default"] and inputs["n_sentences"]["type"]["type"] == "integer"
     assert inputs["latency_repeats"]["parameter_default"] == 3  # the tab's default, cheaper than the CLI's 5
     labels = [r["label"] for r in plans["returns"]]
     assert "Headline" in labels and "Report" in labels and not any(label.startswith("value_") for label in labels)

@@ -200,3 +200,9 @@ def test_published_text_is_escaped_and_cut(server):
     texts = [u["value"] for u in updates if u.get("visible")]
     structure = next(t for t in texts if "alice--open/structure" in t)
     assert "<script>" not in structure and "](javascript:" not in structure and len(structure) < 1000
+
+
+def test_a_public_app_lists_no_publish_endpoint_so_its_mcp_server_has_no_publish_tool(server):
+    named = set(visitor(server[0]).view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert "/importance" in named and "/plans" in named  # the experiments stay tools
+    assert not [name for name in named if name.startswith("/publish_")]  # the MCP server lists these very names

@@ -48,6 +48,7 @@ def test_each_experiment_is_a_described_tool_and_importance_runs_on_the_embedded
     tools, (result,), progress = anyio.run(session_run, mcp_url, [("importance", args)])
     named = {tool.name: tool for tool in tools}
     assert {"importance", "plans", "prune", "recovery", "manipulate", "study", "generate"} <= set(named)
+    assert {"stop_importance", "painters", "load_model", "publish_importance"} <= set(named)  # the endpoints' names
     importance = named["importance"]
     assert importance.description.startswith("Importance map: per-layer ablation importance map")
     assert "mode: " in importance.description  # the fields' help, from the declaration

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from anatomy import plots
 
 
 def drawn(fig):
-    fig.canvas.draw()
-    return fig.canvas.get_renderer()
+    """Lay the figure out as savefig does (an Agg canvas) and return its renderer, for measuring."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
 
 
 def test_a_long_title_is_wrapped_inside_the_figure():

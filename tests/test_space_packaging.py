@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def pinned(package: str) -> str:
     """The exact version requirements.txt pins for `package`."""
     for line in (ROOT / "requirements.txt").read_text().splitlines():
-        match = re.fullmatch(rf"{re.escape(package)}==([\w.]+)\s*(#.*)?", line.strip(), flags=re.I)
+        match = re.fullmatch(rf"{re.escape(package)}(\[[\w,]+\])?==([\w.]+)\s*(#.*)?", line.strip(), flags=re.I)
         if match:
-            return match.group(1)
+            return match.group(2)  # an extra such as gradio[mcp] pins the same package
     raise AssertionError(f"requirements.txt does not pin {package}")
 
 
