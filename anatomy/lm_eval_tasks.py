@@ -21,7 +21,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -210,13 +211,31 @@ def score_tasks(model: PreTrainedModel | str | Path, tokenizer: PreTrainedTokeni
         # a copy: HFLM gives a tokenizer without a pad token one, which the caller's must not gain
         lm = _tracked_lm(progress)(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
     try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True, limit=limit,
-                                      random_seed=None, numpy_random_seed=None, torch_random_seed=None)
+        with _one_process(in_memory=not isinstance(model, (str, Path))):
+            out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True,
+                                          limit=limit, random_seed=None, numpy_random_seed=None,
+                                          torch_random_seed=None)
     except AnatomyError:
         raise
     except (OSError, ConnectionError, ValueError) as err:
         raise AnatomyError(f"lm-eval could not load the tasks {', '.join(tasks)}: {err}".splitlines()[0]) from err
     return _scores(out)
+
+
+@contextmanager
+def _one_process(in_memory: bool) -> Iterator[None]:
+    """lm-eval returns results only where LOCAL_RANK is 0 (torchrun's tensor-parallel case). Under `accelerate
+    launch` each process scores its own share of a sweep on its own copy of the model in memory, so to lm-eval
+    each is a single process: LOCAL_RANK reads 0 for the call."""
+    rank = os.environ.get("LOCAL_RANK")
+    if not in_memory or rank in (None, "0"):
+        yield
+        return
+    os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        os.environ["LOCAL_RANK"] = rank
 
 
 def _scores(out: dict) -> TaskScores:
@@ -299,9 +318,17 @@ class TaskDrops:
             self.rows.extend(drop_rows(self.base, self.base, **keys))
         return self.base
 
-    def tables(self, keys: Sequence[str]) -> dict[str, pd.DataFrame]:
-        """`{"tasks": table}` for a result's extra tables (empty without tasks); `keys` lead its columns."""
-        return {} if self.base is None else {"tasks": pd.DataFrame(self.rows, columns=[*keys, *DROP_COLUMNS])}
+    def take(self) -> list[dict]:
+        """The rows added since the last `take`, removed: what one item of a sweep returns beside its result, so
+        that under `accelerate launch` the rows of every process are gathered with the sweep's results."""
+        rows, self.rows = self.rows, []
+        return rows
+
+    def tables(self, keys: Sequence[str], rows: Sequence[dict] | None = None) -> dict[str, pd.DataFrame]:
+        """`{"tasks": table}` for a result's extra tables (empty without tasks); `keys` lead its columns; `rows`:
+        the sweep's gathered rows (default: those added here and not taken)."""
+        rows = self.rows if rows is None else rows
+        return {} if self.base is None else {"tasks": pd.DataFrame(list(rows), columns=[*keys, *DROP_COLUMNS])}
 
 
 DROP_COLUMNS = ["task", "metric", "before", "before_stderr", "after", "after_stderr", "drop", "drop_low", "drop_high"]

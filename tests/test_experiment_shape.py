@@ -179,6 +179,7 @@ def test_no_argparse_and_no_cli_imports_outside_the_cli():
 def test_tab_endpoints_take_the_declared_fields_in_order():
     from space.tab_importance import TAB
     import inspect
-    names = list(inspect.signature(TAB.endpoint(9)).parameters)
+    from types import SimpleNamespace
+    names = list(inspect.signature(TAB.endpoint([SimpleNamespace(value=None)] * 9)).parameters)  # 9 inputs
     assert names == ["model", "n_sentences", "custom_text", "max_length", "mode", "boundary", "layers",
                      "thresholds", "tasks", "state", "request", "oauth_token", "progress"]

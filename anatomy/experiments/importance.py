@@ -105,11 +105,11 @@ def run_importance(model: PreTrainedModel, eval_set: EvalSet, config: Importance
                 "anti_layer_candidate": bool(d_high < 0),
                 "block_influence": scores["block_influence"][layer],
                 "angular_distance": scores["angular_distance"][layer],
-                "neighbours": ",".join(map(str, sources))}
+                "neighbours": ",".join(map(str, sources)), "task_rows": tasks.take()}
 
-    rows = sweep(layers, ablated, f"importance ({config.mode})", progress)
+    rows = sweep(layers, ablated, f"importance ({config.mode})", progress)  # gathered from every process
+    tables = tasks.tables(["layer"], [r for row in rows for r in row.pop("task_rows")])
     df = pd.DataFrame(rows, columns=COLUMNS)
-    tables = tasks.tables(["layer"])
     if tables:
         df = df.merge(drops_by_layer(tables["tasks"]), on="layer", how="left")
         tables["proxy_panel"] = proxy_panel(df)

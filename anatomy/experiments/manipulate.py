@@ -237,14 +237,15 @@ def run_manipulate(model: PreTrainedModel, eval_set: EvalSet, config: Manipulate
             tasks.add(strategy=name)
         d, d_low, d_high = degradation(result, base, eval_set)
         return {"strategy": name, "layers": label, **result.as_dict(), "degradation_pct": d,
-                "degradation_low": d_low, "degradation_high": d_high}
+                "degradation_low": d_low, "degradation_high": d_high, "task_rows": tasks.take()}
 
-    rows += sweep(runs, changed, "manipulate (strategies)", progress,
+    rows += sweep(runs, changed, "manipulate (strategies)", progress,  # gathered from every process
                   label=lambda run: f"scale {run[1]:g}" if run[0] == "scale" else run[0])
+    task_rows = [r for row in rows for r in row.pop("task_rows", [])]
     df = pd.DataFrame(rows, columns=COLUMNS)
     return Result("manipulate", df,
                   scalars={"layers": layers, "source": source, "baseline": base.as_dict(), "rank": config.rank},
-                  tables=tasks.tables(["strategy"]),
+                  tables=tasks.tables(["strategy"], task_rows),
                   timings={"choose_layers_s": t_choose, "strategies_s": time.perf_counter() - t0 - t_choose})
 
 

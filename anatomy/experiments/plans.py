@@ -170,9 +170,9 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
     scored = TaskDrops(model, tokenizer, config.scored_tasks() if tokenizer is not None else (), progress)
     t0 = time.perf_counter()
 
-    def measured(spec: tuple[str, int, str, Plan]) -> tuple[dict, PPLResult, dict[str, list[bool]]] | str:
+    def measured(spec: tuple[str, int, str, Plan]) -> tuple[dict, PPLResult, dict[str, list[bool]], list[dict]] | str:
         """A plan's row without its degradation (the baseline row comes first and the rows are gathered before
-        D is taken) and its PPL; or why this model cannot run it."""
+        D is taken), its PPL, its built-in answers and its task rows; or why this model cannot run it."""
         variant, size, block, plan = spec
         if refusal := plan_refusal(adapter, plan):
             return f"{variant} {size}: {refusal}"
@@ -186,14 +186,14 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
         return ({"variant": variant, "block_size": size, "block": block, "plan": str(plan),
                  "layer_calls": plan.layer_calls, "parallel_execution": execution, **result.as_dict(),
                  **{f"acc_{k}": sum(v) / len(v) for k, v in correct.items()},
-                 **measure_latency(model, plan, eval_set, config, pad_id)}, result, correct)
+                 **measure_latency(model, plan, eval_set, config, pad_id)}, result, correct, scored.take())
 
     measurements = sweep(specs, measured, "plans", progress, label=lambda spec: f"{spec[0]} {spec[1]}: {spec[3]}")
     refused = [m for m in measurements if isinstance(m, str)]
     ran = [m for m in measurements if not isinstance(m, str)]
     base = ran[0][1]  # the unchanged model runs first
     rows, items = [], []
-    for index, (row, result, correct) in enumerate(ran):
+    for index, (row, result, correct, _) in enumerate(ran):
         d, d_low, d_high = degradation(result, base, eval_set)
         rows.append(row | {"degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high})
         items += [{"row": index, "variant": row["variant"], "block_size": row["block_size"], "task": task,
@@ -202,7 +202,7 @@ def run_plans(model: PreTrainedModel, eval_set: EvalSet, config: PlansConfig | N
     df = pd.DataFrame(rows)
     df = df[COLUMNS[:12] + [c for c in df.columns if c.startswith("acc_")] + COLUMNS[12:]]
     return Result("plans", df, scalars={"baseline": base.as_dict(), "refused": refused, **saved},
-                  tables={**scored.tables(["variant", "block_size", "plan"]),
+                  tables={**scored.tables(["variant", "block_size", "plan"], [r for m in ran for r in m[3]]),
                           "task_items": pd.DataFrame(items, columns=["row", "variant", "block_size", "task", "item",
                                                                      "correct"])},
                   timings={"plans_s": time.perf_counter() - t0})

@@ -118,6 +118,7 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     config.validate(n)
     tasks = TaskDrops(model, tokenizer, config.tasks, progress)  # the intact model's scores first
     tasks.add_unchanged(criterion="baseline (none)", k=0, removed="")
+    task_rows = tasks.take()
     t0 = time.perf_counter()
     scores = layer_scores(model, config, importance, progress)
     t_scores = time.perf_counter() - t0
@@ -136,9 +137,10 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
         d, d_low, d_high = degradation(result, base, eval_set)
         return {"criterion": criterion, "k": k, "removed": ",".join(map(str, removed)), **result.as_dict(),
                 "degradation_pct": d, "degradation_low": d_low, "degradation_high": d_high,
-                "params_removed_pct": 100 * k * layer_params / total}
+                "params_removed_pct": 100 * k * layer_params / total, "task_rows": tasks.take()}
 
     rows += sweep(runs, pruned, "prune (criterion x K)", progress, label=lambda run: f"{run[0]} k{run[1]}")
+    task_rows += [r for row in rows for r in row.pop("task_rows", [])]  # gathered from every process
     df = pd.DataFrame(rows, columns=COLUMNS)
     t_evals = time.perf_counter() - t0 - t_scores
     saved = ([str(p) for p in save_pruned(model, tokenizer, df, config.save)]
@@ -149,7 +151,7 @@ def run_prune(model: PreTrainedModel, eval_set: EvalSet, config: PruneConfig | N
     versions = {"lm_eval_version": lm_eval_version()} if config.tasks else {}
     return Result("prune", df, scalars={"baseline": base.as_dict(), "ablation_mode": mode, "saved": saved, **versions},
                   tables={"comparison": comparison_table(df), "scores": scores,
-                          **tasks.tables(["criterion", "k", "removed"])},
+                          **tasks.tables(["criterion", "k", "removed"], task_rows)},
                   timings={"scores_s": t_scores, "pruned_evals_s": t_evals})
 
 
