@@ -111,7 +111,7 @@ class Tab:
                          api_description=self.description(), concurrency_id="model" if exp.uses_model else None,
                          show_progress_on=[headline])
         twins = [gr.Button(visible=False).click(
-            named(functools.wraps(handler)(lambda *args: handler(*args)), alias), [*inputs, shared.state], [*outputs, shared.state], api_name=alias,
+            twin_of(handler, alias), [*inputs, shared.state], [*outputs, shared.state], api_name=alias,
             api_description=f"The same as /{self.endpoint_name}, under its former name (kept for existing clients).",
             concurrency_id="model" if exp.uses_model else None, show_progress_on=[headline]) for alias in self.aliases]
         hidden = [*plots, table, report_box, download, *files]
@@ -242,6 +242,12 @@ class Tab:
             return tab.outputs(result, figures, markdown, runs.archive_of(folder), says)
         show.__name__ = f"published_{self.endpoint_name}"
         return show
+
+
+def twin_of(handler: Callable, name: str) -> Callable:
+    """`handler` as a distinct function named `name`: an alias endpoint's own MCP tool (gradio names a tool after
+    its function), with the handler's signature (`functools.wraps` leads `inspect.signature` to it)."""
+    return named(functools.wraps(handler)(lambda *args: handler(*args)), name)
 
 
 def input_for(param: Param, default: object) -> gr.components.Component:

@@ -1,7 +1,8 @@
 """Writes the shipped lm-eval tasks' items: `python anatomy/data/lm_eval_tasks/make_items.py`.
 
 Every item is written here by the project (no outside data set, so the files carry the project's license):
-- facts.jsonl: the 30 facts of tasks.json (beside this file: the layer plans' items before they were scored through lm-eval), then more in the same style (capitals, opposites,
+- facts.jsonl: the 30 facts of tasks.json (beside this file: the layer plans' items before they were scored
+  through lm-eval), then more in the same style (capitals, opposites,
   the order of days and months, young animals, chemical symbols, authors and painters, everyday facts), each a
   sentence whose next word is the answer;
 - arithmetic.jsonl: 200 distinct additions of two numbers in 10..49 (seed 27), each after the same three-line
