@@ -908,16 +908,16 @@ def alpha_depth(results: Mapping[str, Result]) -> Verdict:
                    DYNAMICS)
 
 
-@finding("alpha gradient persists over training", "the alpha depth gradient is permanent: it forms and persists "
-         "over training (spectral study)")
-def alpha_persists(results: Mapping[str, Result]) -> Verdict:
+def needs_checkpoints(results: Mapping[str, Result]) -> Verdict:
+    """The rule of every training-dynamics claim: it is about how weights change over training, and a released
+    model is one checkpoint."""
     return not_comparable("A claim about training checkpoints; a released model has one.", conditions=DYNAMICS)
 
 
-@finding("compression waves", "stable-rank compression propagates as a wave from early to late layers, peaks early "
-         "and reverses (spectral study)")
-def compression_waves(results: Mapping[str, Result]) -> Verdict:
-    return not_comparable("A claim about training checkpoints; a released model has one.", conditions=DYNAMICS)
+alpha_persists = finding("alpha gradient persists over training", "the alpha depth gradient is permanent: it forms "
+                         "and persists over training (spectral study)")(needs_checkpoints)
+compression_waves = finding("compression waves", "stable-rank compression propagates as a wave from early to late "
+                            "layers, peaks early and reverses (spectral study)")(needs_checkpoints)
 
 
 def stable_rank_spread(points: np.ndarray) -> float:
@@ -941,10 +941,8 @@ def qk_vs_vo(results: Mapping[str, Result]) -> Verdict:
                    DYNAMICS)
 
 
-@finding("query/key vs value/output over training", "query/key exhibit the full depth-dependent dynamics during "
-         "training (spectral study)")
-def qk_vs_vo_dynamics(results: Mapping[str, Result]) -> Verdict:
-    return not_comparable("A claim about training checkpoints; a released model has one.", conditions=DYNAMICS)
+qk_vs_vo_dynamics = finding("query/key vs value/output over training", "query/key exhibit the full depth-dependent "
+                            "dynamics during training (spectral study)")(needs_checkpoints)
 
 
 @finding("alpha predicts importance", "the alpha exponent predicts layer importance, with significant correlation "
