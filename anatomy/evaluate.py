@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import offload
+from .autocast_cache import cached_casts
 from .errors import AnatomyError
 from .layers import LayerAdapter
 
@@ -264,21 +265,22 @@ def perplexity(model: PreTrainedModel, eval_set: EvalSet, cache: PrefixCache | N
     """PPL of the model as it is now; with a cache, only layers `from_layer`..N-1 and the head run
     (`from_layer` = N: the head alone, on the recorded baseline output, for the unchanged model). `beat()`
     after each batch: a long evaluation lets a progress callback stop it."""
-    if cache is None:
-        nll = torch.zeros(len(eval_set.texts), dtype=torch.float64)
-        for batch in eval_set.batches:
-            logits = model(**batch.model_inputs(), use_cache=False).logits
-            positions, targets, owners = _predicted(batch)
-            nll += _per_text(eval_set, _nll(logits[positions], targets), owners)
+    with cached_casts():  # one cast of each weight for all the batches (`beat` reports; it edits no weight)
+        if cache is None:
+            nll = torch.zeros(len(eval_set.texts), dtype=torch.float64)
+            for batch in eval_set.batches:
+                logits = model(**batch.model_inputs(), use_cache=False).logits
+                positions, targets, owners = _predicted(batch)
+                nll += _per_text(eval_set, _nll(logits[positions], targets), owners)
+                if beat is not None:
+                    beat()
+            return ppl_result(_finite(nll), eval_set)
+        total = TextNLL(cache.adapter, eval_set, len(cache.batches))
+        for b, batch in enumerate(cache.batches):
+            total.add(cache.hidden_from(from_layer, b), batch)  # on the last layer's device under a device map
             if beat is not None:
                 beat()
-        return ppl_result(_finite(nll), eval_set)
-    total = TextNLL(cache.adapter, eval_set, len(cache.batches))
-    for b, batch in enumerate(cache.batches):
-        total.add(cache.hidden_from(from_layer, b), batch)  # on the last layer's device under a device map
-        if beat is not None:
-            beat()
-    return total.result()
+        return total.result()
 
 
 @torch.no_grad()

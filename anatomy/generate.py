@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import chat
+from .autocast_cache import cached_casts
 from .errors import AnatomyError
 from .interventions import intervention
 from .layers import LayerAdapter
@@ -151,8 +152,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs:
     """New token ids after `inputs`; the global torch seed is set first, so equal seeds give equal samples."""
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     torch.manual_seed(seed)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, use_cache=use_cache,
-                         pad_token_id=tokenizer.pad_token_id, **MODES[mode])
+    with cached_casts():  # decoding changes no weight: one cast of each for all the new tokens
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, use_cache=use_cache,
+                             pad_token_id=tokenizer.pad_token_id, **MODES[mode])
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .autocast_cache import cached_casts
 from .errors import AnatomyError, shown
 from .options import Codec, option
 from .progress import ProgressCallback
@@ -211,7 +212,7 @@ def score_tasks(model: PreTrainedModel | str | Path, tokenizer: PreTrainedTokeni
         # a copy: HFLM gives a tokenizer without a pad token one, which the caller's must not gain
         lm = _tracked_lm(progress)(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
     try:
-        with _one_process(in_memory=not isinstance(model, (str, Path))):
+        with _one_process(in_memory=not isinstance(model, (str, Path))), cached_casts():
             out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True,
                                           limit=limit, random_seed=None, numpy_random_seed=None,
                                           torch_random_seed=None)

@@ -130,7 +130,8 @@ class LoadedModel:
     def compute(self) -> AbstractContextManager:
         """The context a run of this model computes in: `torch.autocast` at `autocast` where it is set, without
         autocast's cache of cast weights: that cache keeps the first cast of a weight for the whole region, so
-        the in-place edits every intervention makes (and every optimizer step) would go unseen."""
+        the in-place edits every intervention makes (and every optimizer step) would go unseen. Stretches that
+        change no weight turn it on for themselves (`autocast_cache.cached_casts`)."""
         if self.autocast is None:
             return nullcontext()
         return torch.autocast(offload.input_device(self.model).type, dtype=self.autocast, cache_enabled=False)

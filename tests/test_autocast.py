@@ -82,7 +82,8 @@ def test_a_run_under_autocast_computes_in_bfloat16_and_says_so(tmp_path, tiny_to
 
 def test_in_place_edits_take_effect_under_autocast(tiny_eval_set, tiny_tokenizer):
     """A layer zeroed in place inside the run's autocast region moves the PPL as in float32: autocast's cache
-    of cast weights, which would keep the unedited cast, is off."""
+    of cast weights, which would keep the unedited cast, is off between edits (each perplexity turns it on for
+    itself and empties it when it ends)."""
     from anatomy.evaluate import perplexity
     from anatomy.interventions import zero
     from anatomy.layers import LayerAdapter

@@ -29,6 +29,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import findings, plots, processes, report, work
+from ..autocast_cache import cached_casts
 from ..errors import AnatomyError
 from ..evaluate import EvalSet, PPLResult, degradation, perplexity
 from ..experiment import Artefacts, Experiment, Result, StudyRole
@@ -119,16 +120,17 @@ def measure_latency(model: PreTrainedModel, plan: Plan, eval_set: EvalSet, confi
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
 
     times: dict[str, list[float]] = {"decode": [], "baseline_decode": [], "prefill": [], "baseline_prefill": []}
-    for repeat in range(config.latency_repeats + 1):  # the first round warms up and is dropped
-        for prefix, context in (("baseline_", None), ("", plan)):
-            if context is None:
-                sample = (_timed(decode), _timed(prefill))
-            else:
-                with apply_plan(model, plan, config.batched):
+    with cached_casts():  # a plan changes which layers run, never a weight
+        for repeat in range(config.latency_repeats + 1):  # the first round warms up and is dropped
+            for prefix, context in (("baseline_", None), ("", plan)):
+                if context is None:
                     sample = (_timed(decode), _timed(prefill))
-            if repeat:
-                times[prefix + "decode"].append(sample[0] * 1000 / n)
-                times[prefix + "prefill"].append(sample[1] * 1000 / tokens)
+                else:
+                    with apply_plan(model, plan, config.batched):
+                        sample = (_timed(decode), _timed(prefill))
+                if repeat:
+                    times[prefix + "decode"].append(sample[0] * 1000 / n)
+                    times[prefix + "prefill"].append(sample[1] * 1000 / tokens)
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"decode_ms_per_token": med["decode"], "baseline_decode_ms_per_token": med["baseline_decode"],
             "decode_speedup": med["baseline_decode"] / med["decode"],
