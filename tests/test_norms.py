@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anatomy import cli
+from anatomy import cli, work
 from anatomy.experiment import Result, registry
 from anatomy.experiments.norms import EXPERIMENT, NormsConfig, headline, run_norms
 from tests.conftest import make_tiny_model
@@ -97,3 +97,5 @@ def test_norms_is_a_registered_weights_only_command():
     assert cli.config_from_args(EXPERIMENT, flags) == NormsConfig(layers="1", relative=True)
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["norms", "--text-file", "x.txt"])  # no evaluation-text flags at all
+    shape = work.shape_of(make_tiny_model("llama", layers=4), None)
+    assert EXPERIMENT.work(NormsConfig(), shape) == pytest.approx(4 * EXPERIMENT.work(NormsConfig(layers="2"), shape))
