@@ -88,7 +88,7 @@ def test_the_readme_command_writes_its_run_folder_without_any_evaluation_text(tm
     norms = back.table.drop(columns=["layer", "module"])
     assert back.table["layer"].tolist() == [0, 1, 2] and norms.shape == (3, 7) and norms.lt(1).all(None)  # relative
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "## norm / sqrt(size) by layer" in report and "layer | module" in report and "--relative" in report
+    assert "## Frobenius norm / sqrt(size) by layer" in report and "layer | module" in report and "--relative" in report
 
 
 def test_norms_is_a_registered_weights_only_command():

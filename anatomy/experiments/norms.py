@@ -56,7 +56,7 @@ def headline(result: Result) -> str:
 
 def norms_artefacts(result: Result, loaded: LoadedModel, eval_set: EvalSet | None, config: NormsConfig) -> Artefacts:
     """The norms by depth, one line per component (legend beside the axes, off the lines), and the table."""
-    unit = "norm / sqrt(size)" if config.relative else "Frobenius norm"
+    unit = "Frobenius norm / sqrt(size)" if config.relative else "Frobenius norm"
     figure = plots.line_figure(by_matrix(result), "layer", "norm", "component", title="Norm by layer", ylabel=unit)
     figure.axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
