@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
-import torch
 
+from anatomy.experiments import norms
 from anatomy.layers import LayerAdapter
 from anatomy.load import check_hub_model
 from anatomy.model_spec import parse_model_spec
+from anatomy.run import execute
 
 from .access import visitor
 from .common import Shared, model_job, named, shown
@@ -22,24 +23,12 @@ def component_table(adapter: LayerAdapter) -> pd.DataFrame:
     return pd.DataFrame(adapter.describe())
 
 
-@torch.no_grad()
-def norm_table(adapter: LayerAdapter) -> pd.DataFrame:
-    """Frobenius norm of every weight matrix, one row per layer (the layers-by-components view)."""
-    rows = []
-    for layer in range(adapter.num_layers):
-        row = {"layer": layer, "module": type(adapter.layers[layer]).__name__}
-        for ref in adapter.layer_components(layer):
-            row[ref.component] = float(ref.weight.float().norm())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def summary(loaded, adapter: LayerAdapter) -> str:
+def summary(loaded, adapter: LayerAdapter, norms_headline: str) -> str:
     rev = f" @ `{loaded.revision[:10]}`" if loaded.revision else ""
     return (f"**{loaded.name}**{rev} ({loaded.source}): {type(loaded.model).__name__}, "
             f"{loaded.num_parameters / 1e6:.1f}M parameters, {adapter.num_layers} layers numbered 0-"
             f"{adapter.num_layers - 1}, components: {', '.join(adapter.components)}. "
-            f"Cached models: {', '.join(CACHE.specs())}.")
+            f"Norms: {norms_headline} Cached models: {', '.join(CACHE.specs())}.")
 
 
 @user_errors
@@ -63,7 +52,8 @@ def load(spec: str, request: gr.Request, oauth_token: gr.OAuthToken | None = Non
          ) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     with model_job(spec, request, None, token=oauth_token) as job:
         adapter = LayerAdapter(job.loaded.model)
-        return summary(job.loaded, adapter), component_table(adapter), shown(norm_table(adapter))
+        result = execute(norms.EXPERIMENT, job.loaded, None, norms.NormsConfig())
+        return summary(job.loaded, adapter, norms.headline(result)), component_table(adapter), shown(result.table)
 
 
 def build(shared: Shared, load_button: gr.Button, status: gr.Markdown) -> None:
@@ -74,9 +64,9 @@ def build(shared: Shared, load_button: gr.Button, status: gr.Markdown) -> None:
     gr.Markdown("Layers are numbered from 0; every table, plot and field uses the names `layers.{i}.{component}`.")
     components = gr.Dataframe(label="Components (canonical name, real parameter, shape (out, in))",
                               interactive=False, visible=False, elem_id="model-components")
-    norms = gr.Dataframe(label="Frobenius norm of every weight matrix, by layer", interactive=False, visible=False,
-                         elem_id="model-norms")
-    tables = [components, norms]
+    norm_table = gr.Dataframe(label="Frobenius norm of every weight matrix, by layer (`python -m anatomy norms`)",
+                              interactive=False, visible=False, elem_id="model-norms")
+    tables = [components, norm_table]
     cleared = shared.model.change(lambda: ["", *visibility(tables, False)], None, [status, *tables], queue=False,
                                   api_visibility="private")  # nothing said about the previous model stays
     checked = cleared.then(named(check, "check_model"), shared.model, status, api_name="check_model", queue=False)
