@@ -15,6 +15,7 @@ means an experiment does little beyond its matmuls; a large one, that it spends 
     python bench/study.py --experiments importance,structure
     python bench/study.py --smoke              # seconds, on a tiny random model
     python bench/study.py --full --keep runs/bench-study --growth runs/growth-study   # keep both studies
+    python bench/study.py --full --passes count    # the floors alone (FLOPs do not depend on the machine's load)
 
 With `--keep DIR` the two timed studies stay in DIR/float32 and DIR/bfloat16, each with its report (study.md,
 claims.csv; `--growth RUN` joins a growth comparison run's rows, as `python -m anatomy study --growth` does):
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from math import nan
 import tempfile
 from pathlib import Path
 
@@ -49,6 +51,7 @@ from bench.smoke import SMOKE_HELP, tiny_model_folder  # noqa: E402
 
 SMOKE_EXPERIMENTS = "importance,recovery"
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+PASSES = (*DTYPES, "count")
 
 
 def run(steps: list[study.Step], overrides: dict, loaded: LoadedModel, eval_set: EvalSet,
@@ -81,7 +84,14 @@ def main() -> None:
                                                             "unless --full, whose settings it then runs)")
     parser.add_argument("--keep", type=Path, help="keep the timed studies in KEEP/float32 and KEEP/bfloat16")
     parser.add_argument("--growth", help="with --keep: a growth comparison run whose rows join the claims tables")
+    parser.add_argument("--passes", default=",".join(PASSES),
+                        help="which of the passes to run (the counted pass alone gives the floors: FLOPs do not "
+                             "depend on how busy the machine is, so it may run beside other work; the timed ones "
+                             "want a quiet machine)")
     args = parser.parse_args()
+    passes = [p.strip() for p in args.passes.split(",") if p.strip()]
+    if not passes or set(passes) - set(PASSES):
+        parser.error(f"--passes: choose from {', '.join(PASSES)}")
     if args.keep is not None and any((args.keep / name).exists() for name in DTYPES):
         parser.error(f"{args.keep} already holds a study: a reused step would time nothing; choose a new folder")
     if args.growth:
@@ -99,30 +109,37 @@ def main() -> None:
           f"GFLOP/s; {torch.get_num_threads()} threads; {'full' if args.full else 'quick'} study of {loaded.name}")
     done = {}
     for name, dtype in DTYPES.items():
-        done[name] = run(steps, overrides, loaded, eval_set, dtype, not args.full, keep=args.keep and args.keep / name,
-                         growth=args.growth)[0]
-        print(f"{name}: {done[name].wall_s['study']:.1f} s; " + ", ".join(
-            f"{step.name} {done[name].wall_s.get(step.name, float('nan')):.1f}" for step in steps), flush=True)
-    with FlopCounterMode(display=False) as counter:
-        flops = run(steps, overrides, loaded, eval_set, torch.bfloat16, not args.full, counter)[1]
+        if name in passes:
+            done[name] = run(steps, overrides, loaded, eval_set, dtype, not args.full,
+                             keep=args.keep and args.keep / name, growth=args.growth)[0]
+            print(f"{name}: {done[name].wall_s['study']:.1f} s; " + ", ".join(
+                f"{step.name} {done[name].wall_s.get(step.name, nan):.1f}" for step in steps), flush=True)
+    flops: dict[str, float] = {}
+    if "count" in passes:
+        with FlopCounterMode(display=False) as counter:
+            flops = run(steps, overrides, loaded, eval_set, torch.bfloat16, not args.full, counter)[1]
+    walls = {name: {step.name: done[name].wall_s.get(step.name, nan) if name in done else nan for step in steps}
+             | {"study": done[name].wall_s["study"] if name in done else nan} for name in DTYPES}
     print(f"{'experiment':16s} {'float32_s':>10s} {'bfloat16_s':>10s} {'speedup':>8s} {'GFLOP':>10s} "
           f"{'f32_floor_s':>11s} {'bf16_floor_s':>12s}")
     for step in steps:
-        walls = [done[name].wall_s.get(step.name, float("nan")) for name in DTYPES]
-        work = flops.get(step.name, 0.0)
-        print(f"{step.name:16s} {walls[0]:10.1f} {walls[1]:10.1f} {walls[0] / walls[1]:8.2f} {work / 1e9:10.1f} "
+        wall = [walls[name][step.name] for name in DTYPES]
+        work = flops.get(step.name, nan)
+        print(f"{step.name:16s} {wall[0]:10.1f} {wall[1]:10.1f} {wall[0] / wall[1]:8.2f} {work / 1e9:10.1f} "
               f"{work / rates['float32']:11.1f} {work / rates['bfloat16']:12.1f}")
-    total = sum(flops.values())
-    walls = {name: done[name].wall_s["study"] for name in DTYPES}
-    print(f"study: float32 {walls['float32']:.1f} s (floor {total / rates['float32']:.1f} s, "
-          f"{walls['float32'] * rates['float32'] / total:.2f}x), bfloat16 {walls['bfloat16']:.1f} s (floor "
-          f"{total / rates['bfloat16']:.1f} s, {walls['bfloat16'] * rates['bfloat16'] / total:.2f}x)")
+    total = sum(flops.values()) if flops else nan
+    whole = {name: walls[name]["study"] for name in DTYPES}
+    print(f"study: float32 {whole['float32']:.1f} s (floor {total / rates['float32']:.1f} s, "
+          f"{whole['float32'] * rates['float32'] / total:.2f}x), bfloat16 {whole['bfloat16']:.1f} s (floor "
+          f"{total / rates['bfloat16']:.1f} s, {whole['bfloat16'] * rates['bfloat16'] / total:.2f}x)")
+    if len(done) < len(DTYPES):
+        return  # speedup and verdicts compare the two timed passes
     growth = load_claims(args.growth) if args.growth else None
     claims = {name: findings.findings(done[name].results, loaded.name, done[name].refused, growth) for name in DTYPES}
     differ = [(a, b) for a, b in zip(claims["float32"], claims["bfloat16"]) if a.verdict != b.verdict]
     for a, b in differ:
         print(f"verdict differs: {a.finding}: float32 {a.verdict} ({a.ours}); bfloat16 {b.verdict} ({b.ours})")
-    print(f"bf16 speedup: {walls['float32'] / walls['bfloat16']:.2f}")
+    print(f"bf16 speedup: {whole['float32'] / whole['bfloat16']:.2f}")
     print(f"verdicts agree: {len(claims['float32']) - len(differ)}/{len(claims['float32'])}")
 
 
