@@ -1,8 +1,8 @@
 """One tab builder for every experiment: inputs from the config's declared fields, the same layout and the
 same callback for all of them.
 
-A tab module declares `TAB = Tab(EXPERIMENT, ...)`: which figures to show under which labels, how long a
-ZeroGPU slot to ask for, and optionally its own extra outputs. The builder lays out the inputs by field
+`space/tabs.py` declares one `Tab(EXPERIMENT, ...)` per tab: which figures to show under which labels, how
+long a ZeroGPU slot to ask for, and optionally its own extra outputs. The builder lays out the inputs by field
 type (a choice is a dropdown, several choices checkboxes, a switch a checkbox, a number a number box, the
 rest a textbox with the CLI's text form), then Go and Stop, then the outputs: a headline, the figures, the
 table, the report and the run folder's zip, and once a run succeeds a row to publish it to the visitor's own
@@ -205,8 +205,20 @@ class Tab:
             result = execute(exp, None, None, config, None, inputs)
             loaded = eval_set = None
         made = artefacts(exp, result, loaded, eval_set, config)
+        self.check_plots(made.figures)
         archive = jobs.save_run(request, exp.name, loaded, eval_set, config, result, made)
         return (*self.outputs(result, made.figures, made.markdown, archive), jobs.remember(state, exp.name, archive))
+
+    def check_plots(self, figures: dict) -> None:
+        """Refuse a `plots` key the run's artefacts did not draw: a typo in the table would otherwise show an
+        empty plot without a word. Checked at each run, not when the app is built: an experiment names its
+        figures only in its `artefacts` function, from the result (spectral draws singular values only when it
+        kept them)."""
+        unknown = [name for name in self.plots if name not in figures]
+        if unknown:
+            raise LookupError(f"The {self.name} tab shows figure {', '.join(map(repr, unknown))}, which the "
+                              f"{self.name} experiment did not draw; it draws: "
+                              f"{', '.join(map(repr, figures)) or 'no figure'}.")
 
     def plan(self, config: object, given: Collection[str], ticked: Collection[str]) -> list[tuple[Experiment, object]]:
         """What a run computes, for its budget: the experiment, and each need that no session run gives and that

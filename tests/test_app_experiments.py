@@ -17,9 +17,8 @@ from anatomy.layers import LayerAdapter
 from anatomy.load import LoadedModel
 from anatomy.options import params
 from anatomy.plans import VARIANTS
-from space import tab_manipulate as manipulate
-from space import tab_prune as prune
 from space.models import CACHE
+from space.tabs import ManipulateInputs, PruneInputs
 from tests.conftest import make_tiny_model
 
 RANGES = {p.name: p.text(p.default) for p in params(BudgetConfig) if p.name in RANGE_FIELDS}  # as typed
@@ -75,15 +74,15 @@ def test_manipulation_uses_typed_layers_or_the_sessions_importance_run(client):
     before = tiny_fingerprint()
     strategies = ["zero", "clone", "blend", "lowrank", "scale"]
     headline, figure, table, markdown, archive = client.predict(*TINY_EVAL, "1,4", 10, strategies, "0.5", 0, "",
-                                                                manipulate.GIVEN, api_name="/manipulate")
+                                                                ManipulateInputs.GIVEN, api_name="/manipulate")
     assert [row[0] for row in table["data"]] == ["baseline (none)", *strategies[:4], "scale 0.5"]
     assert figure and "layers.1, layers.4" in markdown and archive.endswith(".zip")
     with pytest.raises(Exception, match="run the Importance tab first"):
-        Client(client.src, verbose=False).predict(*TINY_EVAL, "", 10, ["zero"], "0.5", 0, "", manipulate.FROM_RUN,
-                                                  api_name="/manipulate")
+        Client(client.src, verbose=False).predict(*TINY_EVAL, "", 10, ["zero"], "0.5", 0, "",
+                                                  ManipulateInputs.FROM_RUN, api_name="/manipulate")
     client.predict(*TINY_EVAL, "skip", "one-neighbour", "all", api_name="/importance")
     headline, figure, table, markdown, archive = client.predict(*TINY_EVAL, "", 1e9, ["zero"], "0.5", 0, "",
-                                                                manipulate.FROM_RUN, api_name="/manipulate")
+                                                                ManipulateInputs.FROM_RUN, api_name="/manipulate")
     assert table["data"][1][:2] == ["zero", "0,1,2,3,4,5"] and "from the importance run" in markdown
     assert tiny_fingerprint() == before
 
@@ -91,14 +90,14 @@ def test_manipulation_uses_typed_layers_or_the_sessions_importance_run(client):
 def test_pruning_removes_layers_by_each_criterion_and_puts_them_back(client):
     before = tiny_fingerprint()
     headline, figure, table, markdown, archive = client.predict(*TINY_EVAL, "1,2", ["alpha", "ablation", "last"],
-                                                                "skip", "", prune.COMPUTE, api_name="/prune")
+                                                                "skip", "", PruneInputs.COMPUTE, api_name="/prune")
     rows = {(row[0], row[1]): row[2] for row in table["data"]}
     assert rows[("last", 2)] == "4,5" and rows[("baseline (none)", 0)] == "" and len(rows) == 7
     assert figure and "last_over_k1" in markdown and archive.endswith(".zip")
     with pytest.raises(Exception, match="K must be between 1 and 5"):
-        client.predict(*TINY_EVAL, "6", ["last"], "skip", "", prune.COMPUTE, api_name="/prune")
+        client.predict(*TINY_EVAL, "6", ["last"], "skip", "", PruneInputs.COMPUTE, api_name="/prune")
     client.predict(*TINY_EVAL, "zero", "one-neighbour", "all", api_name="/importance")
-    _, _, table, markdown, _ = client.predict(*TINY_EVAL, "1", ["ablation"], "skip", "", prune.FROM_RUN,
+    _, _, table, markdown, _ = client.predict(*TINY_EVAL, "1", ["ablation"], "skip", "", PruneInputs.FROM_RUN,
                                               api_name="/prune")
     assert len(table["data"]) == 2 and "zero ablation" in markdown
     assert tiny_fingerprint() == before
@@ -155,7 +154,7 @@ def stopped(client: Client, api_name: str, *args) -> None:
 def test_stop_ends_layer_jobs_and_restores_weights_and_layers(client):
     before = tiny_fingerprint()
     many = ",".join(str(a / 1000) for a in range(1000))
-    stopped(client, "/manipulate", *TINY_EVAL, "1-4", 10, ["scale"], many, 0, "", manipulate.GIVEN)
+    stopped(client, "/manipulate", *TINY_EVAL, "1-4", 10, ["scale"], many, 0, "", ManipulateInputs.GIVEN)
     stopped(client, "/plans", *TINY_EVAL, list(VARIANTS), "2", "", 2, 0, 20, 16, True, False)
     client.predict(api_name="/stop_prune")
     with CACHE.use("tiny") as loaded:

@@ -19,9 +19,8 @@ from anatomy.load import LoadedModel
 from anatomy.options import params
 from anatomy.plans import VARIANTS
 from anatomy.public import REFUSED
-from space import tab_manipulate as manipulate
-from space import tab_prune as prune
 from space.models import CACHE
+from space.tabs import ManipulateInputs, PruneInputs
 from tests.conftest import make_tiny_model
 from tests.hub_fake import FakeHub
 
@@ -125,14 +124,14 @@ ENDPOINTS = {
                    "value": numbers, "seed": numbers, "new_tokens": st.one_of(small, st.sampled_from([513, 10**9])),
                    "chat_template": st.booleans()}),
     "/manipulate": ({**EVAL, "layers": "1", "threshold": 10, "strategies": ["scale"], "alphas": "0.5", "rank": 0,
-                     "tasks": "", "source": manipulate.GIVEN},
-                    {**HOSTILE_EVAL, "source": choice(manipulate.SOURCES), "layers": textish, "threshold": numbers,
-                     "strategies": st.lists(choice(STRATEGIES), max_size=3), "alphas": textish,
+                     "tasks": "", "source": ManipulateInputs.GIVEN},
+                    {**HOSTILE_EVAL, "source": choice(ManipulateInputs.SOURCES), "layers": textish,
+                     "threshold": numbers, "strategies": st.lists(choice(STRATEGIES), max_size=3), "alphas": textish,
                      "rank": small}),
     "/prune": ({**EVAL, "ks": "1", "criteria": ["last"], "ablation": "skip", "tasks": "",
-                "source": prune.COMPUTE},
+                "source": PruneInputs.COMPUTE},
                {**HOSTILE_EVAL, "ks": textish, "criteria": st.lists(choice(CRITERIA), max_size=3),
-                "ablation": choice(ABLATION_MODES), "source": choice(prune.SOURCES)}),
+                "ablation": choice(ABLATION_MODES), "source": choice(PruneInputs.SOURCES)}),
     "/plans": ({**EVAL, "variants": ["repeat"], "sizes": "2", "plans": "", "loops": 2, "seed": 0, "repeats": 1,
                    "tokens": 2, "batched": False, "tasks": False},
                   {**HOSTILE_EVAL, "variants": st.lists(choice(VARIANTS), max_size=2), "sizes": textish,

@@ -265,3 +265,27 @@ def test_the_shipped_study_is_labelled_by_what_its_report_says_it_is():
     assert figure.axes[0].get_title().endswith("(QUICK study)") == quick
     written = pd.read_csv(tab_study.SHIPPED / "claims.csv", nrows=0).columns
     assert list(claims.columns) == [c for c in tab_study.SHOWN if c in written]  # no empty column of an older file
+
+
+def test_a_plots_key_the_experiment_does_not_draw_fails_naming_it_and_the_figures_drawn(tmp_path, monkeypatch):
+    """A typo in a tab's figure names must stop the run loudly, not show an empty plot: a budget tab whose
+    `plots` names 'budgte' refuses its run, naming the typo and the figure the experiment drew ('budget')."""
+    import dataclasses
+    import shutil
+    from pathlib import Path
+
+    from space import runs
+    from space.tabs import TABS
+
+    monkeypatch.setattr(runs, "RUNS_ROOT", tmp_path)
+    folder = tmp_path / "session" / "importance-1"  # the shipped study's importance run, as a session's run
+    shutil.copytree(Path(__file__).parents[1] / "anatomy/data/study-embedded/importance", folder)
+    state = jobs.remember(None, "importance", runs.archive_of(folder))
+    good = TABS["Budget"]
+    config = good.config_class()
+    *_, remembered = good.run([], config, state, None, None, None, ticked={"recovery"})  # the table's own names
+    assert remembered["budget"]["zip"].endswith(".zip")
+    typo = dataclasses.replace(good, plots={"budgte": "Steps per layer"})
+    with pytest.raises(LookupError, match=r"figure 'budgte', which the budget experiment did not draw; it draws: "
+                                          r"'budget'"):
+        typo.run([], config, state, None, None, None, ticked={"recovery"})

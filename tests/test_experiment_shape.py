@@ -177,7 +177,8 @@ def test_no_argparse_and_no_cli_imports_outside_the_cli():
 
 
 def test_tab_endpoints_take_the_declared_fields_in_order():
-    from space.tab_importance import TAB
+    from space.tabs import TABS
+    TAB = TABS["Importance"]
     import inspect
     from types import SimpleNamespace
     names = list(inspect.signature(TAB.endpoint([SimpleNamespace(value=None)] * 9)).parameters)  # 9 inputs
