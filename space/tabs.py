@@ -17,6 +17,7 @@ from anatomy.experiments import (budget, importance, interventions, manipulate, 
 from anatomy.options import option
 from anatomy.plans import GRAMMAR
 
+from . import tab_generate
 from .gpu import refuse_on_zero_gpu
 from .tab import Tab
 
@@ -135,4 +136,6 @@ TABS: dict[str, Tab | dict[str, Tab]] = {
                         "fast it recovered: anti-layers 0, boundary layers low, redundant layers that recover at "
                         "once almost nothing, critical layers the most. Uses your latest Importance and Recovery "
                         "runs on this page."),
+    # the original and the altered model side by side: its own layout (space/tab_generate.py)
+    "Generate": tab_generate.TAB,
 }

@@ -8,7 +8,7 @@ import gradio as gr
 
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT
 
-from . import jobs, published, runs, tab_generate, tab_model, tab_study
+from . import jobs, published, runs, tab_model, tab_study
 from .access import public_mode, refuse_implicit_tokens, sign_in_offered
 from .common import Shared
 from .models import default_model_spec
@@ -65,8 +65,6 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
             with gr.Tab("Model"):
                 tab_model.build(shared, load, status)
             lay_out(TABS, shared)
-            with gr.Tab("Generate"):
-                tab_generate.build(shared)
         published.wire(shared, [demo.load, model.change])
         opened = demo.load(tab_model.check, model, status, api_visibility="private")
         opened.failure(jobs.last_error, None, status, queue=False, api_visibility="private")
