@@ -29,7 +29,7 @@ from anatomy.options import LINES, Param, build_config, params
 from anatomy.run import artefacts, compute_with, execute, resolve_needs
 
 from . import jobs, limits, previous, publish, published, runs
-from .access import public_mode
+from .access import public_mode, takes_visitor_tokens
 from .common import Shared, model_job, named, shown, stop_button, wire_stop
 from .gpu import gpu
 
@@ -144,34 +144,37 @@ class Tab:
 
     def endpoint(self, inputs: list) -> Callable:
         """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields),
-        then the session state; gradio reads the request, the visitor's token and the progress tracker from
-        the signature built here, and each input's default (the component's value: optional on the API page)."""
+        then the session state; gradio reads the request, the visitor's token (where the app takes one,
+        `takes_visitor_tokens`, and the job loads a model) and the progress tracker from the signature built
+        here, and each input's default (the component's value: optional on the API page)."""
         names = [p.name for p in self.fields()]
         skips = list(self.without)
         shared_n = len(inputs) - len(skips) - len(names)
+        reads_hub = self.experiment.uses_model and takes_visitor_tokens()  # a job without a model reads no Hub
+        special = ["state", "request", *(["oauth_token"] if reads_hub else []), "progress"]
         tab = self
 
         @gpu(duration=self.gpu_s)
         @jobs.user_errors
         def handler(*args):
-            *values, state, request, oauth_token, progress = args
+            values, given = args[:-len(special)], dict(zip(special, args[-len(special):]))
             ticked = {need for need, tick in zip(skips, values[shared_n:]) if tick}
             config = build_config(tab.config_class, dict(zip(names, values[shared_n + len(skips):])),
                                   where=lambda p: repr(p.label), public=public_mode())
             if tab.before_run is not None:
                 tab.before_run(config)
-            return tab.run(values[:shared_n], config, state, request, oauth_token, progress, ticked)
+            return tab.run(values[:shared_n], config, given["state"], given["request"], given.get("oauth_token"),
+                           given["progress"], ticked)
 
         shared_names = ["model", "n_sentences", "custom_text", "max_length"][:shared_n]
         positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=component.value)
                       for n, component in zip([*shared_names, *[f"without_{need}" for need in skips], *names], inputs)]
-        handler.__signature__ = inspect.Signature([
-            *positional, inspect.Parameter("state", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
-            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
-            inspect.Parameter("oauth_token", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                              annotation=gr.OAuthToken | None),
-            inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
-        handler.__annotations__ = {"request": gr.Request, "oauth_token": gr.OAuthToken | None}
+        annotations = {"request": gr.Request, "oauth_token": gr.OAuthToken | None}
+        defaults = {"state": None, "request": None, "oauth_token": None, "progress": gr.Progress()}
+        handler.__signature__ = inspect.Signature([*positional, *[
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[name],
+                              annotation=annotations.get(name, inspect.Parameter.empty)) for name in special]])
+        handler.__annotations__ = {name: annotations[name] for name in special if name in annotations}
         handler.__name__ = self.endpoint_name
         return handler
 
@@ -252,8 +255,7 @@ class Tab:
             markdown = published.published_report((folder / "report.md").read_text(encoding="utf-8", errors="replace")
                                                   if (folder / "report.md").is_file() else "")
             return tab.outputs(result, figures, markdown, runs.archive_of(folder), says)
-        show.__name__ = f"published_{self.endpoint_name}"
-        return show
+        return named(show, f"published_{self.endpoint_name}")
 
 
 def twin_of(handler: Callable, name: str) -> Callable:

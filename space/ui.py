@@ -9,7 +9,7 @@ import gradio as gr
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT
 
 from . import jobs, published, runs, tab_model, tab_study
-from .access import public_mode, refuse_implicit_tokens, sign_in_offered
+from .access import on_behalf, public_mode, refuse_implicit_tokens, sign_in_offered
 from .common import Shared
 from .models import default_model_spec
 from .tab import Tab
@@ -66,7 +66,7 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
                 tab_model.build(shared, load, status)
             lay_out(TABS, shared)
         published.wire(shared, [demo.load, model.change])
-        opened = demo.load(tab_model.check, model, status, api_visibility="private")
+        opened = demo.load(on_behalf(tab_model.check), model, status, api_visibility="private")
         opened.failure(jobs.last_error, None, status, queue=False, api_visibility="private")
         gr.on([demo.load, status.change], tab_study.offer, shared.eval_inputs, study_offer, queue=False,
               api_visibility="private")  # the study's estimate once the page opens or the Model tab loads a model
