@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from anatomy.errors import AnatomyError
 from anatomy.experiment import Experiment, Need, Result, registry
 from anatomy.options import LINES, Param, build_config, params
 from anatomy.run import artefacts, compute_with, execute, resolve_needs
@@ -55,6 +56,9 @@ class Tab:
     # latest run of it is required, so a missing run is said rather than silently done without
     without: dict[str, str] = field(default_factory=dict)
     config: type | None = None  # the app's config: a subclass of the experiment's adding UI-only choices
+    # need -> the columns this experiment reads of its table, by kind (space/previous.py KINDS): an optional
+    # input takes that table as JSON, for API clients that keep no session (an MCP tool call, plain HTTP)
+    given: dict[str, dict[str, str]] = field(default_factory=dict)
     from_session: Callable[[object], bool] | None = None  # True: the needs are the session's runs (refused when
     # there is none), False: computed now; absent: the session's runs where it has them
 
@@ -73,7 +77,10 @@ class Tab:
     def description(self) -> str:
         """The endpoint's description on the API page and for MCP clients: the declaration's summary and its
         fields with their help (the CLI's words)."""
-        fields = "; ".join(f"{p.name}: {p.option.help}" for p in self.fields())
+        fields = "; ".join([*[f"{p.name}: {p.option.help}" for p in self.fields()],
+                            *[f"{need}: optional, the table /{need} returned, as JSON ({{\"headers\": [...], \"data\": "
+                              f"[[...]]}}, or a list of row objects) with the columns {', '.join(columns)}, read "
+                              f"instead of this session's latest {need} run" for need, columns in self.given.items()]])
         return f"{self.experiment.title}: {self.experiment.summary}." + (f" Inputs: {fields}." if fields else "")
 
     def fields(self) -> list[Param]:
@@ -85,7 +92,7 @@ class Tab:
         offer, show = published.offer_row(self.name)
         shared.offers.append((self.name, offer, show))
         inputs = [*self.shared_inputs(shared), *[gr.Checkbox(False, label=label) for label in self.without.values()],
-                  *self.field_inputs()]
+                  *self.field_inputs(), *self.given_inputs()]
         for title, text in self.notes.items():
             with gr.Accordion(title, open=False):
                 gr.Markdown(text)
@@ -142,14 +149,25 @@ class Tab:
                 components += [input_for(p, self.ui_defaults.get(p.name, p.default)) for p in fields[start:start + PER_ROW]]
         return components
 
+    def given_inputs(self) -> list:
+        """A textbox per need an API caller may give as a table (`given`), in a closed accordion: a visitor of the
+        page has the session's runs."""
+        if not self.given:
+            return []
+        with gr.Accordion("Runs given as tables in JSON (for API clients without a session)", open=False):
+            return [gr.Textbox("", lines=2, label=f"Your {need_tab(need)} run: its table as JSON, as /{need} "
+                                                  "returns it (empty: your latest run on this page)")
+                    for need in self.given]
+
     def endpoint(self, inputs: list) -> Callable:
-        """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields),
-        then the session state; gradio reads the request, the visitor's token (where the app takes one,
+        """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields, the
+        needs given as tables), then the session state; gradio reads the request, the visitor's token (where the app takes one,
         `takes_visitor_tokens`, and the job loads a model) and the progress tracker from the signature built
         here, and each input's default (the component's value: optional on the API page)."""
         names = [p.name for p in self.fields()]
-        skips = list(self.without)
-        shared_n = len(inputs) - len(skips) - len(names)
+        skips, tables = list(self.without), list(self.given)
+        shared_n = len(inputs) - len(skips) - len(names) - len(tables)
+        fields_at = shared_n + len(skips)
         reads_hub = self.experiment.uses_model and takes_visitor_tokens()  # a job without a model reads no Hub
         special = ["state", "request", *(["oauth_token"] if reads_hub else []), "progress"]
         tab = self
@@ -157,18 +175,24 @@ class Tab:
         @gpu(duration=self.gpu_s)
         @jobs.user_errors
         def handler(*args):
-            values, given = args[:-len(special)], dict(zip(special, args[-len(special):]))
+            values, extra = args[:-len(special)], dict(zip(special, args[-len(special):]))
             ticked = {need for need, tick in zip(skips, values[shared_n:]) if tick}
-            config = build_config(tab.config_class, dict(zip(names, values[shared_n + len(skips):])),
+            config = build_config(tab.config_class, dict(zip(names, values[fields_at:fields_at + len(names)])),
                                   where=lambda p: repr(p.label), public=public_mode())
+            sent = {need: result for need, text in zip(tables, values[fields_at + len(names):])
+                    if (result := previous.given_run(text, need, tab.given[need])) is not None}
+            if ticked & set(sent):
+                raise AnatomyError(f"You gave a {', '.join(ticked & set(sent))} run and ticked "
+                                   f"'{tab.without[min(ticked & set(sent))]}': untick it, or leave the run empty.")
             if tab.before_run is not None:
                 tab.before_run(config)
-            return tab.run(values[:shared_n], config, given["state"], given["request"], given.get("oauth_token"),
-                           given["progress"], ticked)
+            return tab.run(values[:shared_n], config, extra["state"], extra["request"], extra.get("oauth_token"),
+                           extra["progress"], ticked, sent)
 
         shared_names = ["model", "n_sentences", "custom_text", "max_length"][:shared_n]
         positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=component.value)
-                      for n, component in zip([*shared_names, *[f"without_{need}" for need in skips], *names], inputs)]
+                      for n, component in zip([*shared_names, *[f"without_{need}" for need in skips], *names, *tables],
+                                              inputs)]
         annotations = {"request": gr.Request, "oauth_token": gr.OAuthToken | None}
         defaults = {"state": None, "request": None, "oauth_token": None, "progress": gr.Progress()}
         handler.__signature__ = inspect.Signature([*positional, *[
@@ -179,17 +203,21 @@ class Tab:
         return handler
 
     def run(self, shared_values: list, config: object, state: dict | None, request: gr.Request | None,
-            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = ()) -> tuple:
-        """`ticked`: the optional needs the user chose to do without (their `without` checkboxes)."""
+            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = (),
+            sent: Mapping[str, Result] | None = None) -> tuple:
+        """`ticked`: the optional needs the user chose to do without (their `without` checkboxes); `sent`: needs
+        an API caller gave as tables (`given`), read instead of the session's runs."""
         exp = self.experiment
         chosen = None if self.from_session is None else self.from_session(config)
-        given = {need.experiment: previous.run_folder(state, need.experiment, need_tab(need))
-                 for need in exp.needs if need.experiment not in ticked
-                 and (chosen or (chosen is None and previous.has_run(state, need.experiment)))}
+        given = {**{need.experiment: previous.run_folder(state, need.experiment, need_tab(need.experiment))
+                    for need in exp.needs if need.experiment not in ticked and need.experiment not in (sent or {})
+                    and (chosen or (chosen is None and previous.has_run(state, need.experiment)))}, **(sent or {})}
         require = set(self.without) - ticked
 
         def missing(need: Need) -> str:
-            hint = f"run the {need_tab(need)} tab first (the app uses your latest run of it)"
+            hint = f"run the {need_tab(need.experiment)} tab first (the app uses your latest run of it)"
+            if need.experiment in self.given:
+                hint += f", or give its table as JSON in '{need.experiment}' (API)"
             return hint + (f", or tick '{self.without[need.experiment]}'" if need.experiment in self.without else "")
         if exp.uses_model:
             spec, *eval_args = shared_values
@@ -283,9 +311,9 @@ def input_for(param: Param, default: object) -> gr.components.Component:
 TAB_OF = {"importance": "Importance", "recovery": "Recovery"}
 
 
-def need_tab(need: Need) -> str:
-    """The tab a visitor runs to give an experiment what it needs."""
-    return TAB_OF.get(need.experiment, need.experiment.capitalize())
+def need_tab(need: str) -> str:
+    """The tab a visitor runs to give an experiment the result of `need`."""
+    return TAB_OF.get(need, need.capitalize())
 
 
 def needs_note(needs: tuple[Need, ...]) -> str:
@@ -293,5 +321,5 @@ def needs_note(needs: tuple[Need, ...]) -> str:
     for need in needs:
         how = ("computed now with its defaults if you have not run it" if need.computable else
                "required" if need.required else "optional")
-        parts.append(f"your latest **{need_tab(need)}** run ({how})")
+        parts.append(f"your latest **{need_tab(need.experiment)}** run ({how})")
     return "Uses " + "; ".join(parts) + "."

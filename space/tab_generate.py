@@ -9,12 +9,13 @@ not the plots-and-table layout of the other tabs. One dropdown chooses an interv
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import gradio as gr
 
 from anatomy.errors import AnatomyError
+from anatomy.experiment import Result
 from anatomy.experiments.generate import EXPERIMENT, GenerateConfig, side_by_side_of
 from anatomy.generate import DIFFERS, MODES, SIDES
 from anatomy.interventions import INTERVENTION_KINDS
@@ -88,7 +89,8 @@ class GenerateTab(Tab):
         wire_stop(stop, [event], self.endpoint_name, said)
 
     def run(self, shared_values: list, config: GenerateInputs, state: dict | None, request: gr.Request | None,
-            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = ()) -> tuple:
+            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = (),
+            sent: Mapping[str, Result] | None = None) -> tuple:
         """The four generations (special tokens such as <|im_end|> stripped) and where they differ; nothing is
         measured or saved, so the session's runs are as they were."""
         spec, = shared_values

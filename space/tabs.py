@@ -127,11 +127,16 @@ TABS: dict[str, Tab | dict[str, Tab]] = {
                           "AdamW on held-out modern English, the standard library's docstrings (never the evaluation "
                           "text), PPL every few steps. Minutes per layer on a CPU; refused on ZeroGPU Spaces."),
     # a training step budget per layer (SPEC section 6) from the run folders of the visitor's latest Importance
-    # and Recovery runs, as `python -m anatomy budget --importance ... --recovery ...` reads them. Pure table
-    # work (milliseconds, no model), so it needs neither the model's lock nor a Stop button.
+    # and Recovery runs, as `python -m anatomy budget --importance ... --recovery ...` reads them, or from their
+    # tables given as JSON by an API client (the columns `run_budget` reads). Pure table work (milliseconds, no
+    # model), so it needs neither the model's lock nor a Stop button.
     "Budget": Tab(budget.EXPERIMENT, plots={"budget": "Steps per layer"}, go_label="Compute the budget",
                   downloads={"budget.json": "Download the schedule (budget.json, for growth_models)"},
                   without={"recovery": "Class-only rules (no recovery run: the top of each class's range)"},
+                  given={"importance": {"layer": "layer", "class": "text", "anti_layer_candidate": "flag"},
+                         "recovery": {"layer": "layer", "noise_ppl": "number", "steps_to_*": "number",
+                                      "final_ppl": "number", "final_ratio": "number", "steps": "number",
+                                      "anti_layer_candidate": "flag"}},
                   intro="Steps per layer = R x B_max, R from the layer's importance class, its position and how "
                         "fast it recovered: anti-layers 0, boundary layers low, redundant layers that recover at "
                         "once almost nothing, critical layers the most. Uses your latest Importance and Recovery "

@@ -140,6 +140,39 @@ def test_budget_reads_the_sessions_importance_and_recovery_runs(client, shakespe
     assert {row[3] for row in table["data"]} == {"not measured"}
 
 
+def test_an_api_client_without_a_session_gets_a_budget_from_the_tables_it_sends(client, shakespeare):
+    """A client that keeps no session (an MCP tool call, plain HTTP) sends the tables /importance and /recovery
+    returned; anything else sent is refused in one line before any work."""
+    runs = Client(client.src, verbose=False)  # the session that ran them
+    *_, importance, _, _ = runs.predict(*TINY_EVAL, "skip", "one-neighbour", "all", api_name="/importance")
+    *_, recovery, _, _ = runs.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
+
+    def budget(**sent) -> list:
+        return Client(client.src, verbose=False).predict(**sent, api_name="/budget")  # a new session each call
+
+    headline, figure, table, markdown, archive, schedule = budget(importance=json.dumps(importance),
+                                                                  recovery=json.dumps(recovery))
+    assert [row[0] for row in table["data"]] == list(range(6)) and figure and archive.endswith(".zip")
+    assert [row[0] for row in table["data"] if row[3] != "not measured"] == [1]  # recovery measured layer 1 only
+    assert "Importance run: `importance table given as JSON`" in markdown
+    records = [dict(zip(importance["headers"], row)) for row in importance["data"]]  # pandas' orient="records"
+    _, _, by_class, *_ = budget(importance=json.dumps(records), without_recovery=True)
+    assert {row[3] for row in by_class["data"]} == {"not measured"} and len(by_class["data"]) == 6
+    with pytest.raises(Exception, match="run the Importance tab first.*or give its table as JSON in 'importance'"):
+        budget(without_recovery=True)
+    without_class = {**importance, "headers": ["klass" if h == "class" else h for h in importance["headers"]]}
+    for sent, message in ((str(Path(archive).with_suffix("")), "is not JSON"), ('{"a": 1}', "must be a table"),
+                          ("[" * 100_000, "is not JSON"), (json.dumps(without_class), "has no column 'class'"),
+                          (json.dumps({**importance, "data": importance["data"] * 2}), "names a layer twice"),
+                          (json.dumps({**importance, "data": [["../x", *importance["data"][0][1:]]]}),
+                           "column 'layer' must be a layer number")):
+        with pytest.raises(Exception, match=message) as refused:
+            budget(importance=sent, without_recovery=True)
+        assert "Traceback" not in str(refused.value) and "\n" not in str(refused.value).strip()
+    with pytest.raises(Exception, match="You gave a recovery run and ticked 'Class-only"):
+        budget(importance=json.dumps(importance), recovery=json.dumps(recovery), without_recovery=True)
+
+
 def stopped(client: Client, api_name: str, *args) -> None:
     """Start a long job, press its Stop once the progress bar moves, and expect the 'Stopped' message."""
     job = client.submit(*args, api_name=api_name)
