@@ -58,7 +58,7 @@ class Tab:
     config: type | None = None  # the app's config: a subclass of the experiment's adding UI-only choices
     # need -> the columns this experiment reads of its table, by kind (space/previous.py KINDS): an optional
     # input takes that table as JSON, for API clients that keep no session (an MCP tool call, plain HTTP)
-    given: dict[str, dict[str, str]] = field(default_factory=dict)
+    table_inputs: dict[str, dict[str, str]] = field(default_factory=dict)
     from_session: Callable[[object], bool] | None = None  # True: the needs are the session's runs (refused when
     # there is none), False: computed now; absent: the session's runs where it has them
 
@@ -77,10 +77,10 @@ class Tab:
     def description(self) -> str:
         """The endpoint's description on the API page and for MCP clients: the declaration's summary and its
         fields with their help (the CLI's words)."""
-        fields = "; ".join([*[f"{p.name}: {p.option.help}" for p in self.fields()],
-                            *[f"{need}: optional, the table /{need} returned, as JSON ({{\"headers\": [...], \"data\": "
-                              f"[[...]]}}, or a list of row objects) with the columns {', '.join(columns)}, read "
-                              f"instead of this session's latest {need} run" for need, columns in self.given.items()]])
+        tables = [f"{need}: optional, the table /{need} returned, as JSON ({{\"headers\": [...], \"data\": [[...]]}}, "
+                  f"or a list of row objects) with the columns {', '.join(columns)}, read instead of this session's "
+                  f"latest {need} run" for need, columns in self.table_inputs.items()]
+        fields = "; ".join([*[f"{p.name}: {p.option.help}" for p in self.fields()], *tables])
         return f"{self.experiment.title}: {self.experiment.summary}." + (f" Inputs: {fields}." if fields else "")
 
     def fields(self) -> list[Param]:
@@ -92,7 +92,7 @@ class Tab:
         offer, show = published.offer_row(self.name)
         shared.offers.append((self.name, offer, show))
         inputs = [*self.shared_inputs(shared), *[gr.Checkbox(False, label=label) for label in self.without.values()],
-                  *self.field_inputs(), *self.given_inputs()]
+                  *self.field_inputs(), *self.table_boxes()]
         for title, text in self.notes.items():
             with gr.Accordion(title, open=False):
                 gr.Markdown(text)
@@ -149,23 +149,23 @@ class Tab:
                 components += [input_for(p, self.ui_defaults.get(p.name, p.default)) for p in fields[start:start + PER_ROW]]
         return components
 
-    def given_inputs(self) -> list:
-        """A textbox per need an API caller may give as a table (`given`), in a closed accordion: a visitor of the
-        page has the session's runs."""
-        if not self.given:
+    def table_boxes(self) -> list:
+        """A textbox per need an API caller may give as a table (`table_inputs`), in a closed accordion: a visitor
+        of the page has the session's runs."""
+        if not self.table_inputs:
             return []
         with gr.Accordion("Runs given as tables in JSON (for API clients without a session)", open=False):
             return [gr.Textbox("", lines=2, label=f"Your {need_tab(need)} run: its table as JSON, as /{need} "
                                                   "returns it (empty: your latest run on this page)")
-                    for need in self.given]
+                    for need in self.table_inputs]
 
     def endpoint(self, inputs: list) -> Callable:
         """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields, the
-        needs given as tables), then the session state; gradio reads the request, the visitor's token (where the app takes one,
-        `takes_visitor_tokens`, and the job loads a model) and the progress tracker from the signature built
-        here, and each input's default (the component's value: optional on the API page)."""
+        needs given as tables), then the session state; gradio reads the request, the visitor's token (where the
+        app takes one, `takes_visitor_tokens`, and the job loads a model) and the progress tracker from the
+        signature built here, and each input's default (the component's value: optional on the API page)."""
         names = [p.name for p in self.fields()]
-        skips, tables = list(self.without), list(self.given)
+        skips, tables = list(self.without), list(self.table_inputs)
         shared_n = len(inputs) - len(skips) - len(names) - len(tables)
         fields_at = shared_n + len(skips)
         reads_hub = self.experiment.uses_model and takes_visitor_tokens()  # a job without a model reads no Hub
@@ -180,7 +180,7 @@ class Tab:
             config = build_config(tab.config_class, dict(zip(names, values[fields_at:fields_at + len(names)])),
                                   where=lambda p: repr(p.label), public=public_mode())
             sent = {need: result for need, text in zip(tables, values[fields_at + len(names):])
-                    if (result := previous.given_run(text, need, tab.given[need])) is not None}
+                    if (result := previous.given_run(text, need, tab.table_inputs[need])) is not None}
             if ticked & set(sent):
                 raise AnatomyError(f"You gave a {', '.join(ticked & set(sent))} run and ticked "
                                    f"'{tab.without[min(ticked & set(sent))]}': untick it, or leave the run empty.")
@@ -206,7 +206,7 @@ class Tab:
             oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = (),
             sent: Mapping[str, Result] | None = None) -> tuple:
         """`ticked`: the optional needs the user chose to do without (their `without` checkboxes); `sent`: needs
-        an API caller gave as tables (`given`), read instead of the session's runs."""
+        an API caller gave as tables (`table_inputs`), read instead of the session's runs."""
         exp = self.experiment
         chosen = None if self.from_session is None else self.from_session(config)
         given = {**{need.experiment: previous.run_folder(state, need.experiment, need_tab(need.experiment))
@@ -216,7 +216,7 @@ class Tab:
 
         def missing(need: Need) -> str:
             hint = f"run the {need_tab(need.experiment)} tab first (the app uses your latest run of it)"
-            if need.experiment in self.given:
+            if need.experiment in self.table_inputs:
                 hint += f", or give its table as JSON in '{need.experiment}' (API)"
             return hint + (f", or tick '{self.without[need.experiment]}'" if need.experiment in self.without else "")
         if exp.uses_model:

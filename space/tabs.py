@@ -133,10 +133,10 @@ TABS: dict[str, Tab | dict[str, Tab]] = {
     "Budget": Tab(budget.EXPERIMENT, plots={"budget": "Steps per layer"}, go_label="Compute the budget",
                   downloads={"budget.json": "Download the schedule (budget.json, for growth_models)"},
                   without={"recovery": "Class-only rules (no recovery run: the top of each class's range)"},
-                  given={"importance": {"layer": "layer", "class": "text", "anti_layer_candidate": "flag"},
-                         "recovery": {"layer": "layer", "noise_ppl": "number", "steps_to_*": "number",
-                                      "final_ppl": "number", "final_ratio": "number", "steps": "number",
-                                      "anti_layer_candidate": "flag"}},
+                  table_inputs={"importance": {"layer": "layer", "class": "text", "anti_layer_candidate": "flag"},
+                                "recovery": {"layer": "layer", "noise_ppl": "number", "steps_to_*": "number",
+                                             "final_ppl": "number", "final_ratio": "number", "steps": "number",
+                                             "anti_layer_candidate": "flag"}},
                   intro="Steps per layer = R x B_max, R from the layer's importance class, its position and how "
                         "fast it recovered: anti-layers 0, boundary layers low, redundant layers that recover at "
                         "once almost nothing, critical layers the most. Uses your latest Importance and Recovery "
