@@ -181,9 +181,9 @@ class Tab:
                                   where=lambda p: repr(p.label), public=public_mode())
             sent = {need: result for need, text in zip(tables, values[fields_at + len(names):])
                     if (result := previous.given_run(text, need, tab.table_inputs[need])) is not None}
-            if ticked & set(sent):
-                raise AnatomyError(f"You gave a {', '.join(ticked & set(sent))} run and ticked "
-                                   f"'{tab.without[min(ticked & set(sent))]}': untick it, or leave the run empty.")
+            for need in sorted(ticked & set(sent)):
+                raise AnatomyError(f"You gave a {need} run and ticked '{tab.without[need]}': untick it, or leave "
+                                   "the run empty.")
             if tab.before_run is not None:
                 tab.before_run(config)
             return tab.run(values[:shared_n], config, extra["state"], extra["request"], extra.get("oauth_token"),
@@ -207,11 +207,11 @@ class Tab:
             sent: Mapping[str, Result] | None = None) -> tuple:
         """`ticked`: the optional needs the user chose to do without (their `without` checkboxes); `sent`: needs
         an API caller gave as tables (`table_inputs`), read instead of the session's runs."""
-        exp = self.experiment
+        exp, sent = self.experiment, dict(sent or {})
         chosen = None if self.from_session is None else self.from_session(config)
         given = {**{need.experiment: previous.run_folder(state, need.experiment, need_tab(need.experiment))
-                    for need in exp.needs if need.experiment not in ticked and need.experiment not in (sent or {})
-                    and (chosen or (chosen is None and previous.has_run(state, need.experiment)))}, **(sent or {})}
+                    for need in exp.needs if need.experiment not in {*ticked, *sent}
+                    and (chosen or (chosen is None and previous.has_run(state, need.experiment)))}, **sent}
         require = set(self.without) - ticked
 
         def missing(need: Need) -> str:
