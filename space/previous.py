@@ -3,12 +3,15 @@ an API caller gives as its table in JSON.
 
 `jobs.remember` keeps each experiment's zip; the run folder beside it is what the CLI would be given
 (`--importance runs/importance`), so the app reads it with the same library readers as the CLI. A client
-that keeps no session (an MCP tool call, a plain HTTP call) has no such run: it sends the table the needed
-experiment's endpoint returned, which is hostile input like any other (`given_run`), never a path.
+without a session of its own has no such run (a plain HTTP call), or another's: gradio's MCP server makes
+every agent's tool calls through one client, so their session's latest run is whichever agent's ran last.
+Such a client sends the table the needed experiment's endpoint returned, hostile input like any other
+(`given_run`), never a path.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -23,6 +26,7 @@ from .jobs import one_line
 from .runs import inside
 
 MAX_CHARS = 1_000_000  # a 100-layer importance table as JSON is about 40,000 characters
+MAX_LITERAL_CHARS = 200_000  # the Python form is parsed into a syntax tree first: kept smaller
 MAX_ROWS, MAX_COLUMNS, MAX_TEXT = 4096, 256, 100
 MAX_LAYER = 100_000
 
@@ -93,6 +97,28 @@ def _rows(payload: object, where: str, endpoint: str) -> tuple[list[str], list[l
     return headers, rows
 
 
+class _NaNs(ast.NodeTransformer):
+    """A Python table's `nan` (a float NaN as repr writes it) read as a missing value, like JSON's null."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.Constant(None) if node.id == "nan" else node
+
+
+def table_payload(text: str, where: str) -> object:
+    """The JSON of a table, or the Python form of the same value that an MCP tool's result shows (gradio writes
+    a table output there as a dict's repr: single quotes, True, None, nan), read as literals only: never run."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        failure = err
+    if len(text) <= MAX_LITERAL_CHARS and text.lstrip().startswith(("{", "[")):
+        try:  # the parser refuses deep nesting in one SyntaxError (too many nested parentheses)
+            return ast.literal_eval(_NaNs().visit(ast.parse(text, mode="eval")))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            pass
+    raise AnatomyError(one_line(f"{where} is not JSON ({failure}).", 300))
+
+
 def quoted(value: object) -> str:
     """A sent value inside a message: a scalar as it was sent, a list or object by its kind alone (its text may
     nest as deep as JSON allows)."""
@@ -112,11 +138,7 @@ def given_run(text: object, need: str, columns: Mapping[str, str]) -> Result | N
         raise AnatomyError(f"{where} must be text: the table as JSON.")
     if len(text) > MAX_CHARS:
         raise AnatomyError(f"{where} has {len(text):,} characters; at most {MAX_CHARS:,}.")
-    try:
-        payload = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise AnatomyError(one_line(f"{where} is not JSON ({err}).", 300)) from None
-    headers, rows = _rows(payload, where, endpoint)
+    headers, rows = _rows(table_payload(text, where), where, endpoint)
     table = {}
     for name, kind in columns.items():
         matches = [h for h in headers if h.startswith(name[:-1])] if name.endswith("*") else \

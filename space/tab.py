@@ -57,7 +57,7 @@ class Tab:
     without: dict[str, str] = field(default_factory=dict)
     config: type | None = None  # the app's config: a subclass of the experiment's adding UI-only choices
     # need -> the columns this experiment reads of its table, by kind (space/previous.py KINDS): an optional
-    # input takes that table as JSON, for API clients that keep no session (an MCP tool call, plain HTTP)
+    # input takes that table as JSON, for API clients without a session of their own (plain HTTP, MCP tools)
     table_inputs: dict[str, dict[str, str]] = field(default_factory=dict)
     from_session: Callable[[object], bool] | None = None  # True: the needs are the session's runs (refused when
     # there is none), False: computed now; absent: the session's runs where it has them
@@ -78,8 +78,9 @@ class Tab:
         """The endpoint's description on the API page and for MCP clients: the declaration's summary and its
         fields with their help (the CLI's words)."""
         tables = [f"{need}: optional, the table /{need} returned, as JSON ({{\"headers\": [...], \"data\": [[...]]}}, "
-                  f"or a list of row objects) with the columns {', '.join(columns)}, read instead of this session's "
-                  f"latest {need} run" for need, columns in self.table_inputs.items()]
+                  f"or a list of row objects; the text an MCP result shows it as is read too) with the columns "
+                  f"{', '.join(columns)}, read instead of this session's latest {need} run"
+                  for need, columns in self.table_inputs.items()]
         fields = "; ".join([*[f"{p.name}: {p.option.help}" for p in self.fields()], *tables])
         return f"{self.experiment.title}: {self.experiment.summary}." + (f" Inputs: {fields}." if fields else "")
 
@@ -154,7 +155,7 @@ class Tab:
         of the page has the session's runs."""
         if not self.table_inputs:
             return []
-        with gr.Accordion("Runs given as tables in JSON (for API clients without a session)", open=False):
+        with gr.Accordion("Runs given as tables in JSON (for API clients)", open=False):
             return [gr.Textbox("", lines=2, label=f"Your {need_tab(need)} run: its table as JSON, as /{need} "
                                                   "returns it (empty: your latest run on this page)")
                     for need in self.table_inputs]

@@ -141,7 +141,7 @@ def test_budget_reads_the_sessions_importance_and_recovery_runs(client, shakespe
 
 
 def test_an_api_client_without_a_session_gets_a_budget_from_the_tables_it_sends(client, shakespeare):
-    """A client that keeps no session (an MCP tool call, plain HTTP) sends the tables /importance and /recovery
+    """A client without a session of its own (plain HTTP, MCP tools) sends the tables /importance and /recovery
     returned; anything else sent is refused in one line before any work."""
     runs = Client(client.src, verbose=False)  # the session that ran them
     *_, importance, _, _ = runs.predict(*TINY_EVAL, "skip", "one-neighbour", "all", api_name="/importance")

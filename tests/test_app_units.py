@@ -289,3 +289,23 @@ def test_a_plots_key_the_experiment_does_not_draw_fails_naming_it_and_the_figure
     with pytest.raises(LookupError, match=r"figure 'budgte', which the budget experiment did not draw; it draws: "
                                           r"'budget'"):
         typo.run([], config, state, None, None, None, ticked={"recovery"})
+
+
+def test_a_table_given_as_text_is_read_as_literals_only_and_keeps_only_the_columns_read():
+    from space.previous import given_run
+
+    columns = {"layer": "layer", "class": "text", "steps_to_*": "number"}
+    shown_by_mcp = ("{'headers': ['layer', 'class', 'steps_to_2x', 'steps_to_1.5x', 'extra'], 'data': "
+                    "[[0, 'Minor', nan, 4, 'x'], [1, 'Critical', 2.0, None, {'any': 'thing'}]], 'metadata': None}")
+    table = given_run(shown_by_mcp, "recovery", columns).table  # a repr's nan and None: missing values
+    assert list(table.columns) == ["layer", "class", "steps_to_2x", "steps_to_1.5x"]  # 'extra' is not read
+    assert table["steps_to_2x"].isna().tolist() == [True, False]
+    assert table["steps_to_1.5x"].isna().tolist() == [False, True]
+    for text, message in (("__import__('os').system('touch /tmp/x')", "is not JSON"), ("[" * 5000, "is not JSON"),
+                          ("-" * 150_000 + "1", "is not JSON"), ("[[0, 'Minor']]", "must be a table"),
+                          ('{"headers": ["layer", "class"], "data": [[0, "Minor"]]}', "no column 'steps_to_\\*'"),
+                          ('{"headers": ["layer", "class", "steps_to_2x"], "data": [[0, "Minor", "soon"]]}',
+                           "row 0, column 'steps_to_2x' must be a finite number or null, got '\"soon\"'")):
+        with pytest.raises(AnatomyError, match=message):
+            given_run(text, "recovery", columns)
+    assert given_run("  ", "recovery", columns) is None  # empty: the session's latest run serves
