@@ -72,8 +72,7 @@ TABS: dict[str, Tab | dict[str, Tab]] = {
                                "comma-separated, one row each."),
     # zero / clone / blend / low-rank / scale the redundant layers all at once (SPEC section 4); the layer set
     # from ManipulateInputs.source
-    "Manipulation": Tab(manipulate.EXPERIMENT, config=ManipulateInputs,
-                        from_session=from_latest_run,
+    "Manipulation": Tab(manipulate.EXPERIMENT, config=ManipulateInputs, from_session=from_latest_run,
                         plots={"manipulate": "PPL per strategy"}, gpu_s=240, go_label="Run manipulation",
                         ui_defaults={"layers": "10-12"},
                         intro="All chosen layers are changed together by each strategy in turn (restored in "
