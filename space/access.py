@@ -9,7 +9,10 @@ visitor's token before each job. Locally (`python app.py`) nothing changes: path
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -47,6 +50,34 @@ def sign_in_offered() -> bool:
     """The Sign-in button is shown on a public Space only: off a Space, gradio's mocked sign-in would hand every
     visitor the deployer's own token, the very thing public mode forbids (API callers may still send theirs)."""
     return public_mode() and bool(os.environ.get("SPACE_ID"))
+
+
+def takes_visitor_tokens() -> bool:
+    """Whether a handler receives the visitor's own token: on a public app (from the Sign-in button on a Space,
+    from an API caller's `oauth_token` on any public app). Locally no job reads one (HF_TOKEN serves), so no
+    handler declares it, and gradio's API page does not tell every endpoint's callers that it "acts on your
+    behalf" with their token; publishing alone declares it everywhere (space/publish.py): it pushes as them."""
+    return public_mode()
+
+
+OAUTH_PARAMETERS = ("oauth_token", "oauth_profile")
+
+
+def on_behalf(fn: Callable) -> Callable:
+    """`fn` as gradio should see it: as written where the app takes visitor tokens; elsewhere under a signature
+    without its `oauth_token` / `oauth_profile` parameters (gradio reads from the signature what to inject and
+    what the API page says), called with those left at their defaults (None: signed out)."""
+    signature = inspect.signature(fn)
+    kept = [p for p in signature.parameters.values() if p.name not in OAUTH_PARAMETERS]
+    if takes_visitor_tokens() or len(kept) == len(signature.parameters):
+        return fn
+    reduced = signature.replace(parameters=kept)
+
+    @functools.wraps(fn)
+    def without_oauth(*args, **kwargs):
+        return fn(**reduced.bind(*args, **kwargs).arguments)
+    without_oauth.__signature__ = reduced
+    return without_oauth
 
 
 @dataclass(frozen=True)

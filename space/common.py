@@ -15,7 +15,7 @@ from anatomy.load import LoadedModel
 from anatomy.progress import ProgressCallback
 
 from . import jobs, limits
-from .access import visitor
+from .access import on_behalf, visitor
 from .models import CACHE
 from .turns import TURNS, Visitor, address_of, visitor_name
 
@@ -95,7 +95,9 @@ def stop_button() -> gr.Button:
 
 
 def named(fn: Callable, name: str) -> Callable:
-    """`fn` under its endpoint's name, which gradio gives the MCP tool (it names a tool after its function)."""
+    """`fn` as the endpoint `name`: under that name, which gradio gives the MCP tool (it names a tool after its
+    function), and with the visitor's token among its parameters only where the app takes one (`on_behalf`)."""
+    fn = on_behalf(fn)
     fn.__name__ = name
     return fn
 

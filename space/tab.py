@@ -1,8 +1,8 @@
 """One tab builder for every experiment: inputs from the config's declared fields, the same layout and the
 same callback for all of them.
 
-A tab module declares `TAB = Tab(EXPERIMENT, ...)`: which figures to show under which labels, how long a
-ZeroGPU slot to ask for, and optionally its own extra outputs. The builder lays out the inputs by field
+`space/tabs.py` declares one `Tab(EXPERIMENT, ...)` per tab: which figures to show under which labels, how
+long a ZeroGPU slot to ask for, and optionally its own extra outputs. The builder lays out the inputs by field
 type (a choice is a dropdown, several choices checkboxes, a switch a checkbox, a number a number box, the
 rest a textbox with the CLI's text form), then Go and Stop, then the outputs: a headline, the figures, the
 table, the report and the run folder's zip, and once a run succeeds a row to publish it to the visitor's own
@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from anatomy.errors import AnatomyError
 from anatomy.experiment import Experiment, Need, Result, registry
 from anatomy.options import LINES, Param, build_config, params
 from anatomy.run import artefacts, compute_with, execute, resolve_needs
 
 from . import jobs, limits, previous, publish, published, runs
-from .access import public_mode
+from .access import public_mode, takes_visitor_tokens
 from .common import Shared, model_job, named, shown, stop_button, wire_stop
 from .gpu import gpu
 
@@ -55,6 +56,9 @@ class Tab:
     # latest run of it is required, so a missing run is said rather than silently done without
     without: dict[str, str] = field(default_factory=dict)
     config: type | None = None  # the app's config: a subclass of the experiment's adding UI-only choices
+    # need -> the columns this experiment reads of its table, by kind (space/previous.py KINDS): an optional
+    # input takes that table as JSON, for API clients without a session of their own (plain HTTP, MCP tools)
+    table_inputs: dict[str, dict[str, str]] = field(default_factory=dict)
     from_session: Callable[[object], bool] | None = None  # True: the needs are the session's runs (refused when
     # there is none), False: computed now; absent: the session's runs where it has them
 
@@ -73,7 +77,11 @@ class Tab:
     def description(self) -> str:
         """The endpoint's description on the API page and for MCP clients: the declaration's summary and its
         fields with their help (the CLI's words)."""
-        fields = "; ".join(f"{p.name}: {p.option.help}" for p in self.fields())
+        tables = [f"{need}: optional, the table /{need} returned, as JSON ({{\"headers\": [...], \"data\": [[...]]}}, "
+                  f"or a list of row objects; the text an MCP result shows it as is read too) with the columns "
+                  f"{', '.join(columns)}, read instead of this session's latest {need} run"
+                  for need, columns in self.table_inputs.items()]
+        fields = "; ".join([*[f"{p.name}: {p.option.help}" for p in self.fields()], *tables])
         return f"{self.experiment.title}: {self.experiment.summary}." + (f" Inputs: {fields}." if fields else "")
 
     def fields(self) -> list[Param]:
@@ -85,7 +93,7 @@ class Tab:
         offer, show = published.offer_row(self.name)
         shared.offers.append((self.name, offer, show))
         inputs = [*self.shared_inputs(shared), *[gr.Checkbox(False, label=label) for label in self.without.values()],
-                  *self.field_inputs()]
+                  *self.field_inputs(), *self.table_boxes()]
         for title, text in self.notes.items():
             with gr.Accordion(title, open=False):
                 gr.Markdown(text)
@@ -142,51 +150,75 @@ class Tab:
                 components += [input_for(p, self.ui_defaults.get(p.name, p.default)) for p in fields[start:start + PER_ROW]]
         return components
 
+    def table_boxes(self) -> list:
+        """A textbox per need an API caller may give as a table (`table_inputs`), in a closed accordion: a visitor
+        of the page has the session's runs."""
+        if not self.table_inputs:
+            return []
+        with gr.Accordion("Runs given as tables in JSON (for API clients)", open=False):
+            return [gr.Textbox("", lines=2, label=f"Your {need_tab(need)} run: its table as JSON, as /{need} "
+                                                  "returns it (empty: your latest run on this page)")
+                    for need in self.table_inputs]
+
     def endpoint(self, inputs: list) -> Callable:
-        """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields),
-        then the session state; gradio reads the request, the visitor's token and the progress tracker from
-        the signature built here, and each input's default (the component's value: optional on the API page)."""
+        """The event handler: positional inputs in layout order (shared, the `without` checkboxes, the fields, the
+        needs given as tables), then the session state; gradio reads the request, the visitor's token (where the
+        app takes one, `takes_visitor_tokens`, and the job loads a model) and the progress tracker from the
+        signature built here, and each input's default (the component's value: optional on the API page)."""
         names = [p.name for p in self.fields()]
-        skips = list(self.without)
-        shared_n = len(inputs) - len(skips) - len(names)
+        skips, tables = list(self.without), list(self.table_inputs)
+        shared_n = len(inputs) - len(skips) - len(names) - len(tables)
+        fields_at = shared_n + len(skips)
+        reads_hub = self.experiment.uses_model and takes_visitor_tokens()  # a job without a model reads no Hub
+        special = ["state", "request", *(["oauth_token"] if reads_hub else []), "progress"]
         tab = self
 
         @gpu(duration=self.gpu_s)
         @jobs.user_errors
         def handler(*args):
-            *values, state, request, oauth_token, progress = args
+            values, extra = args[:-len(special)], dict(zip(special, args[-len(special):]))
             ticked = {need for need, tick in zip(skips, values[shared_n:]) if tick}
-            config = build_config(tab.config_class, dict(zip(names, values[shared_n + len(skips):])),
+            config = build_config(tab.config_class, dict(zip(names, values[fields_at:fields_at + len(names)])),
                                   where=lambda p: repr(p.label), public=public_mode())
+            sent = {need: result for need, text in zip(tables, values[fields_at + len(names):])
+                    if (result := previous.given_run(text, need, tab.table_inputs[need])) is not None}
+            for need in sorted(ticked & set(sent)):
+                raise AnatomyError(f"You gave a {need} run and ticked '{tab.without[need]}': untick it, or leave "
+                                   "the run empty.")
             if tab.before_run is not None:
                 tab.before_run(config)
-            return tab.run(values[:shared_n], config, state, request, oauth_token, progress, ticked)
+            return tab.run(values[:shared_n], config, extra["state"], extra["request"], extra.get("oauth_token"),
+                           extra["progress"], ticked, sent)
 
         shared_names = ["model", "n_sentences", "custom_text", "max_length"][:shared_n]
         positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=component.value)
-                      for n, component in zip([*shared_names, *[f"without_{need}" for need in skips], *names], inputs)]
-        handler.__signature__ = inspect.Signature([
-            *positional, inspect.Parameter("state", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
-            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
-            inspect.Parameter("oauth_token", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                              annotation=gr.OAuthToken | None),
-            inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
-        handler.__annotations__ = {"request": gr.Request, "oauth_token": gr.OAuthToken | None}
+                      for n, component in zip([*shared_names, *[f"without_{need}" for need in skips], *names, *tables],
+                                              inputs)]
+        annotations = {"request": gr.Request, "oauth_token": gr.OAuthToken | None}
+        defaults = {"state": None, "request": None, "oauth_token": None, "progress": gr.Progress()}
+        handler.__signature__ = inspect.Signature([*positional, *[
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[name],
+                              annotation=annotations.get(name, inspect.Parameter.empty)) for name in special]])
+        handler.__annotations__ = {name: annotations[name] for name in special if name in annotations}
         handler.__name__ = self.endpoint_name
         return handler
 
     def run(self, shared_values: list, config: object, state: dict | None, request: gr.Request | None,
-            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = ()) -> tuple:
-        """`ticked`: the optional needs the user chose to do without (their `without` checkboxes)."""
-        exp = self.experiment
+            oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, ticked: Collection[str] = (),
+            sent: Mapping[str, Result] | None = None) -> tuple:
+        """`ticked`: the optional needs the user chose to do without (their `without` checkboxes); `sent`: needs
+        an API caller gave as tables (`table_inputs`), read instead of the session's runs."""
+        exp, sent = self.experiment, dict(sent or {})
         chosen = None if self.from_session is None else self.from_session(config)
-        given = {need.experiment: previous.run_folder(state, need.experiment, need_tab(need))
-                 for need in exp.needs if need.experiment not in ticked
-                 and (chosen or (chosen is None and previous.has_run(state, need.experiment)))}
+        given = {**{need.experiment: previous.run_folder(state, need.experiment, need_tab(need.experiment))
+                    for need in exp.needs if need.experiment not in {*ticked, *sent}
+                    and (chosen or (chosen is None and previous.has_run(state, need.experiment)))}, **sent}
         require = set(self.without) - ticked
 
         def missing(need: Need) -> str:
-            hint = f"run the {need_tab(need)} tab first (the app uses your latest run of it)"
+            hint = f"run the {need_tab(need.experiment)} tab first (the app uses your latest run of it)"
+            if need.experiment in self.table_inputs:
+                hint += f", or give its table as JSON in '{need.experiment}' (API)"
             return hint + (f", or tick '{self.without[need.experiment]}'" if need.experiment in self.without else "")
         if exp.uses_model:
             spec, *eval_args = shared_values
@@ -205,8 +237,20 @@ class Tab:
             result = execute(exp, None, None, config, None, inputs)
             loaded = eval_set = None
         made = artefacts(exp, result, loaded, eval_set, config)
+        self.check_plots(made.figures)
         archive = jobs.save_run(request, exp.name, loaded, eval_set, config, result, made)
         return (*self.outputs(result, made.figures, made.markdown, archive), jobs.remember(state, exp.name, archive))
+
+    def check_plots(self, figures: dict) -> None:
+        """Refuse a `plots` key the run's artefacts did not draw: a typo in the table would otherwise show an
+        empty plot without a word. Checked at each run, not when the app is built: an experiment names its
+        figures only in its `artefacts` function, from the result (spectral draws singular values only when it
+        kept them)."""
+        unknown = [name for name in self.plots if name not in figures]
+        if unknown:
+            raise LookupError(f"The {self.name} tab shows figure {', '.join(map(repr, unknown))}, which the "
+                              f"{self.name} experiment did not draw; it draws: "
+                              f"{', '.join(map(repr, figures)) or 'no figure'}.")
 
     def plan(self, config: object, given: Collection[str], ticked: Collection[str]) -> list[tuple[Experiment, object]]:
         """What a run computes, for its budget: the experiment, and each need that no session run gives and that
@@ -240,8 +284,7 @@ class Tab:
             markdown = published.published_report((folder / "report.md").read_text(encoding="utf-8", errors="replace")
                                                   if (folder / "report.md").is_file() else "")
             return tab.outputs(result, figures, markdown, runs.archive_of(folder), says)
-        show.__name__ = f"published_{self.endpoint_name}"
-        return show
+        return named(show, f"published_{self.endpoint_name}")
 
 
 def twin_of(handler: Callable, name: str) -> Callable:
@@ -269,9 +312,9 @@ def input_for(param: Param, default: object) -> gr.components.Component:
 TAB_OF = {"importance": "Importance", "recovery": "Recovery"}
 
 
-def need_tab(need: Need) -> str:
-    """The tab a visitor runs to give an experiment what it needs."""
-    return TAB_OF.get(need.experiment, need.experiment.capitalize())
+def need_tab(need: str) -> str:
+    """The tab a visitor runs to give an experiment the result of `need`."""
+    return TAB_OF.get(need, need.capitalize())
 
 
 def needs_note(needs: tuple[Need, ...]) -> str:
@@ -279,5 +322,5 @@ def needs_note(needs: tuple[Need, ...]) -> str:
     for need in needs:
         how = ("computed now with its defaults if you have not run it" if need.computable else
                "required" if need.required else "optional")
-        parts.append(f"your latest **{need_tab(need)}** run ({how})")
+        parts.append(f"your latest **{need_tab(need.experiment)}** run ({how})")
     return "Uses " + "; ".join(parts) + "."

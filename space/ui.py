@@ -8,16 +8,13 @@ import gradio as gr
 
 from anatomy.load import EMBEDDED, ONLINE_DEFAULT
 
-from . import (jobs, published, runs, tab_budget, tab_generate, tab_importance, tab_interventions, tab_manipulate,
-               tab_model, tab_plans, tab_prune, tab_recovery, tab_study, tab_weights)
-from .access import public_mode, refuse_implicit_tokens, sign_in_offered
+from . import jobs, published, runs, tab_model, tab_study
+from .access import on_behalf, public_mode, refuse_implicit_tokens, sign_in_offered
 from .common import Shared
 from .models import default_model_spec
+from .tab import Tab
+from .tabs import TABS
 
-# every experiment tab after the Model tab, in order; each module's build(shared) lays it out
-TABS = (("Importance", tab_importance), ("Interventions", tab_interventions), ("Manipulation", tab_manipulate),
-        ("Pruning", tab_prune), ("Layer plans", tab_plans), ("Weight space", tab_weights),
-        ("Recovery", tab_recovery), ("Budget", tab_budget), ("Generate", tab_generate))
 # gradio's workers: a job waiting for its turn (space/turns.py) sleeps in one, so they are many; how many jobs
 # compute at once is ANATOMY_CONCURRENCY, the turns
 WORKERS = int(os.environ.get("ANATOMY_WORKERS", "16"))
@@ -67,17 +64,25 @@ def build_demo(model_spec: str | None = None) -> gr.Blocks:
                 study_offer = tab_study.build(shared)
             with gr.Tab("Model"):
                 tab_model.build(shared, load, status)
-            for label, tab in TABS:
-                with gr.Tab(label):
-                    tab.build(shared)
+            lay_out(TABS, shared)
         published.wire(shared, [demo.load, model.change])
-        opened = demo.load(tab_model.check, model, status, api_visibility="private")
+        opened = demo.load(on_behalf(tab_model.check), model, status, api_visibility="private")
         opened.failure(jobs.last_error, None, status, queue=False, api_visibility="private")
         gr.on([demo.load, status.change], tab_study.offer, shared.eval_inputs, study_offer, queue=False,
               api_visibility="private")  # the study's estimate once the page opens or the Model tab loads a model
         demo.unload(jobs.forget_session)
     demo.queue(default_concurrency_limit=WORKERS, max_size=64)
     return demo
+
+
+def lay_out(tabs: dict[str, Tab | dict], shared: Shared) -> None:
+    """One gr.Tab per entry of the table, in its order; an entry that is itself a table holds sub-tabs."""
+    for label, entry in tabs.items():
+        with gr.Tab(label):
+            if isinstance(entry, Tab):
+                entry.build(shared)
+            else:
+                lay_out(entry, shared)
 
 
 def launch(demo: gr.Blocks, **kwargs):

@@ -17,9 +17,8 @@ from anatomy.layers import LayerAdapter
 from anatomy.load import LoadedModel
 from anatomy.options import params
 from anatomy.plans import VARIANTS
-from space import tab_manipulate as manipulate
-from space import tab_prune as prune
 from space.models import CACHE
+from space.tabs import ManipulateInputs, PruneInputs
 from tests.conftest import make_tiny_model
 
 RANGES = {p.name: p.text(p.default) for p in params(BudgetConfig) if p.name in RANGE_FIELDS}  # as typed
@@ -75,15 +74,15 @@ def test_manipulation_uses_typed_layers_or_the_sessions_importance_run(client):
     before = tiny_fingerprint()
     strategies = ["zero", "clone", "blend", "lowrank", "scale"]
     headline, figure, table, markdown, archive = client.predict(*TINY_EVAL, "1,4", 10, strategies, "0.5", 0, "",
-                                                                manipulate.GIVEN, api_name="/manipulate")
+                                                                ManipulateInputs.GIVEN, api_name="/manipulate")
     assert [row[0] for row in table["data"]] == ["baseline (none)", *strategies[:4], "scale 0.5"]
     assert figure and "layers.1, layers.4" in markdown and archive.endswith(".zip")
     with pytest.raises(Exception, match="run the Importance tab first"):
-        Client(client.src, verbose=False).predict(*TINY_EVAL, "", 10, ["zero"], "0.5", 0, "", manipulate.FROM_RUN,
-                                                  api_name="/manipulate")
+        Client(client.src, verbose=False).predict(*TINY_EVAL, "", 10, ["zero"], "0.5", 0, "",
+                                                  ManipulateInputs.FROM_RUN, api_name="/manipulate")
     client.predict(*TINY_EVAL, "skip", "one-neighbour", "all", api_name="/importance")
     headline, figure, table, markdown, archive = client.predict(*TINY_EVAL, "", 1e9, ["zero"], "0.5", 0, "",
-                                                                manipulate.FROM_RUN, api_name="/manipulate")
+                                                                ManipulateInputs.FROM_RUN, api_name="/manipulate")
     assert table["data"][1][:2] == ["zero", "0,1,2,3,4,5"] and "from the importance run" in markdown
     assert tiny_fingerprint() == before
 
@@ -91,14 +90,14 @@ def test_manipulation_uses_typed_layers_or_the_sessions_importance_run(client):
 def test_pruning_removes_layers_by_each_criterion_and_puts_them_back(client):
     before = tiny_fingerprint()
     headline, figure, table, markdown, archive = client.predict(*TINY_EVAL, "1,2", ["alpha", "ablation", "last"],
-                                                                "skip", "", prune.COMPUTE, api_name="/prune")
+                                                                "skip", "", PruneInputs.COMPUTE, api_name="/prune")
     rows = {(row[0], row[1]): row[2] for row in table["data"]}
     assert rows[("last", 2)] == "4,5" and rows[("baseline (none)", 0)] == "" and len(rows) == 7
     assert figure and "last_over_k1" in markdown and archive.endswith(".zip")
     with pytest.raises(Exception, match="K must be between 1 and 5"):
-        client.predict(*TINY_EVAL, "6", ["last"], "skip", "", prune.COMPUTE, api_name="/prune")
+        client.predict(*TINY_EVAL, "6", ["last"], "skip", "", PruneInputs.COMPUTE, api_name="/prune")
     client.predict(*TINY_EVAL, "zero", "one-neighbour", "all", api_name="/importance")
-    _, _, table, markdown, _ = client.predict(*TINY_EVAL, "1", ["ablation"], "skip", "", prune.FROM_RUN,
+    _, _, table, markdown, _ = client.predict(*TINY_EVAL, "1", ["ablation"], "skip", "", PruneInputs.FROM_RUN,
                                               api_name="/prune")
     assert len(table["data"]) == 2 and "zero ablation" in markdown
     assert tiny_fingerprint() == before
@@ -141,6 +140,39 @@ def test_budget_reads_the_sessions_importance_and_recovery_runs(client, shakespe
     assert {row[3] for row in table["data"]} == {"not measured"}
 
 
+def test_an_api_client_without_a_session_gets_a_budget_from_the_tables_it_sends(client, shakespeare):
+    """A client without a session of its own (plain HTTP, MCP tools) sends the tables /importance and /recovery
+    returned; anything else sent is refused in one line before any work."""
+    runs = Client(client.src, verbose=False)  # the session that ran them
+    *_, importance, _, _ = runs.predict(*TINY_EVAL, "skip", "one-neighbour", "all", api_name="/importance")
+    *_, recovery, _, _ = runs.predict(*TINY_EVAL, "1", 2, 1, 0.5, 1e-3, 0, api_name="/recovery")
+
+    def budget(**sent) -> list:
+        return Client(client.src, verbose=False).predict(**sent, api_name="/budget")  # a new session each call
+
+    headline, figure, table, markdown, archive, schedule = budget(importance=json.dumps(importance),
+                                                                  recovery=json.dumps(recovery))
+    assert [row[0] for row in table["data"]] == list(range(6)) and figure and archive.endswith(".zip")
+    assert [row[0] for row in table["data"] if row[3] != "not measured"] == [1]  # recovery measured layer 1 only
+    assert "Importance run: `importance table given as JSON`" in markdown
+    records = [dict(zip(importance["headers"], row)) for row in importance["data"]]  # pandas' orient="records"
+    _, _, by_class, *_ = budget(importance=json.dumps(records), without_recovery=True)
+    assert {row[3] for row in by_class["data"]} == {"not measured"} and len(by_class["data"]) == 6
+    with pytest.raises(Exception, match="run the Importance tab first.*or give its table as JSON in 'importance'"):
+        budget(without_recovery=True)
+    without_class = {**importance, "headers": ["klass" if h == "class" else h for h in importance["headers"]]}
+    for sent, message in ((str(Path(archive).with_suffix("")), "is not JSON"), ('{"a": 1}', "must be a table"),
+                          ("[" * 100_000, "is not JSON"), (json.dumps(without_class), "has no column 'class'"),
+                          (json.dumps({**importance, "data": importance["data"] * 2}), "names a layer twice"),
+                          (json.dumps({**importance, "data": [["../x", *importance["data"][0][1:]]]}),
+                           "column 'layer' must be a layer number")):
+        with pytest.raises(Exception, match=message) as refused:
+            budget(importance=sent, without_recovery=True)
+        assert "Traceback" not in str(refused.value) and "\n" not in str(refused.value).strip()
+    with pytest.raises(Exception, match="You gave a recovery run and ticked 'Class-only"):
+        budget(importance=json.dumps(importance), recovery=json.dumps(recovery), without_recovery=True)
+
+
 def stopped(client: Client, api_name: str, *args) -> None:
     """Start a long job, press its Stop once the progress bar moves, and expect the 'Stopped' message."""
     job = client.submit(*args, api_name=api_name)
@@ -155,7 +187,7 @@ def stopped(client: Client, api_name: str, *args) -> None:
 def test_stop_ends_layer_jobs_and_restores_weights_and_layers(client):
     before = tiny_fingerprint()
     many = ",".join(str(a / 1000) for a in range(1000))
-    stopped(client, "/manipulate", *TINY_EVAL, "1-4", 10, ["scale"], many, 0, "", manipulate.GIVEN)
+    stopped(client, "/manipulate", *TINY_EVAL, "1-4", 10, ["scale"], many, 0, "", ManipulateInputs.GIVEN)
     stopped(client, "/plans", *TINY_EVAL, list(VARIANTS), "2", "", 2, 0, 20, 16, True, False)
     client.predict(api_name="/stop_prune")
     with CACHE.use("tiny") as loaded:

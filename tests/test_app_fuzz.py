@@ -5,6 +5,8 @@ a one-line message, never a traceback, and the shared model's weights are the sa
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from gradio_client import Client
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +21,8 @@ from anatomy.load import LoadedModel
 from anatomy.options import params
 from anatomy.plans import VARIANTS
 from anatomy.public import REFUSED
-from space import tab_manipulate as manipulate
-from space import tab_prune as prune
 from space.models import CACHE
+from space.tabs import ManipulateInputs, PruneInputs
 from tests.conftest import make_tiny_model
 from tests.hub_fake import FakeHub
 
@@ -47,6 +48,11 @@ textish = st.one_of(hostile_text, layerish, floatish)
 # gradio_client sends JSON, which has no NaN or infinity: every other number
 numbers = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**12, 10**12))
 small = st.integers(-3, 4)  # sizes that cost time: small, negative and zero included
+# JSON as an API client may send it for a table (budget's importance run): nested lists and objects of any values
+jsonish = st.recursive(st.none() | st.booleans() | numbers | st.text(max_size=8),
+                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                           st.sampled_from(["headers", "data", "layer", "class", "anti_layer_candidate"]), inner,
+                           max_size=4), max_leaves=12).map(json.dumps)
 EVAL = {"spec": SPEC, "n_sentences": 2, "custom_text": "", "max_length": 16}
 HOSTILE_EVAL = {"n_sentences": numbers, "custom_text": hostile_text, "max_length": st.one_of(small, numbers)}
 
@@ -125,14 +131,14 @@ ENDPOINTS = {
                    "value": numbers, "seed": numbers, "new_tokens": st.one_of(small, st.sampled_from([513, 10**9])),
                    "chat_template": st.booleans()}),
     "/manipulate": ({**EVAL, "layers": "1", "threshold": 10, "strategies": ["scale"], "alphas": "0.5", "rank": 0,
-                     "tasks": "", "source": manipulate.GIVEN},
-                    {**HOSTILE_EVAL, "source": choice(manipulate.SOURCES), "layers": textish, "threshold": numbers,
-                     "strategies": st.lists(choice(STRATEGIES), max_size=3), "alphas": textish,
+                     "tasks": "", "source": ManipulateInputs.GIVEN},
+                    {**HOSTILE_EVAL, "source": choice(ManipulateInputs.SOURCES), "layers": textish,
+                     "threshold": numbers, "strategies": st.lists(choice(STRATEGIES), max_size=3), "alphas": textish,
                      "rank": small}),
     "/prune": ({**EVAL, "ks": "1", "criteria": ["last"], "ablation": "skip", "tasks": "",
-                "source": prune.COMPUTE},
+                "source": PruneInputs.COMPUTE},
                {**HOSTILE_EVAL, "ks": textish, "criteria": st.lists(choice(CRITERIA), max_size=3),
-                "ablation": choice(ABLATION_MODES), "source": choice(prune.SOURCES)}),
+                "ablation": choice(ABLATION_MODES), "source": choice(PruneInputs.SOURCES)}),
     "/plans": ({**EVAL, "variants": ["repeat"], "sizes": "2", "plans": "", "loops": 2, "seed": 0, "repeats": 1,
                    "tokens": 2, "batched": False, "tasks": False},
                   {**HOSTILE_EVAL, "variants": st.lists(choice(VARIANTS), max_size=2), "sizes": textish,
@@ -142,8 +148,9 @@ ENDPOINTS = {
     "/predictability": ({**EVAL, "positions": 50, "ridge": 1.0, "multi": 2},
                         {**HOSTILE_EVAL, "positions": st.integers(-5, 300), "ridge": numbers, "multi": small}),
     "/budget": ({"class_only": True, "b_max": 200, **{name: value for name, value in RANGES.items()}, "core": 1.0,
-                 "at_once": 10, "rule": True, "anti": True},
-                {"b_max": numbers, **{name: textish for name in RANGES}, "core": numbers, "at_once": numbers}),
+                 "at_once": 10, "rule": True, "anti": True, "importance": ""},
+                {"b_max": numbers, **{name: textish for name in RANGES}, "core": numbers, "at_once": numbers,
+                 "importance": st.one_of(hostile_text, jsonish)}),
 }
 SLOW = {"/structure": 3, "/spectral": 3, "/plans": 4}  # ~10 s a call on CI: fewer examples
 

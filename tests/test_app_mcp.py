@@ -59,3 +59,21 @@ def test_each_experiment_is_a_described_tool_and_importance_runs_on_the_embedded
     assert "Baseline PPL" in text, text[:2000]  # the headline, beside the table and the figure
     assert progress and any("importance" in message for _, message in progress)  # progress reached the client
     json.dumps([part.model_dump() for part in result.content])  # the result is plain JSON-able content
+
+
+
+def test_a_budget_tool_call_reads_the_importance_table_an_earlier_tool_call_returned(mcp_url):
+    """gradio's MCP server calls the app through one client: every agent's tool calls share one session, whose
+    latest importance run is whichever agent ran last. An agent passes its own run's table, as its importance
+    call's answer shows it, and budget reads that one: 3 layers here, not the 2 of the later run."""
+    eval_args = {"model": "embedded", "n_sentences": 2, "max_length": 32}
+    _, (mine, _), _ = anyio.run(session_run, mcp_url, [("importance", {**eval_args, "layers": "3-5"}),
+                                                       ("importance", {**eval_args, "layers": "3-4"})])
+    table = next(part.text for part in mine.content if part.type == "text" and "'headers'" in part.text)
+    _, (given, latest), _ = anyio.run(session_run, mcp_url, [
+        ("budget", {"importance": table, "without_recovery": True}), ("budget", {"without_recovery": True})])
+    assert not given.isError and not latest.isError, (given.content, latest.content)
+    headline = next(part.text for part in given.content if part.type == "text")
+    assert headline.startswith("Total ") and "of 600 uniform steps" in headline  # 3 layers of 200 steps
+    assert "of 400 uniform steps" in next(part.text for part in latest.content if part.type == "text")
+    assert "importance table given as JSON" in "\n".join(part.text for part in given.content if part.type == "text")

@@ -10,8 +10,8 @@ from gradio_client import Client
 
 from anatomy.load import LoadedModel
 from space import runs
-from space import tab_manipulate as manipulate
 from space.models import CACHE
+from space.tabs import ManipulateInputs
 from tests.conftest import make_tiny_model
 
 TINY_EVAL = ("paths-tiny", 2, "", 16)
@@ -19,7 +19,7 @@ TINY_EVAL = ("paths-tiny", 2, "", 16)
 WRITERS = {
     "/importance": (*TINY_EVAL, "zero", "one-neighbour", "0-1"),
     "/interventions": (*TINY_EVAL, "scale", "1", "0.5", [], 0, "one-neighbour"),
-    "/manipulate": (*TINY_EVAL, "1", 10, ["scale"], "0.5", 0, "", manipulate.GIVEN),
+    "/manipulate": (*TINY_EVAL, "1", 10, ["scale"], "0.5", 0, "", ManipulateInputs.GIVEN),
     "/prune": (*TINY_EVAL, "1", ["last"], "skip", "", "An importance map computed now"),
     "/plans": (*TINY_EVAL, ["repeat"], "2", "", 2, 0, 1, 2, False, False),
     "/structure": ("paths-tiny", 4, 0),

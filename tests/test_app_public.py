@@ -9,7 +9,7 @@ import pytest
 from gradio_client import Client
 
 from anatomy.public import REFUSED
-from space import access
+from space import access, build_demo
 from tests.conftest import make_tiny_model
 from tests.hub_fake import FakeHub, FakeRepo, folder_files, public_server
 
@@ -83,3 +83,22 @@ def test_public_mode_is_on_for_spaces_and_by_flag_and_off_locally(monkeypatch):
     monkeypatch.delenv("SPACE_ID")
     monkeypatch.setenv("ANATOMY_PUBLIC", "1")
     assert access.public_mode() and not access.sign_in_offered()
+
+
+
+def oauth_endpoints(info: dict) -> set[str]:
+    """The endpoints the API page says act on the caller's behalf with their token (gradio marks those)."""
+    return {name for name, endpoint in info["named_endpoints"].items() if endpoint.get("oauth_token")}
+
+
+def test_only_publishing_acts_on_the_callers_behalf_locally_and_every_hub_reading_job_does_publicly(public,
+                                                                                                   monkeypatch):
+    monkeypatch.setenv("ANATOMY_PUBLIC", "0")
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    local = oauth_endpoints(build_demo("embedded").get_api_info())  # what /gradio_api/info serves
+    assert local and all(name.startswith("/publish_") for name in local), local  # publishing pushes as the caller
+    assert not {"/importance", "/generate", "/load_model", "/study", "/budget"} & local
+    shown = oauth_endpoints(Client(public[0], verbose=False).view_api(return_format="dict", print_info=False))
+    assert {"/importance", "/plans", "/painters", "/generate", "/load_model", "/check_model", "/study",
+            "/published_offers", "/published_importance"} <= shown  # whatever loads a model or reads the atlas
+    assert "/budget" not in shown and not any(name.startswith("/stop_") for name in shown)  # no model, no Hub

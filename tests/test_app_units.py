@@ -265,3 +265,47 @@ def test_the_shipped_study_is_labelled_by_what_its_report_says_it_is():
     assert figure.axes[0].get_title().endswith("(QUICK study)") == quick
     written = pd.read_csv(tab_study.SHIPPED / "claims.csv", nrows=0).columns
     assert list(claims.columns) == [c for c in tab_study.SHOWN if c in written]  # no empty column of an older file
+
+
+def test_a_plots_key_the_experiment_does_not_draw_fails_naming_it_and_the_figures_drawn(tmp_path, monkeypatch):
+    """A typo in a tab's figure names must stop the run loudly, not show an empty plot: a budget tab whose
+    `plots` names 'budgte' refuses its run, naming the typo and the figure the experiment drew ('budget')."""
+    import dataclasses
+    import shutil
+    from pathlib import Path
+
+    from space import runs
+    from space.tabs import TABS
+
+    monkeypatch.setattr(runs, "RUNS_ROOT", tmp_path)
+    folder = tmp_path / "session" / "importance-1"  # the shipped study's importance run, as a session's run
+    shutil.copytree(Path(__file__).parents[1] / "anatomy/data/study-embedded/importance", folder)
+    state = jobs.remember(None, "importance", runs.archive_of(folder))
+    good = TABS["Budget"]
+    config = good.config_class()
+    *_, remembered = good.run([], config, state, None, None, None, ticked={"recovery"})  # the table's own names
+    assert remembered["budget"]["zip"].endswith(".zip")
+    typo = dataclasses.replace(good, plots={"budgte": "Steps per layer"})
+    with pytest.raises(LookupError, match=r"figure 'budgte', which the budget experiment did not draw; it draws: "
+                                          r"'budget'"):
+        typo.run([], config, state, None, None, None, ticked={"recovery"})
+
+
+def test_a_table_given_as_text_is_read_as_literals_only_and_keeps_only_the_columns_read():
+    from space.previous import given_run
+
+    columns = {"layer": "layer", "class": "text", "steps_to_*": "number"}
+    shown_by_mcp = ("{'headers': ['layer', 'class', 'steps_to_2x', 'steps_to_1.5x', 'extra'], 'data': "
+                    "[[0, 'Minor', nan, 4, 'x'], [1, 'Critical', 2.0, None, {'any': 'thing'}]], 'metadata': None}")
+    table = given_run(shown_by_mcp, "recovery", columns).table  # a repr's nan and None: missing values
+    assert list(table.columns) == ["layer", "class", "steps_to_2x", "steps_to_1.5x"]  # 'extra' is not read
+    assert table["steps_to_2x"].isna().tolist() == [True, False]
+    assert table["steps_to_1.5x"].isna().tolist() == [False, True]
+    for text, message in (("__import__('os').system('touch /tmp/x')", "is not JSON"), ("[" * 5000, "is not JSON"),
+                          ("-" * 150_000 + "1", "is not JSON"), ("[[0, 'Minor']]", "must be a table"),
+                          ('{"headers": ["layer", "class"], "data": [[0, "Minor"]]}', "no column 'steps_to_\\*'"),
+                          ('{"headers": ["layer", "class", "steps_to_2x"], "data": [[0, "Minor", "soon"]]}',
+                           "row 0, column 'steps_to_2x' must be a finite number or null, got '\"soon\"'")):
+        with pytest.raises(AnatomyError, match=message):
+            given_run(text, "recovery", columns)
+    assert given_run("  ", "recovery", columns) is None  # empty: the session's latest run serves

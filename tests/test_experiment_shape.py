@@ -176,10 +176,17 @@ def test_no_argparse_and_no_cli_imports_outside_the_cli():
     assert offenders == []
 
 
-def test_tab_endpoints_take_the_declared_fields_in_order():
-    from space.tab_importance import TAB
+def test_tab_endpoints_take_the_declared_fields_in_order(monkeypatch):
     import inspect
     from types import SimpleNamespace
-    names = list(inspect.signature(TAB.endpoint([SimpleNamespace(value=None)] * 9)).parameters)  # 9 inputs
-    assert names == ["model", "n_sentences", "custom_text", "max_length", "mode", "boundary", "layers",
-                     "thresholds", "tasks", "state", "request", "oauth_token", "progress"]
+
+    from space.tabs import TABS
+
+    def names() -> list[str]:
+        return list(inspect.signature(TABS["Importance"].endpoint([SimpleNamespace(value=None)] * 9)).parameters)
+    fields = ["model", "n_sentences", "custom_text", "max_length", "mode", "boundary", "layers", "thresholds", "tasks"]
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setenv("ANATOMY_PUBLIC", "0")
+    assert names() == [*fields, "state", "request", "progress"]  # locally no visitor token is read
+    monkeypatch.setenv("ANATOMY_PUBLIC", "1")
+    assert names() == [*fields, "state", "request", "oauth_token", "progress"]

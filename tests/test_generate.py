@@ -93,14 +93,22 @@ def test_bad_configs_are_refused_before_any_work():
 
 
 def test_the_tab_reads_a_plan_from_the_layers_box_and_refuses_an_empty_one():
-    from space.tab_generate import config_of
+    from space.tab_generate import GenerateInputs
 
-    plan = config_of("Hello", "plan", "0-9,[10-13]x2,14-29", 0.5, 0, 8, False)
+    def config_of(kind: str, layers: str, chat_template: bool = True) -> GenerateInputs:
+        return build_config(GenerateInputs, {"prompt": "Hello", "intervention": kind, "layers": layers,
+                                             "chat_template": chat_template}, where=lambda p: repr(p.label))
+
+    plan = config_of("plan", "0-9,[10-13]x2,14-29", False)
     assert plan.plan == "0-9,[10-13]x2,14-29" and plan.intervention == "none" and not plan.chat_template
-    zero = config_of("Hello", "zero", "3", 0.5, 0, 8, True)
+    zero = config_of("zero", "3")
     assert zero.plan is None and zero.intervention == "zero" and zero.layers == "3" and zero.chat_template
     with pytest.raises(AnatomyError, match="plan is empty"):
-        config_of("Hello", "plan", " ", 0.5, 0, 8, True)
+        config_of("plan", " ")
+    with pytest.raises(AnatomyError, match="Layers \\(0-based\\), or a plan"):  # the field's label on screen
+        config_of("zero", "three")
+    with pytest.raises(AnatomyError, match="Bad plan"):
+        config_of("plan", "0-3,[")
 
 
 @pytest.mark.slow

@@ -104,7 +104,8 @@ def test_the_importance_map_is_read_only_without_typed_layers(tmp_path):
 
 def test_the_apps_layer_set_reads_the_typed_layers_only_when_chosen():
     from anatomy.options import build_config
-    from space.tab_manipulate import COMPUTE, GIVEN, ManipulateInputs
+    from space.tabs import ManipulateInputs
+    COMPUTE, GIVEN = ManipulateInputs.COMPUTE, ManipulateInputs.GIVEN
 
     assert build_config(ManipulateInputs, {"layers": "1,4", "source": COMPUTE}).layers is None
     assert build_config(ManipulateInputs, {"layers": "1,4", "source": GIVEN}).layers == "1,4"
