@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import offload
 from .autocast_cache import cached_casts
 from .errors import AnatomyError, shown
 from .options import Codec, option
@@ -210,7 +212,8 @@ def score_tasks(model: PreTrainedModel | str | Path, tokenizer: PreTrainedTokeni
         if tokenizer is None:
             raise AnatomyError("Task scoring needs the model's tokenizer.")
         # a copy: HFLM gives a tokenizer without a pad token one, which the caller's must not gain
-        lm = _tracked_lm(progress)(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
+        lm = _tracked_lm(progress)(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size,
+                                   **_autocast_of(model))
     try:
         with _one_process(in_memory=not isinstance(model, (str, Path))), cached_casts():
             out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True,
@@ -221,6 +224,14 @@ def score_tasks(model: PreTrainedModel | str | Path, tokenizer: PreTrainedTokeni
     except (OSError, ConnectionError, ValueError) as err:
         raise AnatomyError(f"lm-eval could not load the tasks {', '.join(tasks)}: {err}".splitlines()[0]) from err
     return _scores(out)
+
+
+def _autocast_of(model: PreTrainedModel) -> dict[str, torch.dtype]:
+    """The caller's autocast for HFLM (`mixed_precision_dtype`): HFLM wraps every forward in its own
+    `torch.autocast(enabled=mixed_precision_dtype is not None)`, which without it turns a run's `--autocast` off
+    and scores the tasks in float32."""
+    device = offload.input_device(model).type
+    return {"mixed_precision_dtype": torch.get_autocast_dtype(device)} if torch.is_autocast_enabled(device) else {}
 
 
 @contextmanager

@@ -183,6 +183,22 @@ def test_scoring_leaves_the_callers_tokenizer_as_it_was(tiny_tokenizer):
     assert tokenizer.pad_token is None and tokenizer.padding_side == tiny_tokenizer.padding_side
 
 
+def test_a_run_under_autocast_scores_its_tasks_under_autocast(tiny_tokenizer):
+    """lm-eval wraps each forward in its own autocast, off unless told a dtype: under `--autocast bfloat16` the
+    tasks are scored in bfloat16 as the rest of the run is, not silently in float32."""
+    import torch
+
+    from anatomy.load import LoadedModel
+
+    model = make_tiny_model("llama", layers=2)
+    seen: list[torch.dtype] = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    for autocast in (None, torch.bfloat16):
+        with LoadedModel(model, tiny_tokenizer, "tiny", "test", autocast=autocast).compute():
+            score_tasks(model, tiny_tokenizer, ["anatomy_facts"], limit=4)
+    assert set(seen[:len(seen) // 2]) == {torch.float32} and set(seen[len(seen) // 2:]) == {torch.bfloat16}
+
+
 def test_plans_score_their_built_in_tasks_and_any_other_through_lm_eval(tiny_tokenizer, tiny_eval_set):
     from anatomy.experiments.plans import PlansConfig, run_plans
 
