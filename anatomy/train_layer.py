@@ -26,13 +26,13 @@ from __future__ import annotations
 import copy
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import psutil
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import corpus, offload
 from .errors import AnatomyError
@@ -128,6 +128,44 @@ def training_batch(ids: torch.Tensor) -> Batch:
 def step_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of a full batch of rows through the whole model."""
     return model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, use_cache=False).loss
+
+
+class _TokenCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits [n, vocab] in their own dtype against targets [n], computed in float32.
+
+    What `F.cross_entropy(logits.float(), targets)` gives, in value and gradient (the gradient comes back in the
+    logits' dtype, as the backward of `.float()` casts it), without its [n, vocab] float32 log-softmax kept for
+    the backward and the zero-filled [n, vocab] gradient it scatters into: the backward recomputes the softmax
+    from the saved logits and their log-sum-exp. Under bfloat16 autocast the batched recovery's training step
+    ran 3.04 s against 3.30 with the plain loss (26 variants, quiet machine)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        wide = logits.float()
+        lse = torch.logsumexp(wide, dim=-1)
+        ctx.save_for_backward(logits, targets, lse)
+        return (lse - wide.gather(-1, targets[:, None]).squeeze(-1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, targets, lse = ctx.saved_tensors
+        softmax = logits.to(torch.float32, copy=True).sub_(lse[:, None]).exp_()
+        softmax[torch.arange(len(targets), device=targets.device), targets] -= 1
+        return softmax.mul_(grad / len(targets)).to(logits.dtype), None
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of logits [n, vocab] (any float dtype) against targets [n], in float32."""
+    return _TokenCrossEntropy.apply(logits, targets)
+
+
+def attention_for_training(model: nn.Module) -> AbstractContextManager:
+    """The attention kernel a batched training step runs: on a CPU the math one, whose backward on short rows
+    (32 tokens) beat the flash one's under bfloat16 autocast (2.69 s against 2.90-3.11 per step of 26 variants,
+    quiet machine) and matched it in float32 (5.62 against 5.40-5.54); elsewhere torch's own choice."""
+    if offload.input_device(model).type != "cpu":
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def grad_scaler(model: nn.Module) -> torch.amp.GradScaler:
@@ -291,10 +329,11 @@ def finetune_variants(model: nn.Module, variants: Sequence[Variant], batches: It
             for part in in_groups(variants, group):
                 for v in part:
                     v.optimizer.zero_grad(set_to_none=True)
-                hidden = variant_hidden(adapter, part, lambda layer: prefix.inputs[0][layer], prefix.calls[0])
-                logits = adapter.logits(hidden).float()
-                losses = [F.cross_entropy(rows.flatten(0, 1), targets) for rows in logits.split(len(ids))]
-                scaler.scale(torch.stack(losses).sum()).backward()
+                with attention_for_training(model):
+                    hidden = variant_hidden(adapter, part, lambda layer: prefix.inputs[0][layer], prefix.calls[0])
+                    logits = adapter.logits(hidden)
+                    losses = [token_cross_entropy(rows.flatten(0, 1), targets) for rows in logits.split(len(ids))]
+                    scaler.scale(torch.stack(losses).sum()).backward()
                 for v, loss in zip(part, losses):
                     clipped_step(v.optimizer, scaler, v.module.parameters(), grad_clip)
                     v.losses.append(float(loss.detach()))

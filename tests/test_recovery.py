@@ -13,7 +13,7 @@ from anatomy.interventions import add_noise, fingerprint, preserve
 from anatomy.layers import LayerAdapter
 from anatomy.progress import Cancelled
 from anatomy.train_layer import (batch_schedule, finetune_layer, finetune_variants, make_variants, step_loss,
-                                 trainable_only, training_rows, variant_plan)
+                                 token_cross_entropy, trainable_only, training_rows, variant_plan)
 from tests.conftest import make_tiny_model
 
 
@@ -59,6 +59,23 @@ def test_only_the_layer_gets_gradients_and_changes():
     assert changed and changed <= {n for n, p in model.named_parameters() if id(p) in names}
     assert all(n in changed for n, p in model.named_parameters() if id(p) in names and p.dim() == 2)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_batched_loss_is_cross_entropy_in_float32_in_value_and_gradient(dtype):
+    """The batched step's loss recomputes the softmax in its backward instead of keeping it: the same value and
+    gradient (in the logits' dtype) as torch's cross-entropy of the logits cast to float32."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(37, 1000, generator=generator)).to(dtype)
+    targets = torch.randint(0, 1000, (37,), generator=generator)
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    token_cross_entropy(ours, targets).backward()
+    torch.nn.functional.cross_entropy(theirs.float(), targets).backward()
+    assert float(token_cross_entropy(logits, targets)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits.float(), targets)), rel=1e-6)
+    assert ours.grad.dtype == dtype
+    assert torch.allclose(ours.grad.float(), theirs.grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5,
+                          atol=1e-7)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "opt"])
