@@ -281,8 +281,9 @@ def check_hub_model(repo_id: str, *, revision: str | None = None, token: str | b
         raise AnatomyError(f"Model '{repo_id}' is gated: accept its licence on the Hub and set HF_TOKEN.") from err
     except RevisionNotFoundError as err:
         raise AnatomyError(f"Revision '{revision}' of '{repo_id}' does not exist.") from err
-    except (OfflineModeIsEnabled, OSError, httpx.TransportError):  # no network: one line, no traceback
-        raise AnatomyError(f"Cannot reach the Hub to look up '{repo_id}' (offline?): use --model embedded, "
+    except (OfflineModeIsEnabled, OSError, httpx.TransportError):  # no network: one line, no traceback, in
+        # words that fit the CLI's --model and the app's model box alike
+        raise AnatomyError(f"Cannot reach the Hub to look up '{repo_id}' (offline?): choose the model 'embedded', "
                            "a local folder or a .gguf file.") from None
     files = [s.rfilename for s in info.siblings or []]
     if "config.json" not in files:
