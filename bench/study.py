@@ -22,8 +22,10 @@ claims.csv; `--growth RUN` joins a growth comparison run's rows, as `python -m a
 the float32 one is what `python -m anatomy study` writes, with its wall times measured on a quiet machine.
 
 Prints one line per experiment (wall seconds in float32 and bfloat16, GFLOP, both floors), the study's totals,
-`bf16 speedup: X` (float32 wall / bfloat16 wall, the whole study) and `verdicts agree: N/M` (the claims
-table's verdicts, float32 against bfloat16), listing each claim whose verdict differs with both numbers.
+Table 1's rank agreement in both, `classes agree: N/L` (the importance classes of the L layers, each differing
+layer listed with both D), `bf16 speedup: X` (float32 wall / bfloat16 wall, the whole study) and `verdicts
+agree: N/M` (the claims table's verdicts, float32 against bfloat16), listing each claim whose verdict differs
+with both numbers.
 """
 
 from __future__ import annotations
@@ -139,6 +141,17 @@ def main() -> None:
     differ = [(a, b) for a, b in zip(claims["float32"], claims["bfloat16"]) if a.verdict != b.verdict]
     for a, b in differ:
         print(f"verdict differs: {a.finding}: float32 {a.verdict} ({a.ours}); bfloat16 {b.verdict} ({b.ours})")
+    for a, b in zip(claims["float32"], claims["bfloat16"]):
+        if a.finding == "Table 1 rank agreement":
+            print(f"{a.finding}: float32 {a.ours}; bfloat16 {b.ours}")
+    if all("importance" in done[name].results for name in DTYPES):
+        tables = [done[name].results["importance"].table.set_index("layer") for name in DTYPES]
+        same = tables[0]["class"] == tables[1]["class"]
+        for layer in same.index[~same]:
+            print(f"class differs: layer {layer}: " + "; ".join(
+                f"{name} {t.at[layer, 'class']} (D {t.at[layer, 'degradation_pct']:.2f}%)"
+                for name, t in zip(DTYPES, tables)))
+        print(f"classes agree: {int(same.sum())}/{len(same)}")
     print(f"bf16 speedup: {whole['float32'] / whole['bfloat16']:.2f}")
     print(f"verdicts agree: {len(claims['float32']) - len(differ)}/{len(claims['float32'])}")
 
