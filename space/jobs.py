@@ -123,13 +123,14 @@ def remembered(request: gr.Request | None, message: str, title: str = "Error") -
     return gr.Error(message, title=title, print_exception=False)
 
 
-def last_error(request: gr.Request) -> str:
+def last_error(request: gr.Request) -> str | dict:
     """The tab's line for the session's latest failed job (an event's `.failure`): it stays until the next run
-    fills the same place."""
+    fills the same place. Without one (a job Stop cancelled before it said anything), the line is left as it
+    is, so the Stop confirmation already there is not wiped by the cancelled event's failure."""
     with _CANCEL_GUARD:
         message = _LAST_ERROR.pop(session_id(request), "")
     stopped = message.startswith(("Stopped", "Over time"))
-    return f"{'⏹' if stopped else '❌'} **{'Stopped' if stopped else 'Error'}:** {message}" if message else ""
+    return f"{'⏹' if stopped else '❌'} **{'Stopped' if stopped else 'Error'}:** {message}" if message else gr.update()
 
 
 def one_line(message: str, limit: int = 600) -> str:

@@ -146,7 +146,7 @@ def test_user_errors_turns_every_failure_into_a_short_gr_error(caplog):
                             info.value.message).group(1)
     assert [r.getMessage() for r in caplog.records] == [f"job failed [error id {error_id}]"]  # logged once
     assert jobs.last_error(request).startswith("❌ **Error:** RuntimeError: boom (error id")  # kept for the tab
-    assert jobs.last_error(request) == ""  # shown once: the next run's line replaces it
+    assert jobs.last_error(request) == gr.update()  # shown once, then the line is left to the next run or Stop
     with pytest.raises(gr.Error, match="weights were restored"):
         wrapped("stop", request)
     assert jobs.last_error(request).startswith("⏹ **Stopped:** Stopped (after 1 of 3 steps)")
