@@ -408,8 +408,8 @@ class LayerAdapter:
             yield 0, self._finish(head(hidden))
             return
         # Under a device map the head may compute on another device than the last layer, or be offloaded.
-        # Each block is computed in float32: bfloat16 keeps 8 bits of mantissa, so a logit near 20 may be off
-        # by 0.08.
+        # Each block is computed in float32 (bfloat16 keeps 8 bits of mantissa, so a logit near 20 may be off
+        # by 0.08), except under --autocast, where F.linear computes in the run's dtype like every matmul.
         device = offload.execution_device(head)
         weight, bias = (offload.storage(head, name, pin=False) for name in ("weight", "bias"))
         weight, bias, hidden = weight.to(device), None if bias is None else bias.to(device), hidden.to(device).float()
