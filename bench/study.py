@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from math import nan
 import tempfile
+from math import nan
 from pathlib import Path
 
 import torch
@@ -120,17 +120,20 @@ def main() -> None:
     if "count" in passes:
         with FlopCounterMode(display=False) as counter:
             flops = run(steps, overrides, loaded, eval_set, torch.bfloat16, not args.full, counter)[1]
-    walls = {name: {step.name: done[name].wall_s.get(step.name, nan) if name in done else nan for step in steps}
-             | {"study": done[name].wall_s["study"] if name in done else nan} for name in DTYPES}
+
+    def wall(name: str, step: str) -> float:
+        """A timed pass's wall seconds for `step` ("study": the whole), NaN for a pass not run."""
+        return done[name].wall_s.get(step, nan) if name in done else nan
+
     print(f"{'experiment':16s} {'float32_s':>10s} {'bfloat16_s':>10s} {'speedup':>8s} {'GFLOP':>10s} "
           f"{'f32_floor_s':>11s} {'bf16_floor_s':>12s}")
     for step in steps:
-        wall = [walls[name][step.name] for name in DTYPES]
+        walls = [wall(name, step.name) for name in DTYPES]
         work = flops.get(step.name, nan)
-        print(f"{step.name:16s} {wall[0]:10.1f} {wall[1]:10.1f} {wall[0] / wall[1]:8.2f} {work / 1e9:10.1f} "
+        print(f"{step.name:16s} {walls[0]:10.1f} {walls[1]:10.1f} {walls[0] / walls[1]:8.2f} {work / 1e9:10.1f} "
               f"{work / rates['float32']:11.1f} {work / rates['bfloat16']:12.1f}")
     total = sum(flops.values()) if flops else nan
-    whole = {name: walls[name]["study"] for name in DTYPES}
+    whole = {name: wall(name, "study") for name in DTYPES}
     print(f"study: float32 {whole['float32']:.1f} s (floor {total / rates['float32']:.1f} s, "
           f"{whole['float32'] * rates['float32'] / total:.2f}x), bfloat16 {whole['bfloat16']:.1f} s (floor "
           f"{total / rates['bfloat16']:.1f} s, {whole['bfloat16'] * rates['bfloat16'] / total:.2f}x)")
