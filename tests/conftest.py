@@ -4,8 +4,10 @@ the embedded SmolLM2-135M model (loaded once per session; integration tests only
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,11 @@ from anatomy.texts import default_eval_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "opt")
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # `pytest -n N` (pytest.ini): the workers split the cores, not fight for them
+    _THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # and the processes their tests start
+    torch.set_num_threads(_THREADS)
 
 
 def _tiny_config(arch: str, vocab: int, layers: int) -> AutoConfig:
@@ -68,6 +75,14 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer()
+
+
+def free_port() -> int:
+    """A port no server here listens on: one the kernel hands out, so that servers started side by side (xdist's
+    workers) never race for the same one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def in_ci() -> bool:
@@ -134,14 +149,47 @@ def offline_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 
 
+def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder every xdist worker of this run shares (the run's base folder when there are no workers)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_study_started(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Start the quick study (minutes) in the background as the session starts, when a selected test reads it, so
+    that it runs beside the other tests instead of before the first that needs it. The first worker here starts it
+    (the folder's creation is the lock); `quick_study` waits for its exit status. The worker that started it waits
+    for it at the end, so it never outlives the run, and ends it if the run was stopped."""
+    folder = shared_tmp(tmp_path_factory) / "quick-study"
+    if not any("quick_study" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield
+        return
+    try:
+        folder.mkdir()
+    except FileExistsError:  # another worker started it
+        yield
+        return
+    with open(folder / "log", "wb") as log:  # the exit status appears by a rename, so it is never read half-written
+        process = subprocess.Popen(["sh", "-c", '"$@"; echo $? > "$0.part" && mv "$0.part" "$0"', str(folder / "rc"),
+                                    *quick_study_command(folder / "quick")],
+                                   cwd=ROOT, env=offline_env(), stdout=log, stderr=subprocess.STDOUT)
+    yield
+    if request.session.shouldstop or request.session.shouldfail:
+        process.terminate()
+    process.wait()
+
+
 @pytest.fixture(scope="session")
-def quick_study(tmp_path_factory) -> Path:
-    """The quick study's folder, run once (minutes) for every test that reads it."""
-    out = tmp_path_factory.mktemp("study") / "quick"
-    done = subprocess.run(quick_study_command(out), cwd=ROOT, env=offline_env(), capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out
+def quick_study(tmp_path_factory: pytest.TempPathFactory, quick_study_started: None) -> Path:
+    """The quick study's folder, computed once per run (see `quick_study_started`) for every test that reads it."""
+    folder = shared_tmp(tmp_path_factory) / "quick-study"
+    deadline = time.monotonic() + 900
+    while not (folder / "rc").exists():
+        assert time.monotonic() < deadline, "the quick study did not finish within 15 min"
+        time.sleep(1)
+    assert (folder / "rc").read_text().strip() == "0", (folder / "log").read_text(errors="replace")[-2000:]
+    return folder / "quick"
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ pytest.importorskip("mcp")
 from mcp import ClientSession  # noqa: E402
 from mcp.client.streamable_http import streamablehttp_client  # noqa: E402
 
+from conftest import free_port  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 
@@ -21,7 +23,10 @@ def mcp_url():
     from space import build_demo
 
     demo = build_demo("embedded")
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, mcp_server=True)
+    # A port of its own: on a port taken between Gradio's check and its bind, Gradio tries the next one, but the MCP
+    # session manager it already started cannot start twice, so every later port fails too.
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            mcp_server=True)
     try:
         yield url.rstrip("/") + "/gradio_api/mcp/"
     finally:

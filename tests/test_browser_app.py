@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import free_port, require
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = ROOT / "tests" / "artefacts"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_app(port: int) -> subprocess.Popen:
@@ -98,9 +92,7 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
             page.get_by_role("button", name="Run importance map").click()
             headline = page.locator("#importance-headline")
             expect(headline).to_contain_text("Error:", timeout=60_000)
-            page.wait_for_timeout(20_000)
-            expect(headline).to_contain_text("'Layers (0-based")  # still on screen 20 s later, naming the field
-            timings["error_shown"] = 1.0
+            error_at = time.monotonic()  # checked again 20 s later, after other tabs' jobs (below)
             page.get_by_label("Layers (0-based, e.g. 0,3,5-8 or all)").fill(layers)
             page.get_by_role("tab", name="Generate").click()
             page.get_by_role("button", name="Generate side by side").click()
@@ -112,6 +104,11 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
             run_manipulation = page.get_by_role("button", name="Run manipulation")
             run_manipulation.click()
             expect(page.locator("#manipulate-headline")).to_contain_text("layers", timeout=300_000)
+            page.get_by_role("tab", name="Importance").click()
+            page.wait_for_timeout(max(0.0, 20 - (time.monotonic() - error_at)) * 1000)
+            expect(headline).to_contain_text("'Layers (0-based")  # still on screen 20 s later, naming the field
+            timings["error_shown"] = time.monotonic() - error_at
+            page.get_by_role("tab", name="Manipulation").click()
             run_manipulation.click()  # again, and Stop it: the tab says so
             page.wait_for_timeout(1_500)
             page.get_by_role("button", name="Stop", exact=True).first.click()  # the one on screen: this tab's
@@ -127,7 +124,7 @@ def run_session(n_sentences: int = 2, layers: str = "all") -> dict[str, float]:
 def test_importance_map_and_side_by_side_generation_in_chromium():
     require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (setup.sh does)")
     timings = run_session()
-    assert timings["first_plot_s"] > timings["serving_s"] and timings["error_shown"] and timings["stopped_shown"]
+    assert timings["first_plot_s"] > timings["serving_s"] and timings["error_shown"] >= 20 and timings["stopped_shown"]
     assert (ARTEFACTS / "landing.png").stat().st_size > 10_000
     assert (ARTEFACTS / "importance.png").stat().st_size > 10_000
     assert (ARTEFACTS / "generate.png").stat().st_size > 10_000

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,19 +24,13 @@ import torch
 
 from anatomy import cli
 from growth_models import train
-from conftest import make_tiny_model
+from conftest import free_port, make_tiny_model
 from growth_helpers import write_text
 
 pytestmark = pytest.mark.slow  # every test starts processes that import torch and load a model
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
 TIMED = ("ms_per_token", "speedup")  # latency columns: measured, so never equal between two runs
 STOPPED = "error: the run was stopped: a process of `accelerate launch` died"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_command(module: str, *args: str) -> list[str]:
