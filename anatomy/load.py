@@ -7,6 +7,7 @@ weight is downloaded, so a user learns "too large for this machine" in a second,
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import json
@@ -181,10 +182,22 @@ def _dtype_size(dtype: torch.dtype) -> int:
 
 
 def available_memory(device: torch.device) -> int:
-    """Free bytes on the device the model will live on."""
+    """Free bytes on the device the model will live on. On a CPU that includes what this process has freed but
+    its allocator still holds, which is handed back to the system first (`release_freed_heap`)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    release_freed_heap()
     return psutil.virtual_memory().available
+
+
+def release_freed_heap() -> None:
+    """Hand the heap this process freed back to the system (glibc's `malloc_trim`; elsewhere nothing). glibc keeps
+    freed pages for reuse, so the system's free memory shrinks with every experiment a process has run: three
+    rounds of 3.2 GB of tensors allocated and freed left 5 GiB less available, all of it back after the trim, and
+    in the full study it halved recovery's fine-tunes per batch when it ran after the others."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def check_fits(num_params: int, dtype: torch.dtype, device: torch.device, name: str,

@@ -1,14 +1,16 @@
 """Model loading: local folders load safely; unusable or unsafe models are refused with a clear message."""
 
+import ctypes
 import json
 import re
 
+import psutil
 import pytest
 import torch
 from transformers import BertConfig, T5Config
 
 from anatomy.errors import AnatomyError
-from anatomy.load import check_fits, check_hub_model, is_causal_lm_config, load_model
+from anatomy.load import available_memory, check_fits, check_hub_model, is_causal_lm_config, load_model
 from anatomy.model_spec import REFUSED, parse_model_spec
 from conftest import make_tiny_model
 
@@ -96,3 +98,26 @@ def test_hub_lookup_offline_says_what_to_do(monkeypatch):
 def test_config_of_saved_folder_is_plain_json(tiny_folder):
     config = json.loads((tiny_folder / "config.json").read_text())
     assert "auto_map" not in config  # nothing here would need trust_remote_code
+
+
+def test_memory_this_process_freed_counts_as_available():
+    """glibc keeps the heap a process frees; `available_memory` hands it back before it measures, so a recovery
+    that runs after other experiments plans its batch of fine-tunes from the memory that is really free."""
+    libc = ctypes.CDLL(None)
+    if getattr(libc, "malloc_trim", None) is None:
+        pytest.skip("not glibc: its allocator's freed heap is not handed back this way")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks, kept = [], []
+    for _ in range(4096):  # 256 MiB in 64 KiB blocks (below the mmap threshold: the heap), every page written
+        blocks.append(libc.malloc(65536))
+        ctypes.memset(blocks[-1], 1, 65536)
+        kept.append(libc.malloc(64))  # alive between the freed blocks, as after an experiment: no trim at the top
+    for block in blocks:
+        libc.free(block)
+    held = psutil.Process().memory_info().rss
+    available_memory(torch.device("cpu"))
+    released = held - psutil.Process().memory_info().rss
+    for block in kept:
+        libc.free(block)
+    assert released > 128 * 2**20
