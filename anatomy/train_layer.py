@@ -37,8 +37,8 @@ from . import corpus, offload
 from .errors import AnatomyError
 from .evaluate import Batch, EvalSet, PPLResult, PrefixCache, TextNLL
 from .interventions import add_noise
-from .load import available_memory
 from .layers import LayerAdapter, text_config
+from .load import available_memory
 from .progress import ProgressCallback, track
 
 # Share of the available memory the variants of a recovery may take: their weights and optimizer state (at most
@@ -403,7 +403,8 @@ def variant_plan(model: nn.Module, specs: Sequence[tuple[int, float]], tokens: i
     """How many variants train together. A pass holds as many variants as half the memory budget holds the
     weights of (whole layers per pass); what the pass's weights leave of the budget holds the activations of a
     group (at most `cap`), groups of a pass evened out (26 variants that fit 15 at a time go 13 and 13)."""
-    budget = budget if budget is not None else int(available_memory(offload.input_device(model)) * TRAIN_MEMORY_SHARE)
+    if budget is None:
+        budget = int(available_memory(offload.input_device(model)) * TRAIN_MEMORY_SHARE)
     sizes = [variant_bytes(model, layer, tokens, eval_tokens) for layer, _ in specs]
     weights, activations = max(s[0] for s in sizes), max(s[1] for s in sizes)
     per_pass = max(1, budget // 2 // weights)

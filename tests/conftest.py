@@ -149,6 +149,9 @@ def offline_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 
 
+QUICK_STUDY_TIMEOUT_S = 900  # about 4x the 233 s it took at one thread beside two busy test workers
+
+
 def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder every xdist worker of this run shares (the run's base folder when there are no workers)."""
     base = tmp_path_factory.getbasetemp()
@@ -177,16 +180,19 @@ def quick_study_started(request: pytest.FixtureRequest, tmp_path_factory: pytest
     yield
     if request.session.shouldstop or request.session.shouldfail:
         process.terminate()
-    process.wait()
+    try:
+        process.wait(timeout=QUICK_STUDY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 @pytest.fixture(scope="session")
 def quick_study(tmp_path_factory: pytest.TempPathFactory, quick_study_started: None) -> Path:
     """The quick study's folder, computed once per run (see `quick_study_started`) for every test that reads it."""
     folder = shared_tmp(tmp_path_factory) / "quick-study"
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + QUICK_STUDY_TIMEOUT_S
     while not (folder / "rc").exists():
-        assert time.monotonic() < deadline, "the quick study did not finish within 15 min"
+        assert time.monotonic() < deadline, f"the quick study did not finish within {QUICK_STUDY_TIMEOUT_S} s"
         time.sleep(1)
     assert (folder / "rc").read_text().strip() == "0", (folder / "log").read_text(errors="replace")[-2000:]
     return folder / "quick"
