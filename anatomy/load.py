@@ -101,7 +101,7 @@ class Placement:
             return {device.type: available_memory(device)}
         limits = {str(k): convert_file_size_to_int(v) for k, v in (self.max_memory or {}).items()}
         free = {str(i): torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())}
-        free["cpu"] = psutil.virtual_memory().available
+        free["cpu"] = available_memory(torch.device("cpu"))
         if self.offload_folder:
             folder = Path(self.offload_folder)
             folder.mkdir(parents=True, exist_ok=True)

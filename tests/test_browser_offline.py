@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from conftest import require
-from tests.test_browser_app import ARTEFACTS, CHROMIUM, ROOT, free_port, wait_for_server
+from conftest import free_port, require
+from tests.test_browser_app import ARTEFACTS, CHROMIUM, ROOT, wait_for_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator
